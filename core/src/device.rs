@@ -1,0 +1,253 @@
+//! Block devices: the only way the engine touches storage.
+//!
+//! The trait is deliberately small (byte-addressed positional I/O, flush, length, optional grow) so that
+//! tests can wrap a device to count, fail or "lose power", and embedders can bring their own storage.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::chunk::check_range;
+use crate::error::{Error, Result};
+
+/// A fixed-size, byte-addressed storage device.
+///
+/// Implementations must not grow on `write_at`: writing past `len()` is an error (the engine checks too).
+/// `flush` makes every completed write durable (it is the engine's PREFLUSH/FUA barrier).
+pub trait BlockDevice: Send + Sync {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()>;
+    /// Makes all completed writes durable.
+    fn flush(&mut self) -> Result<()>;
+    /// Grows (or shrinks) the device. Devices that cannot change size return `Unsupported`.
+    fn set_len(&mut self, _new_len: u64) -> Result<()> {
+        Err(Error::Unsupported("this device cannot be resized"))
+    }
+    /// True when the device holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        (**self).write_at(offset, buf)
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+    fn set_len(&mut self, new_len: u64) -> Result<()> {
+        (**self).set_len(new_len)
+    }
+}
+
+/// Bounds-checked read: the engine never trusts a device to check its own range.
+pub(crate) fn read(dev: &dyn BlockDevice, offset: u64, buf: &mut [u8]) -> Result<()> {
+    check_range(offset, buf.len(), dev.len())?;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    dev.read_at(offset, buf)
+}
+
+/// Bounds-checked write.
+pub(crate) fn write(dev: &mut dyn BlockDevice, offset: u64, buf: &[u8]) -> Result<()> {
+    check_range(offset, buf.len(), dev.len())?;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    dev.write_at(offset, buf)
+}
+
+/// Writes `len` zero bytes at `offset`, in bounded pieces (chunks may be up to 1 GiB).
+pub(crate) fn write_zeros(dev: &mut dyn BlockDevice, offset: u64, len: u64) -> Result<()> {
+    check_range(offset, len as usize, dev.len())?;
+    let zeros = vec![0u8; len.min(COPY_BUF) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(COPY_BUF);
+        dev.write_at(offset + done, &zeros[..n as usize])?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Largest buffer the engine allocates for one copy step.
+pub(crate) const COPY_BUF: u64 = 1 << 20;
+
+/// A device in memory. Used for tests, wasm, and transient COW areas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemDevice {
+    data: Vec<u8>,
+}
+
+impl MemDevice {
+    /// A zero-filled device of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        MemDevice { data: vec![0; len] }
+    }
+
+    /// A device holding `data` (for instance a COW image read from a file).
+    pub fn from_vec(data: Vec<u8>) -> Self {
+        MemDevice { data }
+    }
+
+    /// The device's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Takes the bytes out.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(offset, buf.len(), self.len())?;
+        let o = offset as usize;
+        buf.copy_from_slice(&self.data[o..o + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        check_range(offset, buf.len(), self.len())?;
+        let o = offset as usize;
+        self.data[o..o + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn set_len(&mut self, new_len: u64) -> Result<()> {
+        let n = usize::try_from(new_len).map_err(|_| Error::NoSpace)?;
+        let extra = n.saturating_sub(self.data.len());
+        self.data
+            .try_reserve_exact(extra)
+            .map_err(|_| Error::NoSpace)?;
+        self.data.resize(n, 0);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "std")]
+pub use file::FileDevice;
+
+#[cfg(feature = "std")]
+mod file {
+    use super::*;
+    use std::fs::{File, OpenOptions};
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    /// A device backed by a file (an image file or a block device node), using positional I/O.
+    ///
+    /// The length is fixed at open time and only changes through `set_len`, so a stray write can never
+    /// silently grow the file.
+    #[derive(Debug)]
+    pub struct FileDevice {
+        file: File,
+        len: u64,
+    }
+
+    impl FileDevice {
+        /// Opens an existing file read-write; its current size is the device size.
+        pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let len = file.metadata()?.len();
+            Ok(FileDevice { file, len })
+        }
+
+        /// Creates (or truncates) a sparse file of `len` bytes.
+        pub fn create(path: impl AsRef<Path>, len: u64) -> Result<Self> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
+            file.set_len(len)?;
+            Ok(FileDevice { file, len })
+        }
+
+        /// Wraps an open file.
+        pub fn from_file(file: File) -> Result<Self> {
+            let len = file.metadata()?.len();
+            Ok(FileDevice { file, len })
+        }
+    }
+
+    impl BlockDevice for FileDevice {
+        fn len(&self) -> u64 {
+            self.len
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            check_range(offset, buf.len(), self.len)?;
+            self.file.read_exact_at(buf, offset)?;
+            Ok(())
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+            check_range(offset, buf.len(), self.len)?;
+            self.file.write_all_at(buf, offset)?;
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.file.sync_data()?;
+            Ok(())
+        }
+        fn set_len(&mut self, new_len: u64) -> Result<()> {
+            self.file.set_len(new_len)?;
+            self.len = new_len;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_device_bounds() {
+        let mut d = MemDevice::new(100);
+        assert!(d.write_at(90, &[1; 10]).is_ok());
+        assert!(matches!(
+            d.write_at(91, &[1; 10]),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut b = [0u8; 10];
+        d.read_at(90, &mut b).unwrap();
+        assert_eq!(b, [1; 10]);
+        assert!(d.read_at(u64::MAX, &mut b).is_err());
+        d.set_len(200).unwrap();
+        assert_eq!(d.len(), 200);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn file_device_does_not_grow_on_write() {
+        let dir = std::env::temp_dir().join(alloc::format!("cowsnap-dev-{}", std::process::id()));
+        let mut d = FileDevice::create(&dir, 4096).unwrap();
+        assert!(d.write_at(4095, &[1, 2]).is_err());
+        d.write_at(4094, &[1, 2]).unwrap();
+        d.flush().unwrap();
+        let d2 = FileDevice::open(&dir).unwrap();
+        assert_eq!(d2.len(), 4096);
+        let mut b = [0; 2];
+        d2.read_at(4094, &mut b).unwrap();
+        assert_eq!(b, [1, 2]);
+        std::fs::remove_file(&dir).unwrap();
+    }
+}

@@ -1,0 +1,508 @@
+//! One snapshot: its COW device, exception store and table, and the per-snapshot halves of the
+//! write path (preserving origin chunks, snapshot reads and writes).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::chunk::{check_range, pieces, ChunkSize};
+use crate::device::{self, BlockDevice, COPY_BUF};
+use crate::error::{Error, Result};
+use crate::exception::{Exception, ExceptionTable};
+use crate::status::{SnapshotState, SnapshotStatus};
+use crate::store::persistent::PersistentStore;
+use crate::store::transient::TransientStore;
+use crate::store::{ExceptionStore, StoreKind};
+
+/// What happens when a *snapshot write* finds the COW full (origin writes always invalidate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OverflowMode {
+    /// dm's `P` (what LVM uses): the snapshot is invalidated.
+    #[default]
+    Invalidate,
+    /// dm's `PO`: the snapshot enters `Overflow`; writes fail, reads still work.
+    Report,
+}
+
+/// LVM's `snapshot_autoextend_threshold` / `snapshot_autoextend_percent` for one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Autoextend {
+    /// Grow when an allocation would take Data% past this (1–100; 100 disables).
+    pub threshold_percent: u32,
+    /// Grow by this percentage of the current COW size (≥ 1).
+    pub extend_percent: u32,
+}
+
+impl Autoextend {
+    /// Checks the numbers.
+    pub fn validate(self) -> Result<Self> {
+        if self.threshold_percent == 0 || self.threshold_percent > 100 {
+            return Err(Error::InvalidArgument(
+                "autoextend threshold must be 1..=100 percent",
+            ));
+        }
+        if self.extend_percent == 0 {
+            return Err(Error::InvalidArgument(
+                "autoextend percent must be at least 1",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// False when the policy is switched off (threshold 100, as in lvm.conf).
+    pub fn enabled(self) -> bool {
+        self.threshold_percent < 100
+    }
+
+    /// True when having `allocated` of `total` sectors in use passes the threshold.
+    pub fn exceeded(self, allocated: u64, total: u64) -> bool {
+        allocated as u128 * 100 > self.threshold_percent as u128 * total as u128
+    }
+
+    /// The size a COW of `len` bytes grows to: by `extend_percent`, rounded up to whole chunks,
+    /// and by at least one chunk.
+    pub fn grown_len(self, len: u64, chunk: ChunkSize) -> u64 {
+        let add = (len as u128 * self.extend_percent as u128).div_ceil(100) as u64;
+        let add = add.max(chunk.bytes()).div_ceil(chunk.bytes()) * chunk.bytes();
+        len.saturating_add(add)
+    }
+}
+
+/// How to create a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotOptions {
+    pub chunk_size: ChunkSize,
+    pub store: StoreKind,
+    pub overflow: OverflowMode,
+    pub autoextend: Option<Autoextend>,
+}
+
+/// A snapshot of a volume's origin.
+pub(crate) struct Snapshot {
+    pub(crate) cow: Box<dyn BlockDevice>,
+    pub(crate) store: Box<dyn ExceptionStore>,
+    pub(crate) table: ExceptionTable,
+    pub(crate) state: SnapshotState,
+    overflow: OverflowMode,
+    autoextend: Option<Autoextend>,
+    /// Chunks to merge when the merge started.
+    pub(crate) merge_total: u64,
+    scratch: Vec<u8>,
+}
+
+/// What went wrong in a copy: reading the source or writing the destination.
+enum CopyError {
+    Read(Error),
+    Write(Error),
+}
+
+impl Snapshot {
+    /// A new snapshot on `cow` (formatted fresh for a persistent store, as `lvcreate -s` does).
+    pub(crate) fn create(mut cow: Box<dyn BlockDevice>, opts: SnapshotOptions) -> Result<Self> {
+        let autoextend = opts.autoextend.map(Autoextend::validate).transpose()?;
+        let store: Box<dyn ExceptionStore> = match opts.store {
+            StoreKind::Persistent => Box::new(PersistentStore::create(&mut *cow, opts.chunk_size)?),
+            StoreKind::Transient => {
+                if cow.len() < opts.chunk_size.bytes() {
+                    return Err(Error::NoSpace);
+                }
+                Box::new(TransientStore::new(opts.chunk_size))
+            }
+        };
+        Ok(Self::assemble(
+            cow,
+            store,
+            ExceptionTable::new(),
+            SnapshotState::Active,
+            opts.overflow,
+            autoextend,
+        ))
+    }
+
+    /// Activates an existing persistent COW (or formats it when its magic is 0, like the kernel).
+    pub(crate) fn activate(
+        mut cow: Box<dyn BlockDevice>,
+        opts: SnapshotOptions,
+        origin_len: u64,
+    ) -> Result<Self> {
+        if opts.store == StoreKind::Transient {
+            return Self::create(cow, opts);
+        }
+        let autoextend = opts.autoextend.map(Autoextend::validate).transpose()?;
+        let mut table = ExceptionTable::new();
+        let store = PersistentStore::open(
+            &mut *cow,
+            opts.chunk_size,
+            |c: ChunkSize| c.chunks_in(origin_len),
+            &mut table,
+        )?;
+        let state = if store.is_valid() {
+            SnapshotState::Active
+        } else {
+            SnapshotState::Invalid
+        };
+        Ok(Self::assemble(
+            cow,
+            Box::new(store),
+            table,
+            state,
+            opts.overflow,
+            autoextend,
+        ))
+    }
+
+    fn assemble(
+        cow: Box<dyn BlockDevice>,
+        store: Box<dyn ExceptionStore>,
+        table: ExceptionTable,
+        state: SnapshotState,
+        overflow: OverflowMode,
+        autoextend: Option<Autoextend>,
+    ) -> Self {
+        Snapshot {
+            cow,
+            store,
+            table,
+            state,
+            overflow,
+            autoextend,
+            merge_total: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn chunk(&self) -> ChunkSize {
+        self.store.chunk_size()
+    }
+
+    pub(crate) fn set_autoextend(&mut self, policy: Option<Autoextend>) -> Result<()> {
+        self.autoextend = policy.map(Autoextend::validate).transpose()?;
+        Ok(())
+    }
+
+    pub(crate) fn status(&self) -> SnapshotStatus {
+        let u = self.store.usage(self.cow.len());
+        SnapshotStatus {
+            state: self.state,
+            store: self.store.kind(),
+            overflow_reporting: self.overflow == OverflowMode::Report,
+            chunk_bytes: self.chunk().bytes(),
+            sectors_allocated: u.allocated_sectors,
+            total_sectors: u.total_sectors,
+            metadata_sectors: u.metadata_sectors,
+            exceptions: self.table.len(),
+            merge_progress: (self.state == SnapshotState::Merging).then(|| {
+                (
+                    self.merge_total - self.table.len().min(self.merge_total),
+                    self.merge_total,
+                )
+            }),
+        }
+    }
+
+    /// Reserves a COW chunk, growing the COW first when the autoextend policy asks for it.
+    fn allocate(&mut self) -> Option<u64> {
+        if let Some(p) = self.autoextend.filter(|p| p.enabled()) {
+            let cs = self.chunk();
+            loop {
+                let u = self.store.usage(self.cow.len());
+                if !p.exceeded(u.allocated_sectors + cs.sectors(), u.total_sectors) {
+                    break;
+                }
+                let grown = p.grown_len(self.cow.len(), cs);
+                if self.cow.set_len(grown).is_err() {
+                    break; // cannot grow: the overflow rules apply as without a policy
+                }
+            }
+        }
+        self.store.prepare(self.cow.len())
+    }
+
+    /// Invalidates the snapshot for good. Fails only when the invalidation could not be made durable.
+    pub(crate) fn invalidate(&mut self) -> Result<()> {
+        self.state = SnapshotState::Invalid;
+        self.table.clear();
+        self.store.invalidate(&mut *self.cow)
+    }
+
+    /// Copies byte ranges between devices in bounded steps: `(src_off, dst_off, len)` triples.
+    fn copy(
+        scratch: &mut Vec<u8>,
+        src: &dyn BlockDevice,
+        dst: &mut dyn BlockDevice,
+        runs: impl Iterator<Item = (u64, u64, u64)>,
+    ) -> core::result::Result<(), CopyError> {
+        for (s, d, len) in runs {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(COPY_BUF) as usize;
+                if scratch.len() < n {
+                    scratch.resize(n, 0);
+                }
+                let buf = &mut scratch[..n];
+                device::read(src, s + done, buf).map_err(CopyError::Read)?;
+                device::write(dst, d + done, buf).map_err(CopyError::Write)?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte runs `(origin_off, cow_off, len)` for `records`, coalescing consecutive chunks and clipping
+    /// at the end of the origin (a short last chunk copies only what exists, like the kernel).
+    fn record_runs(
+        chunk: ChunkSize,
+        origin_len: u64,
+        records: &[Exception],
+    ) -> Vec<(u64, u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        for e in records {
+            let o = chunk.offset_of(e.old);
+            let len = chunk.bytes().min(origin_len.saturating_sub(o));
+            if len == 0 {
+                continue;
+            }
+            let d = chunk.offset_of(e.new);
+            match runs.last_mut() {
+                Some(r) if r.0 + r.2 == o && r.1 + r.2 == d => r.2 += len,
+                _ => runs.push((o, d, len)),
+            }
+        }
+        runs
+    }
+
+    /// Before an origin write to `[offset, offset+len)`: copies every chunk of that range that this
+    /// snapshot has not preserved yet into the COW, and commits the records.
+    ///
+    /// A full COW or a COW-side failure invalidates the snapshot and the origin write may proceed;
+    /// an error is returned only when the origin write must not proceed (the origin could not be
+    /// read, or the invalidation could not be made durable).
+    pub(crate) fn preserve(
+        &mut self,
+        origin: &dyn BlockDevice,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        if !matches!(self.state, SnapshotState::Active | SnapshotState::Overflow) || len == 0 {
+            return Ok(());
+        }
+        let cs = self.chunk();
+        let (first, last) = (cs.chunk_of(offset), cs.chunk_of(offset + len - 1));
+        let mut pending = Vec::new();
+        let mut c = first;
+        while c <= last {
+            if let Some((_, run)) = self.table.run_from(c) {
+                c += run;
+                continue;
+            }
+            match self.allocate() {
+                Some(new) => pending.push(Exception { old: c, new }),
+                None => return self.invalidate(),
+            }
+            c += 1;
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let runs = Self::record_runs(cs, origin.len(), &pending);
+        match Self::copy(&mut self.scratch, origin, &mut *self.cow, runs.into_iter()) {
+            Ok(()) => {}
+            Err(CopyError::Read(e)) => return Err(e),
+            Err(CopyError::Write(_)) => return self.invalidate(),
+        }
+        if self.store.commit(&mut *self.cow, &pending).is_err() {
+            return self.invalidate();
+        }
+        for e in &pending {
+            self.table.insert(e.old, e.new);
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot's view: COW chunks where an exception exists, the origin elsewhere.
+    pub(crate) fn read(&self, origin: &dyn BlockDevice, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if self.state == SnapshotState::Invalid {
+            return Err(Error::SnapshotInvalid);
+        }
+        self.read_view(origin, offset, buf)
+    }
+
+    /// The snapshot's view without the validity check (also the origin's view during a merge).
+    pub(crate) fn read_view(
+        &self,
+        origin: &dyn BlockDevice,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        check_range(offset, buf.len(), origin.len())?;
+        let cs = self.chunk();
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let c = cs.chunk_of(pos);
+            let in_chunk = pos - cs.offset_of(c);
+            let at = (pos - offset) as usize;
+            if let Some((new, run)) = self.table.run_from(c) {
+                let n = (cs.offset_of(run) - in_chunk).min(end - pos);
+                let dst = &mut buf[at..at + n as usize];
+                device::read(&*self.cow, cs.offset_of(new) + in_chunk, dst)?;
+                pos += n;
+            } else {
+                let stop = self
+                    .table
+                    .next_mapped(c)
+                    .map_or(end, |m| cs.offset_of(m).min(end));
+                let dst = &mut buf[at..at + (stop - pos) as usize];
+                device::read(origin, pos, dst)?;
+                pos = stop;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to the snapshot itself (snapshots are writable, as with LVM).
+    pub(crate) fn write(
+        &mut self,
+        origin: &dyn BlockDevice,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        match self.state {
+            SnapshotState::Invalid => return Err(Error::SnapshotInvalid),
+            SnapshotState::Overflow => return Err(Error::SnapshotOverflow),
+            SnapshotState::Merging => return Err(Error::Merging),
+            SnapshotState::Active => {}
+        }
+        let origin_len = origin.len();
+        check_range(offset, data.len(), origin_len)?;
+        let cs = self.chunk();
+        // Phase 1: reserve COW chunks for every chunk without an exception, until the COW is full.
+        let mut pending = Vec::new(); // (exception, whole-chunk write?)
+        let mut stop = data.len(); // bytes of `data` that can be written
+        for (c, in_chunk, at, n) in pieces(cs, offset, data.len()) {
+            if self.table.lookup(c).is_some() {
+                continue;
+            }
+            match self.allocate() {
+                Some(new) => {
+                    let chunk_len = cs.bytes().min(origin_len - cs.offset_of(c));
+                    let whole = in_chunk == 0 && n as u64 == chunk_len;
+                    pending.push((Exception { old: c, new }, whole, at, n));
+                }
+                None => {
+                    stop = at;
+                    break;
+                }
+            }
+        }
+        // Phase 2: fill the new chunks — whole-chunk writes are their own copy; partial ones copy
+        // the origin chunk first — then commit.
+        let copies: Vec<Exception> = pending.iter().filter(|p| !p.1).map(|p| p.0).collect();
+        let runs = Self::record_runs(cs, origin_len, &copies);
+        let mut result =
+            match Self::copy(&mut self.scratch, origin, &mut *self.cow, runs.into_iter()) {
+                Ok(()) => Ok(()),
+                Err(CopyError::Read(e)) => Err(e),
+                Err(CopyError::Write(e)) => Err(e),
+            };
+        if result.is_ok() {
+            for &(e, whole, at, n) in &pending {
+                if whole {
+                    if let Err(err) =
+                        device::write(&mut *self.cow, cs.offset_of(e.new), &data[at..at + n])
+                    {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = result {
+            self.invalidate()?;
+            return Err(e);
+        }
+        let records: Vec<Exception> = pending.iter().map(|p| p.0).collect();
+        if let Err(e) = self.store.commit(&mut *self.cow, &records) {
+            self.invalidate()?;
+            return Err(e);
+        }
+        for e in &records {
+            self.table.insert(e.old, e.new);
+        }
+        // Phase 3: the remaining pieces go to their (now existing) COW chunks.
+        let mut whole_done = pending.iter().filter(|p| p.1).map(|p| p.0.old).peekable();
+        for (c, in_chunk, at, n) in pieces(cs, offset, stop) {
+            if whole_done.peek() == Some(&c) {
+                whole_done.next();
+                continue;
+            }
+            let new = self.table.lookup(c).expect("chunk has an exception by now");
+            device::write(
+                &mut *self.cow,
+                cs.offset_of(new) + in_chunk as u64,
+                &data[at..at + n],
+            )?;
+        }
+        if stop < data.len() {
+            return match self.overflow {
+                OverflowMode::Report => {
+                    self.state = SnapshotState::Overflow;
+                    Err(Error::SnapshotOverflow)
+                }
+                OverflowMode::Invalidate => {
+                    self.invalidate()?;
+                    Err(Error::SnapshotInvalid)
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Grows the COW device (like `lvextend` on a snapshot).
+    pub(crate) fn extend(&mut self, new_len: u64) -> Result<()> {
+        if new_len < self.cow.len() {
+            return Err(Error::InvalidArgument("a COW device cannot shrink"));
+        }
+        self.cow.set_len(new_len)
+    }
+
+    /// Origin-chunk runs to merge next: `(first_old, first_new, n)`, or `None` when done.
+    pub(crate) fn merge_next(&mut self) -> Result<Option<(u64, u64, u64)>> {
+        Ok(self
+            .store
+            .merge_prepare(&*self.cow)?
+            .map(|(last, n)| (last.old + 1 - n, last.new + 1 - n, n)))
+    }
+
+    /// Copies a merge run from the COW back over the origin and flushes the origin.
+    pub(crate) fn merge_copy(
+        &mut self,
+        origin: &mut dyn BlockDevice,
+        first_old: u64,
+        first_new: u64,
+        n: u64,
+    ) -> Result<()> {
+        let recs: Vec<Exception> = (0..n)
+            .map(|i| Exception {
+                old: first_old + i,
+                new: first_new + i,
+            })
+            .collect();
+        let runs = Self::record_runs(self.chunk(), origin.len(), &recs);
+        // Same copy routine, the other way round: COW → origin.
+        let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
+        match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {
+            Ok(()) => {}
+            Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
+        }
+        origin.flush()
+    }
+
+    /// After a merge run is on the origin: drops its records durably and from the table.
+    pub(crate) fn merge_commit(&mut self, first_old: u64, n: u64) -> Result<()> {
+        self.store.merge_commit(&mut *self.cow, n)?;
+        for c in (first_old..first_old + n).rev() {
+            self.table.remove(c);
+        }
+        Ok(())
+    }
+}

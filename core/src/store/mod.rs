@@ -1,0 +1,56 @@
+//! Exception stores: where a snapshot's exception records live.
+//!
+//! The store decides where the next copied chunk goes and how records become durable; the snapshot
+//! keeps the in-memory table and does the data copies. Two stores exist, as in dm-snapshot:
+//! [`persistent`] (the on-disk format, `P`/`PO`) and [`transient`] (`N`, memory only).
+
+pub mod persistent;
+pub mod transient;
+
+use crate::chunk::ChunkSize;
+use crate::device::BlockDevice;
+use crate::error::Result;
+use crate::exception::Exception;
+
+/// Which store a snapshot uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StoreKind {
+    /// dm's `N`: exceptions only in memory; the snapshot does not survive deactivation.
+    Transient,
+    /// dm's `P` (and `PO` with [`crate::OverflowMode::Report`]): the kernel's on-disk format.
+    #[default]
+    Persistent,
+}
+
+/// COW space accounting, in sectors, as `dmsetup status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Sectors handed out so far, header and metadata areas included.
+    pub allocated_sectors: u64,
+    /// Size of the COW device.
+    pub total_sectors: u64,
+    /// Header plus metadata areas up to the current one (0 for a transient store).
+    pub metadata_sectors: u64,
+}
+
+/// What a snapshot needs from its exception store.
+pub trait ExceptionStore: Send + Sync {
+    /// Transient or persistent.
+    fn kind(&self) -> StoreKind;
+    /// The store's chunk size.
+    fn chunk_size(&self) -> ChunkSize;
+    /// Reserves the next COW chunk for a new exception; `None` when the COW (of `cow_len` bytes) is full.
+    fn prepare(&mut self, cow_len: u64) -> Option<u64>;
+    /// Makes `records` durable. Their data chunks are already written; on return the origin may be
+    /// overwritten. An error leaves the store unusable (the snapshot must be invalidated).
+    fn commit(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()>;
+    /// Marks the store invalid for good (persistent: writes `valid = 0` to the header and flushes).
+    fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()>;
+    /// Space accounting for a COW of `cow_len` bytes.
+    fn usage(&self, cow_len: u64) -> Usage;
+    /// Merge: the newest record and how many records before it are consecutive with it
+    /// (in both origin and COW chunk, within one area). `None` when no record is left.
+    fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>>;
+    /// Merge: drops the newest `n` records durably (their chunks have been copied back and flushed).
+    fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()>;
+}

@@ -1,0 +1,479 @@
+//! The persistent store (`P`, `PO`): byte-compatible with the Linux kernel's dm-snap-persistent.
+//!
+//! Layout (all little-endian): chunk 0 is the header (`magic`, `valid`, `version`, `chunk_size` in
+//! sectors); metadata area `a` sits at chunk `1 + a·(epa+1)` and holds `epa = chunk_bytes/16` records
+//! `(old_chunk: u64, new_chunk: u64)`, followed by the `epa` data chunks it describes. A record with
+//! `new_chunk == 0` ends the list. See `shared/spec/dm-snapshot.md`.
+
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{ExceptionStore, StoreKind, Usage};
+use crate::chunk::{ChunkSize, SECTOR_SIZE};
+use crate::device::{self, BlockDevice};
+use crate::error::{Error, Result};
+use crate::exception::{Exception, ExceptionTable};
+
+/// Header magic, "SnAp" on disk.
+pub const SNAP_MAGIC: u32 = 0x7041_6E53;
+/// The only on-disk version that exists.
+pub const DISK_VERSION: u32 = 1;
+/// Size of one exception record.
+pub const EXCEPTION_RECORD_BYTES: u64 = 16;
+/// Bytes of the header that carry meaning.
+pub const HEADER_BYTES: usize = 16;
+
+/// Largest piece of a metadata area read or written in one call (areas can be 1 GiB in theory).
+const AREA_IO: u64 = 64 * 1024;
+
+/// The header fields of chunk 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub magic: u32,
+    pub valid: u32,
+    pub version: u32,
+    pub chunk_sectors: u32,
+}
+
+impl Header {
+    /// A fresh, valid header.
+    pub fn new(chunk: ChunkSize) -> Self {
+        Header {
+            magic: SNAP_MAGIC,
+            valid: 1,
+            version: DISK_VERSION,
+            chunk_sectors: chunk.sectors() as u32,
+        }
+    }
+
+    /// Parses the first 16 bytes of a COW device.
+    pub fn parse(b: &[u8; HEADER_BYTES]) -> Self {
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Header {
+            magic: u(0),
+            valid: u(4),
+            version: u(8),
+            chunk_sectors: u(12),
+        }
+    }
+
+    /// The 16 on-disk bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_BYTES] {
+        let mut b = [0u8; HEADER_BYTES];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&self.valid.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.chunk_sectors.to_le_bytes());
+        b
+    }
+
+    /// Reads the header of `cow`.
+    pub fn read(cow: &dyn BlockDevice) -> Result<Self> {
+        let mut b = [0u8; HEADER_BYTES];
+        device::read(cow, 0, &mut b).map_err(|e| match e {
+            Error::OutOfRange { .. } => Error::corrupt("COW device is smaller than a header"),
+            e => e,
+        })?;
+        Ok(Header::parse(&b))
+    }
+
+    /// Checks magic and version and returns the chunk size (`None` for a new, all-zero-magic store).
+    pub fn validate(&self) -> Result<Option<ChunkSize>> {
+        if self.magic == 0 {
+            return Ok(None);
+        }
+        if self.magic != SNAP_MAGIC {
+            return Err(Error::corrupt(format!(
+                "bad magic {:#010x} (expected {:#010x} \"SnAp\")",
+                self.magic, SNAP_MAGIC
+            )));
+        }
+        if self.version != DISK_VERSION {
+            return Err(Error::corrupt(format!(
+                "unsupported on-disk version {} (only {} exists)",
+                self.version, DISK_VERSION
+            )));
+        }
+        ChunkSize::from_disk_sectors(self.chunk_sectors).map(Some)
+    }
+}
+
+/// Where things are in a persistent COW of a given chunk size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub chunk: ChunkSize,
+}
+
+impl Geometry {
+    /// Records per metadata area.
+    pub fn exceptions_per_area(self) -> u64 {
+        self.chunk.bytes() / EXCEPTION_RECORD_BYTES
+    }
+
+    /// COW chunk of metadata area `area`.
+    pub fn area_location(self, area: u64) -> u64 {
+        1 + area * (self.exceptions_per_area() + 1)
+    }
+
+    /// True when COW chunk `chunk` is the header or a metadata area.
+    pub fn is_metadata_chunk(self, chunk: u64) -> bool {
+        chunk == 0 || chunk % (self.exceptions_per_area() + 1) == 1
+    }
+
+    /// The metadata area that describes data chunk `chunk`.
+    pub fn area_of_data_chunk(self, chunk: u64) -> u64 {
+        (chunk - 1) / (self.exceptions_per_area() + 1)
+    }
+}
+
+/// Everything `activate` learned from an existing COW device (for inspection tools).
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub header: Header,
+    pub chunk: ChunkSize,
+    /// Records in on-disk order (empty when the store is invalid).
+    pub records: Vec<Exception>,
+    /// Number of metadata areas read.
+    pub areas: u64,
+}
+
+/// A persistent exception store, open on a COW device.
+#[derive(Debug)]
+pub struct PersistentStore {
+    geo: Geometry,
+    valid: bool,
+    next_free: u64,
+    current_area: u64,
+    /// Records of the current area, in order.
+    area: Vec<Exception>,
+    /// How many records of the current area are (possibly) non-zero on disk, so that records cleared
+    /// by a merge are written back as zeros.
+    area_on_disk: usize,
+}
+
+impl PersistentStore {
+    /// Formats `cow` as a new store (as `lvcreate -s` + first activation do): header, zeroed area 0.
+    pub fn create(cow: &mut dyn BlockDevice, chunk: ChunkSize) -> Result<Self> {
+        let geo = Geometry { chunk };
+        if cow.len() < 2 * chunk.bytes() {
+            return Err(Error::NoSpace);
+        }
+        let mut hdr = vec![0u8; (chunk.bytes().min(AREA_IO)) as usize];
+        hdr[..HEADER_BYTES].copy_from_slice(&Header::new(chunk).to_bytes());
+        device::write(cow, 0, &hdr)?;
+        if chunk.bytes() > AREA_IO {
+            device::write_zeros(cow, AREA_IO, chunk.bytes() - AREA_IO)?;
+        }
+        device::write_zeros(cow, chunk.offset_of(geo.area_location(0)), chunk.bytes())?;
+        cow.flush()?;
+        Ok(Self::empty(geo))
+    }
+
+    fn empty(geo: Geometry) -> Self {
+        PersistentStore {
+            geo,
+            valid: true,
+            next_free: 2,
+            current_area: 0,
+            area: Vec::new(),
+            area_on_disk: 0,
+        }
+    }
+
+    /// Activates an existing store as the kernel loads a table: a zero magic means "new" (formatted
+    /// with `chunk`), otherwise header and areas are read and every record goes into `table`.
+    /// `origin_chunks` bounds `old_chunk` (records beyond the origin are corruption).
+    pub fn open(
+        cow: &mut dyn BlockDevice,
+        chunk: ChunkSize,
+        origin_chunks_of: impl Fn(ChunkSize) -> u64,
+        table: &mut ExceptionTable,
+    ) -> Result<Self> {
+        let header = Header::read(cow)?;
+        let Some(disk_chunk) = header.validate()? else {
+            return Self::create(cow, chunk);
+        };
+        let scan = scan(cow, header, disk_chunk, origin_chunks_of(disk_chunk), table)?;
+        let geo = Geometry { chunk: disk_chunk };
+        let mut store = Self::empty(geo);
+        if header.valid == 0 {
+            store.valid = false;
+            return Ok(store);
+        }
+        let epa = geo.exceptions_per_area() as usize;
+        let max_new = scan.records.iter().map(|r| r.new).max().unwrap_or(1);
+        store.current_area = scan.areas - 1;
+        let in_last = scan.records.len() - (scan.areas as usize - 1) * epa;
+        store.area = scan.records[scan.records.len() - in_last..].to_vec();
+        store.area_on_disk = store.area.len();
+        store.next_free = (max_new + 1).max(2);
+        store.skip_metadata();
+        Ok(store)
+    }
+
+    /// Whether the header says valid.
+    pub fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    /// The store's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn skip_metadata(&mut self) {
+        if self.next_free % (self.geo.exceptions_per_area() + 1) == 1 {
+            self.next_free += 1;
+        }
+    }
+
+    fn area_offset(&self, area: u64) -> u64 {
+        self.geo.chunk.offset_of(self.geo.area_location(area))
+    }
+
+    /// Writes the in-memory current area: its records, then zeros over records that used to be there.
+    fn write_area(&mut self, cow: &mut dyn BlockDevice) -> Result<()> {
+        let n = self.area.len().max(self.area_on_disk);
+        let mut buf = vec![0u8; n * EXCEPTION_RECORD_BYTES as usize];
+        for (i, e) in self.area.iter().enumerate() {
+            let o = i * EXCEPTION_RECORD_BYTES as usize;
+            buf[o..o + 8].copy_from_slice(&e.old.to_le_bytes());
+            buf[o + 8..o + 16].copy_from_slice(&e.new.to_le_bytes());
+        }
+        let at = self.area_offset(self.current_area);
+        device::write(cow, at, &buf)?;
+        self.area_on_disk = self.area.len();
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()> {
+        let epa = self.geo.exceptions_per_area() as usize;
+        // PREFLUSH: the data chunks are durable before any record that names them.
+        cow.flush()?;
+        let mut dirty = false;
+        for &r in records {
+            self.area.push(r);
+            dirty = true;
+            if self.area.len() == epa {
+                // The successor area is zeroed (and durable) before the full area is written, so a
+                // scan always finds an end marker.
+                let next = self.area_offset(self.current_area + 1);
+                device::write_zeros(cow, next, self.geo.chunk.bytes())?;
+                cow.flush()?;
+                self.write_area(cow)?;
+                self.current_area += 1;
+                self.area.clear();
+                self.area_on_disk = 0;
+                dirty = false;
+            }
+        }
+        if dirty {
+            self.write_area(cow)?;
+        }
+        // FUA: the records are durable before the caller overwrites the origin.
+        cow.flush()
+    }
+}
+
+impl ExceptionStore for PersistentStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Persistent
+    }
+    fn chunk_size(&self) -> ChunkSize {
+        self.geo.chunk
+    }
+    fn prepare(&mut self, cow_len: u64) -> Option<u64> {
+        let cs = self.geo.chunk.sectors();
+        if (self.next_free + 1) * cs > cow_len / SECTOR_SIZE {
+            return None;
+        }
+        let c = self.next_free;
+        self.next_free += 1;
+        self.skip_metadata();
+        Some(c)
+    }
+    fn commit(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()> {
+        if !self.valid {
+            return Err(Error::SnapshotInvalid);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let r = self.commit_inner(cow, records);
+        if r.is_err() {
+            // Any metadata write error invalidates the store, as in the kernel.
+            self.valid = false;
+        }
+        r
+    }
+    fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()> {
+        self.valid = false;
+        self.area = Vec::new();
+        let mut h = Header::new(self.geo.chunk);
+        h.valid = 0;
+        device::write(cow, 0, &h.to_bytes())?;
+        cow.flush()
+    }
+    fn usage(&self, cow_len: u64) -> Usage {
+        let cs = self.geo.chunk.sectors();
+        Usage {
+            allocated_sectors: self.next_free * cs,
+            total_sectors: cow_len / SECTOR_SIZE,
+            metadata_sectors: (self.current_area + 2) * cs,
+        }
+    }
+    fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
+        if self.area.is_empty() {
+            if self.current_area == 0 {
+                return Ok(None);
+            }
+            // Step back into the previous (full) area.
+            let prev = self.current_area - 1;
+            let epa = self.geo.exceptions_per_area();
+            let recs = read_records(cow, self.area_offset(prev), epa)?;
+            if (recs.len() as u64) != epa {
+                return Err(Error::corrupt(
+                    "a metadata area before the current one is not full",
+                ));
+            }
+            self.current_area = prev;
+            self.area = recs;
+            self.area_on_disk = self.area.len();
+        }
+        let last = *self.area.last().expect("area not empty");
+        let mut n = 1u64;
+        for e in self.area.iter().rev().skip(1) {
+            if e.old + n == last.old && e.new + n == last.new {
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(Some((last, n)))
+    }
+    fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
+        let keep = self.area.len().saturating_sub(n as usize);
+        self.area.truncate(keep);
+        cow.flush()?;
+        self.write_area(cow)?;
+        cow.flush()?;
+        self.next_free = self.geo.area_location(self.current_area) + self.area.len() as u64 + 1;
+        Ok(())
+    }
+}
+
+/// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
+fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize];
+    let mut i = 0u64;
+    while i < max {
+        let n = (max - i).min(buf.len() as u64 / EXCEPTION_RECORD_BYTES);
+        let b = &mut buf[..(n * EXCEPTION_RECORD_BYTES) as usize];
+        device::read(cow, at + i * EXCEPTION_RECORD_BYTES, b)?;
+        for rec in b.chunks_exact(EXCEPTION_RECORD_BYTES as usize) {
+            let old = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let new = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+            if new == 0 {
+                return Ok(out);
+            }
+            out.push(Exception { old, new });
+        }
+        i += n;
+    }
+    Ok(out)
+}
+
+/// Reads and checks every metadata area of a valid store, as activation does.
+///
+/// Stricter than the kernel (which trusts its records): a record pointing outside the COW device, at
+/// a metadata chunk, at an origin chunk beyond `origin_chunks`, or repeating an origin chunk is
+/// reported as corruption instead of being served.
+fn scan(
+    cow: &dyn BlockDevice,
+    header: Header,
+    chunk: ChunkSize,
+    origin_chunks: u64,
+    seen: &mut ExceptionTable,
+) -> Result<Scan> {
+    let geo = Geometry { chunk };
+    let cow_chunks = chunk.whole_chunks_in(cow.len());
+    if cow_chunks < 2 {
+        return Err(Error::corrupt(
+            "COW device too small for its header and first metadata area",
+        ));
+    }
+    let mut records = Vec::new();
+    let mut areas = 0u64;
+    if header.valid == 0 {
+        return Ok(Scan {
+            header,
+            chunk,
+            records,
+            areas,
+        });
+    }
+    let epa = geo.exceptions_per_area();
+    loop {
+        let loc = geo.area_location(areas);
+        if loc >= cow_chunks {
+            return Err(Error::corrupt(format!(
+                "metadata area {areas} (chunk {loc}) lies past the end of the COW device"
+            )));
+        }
+        let recs = read_records(cow, chunk.offset_of(loc), epa)?;
+        areas += 1;
+        for (i, r) in recs.iter().enumerate() {
+            if r.new >= cow_chunks || geo.is_metadata_chunk(r.new) {
+                return Err(Error::corrupt(format!(
+                    "record {i} of area {}: COW chunk {} is not a data chunk of this device",
+                    areas - 1,
+                    r.new
+                )));
+            }
+            if r.old >= origin_chunks {
+                return Err(Error::corrupt(format!(
+                    "record {i} of area {}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
+                    areas - 1,
+                    r.old
+                )));
+            }
+            if !seen.insert(r.old, r.new) {
+                return Err(Error::corrupt(format!(
+                    "record {i} of area {}: origin chunk {} appears twice",
+                    areas - 1,
+                    r.old
+                )));
+            }
+        }
+        let full = recs.len() as u64 == epa;
+        records.extend(recs);
+        if !full {
+            break;
+        }
+    }
+    Ok(Scan {
+        header,
+        chunk,
+        records,
+        areas,
+    })
+}
+
+/// Reads a COW device without changing it: header, chunk size and (for a valid store) all records.
+/// For inspection tools; activation does the same checks.
+pub fn inspect(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Scan> {
+    let header = Header::read(cow)?;
+    let chunk = header
+        .validate()?
+        .ok_or_else(|| Error::corrupt("magic is 0: the COW device was never activated"))?;
+    let mut table = ExceptionTable::new();
+    scan(
+        cow,
+        header,
+        chunk,
+        origin_chunks.unwrap_or(u64::MAX),
+        &mut table,
+    )
+}

@@ -1,0 +1,363 @@
+//! A volume: the origin device and its snapshots, and the origin write path that ties them together.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::chunk::{check_range, pieces};
+use crate::device::{self, BlockDevice};
+use crate::error::{Error, Result};
+use crate::exception::Exception;
+use crate::snapshot::{Autoextend, Snapshot, SnapshotOptions};
+use crate::status::{SnapshotState, SnapshotStatus};
+
+/// Identifies a snapshot within its volume. Ids are never reused by a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId(pub u32);
+
+/// Progress of a merge, in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeProgress {
+    /// Chunks copied back so far.
+    pub merged: u64,
+    /// Chunks to copy back in all.
+    pub total: u64,
+    /// True once every record is merged (the snapshot is then removed).
+    pub done: bool,
+}
+
+/// An origin device and its snapshots.
+///
+/// Every origin write goes through [`Volume::write_at`], which first preserves the old contents of the
+/// chunks it touches in every snapshot that needs them. Reads of the origin and of snapshots take
+/// `&self`, so a `RwLock<Volume>` lets them run in parallel.
+pub struct Volume {
+    origin: Box<dyn BlockDevice>,
+    snapshots: BTreeMap<SnapshotId, Snapshot>,
+    next_id: u32,
+}
+
+impl core::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Volume")
+            .field("len", &self.len())
+            .field("snapshots", &self.snapshots.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Volume {
+    /// A volume over `origin`, with no snapshots.
+    pub fn new(origin: impl BlockDevice + 'static) -> Self {
+        Self::from_boxed(Box::new(origin))
+    }
+
+    /// Same as [`Volume::new`] for an already boxed device.
+    pub fn from_boxed(origin: Box<dyn BlockDevice>) -> Self {
+        Volume {
+            origin,
+            snapshots: BTreeMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Size of the origin (and of every snapshot) in bytes.
+    pub fn len(&self) -> u64 {
+        self.origin.len()
+    }
+
+    /// True for a zero-length origin.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The origin device (for export; writes must go through [`Volume::write_at`]).
+    pub fn origin(&self) -> &dyn BlockDevice {
+        &*self.origin
+    }
+
+    /// Ids of the current snapshots, oldest first.
+    pub fn snapshot_ids(&self) -> Vec<SnapshotId> {
+        self.snapshots.keys().copied().collect()
+    }
+
+    fn snap(&self, id: SnapshotId) -> Result<&Snapshot> {
+        self.snapshots.get(&id).ok_or(Error::UnknownSnapshot(id.0))
+    }
+
+    fn snap_mut(&mut self, id: SnapshotId) -> Result<&mut Snapshot> {
+        self.snapshots
+            .get_mut(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))
+    }
+
+    fn merging(&self) -> Option<SnapshotId> {
+        self.snapshots
+            .iter()
+            .find(|(_, s)| s.state == SnapshotState::Merging)
+            .map(|(&id, _)| id)
+    }
+
+    fn add(&mut self, snap: Snapshot) -> Result<SnapshotId> {
+        let id = SnapshotId(self.next_id);
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or(Error::InvalidArgument("snapshot ids exhausted"))?;
+        self.snapshots.insert(id, snap);
+        Ok(id)
+    }
+
+    /// Takes a snapshot on `cow` (like `lvcreate -s`): formats the COW (persistent store) and copies no
+    /// data, whatever the origin size.
+    pub fn create_snapshot(
+        &mut self,
+        cow: impl BlockDevice + 'static,
+        opts: SnapshotOptions,
+    ) -> Result<SnapshotId> {
+        self.create_snapshot_boxed(Box::new(cow), opts)
+    }
+
+    /// [`Volume::create_snapshot`] for a boxed device.
+    pub fn create_snapshot_boxed(
+        &mut self,
+        cow: Box<dyn BlockDevice>,
+        opts: SnapshotOptions,
+    ) -> Result<SnapshotId> {
+        if self.merging().is_some() {
+            return Err(Error::Merging);
+        }
+        let snap = Snapshot::create(cow, opts)?;
+        self.add(snap)
+    }
+
+    /// Activates an existing persistent COW device (after a clean shutdown or a crash), as the kernel
+    /// loads a snapshot table: the header's chunk size wins over `opts.chunk_size`, a zero magic
+    /// formats a new store, `valid = 0` gives an invalid snapshot, corrupt metadata is refused.
+    pub fn activate_snapshot(
+        &mut self,
+        cow: impl BlockDevice + 'static,
+        opts: SnapshotOptions,
+    ) -> Result<SnapshotId> {
+        self.activate_snapshot_boxed(Box::new(cow), opts)
+    }
+
+    /// [`Volume::activate_snapshot`] for a boxed device.
+    pub fn activate_snapshot_boxed(
+        &mut self,
+        cow: Box<dyn BlockDevice>,
+        opts: SnapshotOptions,
+    ) -> Result<SnapshotId> {
+        let snap = Snapshot::activate(cow, opts, self.len())?;
+        self.add(snap)
+    }
+
+    /// Removes a snapshot and hands back its COW device (as it is now).
+    pub fn delete_snapshot(&mut self, id: SnapshotId) -> Result<Box<dyn BlockDevice>> {
+        if self.snap(id)?.state == SnapshotState::Merging {
+            return Err(Error::Merging);
+        }
+        let s = self
+            .snapshots
+            .remove(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))?;
+        Ok(s.cow)
+    }
+
+    /// Reads the origin. During a merge this is the merged view (the merging snapshot's contents).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(offset, buf.len(), self.len())?;
+        match self.merging() {
+            Some(id) => self.snap(id)?.read_view(&*self.origin, offset, buf),
+            None => device::read(&*self.origin, offset, buf),
+        }
+    }
+
+    /// Writes the origin: every snapshot that lacks an exception for a touched chunk gets a copy of the
+    /// chunk first (whole chunks, even for a one-byte write). Snapshots whose COW is full are
+    /// invalidated; the write itself goes on.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        check_range(offset, data.len(), self.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Some(id) = self.merging() {
+            return self.write_during_merge(id, offset, data);
+        }
+        self.preserve_all(offset, data.len() as u64, None)?;
+        device::write(&mut *self.origin, offset, data)
+    }
+
+    fn preserve_all(&mut self, offset: u64, len: u64, except: Option<SnapshotId>) -> Result<()> {
+        let origin = &*self.origin;
+        for (id, s) in self.snapshots.iter_mut() {
+            if Some(*id) != except {
+                s.preserve(origin, offset, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// During a merge, chunks that still have a record are the merging snapshot's COW chunks (the merge
+    /// copies them back later); the rest are plain origin chunks.
+    fn write_during_merge(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let cs = self.snap(id)?.chunk();
+        for (c, in_chunk, at, n) in pieces(cs, offset, data.len()) {
+            let piece = &data[at..at + n];
+            let mapped = self.snap(id)?.table.lookup(c);
+            match mapped {
+                Some(new) => {
+                    let s = self.snap_mut(id)?;
+                    device::write(&mut *s.cow, cs.offset_of(new) + in_chunk as u64, piece)?;
+                }
+                None => {
+                    let pos = cs.offset_of(c) + in_chunk as u64;
+                    self.preserve_all(pos, n as u64, Some(id))?;
+                    device::write(&mut *self.origin, pos, piece)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (origin and every COW).
+    pub fn flush(&mut self) -> Result<()> {
+        self.origin.flush()?;
+        for s in self.snapshots.values_mut() {
+            s.cow.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reads a snapshot: its own copies where it has them, the origin elsewhere.
+    pub fn snapshot_read_at(&self, id: SnapshotId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.snap(id)?.read(&*self.origin, offset, buf)
+    }
+
+    /// Writes a snapshot (never the origin).
+    pub fn snapshot_write_at(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let origin = &*self.origin;
+        let s = self
+            .snapshots
+            .get_mut(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))?;
+        s.write(origin, offset, data)
+    }
+
+    /// A snapshot's status.
+    pub fn snapshot_status(&self, id: SnapshotId) -> Result<SnapshotStatus> {
+        Ok(self.snap(id)?.status())
+    }
+
+    /// A snapshot's exceptions, in origin-chunk order.
+    pub fn snapshot_exceptions(&self, id: SnapshotId) -> Result<Vec<Exception>> {
+        Ok(self.snap(id)?.table.iter().collect())
+    }
+
+    /// A snapshot's COW device, e.g. to export its dm-format image.
+    pub fn snapshot_cow(&self, id: SnapshotId) -> Result<&dyn BlockDevice> {
+        Ok(&*self.snap(id)?.cow)
+    }
+
+    /// Grows a snapshot's COW device to `new_len` bytes (like `lvextend` on a snapshot).
+    pub fn extend_snapshot(&mut self, id: SnapshotId, new_len: u64) -> Result<()> {
+        self.snap_mut(id)?.extend(new_len)
+    }
+
+    /// Sets or clears a snapshot's autoextend policy.
+    pub fn set_autoextend(&mut self, id: SnapshotId, policy: Option<Autoextend>) -> Result<()> {
+        self.snap_mut(id)?.set_autoextend(policy)
+    }
+
+    /// Starts merging a snapshot into the origin (like `lvconvert --merge`). The origin shows the
+    /// snapshot's contents from now on; [`Volume::merge_step`] copies the data back.
+    pub fn merge_begin(&mut self, id: SnapshotId) -> Result<MergeProgress> {
+        if let Some(m) = self.merging() {
+            return if m == id {
+                self.merge_progress(id)
+            } else {
+                Err(Error::Merging)
+            };
+        }
+        let s = self.snap_mut(id)?;
+        match s.state {
+            SnapshotState::Invalid => return Err(Error::SnapshotInvalid),
+            SnapshotState::Active | SnapshotState::Overflow => {}
+            SnapshotState::Merging => unreachable!("checked above"),
+        }
+        s.state = SnapshotState::Merging;
+        s.merge_total = s.table.len();
+        self.merge_progress(id)
+    }
+
+    fn merge_progress(&self, id: SnapshotId) -> Result<MergeProgress> {
+        let s = self.snap(id)?;
+        let left = s.table.len().min(s.merge_total);
+        Ok(MergeProgress {
+            merged: s.merge_total - left,
+            total: s.merge_total,
+            done: s.table.is_empty(),
+        })
+    }
+
+    /// Merges one run of records (the newest ones), the kernel's way: other snapshots first get their
+    /// copies of the origin chunks about to change, then COW → origin, flush, then the records are
+    /// cleared and the area rewritten. `done` is set once no record is left; then call
+    /// [`Volume::merge_finish`].
+    pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
+        if self.snap(id)?.state != SnapshotState::Merging {
+            return Err(Error::InvalidArgument(
+                "snapshot is not merging; call merge_begin",
+            ));
+        }
+        if let Some((first_old, first_new, n)) = self.snap_mut(id)?.merge_next()? {
+            let cs = self.snap(id)?.chunk();
+            let start = cs.offset_of(first_old);
+            let end = cs.offset_of(first_old + n).min(self.len());
+            if start < end {
+                self.preserve_all(start, end - start, Some(id))?;
+            }
+            let origin = &mut *self.origin;
+            let s = self
+                .snapshots
+                .get_mut(&id)
+                .ok_or(Error::UnknownSnapshot(id.0))?;
+            s.merge_copy(origin, first_old, first_new, n)?;
+            s.merge_commit(first_old, n)?;
+        } else if !self.snap(id)?.table.is_empty() {
+            return Err(Error::corrupt(
+                "merge found no records left but the table is not empty",
+            ));
+        }
+        self.merge_progress(id)
+    }
+
+    /// Ends a completed merge: removes the snapshot and returns its COW device (records cleared).
+    pub fn merge_finish(&mut self, id: SnapshotId) -> Result<Box<dyn BlockDevice>> {
+        let s = self.snap(id)?;
+        if s.state != SnapshotState::Merging || !s.table.is_empty() {
+            return Err(Error::InvalidArgument("merge is not complete"));
+        }
+        let s = self
+            .snapshots
+            .remove(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))?;
+        Ok(s.cow)
+    }
+
+    /// Merges a snapshot completely (starting or resuming), reporting progress after each step, and
+    /// returns its COW device.
+    pub fn merge_snapshot(
+        &mut self,
+        id: SnapshotId,
+        mut progress: impl FnMut(MergeProgress),
+    ) -> Result<Box<dyn BlockDevice>> {
+        let mut p = self.merge_begin(id)?;
+        progress(p);
+        while !p.done {
+            p = self.merge_step(id)?;
+            progress(p);
+        }
+        self.merge_finish(id)
+    }
+}

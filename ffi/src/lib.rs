@@ -1,0 +1,1 @@
+//! C ABI for cowsnap (work in progress: see issue 5).

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one command that runs every test of cowsnap, on a fresh machine or an old one.
+# It installs what the tests need when it is missing (rust targets and tools, Python and npm packages,
+# Debian packages), then runs each component's suite. Usage: ./test.sh [component...]
+# Components: rust, wasm-build (no_std check), then whatever scripts/test-*.sh exist.
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TERM_COLOR=never
+ROOT=$PWD
+SHARED=${COWSNAP_SHARED:-$ROOT/../shared}
+export COWSNAP_SHARED=$SHARED
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+only=("$@")
+want() { [ ${#only[@]} -eq 0 ] && return 0; for o in "${only[@]}"; do [ "$o" = "$1" ] && return 0; done; return 1; }
+
+if want lint; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+if want no_std; then
+  step "core: no_std build for wasm32-unknown-unknown"
+  rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  cargo build -p cowsnap-core --no-default-features --target wasm32-unknown-unknown
+fi
+
+if want rust; then
+  step "cargo test (workspace)"
+  cargo test --workspace
+fi
+
+# Each front end owns a script: scripts/test-<name>.sh (installs its own tools, runs its suite).
+for s in scripts/test-*.sh; do
+  [ -e "$s" ] || continue
+  name=$(basename "$s" .sh); name=${name#test-}
+  if want "$name"; then
+    step "$name"
+    bash "$s"
+  fi
+done
+
+step "all suites passed"

@@ -1,0 +1,1 @@
+//! wasm-bindgen layer for cowsnap (work in progress: see issue 7).
