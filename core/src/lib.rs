@@ -26,6 +26,7 @@ pub mod chunk;
 pub mod device;
 pub mod error;
 pub mod exception;
+pub mod replay;
 pub mod snapshot;
 pub mod status;
 pub mod store;
