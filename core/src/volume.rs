@@ -76,6 +76,22 @@ impl Volume {
         &*self.origin
     }
 
+    /// Takes the volume apart: the origin device and each snapshot's COW device, oldest first
+    /// (for deactivation; reactivate with [`Volume::activate_snapshot`]). Nothing is flushed here.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Box<dyn BlockDevice>,
+        Vec<(SnapshotId, Box<dyn BlockDevice>)>,
+    ) {
+        let snaps = self
+            .snapshots
+            .into_iter()
+            .map(|(id, s)| (id, s.cow))
+            .collect();
+        (self.origin, snaps)
+    }
+
     /// Ids of the current snapshots, oldest first.
     pub fn snapshot_ids(&self) -> Vec<SnapshotId> {
         self.snapshots.keys().copied().collect()
