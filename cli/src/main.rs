@@ -1,1 +1,284 @@
-fn main() { eprintln!("cowsnap: work in progress (issue 9)"); std::process::exit(2); }
+//! `cowsnap`: LVM-like snapshots of image files, and tools for dm-snapshot COW devices.
+//!
+//! Managed volumes are directories (origin image, COW images, `cowsnap.json` manifest); raw commands
+//! (`inspect`, `export`, `merge --origin --cow`) work on images copied off a real LVM/dm system.
+
+mod managed;
+mod manifest;
+mod progress;
+mod raw;
+mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// An error for the user: one line, already explained.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl CliError {
+    pub fn msg(m: impl Into<String>) -> Self {
+        CliError(m.into())
+    }
+
+    /// A core error with what was being done.
+    pub fn core(context: impl std::fmt::Display, e: cowsnap_core::Error) -> Self {
+        CliError(format!("{context}: {e}"))
+    }
+}
+
+impl From<cowsnap_core::Error> for CliError {
+    fn from(e: cowsnap_core::Error) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Parses an LVM-style size (`512M`, `4K`, `1G`, plain bytes).
+fn size_arg(s: &str) -> Result<u64, String> {
+    size::parse_size(s)
+}
+
+fn size_delta_arg(s: &str) -> Result<size::SizeArg, String> {
+    size::parse_size_arg(s)
+}
+
+fn byte_arg(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u8::from_str_radix(h, 16)
+    } else {
+        t.parse::<u8>()
+    };
+    v.map_err(|_| format!("bad byte {s:?}: expected 0..255 or 0x00..0xff"))
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cowsnap",
+    version,
+    about = "LVM-like copy-on-write snapshots of image files, byte-compatible with dm-snapshot",
+    long_about = "LVM-like copy-on-write snapshots of image files, byte-compatible with dm-snapshot.\n\n\
+A managed volume is a directory holding the origin image (origin.img), one COW image per snapshot \
+(<name>.cow, in the kernel's persistent format) and a manifest (cowsnap.json). Address the origin as \
+DIR and a snapshot as DIR/NAME. Sizes take LVM suffixes: 512M, 4K, 1G, +64M; a plain number is bytes."
+)]
+struct Cli {
+    /// No progress bars and no informational messages.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a managed volume: a directory with an empty (sparse) origin image.
+    Create {
+        /// Volume directory (must not exist, or be empty).
+        dir: PathBuf,
+        /// Origin size.
+        #[arg(short = 'L', long, value_parser = size_arg)]
+        size: u64,
+        /// Default chunk size for snapshots: power of two, 4K..512K.
+        #[arg(short = 'c', long, value_parser = size_arg, default_value = "4K")]
+        chunk_size: u64,
+    },
+    /// Take a snapshot of the origin (like `lvcreate -s`).
+    Snapshot {
+        /// Volume directory.
+        dir: PathBuf,
+        /// Snapshot name.
+        #[arg(short, long)]
+        name: String,
+        /// COW size (the snapshot's LSize).
+        #[arg(short = 'L', long, value_parser = size_arg)]
+        size: u64,
+        /// dm store: P (invalidate on overflow, as LVM), PO (report overflow of snapshot writes).
+        /// N (transient) is refused: it cannot outlive one command.
+        #[arg(long, default_value = "P")]
+        store: String,
+        /// Autoextend policy THRESHOLD:PERCENT, e.g. 70:20 (grow by 20% when Data% would pass 70).
+        #[arg(long)]
+        autoextend: Option<String>,
+        /// Chunk size (default: the volume's).
+        #[arg(short = 'c', long, value_parser = size_arg)]
+        chunk_size: Option<u64>,
+    },
+    /// List the origin and its snapshots (like `lvs`): LV, Attr, LSize, Origin, Data%.
+    Lvs {
+        /// Volume directory.
+        dir: PathBuf,
+        /// JSON output (like `lvs --reportformat json`, with more fields).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write to the origin (DIR) or a snapshot (DIR/NAME).
+    Write(WriteArgs),
+    /// Read from the origin (DIR) or a snapshot (DIR/NAME); raw bytes to stdout unless --out.
+    Read {
+        /// DIR or DIR/NAME.
+        target: PathBuf,
+        #[arg(long, value_parser = size_arg)]
+        offset: u64,
+        #[arg(long, value_parser = size_arg)]
+        len: u64,
+        /// Write the bytes to this file instead of stdout.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove a snapshot (like `lvremove`).
+    Remove {
+        /// DIR/NAME.
+        target: PathBuf,
+    },
+    /// Merge a snapshot into its origin (like `lvconvert --merge`), or, with --origin and --cow,
+    /// merge a kernel COW device into its origin image offline. Both are resumable.
+    Merge {
+        /// DIR/NAME of a managed snapshot.
+        #[arg(required_unless_present_all = ["origin", "cow"], conflicts_with_all = ["origin", "cow"])]
+        target: Option<PathBuf>,
+        /// Raw mode: origin image or device.
+        #[arg(long, requires = "cow")]
+        origin: Option<PathBuf>,
+        /// Raw mode: COW image or device (kernel persistent format).
+        #[arg(long, requires = "origin")]
+        cow: Option<PathBuf>,
+    },
+    /// Grow a snapshot's COW (like `lvextend -L`): +64M or an absolute size.
+    Extend {
+        /// DIR/NAME.
+        target: PathBuf,
+        #[arg(short = 'L', long, value_parser = size_delta_arg, allow_hyphen_values = true)]
+        size: size::SizeArg,
+    },
+    /// Copy a snapshot's whole image to a file (sparse where the image is zero).
+    Backup {
+        /// DIR/NAME.
+        target: PathBuf,
+        /// Output file.
+        out: PathBuf,
+    },
+    /// Describe a dm-snapshot COW device or image without changing it.
+    Inspect {
+        /// COW image or device.
+        cow: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// List every exception (origin chunk -> COW chunk) in on-disk order.
+        #[arg(long)]
+        exceptions: bool,
+    },
+    /// Write a snapshot's image as the kernel would show it, from origin + COW (read-only on both).
+    Export {
+        #[arg(long)]
+        origin: PathBuf,
+        #[arg(long)]
+        cow: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Replay an operation script (shared/vectors format): writes origin.img, <name>.cow,
+    /// <name>.img (readable snapshots) and status.json.
+    Replay {
+        script: PathBuf,
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct WriteArgs {
+    /// DIR or DIR/NAME.
+    target: PathBuf,
+    #[arg(long, value_parser = size_arg)]
+    offset: u64,
+    /// Fill with this byte (0..255 or 0xNN); needs --len.
+    #[arg(long, value_parser = byte_arg, conflicts_with = "from", required_unless_present = "from", requires = "len")]
+    fill: Option<u8>,
+    /// Write the contents of this file.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Bytes to write (default with --from: the whole file).
+    #[arg(long, value_parser = size_arg)]
+    len: Option<u64>,
+}
+
+fn run(cli: Cli) -> CliResult {
+    let q = cli.quiet;
+    match cli.cmd {
+        Command::Create {
+            dir,
+            size,
+            chunk_size,
+        } => managed::create(&dir, size, chunk_size, q),
+        Command::Snapshot {
+            dir,
+            name,
+            size,
+            store,
+            autoextend,
+            chunk_size,
+        } => managed::snapshot(
+            &dir,
+            &name,
+            size,
+            &store,
+            autoextend.as_deref(),
+            chunk_size,
+            q,
+        ),
+        Command::Lvs { dir, json } => managed::lvs(&dir, json, q),
+        Command::Write(w) => {
+            managed::write(&w.target, w.offset, w.fill, w.from.as_deref(), w.len, q)
+        }
+        Command::Read {
+            target,
+            offset,
+            len,
+            out,
+        } => managed::read(&target, offset, len, out.as_deref(), q),
+        Command::Remove { target } => managed::remove(&target, q),
+        Command::Merge {
+            target,
+            origin,
+            cow,
+        } => match (target, origin, cow) {
+            (Some(t), None, None) => managed::merge(&t, q),
+            (None, Some(o), Some(c)) => raw::merge(&o, &c, q),
+            _ => Err(CliError::msg(
+                "merge takes either DIR/NAME or both --origin and --cow",
+            )),
+        },
+        Command::Extend { target, size } => managed::extend(&target, size, q),
+        Command::Backup { target, out } => managed::backup(&target, &out, q),
+        Command::Inspect {
+            cow,
+            json,
+            exceptions,
+        } => raw::inspect(&cow, json, exceptions),
+        Command::Export { origin, cow, out } => raw::export(&origin, &cow, &out, q),
+        Command::Replay { script, out_dir } => raw::replay(&script, &out_dir, q),
+    }
+}
+
+fn main() -> ExitCode {
+    // Like other Unix tools: `cowsnap read ... | head` ends quietly when the reader goes away.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(m)) => {
+            // One line, always.
+            eprintln!("cowsnap: error: {}", m.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! Managed volumes: a directory with the origin image, one COW image per snapshot and a manifest.
+//!
+//! Activating a volume = the origin as a [`FileDevice`] + `activate_snapshot` for every COW listed in
+//! the manifest (with its overflow mode and autoextend policy), so every origin write preserves the
+//! chunks of every snapshot. Commands that change anything hold an exclusive lock on the directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use cowsnap_core::replay::parse_store;
+use cowsnap_core::{
+    Autoextend, BlockDevice, ChunkSize, FileDevice, SnapshotId, SnapshotOptions, SnapshotState,
+    StoreKind, Volume,
+};
+use serde_json::json;
+
+use crate::manifest::{check_name, AutoextendSpec, Manifest, SnapshotEntry, VolumeLock};
+use crate::progress::Progress;
+use crate::size::{human, SizeArg};
+use crate::{CliError, CliResult};
+
+/// Bytes moved per step by read, write, backup.
+const STEP: u64 = 1 << 20;
+/// Origin image file name.
+const ORIGIN_FILE: &str = "origin.img";
+
+/// An activated managed volume, locked.
+pub struct Opened {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub vol: Volume,
+    /// Snapshot ids, in manifest order.
+    pub ids: Vec<SnapshotId>,
+    writable: bool,
+    _lock: VolumeLock,
+}
+
+/// `DIR` (the origin) or `DIR/NAME` (a snapshot).
+pub struct Target {
+    pub dir: PathBuf,
+    pub snap: Option<String>,
+}
+
+fn has_manifest(p: &Path) -> bool {
+    Manifest::path(p).is_file()
+}
+
+/// Resolves `DIR` or `DIR/NAME`.
+pub fn resolve(path: &Path) -> CliResult<Target> {
+    if has_manifest(path) {
+        return Ok(Target {
+            dir: path.to_path_buf(),
+            snap: None,
+        });
+    }
+    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if has_manifest(parent) {
+            let name = name
+                .to_str()
+                .ok_or_else(|| CliError::msg(format!("bad snapshot name in {}", path.display())))?;
+            return Ok(Target {
+                dir: parent.to_path_buf(),
+                snap: Some(name.to_string()),
+            });
+        }
+    }
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    Err(CliError::msg(format!(
+        "{} is not a cowsnap volume: missing manifest {}",
+        path.display(),
+        Manifest::path(dir).display()
+    )))
+}
+
+/// Resolves `DIR/NAME`, refusing a bare volume.
+fn resolve_snapshot(path: &Path) -> CliResult<(PathBuf, String)> {
+    let t = resolve(path)?;
+    match t.snap {
+        Some(s) => Ok((t.dir, s)),
+        None => Err(CliError::msg(format!(
+            "{} is a volume; this command needs a snapshot: DIR/NAME",
+            path.display()
+        ))),
+    }
+}
+
+fn open_file_device(path: &Path, writable: bool) -> CliResult<FileDevice> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", path.display())))?;
+    FileDevice::from_file(f).map_err(|e| CliError::core(path.display(), e))
+}
+
+fn entry_options(e: &SnapshotEntry) -> CliResult<SnapshotOptions> {
+    let (store, overflow) = parse_store(&e.store).map_err(|err| {
+        CliError::msg(format!(
+            "snapshot {}: store {:?} in manifest: {err}",
+            e.name, e.store
+        ))
+    })?;
+    if store == StoreKind::Transient {
+        return Err(CliError::msg(format!(
+            "snapshot {}: a transient (N) store cannot be in a manifest",
+            e.name
+        )));
+    }
+    Ok(SnapshotOptions {
+        chunk_size: ChunkSize::new(e.chunk_size)
+            .map_err(|err| CliError::core(format!("snapshot {}", e.name), err))?,
+        store,
+        overflow,
+        autoextend: e.autoextend.map(|a| Autoextend {
+            threshold_percent: a.threshold_percent,
+            extend_percent: a.extend_percent,
+        }),
+    })
+}
+
+impl Opened {
+    /// Locks and activates the volume in `dir`; finishes an interrupted merge first.
+    pub fn open(dir: &Path, writable: bool, quiet: bool) -> CliResult<Self> {
+        // Check first, so that a wrong path never gets a lock file.
+        Manifest::load(dir)?;
+        let mut lock = VolumeLock::acquire(dir, writable, quiet)?;
+        let mut manifest = Manifest::load(dir)?;
+        let mut writable = writable;
+        if manifest.merging.is_some() && !writable {
+            drop(lock);
+            lock = VolumeLock::acquire(dir, true, quiet)?;
+            manifest = Manifest::load(dir)?;
+            writable = true;
+        }
+        let origin_path = dir.join(&manifest.origin);
+        let origin = open_file_device(&origin_path, writable)?;
+        let mut vol = Volume::new(origin);
+        let mut ids = Vec::new();
+        for e in &manifest.snapshots {
+            let opts = entry_options(e)?;
+            let p = dir.join(&e.cow);
+            let cow = open_file_device(&p, writable)?;
+            let id = vol.activate_snapshot(cow, opts).map_err(|err| {
+                CliError::core(format!("snapshot {} ({})", e.name, p.display()), err)
+            })?;
+            ids.push(id);
+        }
+        let mut me = Opened {
+            dir: dir.to_path_buf(),
+            manifest,
+            vol,
+            ids,
+            writable,
+            _lock: lock,
+        };
+        if let Some(name) = me.manifest.merging.clone() {
+            if !quiet {
+                eprintln!("cowsnap: resuming the interrupted merge of {name}");
+            }
+            me.finish_merge(&name, quiet)?;
+        }
+        Ok(me)
+    }
+
+    fn index(&self, name: &str) -> CliResult<usize> {
+        self.manifest
+            .snapshots
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                CliError::msg(format!(
+                    "no snapshot named {name:?} in volume {} (see `cowsnap lvs {}`)",
+                    self.dir.display(),
+                    self.dir.display()
+                ))
+            })
+    }
+
+    pub fn id(&self, name: &str) -> CliResult<SnapshotId> {
+        Ok(self.ids[self.index(name)?])
+    }
+
+    fn volume_name(&self) -> String {
+        let canon = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        canon
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "origin".into())
+    }
+
+    /// Drops a snapshot from the manifest (atomically) and deletes its COW file.
+    fn forget(&mut self, name: &str) -> CliResult {
+        let i = self.index(name)?;
+        let e = self.manifest.snapshots.remove(i);
+        self.ids.remove(i);
+        if self.manifest.merging.as_deref() == Some(name) {
+            self.manifest.merging = None;
+        }
+        self.manifest.save(&self.dir)?;
+        let p = self.dir.join(&e.cow);
+        fs::remove_file(&p)
+            .map_err(|err| CliError::msg(format!("cannot remove {}: {err}", p.display())))
+    }
+
+    /// Runs (or resumes) the merge of `name` to the end, then forgets the snapshot.
+    fn finish_merge(&mut self, name: &str, quiet: bool) -> CliResult {
+        debug_assert!(self.writable);
+        let id = self.id(name)?;
+        let ctx = format!("merge of {name}");
+        let bar = Progress::new(0, &format!("merging {name}"), false, quiet);
+        let result = self.vol.merge_snapshot(id, |p| {
+            bar.set_total(p.total);
+            bar.set(p.merged);
+        });
+        bar.finish();
+        result.map_err(|e| CliError::core(&ctx, e))?;
+        self.vol.flush().map_err(|e| CliError::core(&ctx, e))?;
+        self.forget(name)
+    }
+
+    fn flush(&mut self) -> CliResult {
+        self.vol.flush().map_err(|e| CliError::core("flush", e))
+    }
+
+    fn target_len(&self) -> u64 {
+        self.vol.len()
+    }
+}
+
+pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult {
+    ChunkSize::new(chunk_size).map_err(|e| CliError::core("--chunk-size", e))?;
+    if size == 0 {
+        return Err(CliError::msg("--size must be greater than 0"));
+    }
+    if has_manifest(dir) {
+        return Err(CliError::msg(format!(
+            "{} is already a cowsnap volume",
+            dir.display()
+        )));
+    }
+    if dir.exists() {
+        let empty = fs::read_dir(dir)
+            .map_err(|e| CliError::msg(format!("cannot read {}: {e}", dir.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(CliError::msg(format!(
+                "{} exists and is not empty",
+                dir.display()
+            )));
+        }
+    } else {
+        fs::create_dir_all(dir)
+            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let _lock = VolumeLock::acquire(dir, true, quiet)?;
+    let origin = dir.join(ORIGIN_FILE);
+    let mut dev =
+        FileDevice::create(&origin, size).map_err(|e| CliError::core(origin.display(), e))?;
+    dev.flush()
+        .map_err(|e| CliError::core(origin.display(), e))?;
+    let m = Manifest {
+        format: crate::manifest::FORMAT,
+        origin: ORIGIN_FILE.into(),
+        chunk_size,
+        snapshots: Vec::new(),
+        merging: None,
+    };
+    m.save(dir)?;
+    if !quiet {
+        println!(
+            "created volume {} (origin {}, chunk size {})",
+            dir.display(),
+            human(size),
+            human(chunk_size)
+        );
+    }
+    Ok(())
+}
+
+fn parse_autoextend(s: &str) -> CliResult<Option<AutoextendSpec>> {
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let bad = || {
+        CliError::msg(format!(
+            "bad --autoextend {s:?}: expected THRESHOLD:PERCENT like 70:20, or off"
+        ))
+    };
+    let (t, p) = s.split_once(':').ok_or_else(bad)?;
+    let spec = AutoextendSpec {
+        threshold_percent: t.trim().trim_end_matches('%').parse().map_err(|_| bad())?,
+        extend_percent: p.trim().trim_end_matches('%').parse().map_err(|_| bad())?,
+    };
+    Autoextend {
+        threshold_percent: spec.threshold_percent,
+        extend_percent: spec.extend_percent,
+    }
+    .validate()
+    .map_err(|e| CliError::core("--autoextend", e))?;
+    Ok(Some(spec))
+}
+
+pub fn snapshot(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    store: &str,
+    autoextend: Option<&str>,
+    chunk_size: Option<u64>,
+    quiet: bool,
+) -> CliResult {
+    check_name(name).map_err(CliError::msg)?;
+    let (kind, _) = parse_store(store).map_err(|e| CliError::core("--store", e))?;
+    if kind == StoreKind::Transient {
+        return Err(CliError::msg(
+            "--store N (transient) is not available for managed volumes: its exceptions live only \
+             in memory and would be lost when this command exits; use P or PO",
+        ));
+    }
+    let autoextend = autoextend.map(parse_autoextend).transpose()?.flatten();
+    let mut v = Opened::open(dir, true, quiet)?;
+    if v.manifest.find(name).is_some() {
+        return Err(CliError::msg(format!(
+            "snapshot {name:?} already exists in {}",
+            dir.display()
+        )));
+    }
+    let chunk = chunk_size.unwrap_or(v.manifest.chunk_size);
+    let entry = SnapshotEntry {
+        name: name.into(),
+        cow: format!("{name}.cow"),
+        store: store.to_ascii_uppercase(),
+        chunk_size: chunk,
+        autoextend,
+    };
+    let opts = entry_options(&entry)?;
+    if size < 2 * chunk {
+        return Err(CliError::msg(format!(
+            "COW size {} is too small: a snapshot needs at least 2 chunks ({}) for its header and \
+             first metadata area",
+            human(size),
+            human(2 * chunk)
+        )));
+    }
+    let path = dir.join(&entry.cow);
+    let cow = FileDevice::create(&path, size).map_err(|e| CliError::core(path.display(), e))?;
+    let made = v
+        .vol
+        .create_snapshot(cow, opts)
+        .map_err(|e| CliError::core(format!("snapshot {name}"), e));
+    let id = match made {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    v.ids.push(id);
+    v.manifest.snapshots.push(entry);
+    v.manifest.save(dir)?;
+    if !quiet {
+        println!(
+            "created snapshot {name} of {} (COW {}, chunk {}, store {})",
+            dir.display(),
+            human(size),
+            human(chunk),
+            store.to_ascii_uppercase()
+        );
+    }
+    Ok(())
+}
+
+/// One row of `lvs`.
+struct Row {
+    name: String,
+    attr: String,
+    size: u64,
+    origin: String,
+    data: Option<f64>,
+    extra: serde_json::Value,
+}
+
+pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
+    let v = Opened::open(dir, false, quiet)?;
+    let vname = v.volume_name();
+    let merging = v.ids.iter().any(|&id| {
+        v.vol
+            .snapshot_status(id)
+            .is_ok_and(|s| s.state == SnapshotState::Merging)
+    });
+    let origin_attr = match (v.ids.is_empty(), merging) {
+        (true, _) => "-wi-a-----",
+        (false, false) => "owi-a-s---",
+        (false, true) => "Owi-a-s---",
+    };
+    let mut rows = vec![Row {
+        name: vname.clone(),
+        attr: origin_attr.into(),
+        size: v.vol.len(),
+        origin: String::new(),
+        data: None,
+        extra: json!({"file": v.manifest.origin}),
+    }];
+    for (e, &id) in v.manifest.snapshots.iter().zip(&v.ids) {
+        let st = v
+            .vol
+            .snapshot_status(id)
+            .map_err(|err| CliError::core(&e.name, err))?;
+        let cow_len = v.vol.snapshot_cow(id).map(|c| c.len()).unwrap_or(0);
+        rows.push(Row {
+            name: e.name.clone(),
+            attr: st.lvs_attr().into(),
+            size: cow_len,
+            origin: vname.clone(),
+            data: st.data_percent(),
+            extra: json!({
+                "file": e.cow,
+                "state": st.state.name(),
+                "store": e.store,
+                "chunk_size": st.chunk_bytes,
+                "exceptions": st.exceptions,
+                "dm_status": st.dm_status(),
+                "autoextend": e.autoextend.map(|a| format!("{}:{}", a.threshold_percent, a.extend_percent)),
+            }),
+        });
+    }
+    if as_json {
+        let lv: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut o = json!({
+                    "lv_name": r.name,
+                    "lv_attr": r.attr,
+                    "lv_size": human(r.size),
+                    "lv_size_bytes": r.size,
+                    "origin": r.origin,
+                    "data_percent": r.data.map(|d| format!("{d:.2}")).unwrap_or_default(),
+                });
+                if let (Some(o), Some(x)) = (o.as_object_mut(), r.extra.as_object()) {
+                    o.extend(x.clone());
+                }
+                o
+            })
+            .collect();
+        let doc = json!({"report": [{"lv": lv}]});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(());
+    }
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(2).max(2);
+    let wo = rows
+        .iter()
+        .map(|r| r.origin.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "  {:<w$} {:<10} {:>9} {:<wo$} {:>6}",
+        "LV", "Attr", "LSize", "Origin", "Data%"
+    );
+    for r in &rows {
+        let data = r.data.map(|d| format!("{d:.2}")).unwrap_or_default();
+        println!(
+            "  {:<w$} {:<10} {:>9} {:<wo$} {:>6}",
+            r.name,
+            r.attr,
+            human(r.size),
+            r.origin,
+            data
+        );
+    }
+    Ok(())
+}
+
+fn io_err(what: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError::msg(format!("{}: {e}", what.display()))
+}
+
+fn check_range(offset: u64, len: u64, size: u64) -> CliResult {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(CliError::from(cowsnap_core::Error::OutOfRange {
+            offset,
+            len,
+            size,
+        })),
+    }
+}
+
+pub fn write(
+    target: &Path,
+    offset: u64,
+    fill: Option<u8>,
+    from: Option<&Path>,
+    len: Option<u64>,
+    quiet: bool,
+) -> CliResult {
+    let t = resolve(target)?;
+    let mut src = match from {
+        Some(p) => Some(File::open(p).map_err(io_err(p))?),
+        None => None,
+    };
+    let len = match (len, &src) {
+        (Some(l), _) => l,
+        (None, Some(f)) => f.metadata().map_err(io_err(from.unwrap_or(target)))?.len(),
+        (None, None) => return Err(CliError::msg("--fill needs --len")),
+    };
+    let mut v = Opened::open(&t.dir, true, quiet)?;
+    let id = t.snap.as_deref().map(|n| v.id(n)).transpose()?;
+    check_range(offset, len, v.target_len())?;
+    let label = t.snap.clone().unwrap_or_else(|| "origin".into());
+    let mut buf = vec![fill.unwrap_or(0); len.min(STEP) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(STEP) as usize;
+        if let (Some(f), Some(p)) = (src.as_mut(), from) {
+            f.read_exact(&mut buf[..n]).map_err(|e| {
+                CliError::msg(format!("{}: {e} (file shorter than --len?)", p.display()))
+            })?;
+        }
+        let r = match id {
+            None => v.vol.write_at(offset + done, &buf[..n]),
+            Some(id) => v.vol.snapshot_write_at(id, offset + done, &buf[..n]),
+        };
+        if let Err(e) = r {
+            // What was written so far stays written (as with a failed dd); make it durable.
+            let _ = v.vol.flush();
+            return Err(CliError::core(
+                format!("write to {label} at offset {}", offset + done),
+                e,
+            ));
+        }
+        done += n as u64;
+    }
+    v.flush()?;
+    if !quiet {
+        println!("wrote {len} bytes at offset {offset} of {label}");
+    }
+    Ok(())
+}
+
+/// Reads `[offset, offset+len)` of the origin (`None`) or a snapshot into `sink`, in steps.
+fn copy_out(
+    v: &Opened,
+    id: Option<SnapshotId>,
+    offset: u64,
+    len: u64,
+    bar: &Progress,
+    mut sink: impl FnMut(u64, &[u8]) -> CliResult,
+) -> CliResult {
+    let mut buf = vec![0u8; len.min(STEP) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(STEP) as usize;
+        let b = &mut buf[..n];
+        match id {
+            None => v.vol.read_at(offset + done, b),
+            Some(id) => v.vol.snapshot_read_at(id, offset + done, b),
+        }
+        .map_err(|e| CliError::core(format!("read at offset {}", offset + done), e))?;
+        sink(done, b)?;
+        done += n as u64;
+        bar.set(done);
+    }
+    Ok(())
+}
+
+pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: bool) -> CliResult {
+    let t = resolve(target)?;
+    let v = Opened::open(&t.dir, false, quiet)?;
+    let id = t.snap.as_deref().map(|n| v.id(n)).transpose()?;
+    check_range(offset, len, v.target_len())?;
+    if let Some(id) = id {
+        if v.vol.snapshot_status(id)?.state == SnapshotState::Invalid {
+            return Err(CliError::core(
+                t.snap.as_deref().unwrap_or(""),
+                cowsnap_core::Error::SnapshotInvalid,
+            ));
+        }
+    }
+    let bar = Progress::new(0, "", true, true);
+    match out {
+        Some(p) => {
+            let tmp = tmp_path(p);
+            let f = File::create(&tmp).map_err(io_err(&tmp))?;
+            let r = copy_out(&v, id, offset, len, &bar, |at, b| {
+                f.write_all_at(b, at).map_err(io_err(&tmp))
+            })
+            .and_then(|()| f.sync_all().map_err(io_err(&tmp)))
+            .and_then(|()| fs::rename(&tmp, p).map_err(io_err(p)));
+            if r.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            r
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            copy_out(&v, id, offset, len, &bar, |_, b| {
+                lock.write_all(b)
+                    .map_err(|e| CliError::msg(format!("stdout: {e}")))
+            })?;
+            lock.flush()
+                .map_err(|e| CliError::msg(format!("stdout: {e}")))
+        }
+    }
+}
+
+pub fn remove(target: &Path, quiet: bool) -> CliResult {
+    let (dir, name) = resolve_snapshot(target)?;
+    let mut v = Opened::open(&dir, true, quiet)?;
+    let id = v.id(&name)?;
+    v.vol
+        .delete_snapshot(id)
+        .map_err(|e| CliError::core(format!("remove {name}"), e))?;
+    v.forget(&name)?;
+    if !quiet {
+        println!("removed snapshot {name}");
+    }
+    Ok(())
+}
+
+pub fn merge(target: &Path, quiet: bool) -> CliResult {
+    let (dir, name) = resolve_snapshot(target)?;
+    let mut v = Opened::open(&dir, true, quiet)?;
+    let id = v.id(&name)?;
+    // Refuse before recording anything (an invalid snapshot cannot be merged).
+    v.vol
+        .merge_begin(id)
+        .map_err(|e| CliError::core(format!("merge of {name}"), e))?;
+    // Recorded before the first origin chunk changes: an interrupted merge resumes on next open.
+    v.manifest.merging = Some(name.clone());
+    v.manifest.save(&dir)?;
+    v.finish_merge(&name, quiet)?;
+    if !quiet {
+        println!(
+            "merged snapshot {name} into the origin of {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn extend(target: &Path, size: SizeArg, quiet: bool) -> CliResult {
+    let (dir, name) = resolve_snapshot(target)?;
+    let mut v = Opened::open(&dir, true, quiet)?;
+    let id = v.id(&name)?;
+    let cur = v.vol.snapshot_cow(id)?.len();
+    let new = size.apply(cur).map_err(CliError::msg)?;
+    v.vol
+        .extend_snapshot(id, new)
+        .map_err(|e| CliError::core(format!("extend {name}"), e))?;
+    v.flush()?;
+    if !quiet {
+        println!(
+            "extended snapshot {name} from {} to {}",
+            human(cur),
+            human(new)
+        );
+    }
+    Ok(())
+}
+
+/// `out` with a `.cowsnap-tmp` suffix, for write-then-rename.
+pub fn tmp_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".cowsnap-tmp");
+    PathBuf::from(s)
+}
+
+pub fn backup(target: &Path, out: &Path, quiet: bool) -> CliResult {
+    let (dir, name) = resolve_snapshot(target)?;
+    let v = Opened::open(&dir, false, quiet)?;
+    let id = v.id(&name)?;
+    let len = v.vol.len();
+    let bar = Progress::new(len, &format!("backup {name}"), true, quiet);
+    let r = write_image(out, len, |sink| copy_out(&v, Some(id), 0, len, &bar, sink));
+    bar.finish();
+    r?;
+    if !quiet {
+        println!("backed up {name} ({}) to {}", human(len), out.display());
+    }
+    Ok(())
+}
+
+/// Writes a `len`-byte image to `out` through a temporary file, sparse where the data is zero.
+pub fn write_image(
+    out: &Path,
+    len: u64,
+    fill: impl FnOnce(&mut dyn FnMut(u64, &[u8]) -> CliResult) -> CliResult,
+) -> CliResult {
+    let tmp = tmp_path(out);
+    let f = File::create(&tmp).map_err(io_err(&tmp))?;
+    let r = f
+        .set_len(len)
+        .map_err(io_err(&tmp))
+        .and_then(|()| {
+            fill(&mut |at, b| {
+                if b.iter().all(|&x| x == 0) {
+                    Ok(())
+                } else {
+                    f.write_all_at(b, at).map_err(io_err(&tmp))
+                }
+            })
+        })
+        .and_then(|()| f.sync_all().map_err(io_err(&tmp)))
+        .and_then(|()| fs::rename(&tmp, out).map_err(io_err(out)));
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
