@@ -15,6 +15,9 @@ use crate::status::{SnapshotState, SnapshotStatus};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SnapshotId(pub u32);
 
+/// A snapshot's id with its COW device, as [`Volume::into_parts`] hands them back.
+pub type CowDevice = (SnapshotId, Box<dyn BlockDevice>);
+
 /// Progress of a merge, in chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergeProgress {
@@ -78,12 +81,7 @@ impl Volume {
 
     /// Takes the volume apart: the origin device and each snapshot's COW device, oldest first
     /// (for deactivation; reactivate with [`Volume::activate_snapshot`]). Nothing is flushed here.
-    pub fn into_parts(
-        self,
-    ) -> (
-        Box<dyn BlockDevice>,
-        Vec<(SnapshotId, Box<dyn BlockDevice>)>,
-    ) {
+    pub fn into_parts(self) -> (Box<dyn BlockDevice>, Vec<CowDevice>) {
         let snaps = self
             .snapshots
             .into_iter()
