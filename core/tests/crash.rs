@@ -10,6 +10,9 @@ use cowsnap_core::{
     SnapshotState, StoreKind, Volume,
 };
 
+/// Per device: its durable bytes and the writes since its last flush.
+type Images = Arc<Mutex<Vec<Option<(Vec<u8>, Vec<(u64, Vec<u8>)>)>>>>;
+
 #[derive(Default)]
 struct Power {
     /// Writes and flushes so far (the crash points).
@@ -29,7 +32,7 @@ struct FaultDev {
     durable: Vec<u8>,
     pending: Vec<(u64, Vec<u8>)>,
     power: Arc<Mutex<Power>>,
-    images: Arc<Mutex<Vec<Option<(Vec<u8>, Vec<(u64, Vec<u8>)>)>>>>,
+    images: Images,
 }
 
 impl FaultDev {
@@ -101,7 +104,7 @@ enum AfterCrash {
 
 struct Rig {
     power: Arc<Mutex<Power>>,
-    images: Arc<Mutex<Vec<Option<(Vec<u8>, Vec<(u64, Vec<u8>)>)>>>>,
+    images: Images,
 }
 
 impl Rig {
