@@ -1,0 +1,372 @@
+//! Raw dm devices and scripts: replay vs. the kernel's images, inspect, export, offline merge.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+fn status_of(p: &Path) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+    v["status"].clone()
+}
+
+/// Every script replays to the kernel's bytes: origin, COW and snapshot images, and statuses.
+#[test]
+fn replay_matches_kernel_images() {
+    let v = vectors();
+    let s = Scratch::new("replay");
+    let mut checked = 0;
+    for case in kernel_cases() {
+        let script = v.join("scripts").join(format!("{case}.json"));
+        let out = s.join(&case);
+        ok(
+            s.path(),
+            &[
+                "-q",
+                "replay",
+                script.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+            ],
+        );
+        let k = v.join("kernel").join(&case);
+        for e in fs::read_dir(&k).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(file) = name.strip_suffix(".gz") else {
+                continue;
+            };
+            let ours = fs::read(out.join(file))
+                .unwrap_or_else(|e| panic!("{case}: replay did not write {file}: {e}"));
+            assert!(
+                ours == gunzip(&p),
+                "{case}/{file} differs from the kernel's"
+            );
+            checked += 1;
+        }
+        // No snapshot image where the kernel had none (invalid, merged, deleted).
+        for e in fs::read_dir(&out).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".img") {
+                assert!(
+                    k.join(format!("{name}.gz")).exists(),
+                    "{case}: extra {name}"
+                );
+            }
+        }
+        assert_eq!(
+            status_of(&out.join("status.json")),
+            status_of(&k.join("status.json")),
+            "{case}"
+        );
+    }
+    assert!(checked >= 19, "only {checked} images compared");
+}
+
+/// Replay -> inspect -> export: the exported image is the replayed snapshot image, and inspect
+/// reports the replay's status.
+#[test]
+fn replay_inspect_export_round_trip() {
+    let v = vectors();
+    let s = Scratch::new("roundtrip");
+    let mut exported = 0;
+    for case in kernel_cases() {
+        let script = v.join("scripts").join(format!("{case}.json"));
+        let out = s.join(&case);
+        ok(
+            s.path(),
+            &[
+                "-q",
+                "replay",
+                script.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+            ],
+        );
+        let status = status_of(&out.join("status.json"));
+        let sc: serde_json::Value = serde_json::from_slice(&fs::read(&script).unwrap()).unwrap();
+        for snap in sc["snapshots"].as_array().unwrap() {
+            let name = snap["name"].as_str().unwrap();
+            let img = out.join(format!("{name}.img"));
+            if snap["store"] == "N" || !img.exists() {
+                continue;
+            }
+            let cow = out.join(format!("{name}.cow"));
+            let j: serde_json::Value = serde_json::from_str(&ok_str(
+                s.path(),
+                &["inspect", cow.to_str().unwrap(), "--json", "--exceptions"],
+            ))
+            .unwrap();
+            assert_eq!(j["dm_status"], status[name], "{case}/{name}");
+            assert_eq!(
+                j["chunk_size"].as_u64().unwrap(),
+                snap["chunk_sectors"].as_u64().unwrap() * 512
+            );
+            assert_eq!(j["header"]["magic_hex"], "0x70416e53");
+            assert_eq!(
+                j["exceptions"].as_array().unwrap().len() as u64,
+                j["exception_count"].as_u64().unwrap()
+            );
+            let x = out.join(format!("{name}.exported"));
+            ok(
+                s.path(),
+                &[
+                    "-q",
+                    "export",
+                    "--origin",
+                    out.join("origin.img").to_str().unwrap(),
+                    "--cow",
+                    cow.to_str().unwrap(),
+                    "--out",
+                    x.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                fs::read(&x).unwrap() == fs::read(&img).unwrap(),
+                "{case}/{name}"
+            );
+            exported += 1;
+        }
+    }
+    assert!(exported >= 4, "{exported}");
+}
+
+/// Kernel origin + kernel COW, exported, equals the kernel's snapshot image; inspect agrees with the
+/// kernel's status; nothing is modified.
+#[test]
+fn export_and_inspect_kernel_images() {
+    let v = vectors();
+    let s = Scratch::new("kexport");
+    let mut n = 0;
+    for case in kernel_cases() {
+        let k = v.join("kernel").join(&case);
+        let status = status_of(&k.join("status.json"));
+        let origin = s.join(&format!("{case}-origin.img"));
+        fs::write(&origin, gunzip(&k.join("origin.img.gz"))).unwrap();
+        for (name, st) in status.as_object().unwrap() {
+            let img = k.join(format!("{name}.img.gz"));
+            let cow_gz = k.join(format!("{name}.cow.gz"));
+            if !img.exists() || !cow_gz.exists() {
+                continue;
+            }
+            let cow = s.join(&format!("{case}-{name}.cow"));
+            let cow_bytes = gunzip(&cow_gz);
+            fs::write(&cow, &cow_bytes).unwrap();
+            let origin_bytes = fs::read(&origin).unwrap();
+            let out = s.join(&format!("{case}-{name}.img"));
+            let r = run(
+                s.path(),
+                &[
+                    "-q",
+                    "export",
+                    "--origin",
+                    origin.to_str().unwrap(),
+                    "--cow",
+                    cow.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+            );
+            if r.status.success() {
+                assert!(fs::read(&out).unwrap() == gunzip(&img), "{case}/{name}");
+                let j: serde_json::Value = serde_json::from_str(&ok_str(
+                    s.path(),
+                    &["inspect", cow.to_str().unwrap(), "--json"],
+                ))
+                .unwrap();
+                assert_eq!(&j["dm_status"], st, "{case}/{name}");
+                n += 1;
+            } else {
+                // Only a transient store (no metadata) may be refused.
+                let sc: serde_json::Value =
+                    serde_json::from_slice(&fs::read(k.join("script.json")).unwrap()).unwrap();
+                let decl = sc["snapshots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|d| d["name"] == name.as_str())
+                    .unwrap();
+                assert_eq!(decl["store"], "N", "{case}/{name} refused");
+            }
+            assert!(
+                fs::read(&cow).unwrap() == cow_bytes,
+                "export modified the COW"
+            );
+            assert!(
+                fs::read(&origin).unwrap() == origin_bytes,
+                "export modified the origin"
+            );
+        }
+    }
+    assert!(n >= 4, "{n}");
+}
+
+#[test]
+fn inspect_text_and_invalid_kernel_cow() {
+    let v = vectors();
+    let s = Scratch::new("inspect");
+    let k = v.join("kernel/basic-4k");
+    let cow = s.join("s0.cow");
+    fs::write(&cow, gunzip(&k.join("s0.cow.gz"))).unwrap();
+    let t = ok_str(s.path(), &["inspect", "s0.cow", "--exceptions"]);
+    assert!(t.contains("magic:          0x70416e53 (SnAp)"), "{t}");
+    assert!(t.contains("chunk size:     8 sectors (4.00k)"), "{t}");
+    assert!(t.contains("dm status:      160/8192 16"), "{t}");
+    assert!(
+        t.lines()
+            .filter(|l| l.starts_with("  ") && l.contains(" -> "))
+            .count()
+            == 18,
+        "{t}"
+    );
+    // A kernel-invalidated COW: inspect says so, export refuses.
+    let k = v.join("kernel/overflow-4k");
+    fs::write(s.join("o.cow"), gunzip(&k.join("s0.cow.gz"))).unwrap();
+    fs::write(s.join("o.img"), gunzip(&k.join("origin.img.gz"))).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&ok_str(s.path(), &["inspect", "o.cow", "--json"])).unwrap();
+    assert_eq!(j["header"]["valid"], 0);
+    assert_eq!(j["dm_status"], "Invalid");
+    assert_eq!(j["data_percent"], serde_json::Value::Null);
+    let e = fails(
+        s.path(),
+        &[
+            "export", "--origin", "o.img", "--cow", "o.cow", "--out", "x.img",
+        ],
+    );
+    assert!(e.contains("invalid"), "{e}");
+    assert!(!s.join("x.img").exists());
+}
+
+#[test]
+fn corrupt_and_foreign_cows_are_refused() {
+    let v = vectors();
+    let s = Scratch::new("corrupt");
+    let d = s.path();
+    let k = v.join("kernel/basic-4k");
+    let good = gunzip(&k.join("s0.cow.gz"));
+    fs::write(s.join("origin.img"), gunzip(&k.join("origin.img.gz"))).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("foreign", vec![0x55u8; 1 << 16], "bad magic"),
+        ("empty", vec![], "smaller than a header"),
+        ("zero", vec![0u8; 1 << 16], "magic is 0"),
+        (
+            "version",
+            {
+                let mut b = good.clone();
+                b[8] = 2;
+                b
+            },
+            "version",
+        ),
+        (
+            "chunk",
+            {
+                let mut b = good.clone();
+                b[12] = 3;
+                b
+            },
+            "chunk size",
+        ),
+        // First record of area 0 (chunk 1) points at COW chunk 1 (metadata).
+        (
+            "record",
+            {
+                let mut b = good.clone();
+                b[4096 + 8..4096 + 16].copy_from_slice(&1u64.to_le_bytes());
+                b
+            },
+            "not a data chunk",
+        ),
+        // A record naming an origin chunk far past the origin.
+        (
+            "beyond",
+            {
+                let mut b = good.clone();
+                b[4096..4096 + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                b
+            },
+            "beyond the origin",
+        ),
+    ];
+    for (name, bytes, why) in cases {
+        let p = s.join(&format!("{name}.cow"));
+        fs::write(&p, &bytes).unwrap();
+        let e = fails(
+            d,
+            &[
+                "export",
+                "--origin",
+                "origin.img",
+                "--cow",
+                p.to_str().unwrap(),
+                "--out",
+                "x.img",
+            ],
+        );
+        assert!(e.contains(why), "{name}: {e}");
+        assert!(!s.join("x.img").exists(), "{name}: partial output left");
+        let e = fails(
+            d,
+            &[
+                "merge",
+                "--origin",
+                "origin.img",
+                "--cow",
+                p.to_str().unwrap(),
+            ],
+        );
+        assert!(e.contains(why), "{name}: {e}");
+        if name != "beyond" {
+            // inspect has no origin, so it cannot see records beyond it.
+            let e = fails(d, &["inspect", p.to_str().unwrap()]);
+            assert!(e.contains(why), "{name}: {e}");
+        }
+        assert_eq!(fs::read(&p).unwrap(), bytes, "{name}: COW modified");
+    }
+    assert!(fs::read(s.join("origin.img")).unwrap() == gunzip(&k.join("origin.img.gz")));
+    fails(d, &["inspect", "missing.cow"]);
+    fails(
+        d,
+        &[
+            "export", "--origin", "nope.img", "--cow", "zero.cow", "--out", "x.img",
+        ],
+    );
+    // Raw merge needs both.
+    let o = run(d, &["merge", "--origin", "origin.img"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Bad scripts.
+    fs::write(s.join("bad.json"), b"{\"origin_size\": 1}").unwrap();
+    let e = fails(d, &["replay", "bad.json", "--out-dir", "o"]);
+    assert!(e.contains("bad script"), "{e}");
+    fails(d, &["replay", "nope.json", "--out-dir", "o"]);
+}
+
+/// Offline merge of a kernel COW into its origin: the origin becomes the snapshot image; running it
+/// again is a no-op (the merge is resumable: the records are gone).
+#[test]
+fn offline_merge_of_kernel_cow() {
+    let v = vectors();
+    let s = Scratch::new("kmerge");
+    let d = s.path();
+    for (case, name) in [
+        ("writable-two-snaps-64k", "a"),
+        ("basic-4k", "s0"),
+        ("area-crossing-4k", "s0"),
+    ] {
+        let k = v.join("kernel").join(case);
+        fs::write(s.join("o.img"), gunzip(&k.join("origin.img.gz"))).unwrap();
+        fs::write(s.join("c.cow"), gunzip(&k.join(format!("{name}.cow.gz")))).unwrap();
+        let out = ok_str(d, &["merge", "--origin", "o.img", "--cow", "c.cow"]);
+        assert!(out.starts_with("merged "), "{out}");
+        let want = gunzip(&k.join(format!("{name}.img.gz")));
+        assert!(fs::read(s.join("o.img")).unwrap() == want, "{case}");
+        let j: serde_json::Value =
+            serde_json::from_str(&ok_str(d, &["inspect", "c.cow", "--json"])).unwrap();
+        assert_eq!(j["exception_count"], 0, "{case}");
+        let out = ok_str(d, &["merge", "--origin", "o.img", "--cow", "c.cow"]);
+        assert!(out.starts_with("merged 0 chunks"), "{out}");
+        assert!(fs::read(s.join("o.img")).unwrap() == want, "{case}");
+    }
+}
