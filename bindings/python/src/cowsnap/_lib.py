@@ -1,0 +1,205 @@
+"""Loading libcowsnap and declaring its C ABI (``ffi/include/cowsnap.h``) for ctypes.
+
+Every function used is declared here with ``argtypes``/``restype``; nothing else in the package
+touches raw symbols. The library is found through ``COWSNAP_LIBRARY``, then next to this file (where
+``pip install`` puts it), then the system's library path. Its version is checked at import.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import CowsnapError, error_class
+
+# The C ABI version these bindings are written for: the library must report the same major.minor.
+ABI_VERSION = (0, 1)
+
+_LIB_FILE = "libcowsnap.dylib" if sys.platform == "darwin" else "libcowsnap.so"
+
+# --- C types (mirrors of cowsnap.h) ---------------------------------------------------------------
+
+c_result = ctypes.c_int32
+c_volume_p = ctypes.c_void_p  # cowsnap_volume * (opaque)
+c_buf = ctypes.c_void_p  # uint8_t * / const uint8_t *: accepts bytes, ctypes arrays, None
+
+STORE_PERSISTENT = 0
+STORE_TRANSIENT = 1
+OVERFLOW_INVALIDATE = 0
+OVERFLOW_REPORT = 1
+
+
+class SnapshotOptions(ctypes.Structure):
+    """``cowsnap_snapshot_options``."""
+
+    _fields_ = [
+        ("chunk_size", ctypes.c_uint32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("cow_size", ctypes.c_uint64),
+        ("cow_path", ctypes.c_char_p),
+        ("autoextend_threshold", ctypes.c_uint32),
+        ("autoextend_percent", ctypes.c_uint32),
+    ]
+
+
+class SnapshotStatusC(ctypes.Structure):
+    """``cowsnap_snapshot_status``."""
+
+    _fields_ = [
+        ("state", ctypes.c_int32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("chunk_size", ctypes.c_uint64),
+        ("sectors_allocated", ctypes.c_uint64),
+        ("total_sectors", ctypes.c_uint64),
+        ("metadata_sectors", ctypes.c_uint64),
+        ("exceptions", ctypes.c_uint64),
+        ("merging", ctypes.c_bool),
+        ("merge_merged", ctypes.c_uint64),
+        ("merge_total", ctypes.c_uint64),
+        ("data_percent", ctypes.c_double),
+        ("dm_status", ctypes.c_char * 64),
+        ("lvs_attr", ctypes.c_char * 16),
+    ]
+
+
+# void (*)(void *user_data, uint64_t merged, uint64_t total, bool done) -> int (non-zero stops)
+PROGRESS_CB = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_bool)
+
+_STATES = {0: "active", 1: "overflow", 2: "invalid", 3: "merging"}
+
+_SIGNATURES = {
+    # name: (restype, argtypes)
+    "cowsnap_version": (ctypes.c_char_p, []),
+    "cowsnap_last_error": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
+    "cowsnap_volume_create_mem": (c_result, [ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
+    "cowsnap_volume_create_file": (c_result, [ctypes.c_char_p, ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
+    "cowsnap_volume_open_file": (
+        c_result,
+        [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.POINTER(c_volume_p)],
+    ),
+    "cowsnap_volume_free": (None, [c_volume_p]),
+    "cowsnap_volume_size": (c_result, [c_volume_p, ctypes.POINTER(ctypes.c_uint64)]),
+    "cowsnap_volume_snapshot_ids": (
+        c_result,
+        [c_volume_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    "cowsnap_volume_read": (c_result, [c_volume_p, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
+    "cowsnap_volume_write": (c_result, [c_volume_p, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
+    "cowsnap_volume_flush": (c_result, [c_volume_p]),
+    "cowsnap_snapshot_create": (
+        c_result,
+        [c_volume_p, ctypes.POINTER(SnapshotOptions), ctypes.POINTER(ctypes.c_uint32)],
+    ),
+    "cowsnap_snapshot_read": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
+    "cowsnap_snapshot_write": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
+    "cowsnap_snapshot_status": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotStatusC)]),
+    "cowsnap_snapshot_delete": (c_result, [c_volume_p, ctypes.c_uint32]),
+    "cowsnap_snapshot_merge": (c_result, [c_volume_p, ctypes.c_uint32, PROGRESS_CB, ctypes.c_void_p]),
+    "cowsnap_snapshot_export_cow": (
+        c_result,
+        [c_volume_p, ctypes.c_uint32, c_buf, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+}
+
+
+def _candidates() -> list:
+    env = os.environ.get("COWSNAP_LIBRARY")
+    if env:
+        return [env]  # an explicit choice is not second-guessed
+    here = Path(__file__).resolve().parent / _LIB_FILE
+    found = ctypes.util.find_library("cowsnap")
+    return [str(here)] + ([found] if found else [])
+
+
+def _load() -> "tuple[ctypes.CDLL, str]":
+    errors = []
+    for path in _candidates():
+        try:
+            return ctypes.CDLL(path), path
+        except OSError as e:
+            errors.append(f"{path}: {e}")
+    raise ImportError(
+        "cowsnap: cannot load libcowsnap (reinstall the package with `pip install ./bindings/python`, "
+        "or set COWSNAP_LIBRARY to a libcowsnap.so): " + "; ".join(errors or ["not found"])
+    )
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    missing = []
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            missing.append(name)
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+    if missing:
+        raise ImportError(f"cowsnap: {_PATH} lacks {', '.join(missing)} (a different libcowsnap version?)")
+
+
+LIB, _PATH = _load()
+_declare(LIB)
+_VERSION = (LIB.cowsnap_version() or b"").decode("ascii", "replace")
+try:
+    _got = tuple(int(x) for x in _VERSION.split(".")[:2])
+except ValueError:
+    _got = ()
+if _got != ABI_VERSION:
+    raise ImportError(
+        f"cowsnap: {_PATH} is version {_VERSION!r}; these bindings need {ABI_VERSION[0]}.{ABI_VERSION[1]}.x"
+    )
+
+
+def library_path() -> str:
+    """The path of the libcowsnap loaded."""
+    return _PATH
+
+
+def library_version() -> str:
+    """``cowsnap_version()`` of the loaded library."""
+    return _VERSION
+
+
+def last_error() -> str:
+    """This thread's last error message from the library."""
+    buf = ctypes.create_string_buffer(1024)
+    LIB.cowsnap_last_error(buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+def check(result: int) -> None:
+    """Raises the exception for a non-zero ``cowsnap_result`` (with the library's message)."""
+    if result != 0:
+        cls = error_class(result)
+        msg = last_error() or f"cowsnap error {result}"
+        raise cls(msg, code=result) if cls is CowsnapError else cls(msg)
+
+
+def status_from_c(st: SnapshotStatusC) -> Any:
+    from ._volume import SnapshotStatus
+
+    state = _STATES.get(st.state, f"unknown({st.state})")
+    return SnapshotStatus(
+        state=state,
+        sectors_allocated=st.sectors_allocated,
+        total_sectors=st.total_sectors,
+        metadata_sectors=st.metadata_sectors,
+        data_percent=None if state == "invalid" else float(st.data_percent),
+        persistent=st.store == STORE_PERSISTENT,
+        overflow="report" if st.overflow == OVERFLOW_REPORT else "invalidate",
+        chunk_size=st.chunk_size,
+        exceptions=st.exceptions,
+        merge_merged=st.merge_merged if st.merging else None,
+        merge_total=st.merge_total if st.merging else None,
+        dm_status=st.dm_status.decode("ascii", "replace"),
+        lvs_attr=st.lvs_attr.decode("ascii", "replace"),
+    )
+
+
+def _unused(*_: Optional[Any]) -> None:
+    pass
