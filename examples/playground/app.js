@@ -298,10 +298,14 @@ function snapCard(rec) {
     },
     titleOf: (c) => (excByOld.has(c) ? `from COW chunk ${excByOld.get(c)}` : 'shared with the origin'),
   });
-  const vgrid = el('div', { class: 'grid small view-grid', 'data-testid': 'view-grid' }, cells);
-  left.append(vgrid);
-  if (note) left.append(note);
-  if (viewErr) left.append(el('p', { class: 'explain bad', text: `read fails: ${errText(viewErr)}` }));
+  if (view) {
+    left.append(el('div', { class: 'grid small view-grid', 'data-testid': 'view-grid' }, cells));
+    if (note) left.append(note);
+  } else {
+    // An unreadable snapshot (invalid): no view to draw, only why.
+    left.append(el('div', { class: 'grid small view-grid', 'data-testid': 'view-grid', hidden: true }),
+      el('p', { class: 'explain bad', 'data-testid': 'read-error', text: `every read fails: ${errText(viewErr)}` }));
+  }
 
   // Middle: the COW device, chunk by chunk.
   const mid = el('div', {}, el('h3', {}, 'COW device ',

@@ -189,6 +189,10 @@ test('playground: volume, snapshots, copy-on-write, overflow, merge, export, imp
     assert.equal(await text(cell('snap0', 'exc-count')), '6');
     assert.equal(await text(cell('snap0', 'data-percent')), expectedDataPercent(64 << 10, CHUNK, 6));
     await snap('overflow-invalid');
+    // A laptop-sized view of this state (the README's picture is one of these): a copied chunk focused.
+    await page.getByTestId('snap-card-snap0').getByTestId('exc-table').locator('tbody tr').nth(2).focus();
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: join(ART, 'laptop-view.png') });
   });
 
   await t.test('overflow in report mode (PO) on a snapshot write: Overflow', async () => {
