@@ -26,6 +26,8 @@ pub mod chunk;
 pub mod device;
 pub mod error;
 pub mod exception;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod replay;
 pub mod snapshot;
 pub mod status;

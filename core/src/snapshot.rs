@@ -349,7 +349,7 @@ impl Snapshot {
             } else {
                 let stop = self
                     .table
-                    .next_mapped(c)
+                    .next_mapped(c, cs.chunks_in(end))
                     .map_or(end, |m| cs.offset_of(m).min(end));
                 let dst = &mut buf[at..at + (stop - pos) as usize];
                 device::read(origin, pos, dst)?;

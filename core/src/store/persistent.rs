@@ -13,7 +13,7 @@ use super::{ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{Exception, ExceptionTable};
+use crate::exception::{Exception, ExceptionTable, MAX_COW_CHUNKS};
 
 /// Header magic, "SnAp" on disk.
 pub const SNAP_MAGIC: u32 = 0x7041_6E53;
@@ -285,7 +285,7 @@ impl ExceptionStore for PersistentStore {
     }
     fn prepare(&mut self, cow_len: u64) -> Option<u64> {
         let cs = self.geo.chunk.sectors();
-        if (self.next_free + 1) * cs > cow_len / SECTOR_SIZE {
+        if (self.next_free + 1) * cs > cow_len / SECTOR_SIZE || self.next_free >= MAX_COW_CHUNKS {
             return None;
         }
         let c = self.next_free;
@@ -425,7 +425,7 @@ fn scan(
         let recs = read_records(cow, chunk.offset_of(loc), epa)?;
         areas += 1;
         for (i, r) in recs.iter().enumerate() {
-            if r.new >= cow_chunks || geo.is_metadata_chunk(r.new) {
+            if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || geo.is_metadata_chunk(r.new) {
                 return Err(Error::corrupt(format!(
                     "record {i} of area {}: COW chunk {} is not a data chunk of this device",
                     areas - 1,

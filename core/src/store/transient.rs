@@ -6,7 +6,7 @@ use super::{ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::BlockDevice;
 use crate::error::Result;
-use crate::exception::Exception;
+use crate::exception::{Exception, MAX_COW_CHUNKS};
 
 /// dm-snap-transient: nothing on disk but the copied chunks.
 #[derive(Debug)]
@@ -38,7 +38,9 @@ impl ExceptionStore for TransientStore {
     }
     fn prepare(&mut self, cow_len: u64) -> Option<u64> {
         // Kernel: fail if next_free + chunk_size > size (in sectors).
-        if (self.next_free + 1) * self.chunk.sectors() > cow_len / SECTOR_SIZE {
+        if (self.next_free + 1) * self.chunk.sectors() > cow_len / SECTOR_SIZE
+            || self.next_free >= MAX_COW_CHUNKS
+        {
             return None;
         }
         self.next_free += 1;
