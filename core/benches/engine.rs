@@ -201,9 +201,8 @@ fn activation(c: &mut Criterion) {
     g.sample_size(10).throughput(Throughput::Elements(n));
     g.bench_function("1M_exceptions", |b| {
         b.iter(|| {
-            let mut vol = Volume::new(MemDevice::new(0));
             // The origin length bounds record validation: give a sparse 4 GiB origin.
-            vol = Volume::new(FileDevice::create(tmp("activate-origin"), 4 << 30).unwrap());
+            let mut vol = Volume::new(FileDevice::create(tmp("activate-origin"), 4 << 30).unwrap());
             let id = vol
                 .activate_snapshot(FileDevice::open(&path).unwrap(), opts())
                 .unwrap();
