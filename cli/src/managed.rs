@@ -471,7 +471,7 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
     );
     for r in &rows {
         let data = r.data.map(|d| format!("{d:.2}")).unwrap_or_default();
-        println!(
+        let line = format!(
             "  {:<w$} {:<10} {:>9} {:<wo$} {:>6}",
             r.name,
             r.attr,
@@ -479,6 +479,7 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
             r.origin,
             data
         );
+        println!("{}", line.trim_end());
     }
     Ok(())
 }
