@@ -50,6 +50,7 @@ fi
 built || { echo "[playground] no browser build at $PKG after building" >&2; exit 1; }
 
 # 4. The test (serves on 127.0.0.1 with a random port, drives Chromium, saves screenshots).
+rm -rf "$ROOT/artifacts/playground"
 mkdir -p "$ROOT/artifacts/playground"
 say "running the end-to-end test (screenshots: artifacts/playground/)"
 cd "$PG"

@@ -6,6 +6,7 @@ import { loadEngine, statusOf, exceptionsOf } from './engine.js';
 
 const $ = (id) => document.getElementById(id);
 const MAX_CELLS = 1024; // chunks drawn per grid
+const DENSE = 256; // above this many cells, grids use small unlabelled squares
 const SECTOR = 512;
 
 const S = {
@@ -222,7 +223,7 @@ function gridCells(bytes, chunk, opts = {}) {
     cells.push(cell);
   }
   const note = n > shown ? el('p', { class: 'hint', text: `showing the first ${shown} of ${n} chunks` }) : null;
-  return { cells, note };
+  return { cells, note, dense: shown > DENSE };
 }
 
 function renderOrigin() {
@@ -234,10 +235,12 @@ function renderOrigin() {
   }
   const bytes = readAll(S.vol);
   S.originBytes = bytes;
-  const { cells, note } = gridCells(bytes, S.chunk, {
+  const { cells, note, dense } = gridCells(bytes, S.chunk, {
     mark: (c, cell) => { if (S.written.has(c)) cell.classList.add('written'); },
     titleOf: () => 'origin',
   });
+  g.classList.toggle('dense', dense);
+  g.parentElement.querySelectorAll('p.hint').forEach((x) => x.remove());
   g.append(...cells);
   if (note) g.after(note);
   $('origin-info').textContent = `${fmtBytes(S.size)}, ${Math.ceil(S.size / S.chunk)} chunks of ${fmtBytes(S.chunk)}`;
@@ -288,7 +291,7 @@ function snapCard(rec) {
 
   // Left: what the snapshot reads (its own copies where it has them, the origin elsewhere).
   const left = el('div', {}, el('h3', {}, 'Snapshot view ', el('small', { text: 'chunks with a dot are read from the COW' })));
-  const { cells, note } = gridCells(view, chunk, {
+  const { cells, note, dense } = gridCells(view, chunk, {
     mark: (c, cell) => {
       if (excByOld.has(c)) {
         cell.classList.add('cowed');
@@ -299,7 +302,7 @@ function snapCard(rec) {
     titleOf: (c) => (excByOld.has(c) ? `from COW chunk ${excByOld.get(c)}` : 'shared with the origin'),
   });
   if (view) {
-    left.append(el('div', { class: 'grid small view-grid', 'data-testid': 'view-grid' }, cells));
+    left.append(el('div', { class: `grid small view-grid${dense ? ' dense' : ''}`, 'data-testid': 'view-grid' }, cells));
     if (note) left.append(note);
   } else {
     // An unreadable snapshot (invalid): no view to draw, only why.
@@ -315,7 +318,7 @@ function snapCard(rec) {
   const epa = chunk / 16;
   const chunkSectors = chunk / SECTOR;
   const areasSoFar = rec.store === 'N' ? 0 : Math.max(0, Math.round(st.metadataSectors / chunkSectors) - 1);
-  const cmap = el('div', { class: 'grid small cow-grid', 'data-testid': 'cow-grid' });
+  const cmap = el('div', { class: `grid small cow-grid${shownCow > DENSE ? ' dense' : ''}`, 'data-testid': 'cow-grid' });
   for (let c = 0; c < shownCow; c++) {
     const cell = el('div', { class: 'cell', dataset: { cow: c } });
     if (rec.store !== 'N' && c === 0) {
@@ -397,6 +400,8 @@ function drawArrows() {
     const svg = card.querySelector('svg.arrows');
     if (!svg) continue;
     svg.replaceChildren();
+    // Many exceptions: arrows appear only for the highlighted chunk.
+    svg.classList.toggle('many', card.querySelectorAll('.view-grid .cell.cowed').length > 64);
     const cr = card.getBoundingClientRect();
     svg.setAttribute('width', cr.width);
     svg.setAttribute('height', cr.height);
@@ -473,7 +478,13 @@ function createVolume(size, chunk) {
   $('snap-name').value = 'snap0';
   log(`created a ${fmtBytes(size)} origin (${Math.ceil(size / chunk)} chunks of ${fmtBytes(chunk)}) and filled it with a pattern`, 'ok');
   message(`Origin ready. Now <b>Take snapshot</b>: it copies nothing until the origin changes.`, 'ok');
+  resetPanels();
+}
+
+function resetPanels() {
   $('hex-card').hidden = true;
+  $('inspect-card').hidden = true;
+  $('merge-box').hidden = true;
 }
 
 function snapshotOptions(cowSize, store, autoextend) {
@@ -739,6 +750,7 @@ async function doImport() {
   const vol = S.cs.Volume.fromImages(origin, cows);
   const snaps = vol.snapshots();
   freeAll();
+  resetPanels();
   S.vol = vol;
   S.size = origin.length;
   const recs = [];
