@@ -218,6 +218,10 @@ test('playground: volume, snapshots, copy-on-write, overflow, merge, export, imp
     const grown = await text(cell('grow', 'cow-size'));
     assert.notEqual(grown, '24.00k');
     assert.ok(parseFloat(grown) > 24, `COW grew (${grown})`);
+    // lvextend by hand: +50 %, rounded up to whole chunks.
+    await cell('grow', 'extend').click();
+    const kib = parseFloat(grown);
+    assert.equal(await text(cell('grow', 'cow-size')), `${(Math.ceil((kib * 1.5) / 4) * 4).toFixed(2)}k`);
     await snap('autoextend');
   });
 
