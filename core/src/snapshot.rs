@@ -86,6 +86,9 @@ pub(crate) struct Snapshot {
     autoextend: Option<Autoextend>,
     /// Chunks to merge when the merge started.
     pub(crate) merge_total: u64,
+    /// Written since the last flush (commits flush on their own; user data written after a commit
+    /// and writes during a merge do not).
+    pub(crate) dirty: bool,
     scratch: Vec<u8>,
 }
 
@@ -166,6 +169,7 @@ impl Snapshot {
             overflow,
             autoextend,
             merge_total: 0,
+            dirty: false,
             scratch: Vec::new(),
         }
     }
@@ -436,6 +440,7 @@ impl Snapshot {
                 continue;
             }
             let new = self.table.lookup(c).expect("chunk has an exception by now");
+            self.dirty = true;
             device::write(
                 &mut *self.cow,
                 cs.offset_of(new) + in_chunk as u64,

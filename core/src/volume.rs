@@ -36,6 +36,8 @@ pub struct MergeProgress {
 /// `&self`, so a `RwLock<Volume>` lets them run in parallel.
 pub struct Volume {
     origin: Box<dyn BlockDevice>,
+    /// Origin written since its last flush.
+    origin_dirty: bool,
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     next_id: u32,
 }
@@ -59,6 +61,7 @@ impl Volume {
     pub fn from_boxed(origin: Box<dyn BlockDevice>) -> Self {
         Volume {
             origin,
+            origin_dirty: false,
             snapshots: BTreeMap::new(),
             next_id: 0,
         }
@@ -199,6 +202,7 @@ impl Volume {
             return self.write_during_merge(id, offset, data);
         }
         self.preserve_all(offset, data.len() as u64, None)?;
+        self.origin_dirty = true;
         device::write(&mut *self.origin, offset, data)
     }
 
@@ -222,11 +226,13 @@ impl Volume {
             match mapped {
                 Some(new) => {
                     let s = self.snap_mut(id)?;
+                    s.dirty = true;
                     device::write(&mut *s.cow, cs.offset_of(new) + in_chunk as u64, piece)?;
                 }
                 None => {
                     let pos = cs.offset_of(c) + in_chunk as u64;
                     self.preserve_all(pos, n as u64, Some(id))?;
+                    self.origin_dirty = true;
                     device::write(&mut *self.origin, pos, piece)?;
                 }
             }
@@ -234,11 +240,18 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes everything written so far durable (origin and every COW).
+    /// Makes everything written so far durable (origin and every COW). Devices with nothing
+    /// unflushed are skipped: exception commits already flush their COW.
     pub fn flush(&mut self) -> Result<()> {
-        self.origin.flush()?;
+        if self.origin_dirty {
+            self.origin.flush()?;
+            self.origin_dirty = false;
+        }
         for s in self.snapshots.values_mut() {
-            s.cow.flush()?;
+            if s.dirty {
+                s.cow.flush()?;
+                s.dirty = false;
+            }
         }
         Ok(())
     }

@@ -232,16 +232,21 @@ impl PersistentStore {
         self.geo.chunk.offset_of(self.geo.area_location(area))
     }
 
-    /// Writes the in-memory current area: its records, then zeros over records that used to be there.
-    fn write_area(&mut self, cow: &mut dyn BlockDevice) -> Result<()> {
-        let n = self.area.len().max(self.area_on_disk);
-        let mut buf = vec![0u8; n * EXCEPTION_RECORD_BYTES as usize];
-        for (i, e) in self.area.iter().enumerate() {
-            let o = i * EXCEPTION_RECORD_BYTES as usize;
+    /// Writes the in-memory current area from record `from` on (the records before it are already
+    /// on disk): whole sectors from the one holding `from`, up to the last record, then zeros over
+    /// records that used to be there (after a merge). The bytes on disk end up exactly as the
+    /// kernel's whole-chunk write leaves them; only less is written.
+    fn write_area(&mut self, cow: &mut dyn BlockDevice, from: usize) -> Result<()> {
+        let rec = EXCEPTION_RECORD_BYTES as usize;
+        let end = self.area.len().max(self.area_on_disk) * rec;
+        let start = (from.min(self.area.len()) * rec) / SECTOR_SIZE as usize * SECTOR_SIZE as usize;
+        let mut buf = vec![0u8; end - start];
+        for (i, e) in self.area.iter().enumerate().skip(start / rec) {
+            let o = i * rec - start;
             buf[o..o + 8].copy_from_slice(&e.old.to_le_bytes());
             buf[o + 8..o + 16].copy_from_slice(&e.new.to_le_bytes());
         }
-        let at = self.area_offset(self.current_area);
+        let at = self.area_offset(self.current_area) + start as u64;
         device::write(cow, at, &buf)?;
         self.area_on_disk = self.area.len();
         Ok(())
@@ -251,25 +256,24 @@ impl PersistentStore {
         let epa = self.geo.exceptions_per_area() as usize;
         // PREFLUSH: the data chunks are durable before any record that names them.
         cow.flush()?;
-        let mut dirty = false;
+        let mut dirty_from = None;
         for &r in records {
+            dirty_from.get_or_insert(self.area.len());
             self.area.push(r);
-            dirty = true;
             if self.area.len() == epa {
                 // The successor area is zeroed (and durable) before the full area is written, so a
                 // scan always finds an end marker.
                 let next = self.area_offset(self.current_area + 1);
                 device::write_zeros(cow, next, self.geo.chunk.bytes())?;
                 cow.flush()?;
-                self.write_area(cow)?;
+                self.write_area(cow, dirty_from.take().unwrap_or(0))?;
                 self.current_area += 1;
                 self.area.clear();
                 self.area_on_disk = 0;
-                dirty = false;
             }
         }
-        if dirty {
-            self.write_area(cow)?;
+        if let Some(from) = dirty_from {
+            self.write_area(cow, from)?;
         }
         // FUA: the records are durable before the caller overwrites the origin.
         cow.flush()
@@ -356,7 +360,7 @@ impl ExceptionStore for PersistentStore {
         let keep = self.area.len().saturating_sub(n as usize);
         self.area.truncate(keep);
         cow.flush()?;
-        self.write_area(cow)?;
+        self.write_area(cow, keep)?;
         cow.flush()?;
         self.next_free = self.geo.area_location(self.current_area) + self.area.len() as u64 + 1;
         Ok(())
