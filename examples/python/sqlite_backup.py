@@ -45,7 +45,7 @@ needs the RESERVED lock before it can get EXCLUSIVE, and only one connection hol
 completely and no other can start, so the main file on the volume is a complete, consistent database
 by itself (no journal needed). The snapshot taken at that moment freezes exactly that file; readers
 are not blocked, and writers wait (busy timeout) only until ``COMMIT`` of the backup's empty
-transaction, a few milliseconds later. WAL mode would not do: committed data would sit in the -wal
+transaction, a few milliseconds later (see :func:`busy_handler` for how they wait). WAL mode would not do: committed data would sit in the -wal
 file, outside the volume.
 
 The row count recorded under the lock is ``max(seq)``, an O(log n) lookup on the INTEGER PRIMARY KEY,
@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Union
 
 import apsw
@@ -130,6 +130,7 @@ class CowsnapVFS(apsw.VFS):
     """A VFS that puts registered database paths on cowsnap volumes (see the module docstring)."""
 
     def __init__(self, name: str = "cowsnap", base: str = "") -> None:
+        self.name = name
         self.base = base
         self.volumes: Dict[str, cowsnap.Volume] = {}
         super().__init__(name, base)
@@ -147,9 +148,28 @@ class CowsnapVFS(apsw.VFS):
         return apsw.VFSFile(self.base, name, flags)
 
 
+def busy_handler(timeout_s: float = 30.0):
+    """Retries every 0.5 ms for up to ``timeout_s``. SQLite's own busy timeout backs off to sleeps of
+    up to 100 ms, so a connection competing with a writer that commits in a tight loop can starve
+    (the lock is free only for microseconds between two transactions); and its sleep goes through
+    the VFS's xSleep, which a Python VFS runs holding the GIL. ``time.sleep`` releases the GIL."""
+    state = {"deadline": 0.0}
+
+    def handler(attempt: int) -> bool:
+        now = time.monotonic()
+        if attempt == 0:
+            state["deadline"] = now + timeout_s
+        if now > state["deadline"]:
+            return False  # give up: SQLITE_BUSY
+        time.sleep(0.0005)
+        return True
+
+    return handler
+
+
 def connect(db_path: str, vfs: CowsnapVFS) -> apsw.Connection:
-    con = apsw.Connection(db_path, vfs=vfs.vfsname)
-    con.setbusytimeout(30_000)
+    con = apsw.Connection(db_path, vfs=vfs.name)
+    con.setbusyhandler(busy_handler())
     con.execute("PRAGMA mmap_size=0")  # the placeholder file holds no data: never map it
     return con
 
@@ -161,7 +181,7 @@ class Writer:
     con: apsw.Connection
     committed: int
     batch: int = 5
-    stop: threading.Event = threading.Event()
+    stop: threading.Event = field(default_factory=threading.Event)
     error: Optional[BaseException] = None
 
     def run(self) -> None:
@@ -219,7 +239,7 @@ def run(workdir: str, db_mib: float = 4, volume_mib: int = 64, quiet: bool = Fal
         setup.close()
         say(f"database: {logical_size(vol) / (1 << 20):.1f} MiB, {prefill} rows, on {origin_path}")
 
-        writer = Writer(connect(db_path, vfs), committed=prefill, stop=threading.Event())
+        writer = Writer(connect(db_path, vfs), committed=prefill)
         wt = threading.Thread(target=writer.run, name="writer")
         wt.start()
         try:

@@ -1,6 +1,7 @@
 """Concurrent use from Python threads: the GIL is released during library calls and the library
 locks internally, so writers on the origin and readers of snapshots can run at the same time."""
 
+import sys
 import threading
 import time
 
@@ -72,9 +73,12 @@ def test_gil_is_released_during_calls() -> None:
     """While this thread is inside one long library call, another thread keeps running Python code.
 
     A call that kept the GIL would let the ticker run only before the call starts or after it returns
-    (within a switch interval, 5 ms); ticks well inside the call prove the GIL was released."""
+    (within a switch interval, set to 1 ms here); ticks well inside the call prove the GIL was released."""
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
     with cowsnap.Volume.memory(64 * MiB) as vol:
-        vol.snapshot(cow_size=80 * MiB)
+        for _ in range(3):  # every chunk written is copied into three COWs: a long call
+            vol.snapshot(cow_size=80 * MiB)
         stamps = []
         done = threading.Event()
 
@@ -94,7 +98,8 @@ def test_gil_is_released_during_calls() -> None:
         finally:
             done.set()
             t.join()
-        margin = 0.02
+            sys.setswitchinterval(old_interval)
+        margin = 0.01
         assert t1 - t0 > 3 * margin, f"call too short to tell ({(t1 - t0) * 1e3:.1f} ms)"
         inside = [s for s in stamps if t0 + margin < s < t1 - margin]
         assert inside, "the other thread never ran while the library was busy"

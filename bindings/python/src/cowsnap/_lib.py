@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import CowsnapError, error_class
 
@@ -66,7 +66,8 @@ class SnapshotStatusC(ctypes.Structure):
     ]
 
 
-# void (*)(void *user_data, uint64_t merged, uint64_t total, bool done) -> int (non-zero stops)
+# cowsnap_merge_progress_cb: int32_t (*)(void *user_data, uint64_t merged, uint64_t total, bool done);
+# non-zero stops the merge (cowsnap_snapshot_merge then returns COWSNAP_ERR_MERGING).
 PROGRESS_CB = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_bool)
 
 _STATES = {0: "active", 1: "overflow", 2: "invalid", 3: "merging"}
@@ -74,6 +75,7 @@ _STATES = {0: "active", 1: "overflow", 2: "invalid", 3: "merging"}
 _SIGNATURES = {
     # name: (restype, argtypes)
     "cowsnap_version": (ctypes.c_char_p, []),
+    "cowsnap_error_name": (ctypes.c_char_p, [ctypes.c_int32]),
     "cowsnap_last_error": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
     "cowsnap_volume_create_mem": (c_result, [ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
     "cowsnap_volume_create_file": (c_result, [ctypes.c_char_p, ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
@@ -90,6 +92,7 @@ _SIGNATURES = {
     "cowsnap_volume_read": (c_result, [c_volume_p, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_volume_write": (c_result, [c_volume_p, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_volume_flush": (c_result, [c_volume_p]),
+    "cowsnap_snapshot_options_init": (c_result, [ctypes.POINTER(SnapshotOptions)]),
     "cowsnap_snapshot_create": (
         c_result,
         [c_volume_p, ctypes.POINTER(SnapshotOptions), ctypes.POINTER(ctypes.c_uint32)],
@@ -98,6 +101,11 @@ _SIGNATURES = {
     "cowsnap_snapshot_write": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_snapshot_status": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotStatusC)]),
     "cowsnap_snapshot_delete": (c_result, [c_volume_p, ctypes.c_uint32]),
+    "cowsnap_snapshot_extend": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64]),
+    "cowsnap_snapshot_set_autoextend": (
+        c_result,
+        [c_volume_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32],
+    ),
     "cowsnap_snapshot_merge": (c_result, [c_volume_p, ctypes.c_uint32, PROGRESS_CB, ctypes.c_void_p]),
     "cowsnap_snapshot_export_cow": (
         c_result,
@@ -154,6 +162,17 @@ if _got != ABI_VERSION:
         f"cowsnap: {_PATH} is version {_VERSION!r}; these bindings need {ABI_VERSION[0]}.{ABI_VERSION[1]}.x"
     )
 
+# The exception table must match the library's codes: same numbers, same names.
+for _code in range(-1, -64, -1):
+    _name = (LIB.cowsnap_error_name(_code) or b"").decode("ascii", "replace")
+    if _name == "UNKNOWN" or error_class(_code) is CowsnapError:
+        continue  # a code newer than these bindings: raised as plain CowsnapError
+    if error_class(_code).name != _name:
+        raise ImportError(
+            f"cowsnap: {_PATH} reports error code {_code} as {_name!r}; these bindings know it as "
+            f"{error_class(_code).name!r} (library and bindings out of step)"
+        )
+
 
 def library_path() -> str:
     """The path of the libcowsnap loaded."""
@@ -189,7 +208,7 @@ def status_from_c(st: SnapshotStatusC) -> Any:
         sectors_allocated=st.sectors_allocated,
         total_sectors=st.total_sectors,
         metadata_sectors=st.metadata_sectors,
-        data_percent=None if state == "invalid" else float(st.data_percent),
+        data_percent=None if state == "invalid" or st.data_percent < 0 else float(st.data_percent),
         persistent=st.store == STORE_PERSISTENT,
         overflow="report" if st.overflow == OVERFLOW_REPORT else "invalidate",
         chunk_size=st.chunk_size,
@@ -199,7 +218,3 @@ def status_from_c(st: SnapshotStatusC) -> Any:
         dm_status=st.dm_status.decode("ascii", "replace"),
         lvs_attr=st.lvs_attr.decode("ascii", "replace"),
     )
-
-
-def _unused(*_: Optional[Any]) -> None:
-    pass

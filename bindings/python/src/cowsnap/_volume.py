@@ -4,7 +4,7 @@ import ctypes
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
@@ -81,6 +81,17 @@ def _writable_view(buffer: Any) -> Tuple[Any, int]:
         raise ValueError("buffer must be C-contiguous")
     mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
     return (ctypes.c_uint8 * mv.nbytes).from_buffer(mv), mv.nbytes
+
+
+def _autoextend(policy: Any) -> Tuple[int, int]:
+    if not isinstance(policy, tuple) or len(policy) != 2:
+        raise TypeError("autoextend must be a (threshold_percent, extend_percent) tuple or None")
+    th, pct = _index(policy[0], "autoextend threshold"), _index(policy[1], "autoextend percent")
+    if not 1 <= th <= 100:
+        raise ValueError(f"autoextend threshold must be 1..100 percent, got {th}")
+    if not 1 <= pct <= 0xFFFFFFFF:
+        raise ValueError(f"autoextend percent must be >= 1, got {pct}")
+    return th, pct
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -348,7 +359,10 @@ class Volume:
             raise ValueError(f"overflow must be 'invalidate' or 'report', not {overflow!r}")
         if overflow == "report" and not persistent:
             raise ValueError("overflow='report' (store PO) needs a persistent snapshot")
+        if chunk_size == 0 or chunk_size > 0xFFFFFFFF:
+            raise ValueError(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
         opts = _lib.SnapshotOptions()
+        check(_lib.LIB.cowsnap_snapshot_options_init(ctypes.byref(opts)))
         opts.chunk_size = chunk_size
         opts.cow_size = cow_size
         opts.store = _lib.STORE_PERSISTENT if persistent else _lib.STORE_TRANSIENT
@@ -358,13 +372,7 @@ class Volume:
             p = _path(path, "path")
             opts.cow_path = p
         if autoextend is not None:
-            if not isinstance(autoextend, tuple) or len(autoextend) != 2:
-                raise TypeError("autoextend must be a (threshold_percent, extend_percent) tuple or None")
-            th, pct = _index(autoextend[0], "autoextend threshold"), _index(autoextend[1], "autoextend percent")
-            if not 1 <= th <= 100:
-                raise ValueError(f"autoextend threshold must be 1..100 percent, got {th}")
-            if pct < 1 or pct > 0xFFFFFFFF:
-                raise ValueError(f"autoextend percent must be >= 1, got {pct}")
+            th, pct = _autoextend(autoextend)
             opts.autoextend_threshold = th
             opts.autoextend_percent = pct
         sid = ctypes.c_uint32()
@@ -480,6 +488,18 @@ class Snapshot:
                 check(r)
                 return buf.raw[: needed.value]
 
+    def extend(self, new_cow_size: int) -> None:
+        """Grows the COW device to ``new_cow_size`` bytes (``lvextend`` on the snapshot)."""
+        new_cow_size = _index(new_cow_size, "new_cow_size")
+        with _Using(self._vol._h) as ptr:
+            check(_lib.LIB.cowsnap_snapshot_extend(ptr, self._id, new_cow_size))
+
+    def set_autoextend(self, autoextend: Optional[Tuple[int, int]]) -> None:
+        """Sets the autoextend policy ``(threshold_percent, extend_percent)``, or clears it (``None``)."""
+        th, pct = _autoextend(autoextend) if autoextend is not None else (0, 0)
+        with _Using(self._vol._h) as ptr:
+            check(_lib.LIB.cowsnap_snapshot_set_autoextend(ptr, self._id, th, pct))
+
     def delete(self) -> None:
         """Removes the snapshot (``lvremove``); its COW is dropped (a COW file stays on disk)."""
         with _Using(self._vol._h) as ptr:
@@ -505,9 +525,10 @@ class Snapshot:
                 failure.append(e)
                 return 1
 
-        cb = _lib.PROGRESS_CB(trampoline)
+        # PROGRESS_CB() is a NULL function pointer; `cb` stays referenced until the call returns.
+        cb = _lib.PROGRESS_CB(trampoline) if progress is not None else _lib.PROGRESS_CB()
         with _Using(self._vol._h) as ptr:
-            r = _lib.LIB.cowsnap_snapshot_merge(ptr, self._id, cb if progress is not None else None, None)
+            r = _lib.LIB.cowsnap_snapshot_merge(ptr, self._id, cb, None)
         if failure:
             raise failure[0]
         check(r)
@@ -538,5 +559,3 @@ class Snapshot:
         return f"<cowsnap.Snapshot id={self._id} {where} {st.state} data={pct} dm={st.dm_status!r}>"
 
 
-def _unused(_: Sequence[Any]) -> None:  # keep type checkers quiet about re-exports
-    pass
