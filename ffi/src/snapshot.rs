@@ -1,0 +1,504 @@
+//! Snapshots: creation options, I/O, status, deletion, merge, COW export and resizing.
+
+use std::ffi::{c_char, c_void};
+
+use cowsnap_core::{
+    Autoextend, ChunkSize, ErrorCode, FileDevice, MergeProgress, OverflowMode, SnapshotId,
+    SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
+};
+
+use crate::volume::{
+    cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume, with_path,
+};
+use crate::{cowsnap_result, Failure, FfiResult};
+
+/// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cowsnap_store_kind {
+    /// dm's `P`: the kernel's on-disk COW format; survives `cowsnap_volume_open_file`.
+    COWSNAP_STORE_PERSISTENT = 0,
+    /// dm's `N`: exceptions kept in memory only.
+    COWSNAP_STORE_TRANSIENT = 1,
+}
+
+/// What a snapshot write does when the COW is full (`cowsnap_snapshot_options.overflow`). An origin
+/// write that finds the COW full always invalidates the snapshot.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cowsnap_overflow_mode {
+    /// dm's `P` (what LVM uses): the snapshot is invalidated.
+    COWSNAP_OVERFLOW_INVALIDATE = 0,
+    /// dm's `PO`: the snapshot enters state OVERFLOW; its writes fail, reads still work.
+    COWSNAP_OVERFLOW_REPORT = 1,
+}
+
+/// Life cycle of a snapshot (`cowsnap_snapshot_status.state`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum cowsnap_snapshot_state {
+    /// Usable: reads and writes work.
+    COWSNAP_STATE_ACTIVE = 0,
+    /// Overflow mode REPORT and the COW filled up on a snapshot write: writes fail, reads work.
+    COWSNAP_STATE_OVERFLOW = 1,
+    /// Invalidated (COW overflow on an origin write, or I/O error): all I/O fails; delete it.
+    COWSNAP_STATE_INVALID = 2,
+    /// Being merged into the origin.
+    COWSNAP_STATE_MERGING = 3,
+}
+
+/// How to create a snapshot. Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero
+/// means 4 KiB chunks, persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cowsnap_snapshot_options {
+    /// Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
+    pub chunk_size: u32,
+    /// A `cowsnap_store_kind` value.
+    pub store: i32,
+    /// A `cowsnap_overflow_mode` value.
+    pub overflow: i32,
+    /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
+    /// one metadata area, one data chunk).
+    pub cow_size: u64,
+    /// NULL: the COW lives in memory. Otherwise the path of a file created (or truncated) as a sparse
+    /// file of `cow_size` bytes; borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
+    pub cow_path: *const c_char,
+    /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
+    /// (1..100; 100 disables). 0 means no autoextend policy.
+    pub autoextend_threshold: u32,
+    /// Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
+    pub autoextend_percent: u32,
+}
+
+/// A snapshot's status: the numbers `dmsetup status` and `lvs` print.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cowsnap_snapshot_status {
+    /// A `cowsnap_snapshot_state` value.
+    pub state: i32,
+    /// A `cowsnap_store_kind` value.
+    pub store: i32,
+    /// A `cowsnap_overflow_mode` value.
+    pub overflow: i32,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// COW sectors (512 bytes) handed out, header and metadata included.
+    pub sectors_allocated: u64,
+    /// COW device size in sectors.
+    pub total_sectors: u64,
+    /// Header plus metadata sectors so far (0 for a transient store).
+    pub metadata_sectors: u64,
+    /// Number of exceptions (chunks copied into the COW).
+    pub exceptions: u64,
+    /// True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
+    pub merging: bool,
+    /// Chunks merged back so far.
+    pub merge_merged: u64,
+    /// Chunks to merge in all.
+    pub merge_total: u64,
+    /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
+    pub data_percent: f64,
+    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+    pub dm_status: [c_char; 64],
+    /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
+    pub lvs_attr: [c_char; 16],
+}
+
+/// Merge progress callback: called after the merge starts and after each merge step with the chunks
+/// merged so far and in all; `done` is true on the last call. Return 0 to go on, non-zero to stop
+/// (`cowsnap_snapshot_merge` then returns `COWSNAP_ERR_MERGING`; calling it again resumes).
+/// Called on the merging thread, without any cowsnap lock held: it may call cowsnap functions (even on
+/// the same volume, e.g. to read it), but not `cowsnap_volume_free` of that volume.
+pub type cowsnap_merge_progress_cb = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, merged: u64, total: u64, done: bool) -> i32,
+>;
+
+fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
+    let chunk_size = match o.chunk_size {
+        0 => ChunkSize::DEFAULT,
+        n => ChunkSize::new(n.into())?,
+    };
+    let store = match o.store {
+        0 => StoreKind::Persistent,
+        1 => StoreKind::Transient,
+        n => return Err(Failure::invalid(format!("unknown store kind {n}"))),
+    };
+    let overflow = match o.overflow {
+        0 => OverflowMode::Invalidate,
+        1 => OverflowMode::Report,
+        n => return Err(Failure::invalid(format!("unknown overflow mode {n}"))),
+    };
+    let autoextend = match (o.autoextend_threshold, o.autoextend_percent) {
+        (0, 0) => None,
+        (0, _) => {
+            return Err(Failure::invalid(
+                "autoextend_percent is set but autoextend_threshold is 0",
+            ))
+        }
+        (t, p) => Some(
+            Autoextend {
+                threshold_percent: t,
+                extend_percent: p,
+            }
+            .validate()?,
+        ),
+    };
+    Ok(SnapshotOptions {
+        chunk_size,
+        store,
+        overflow,
+        autoextend,
+    })
+}
+
+/// Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
+/// autoextend, memory COW, `cow_size` 0 (to be set by the caller).
+///
+/// Errors: `NULL_POINTER`. Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_options_init(
+    opts: *mut cowsnap_snapshot_options,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_options_init", {
+        // SAFETY: out-parameter contract.
+        let opts = unsafe { out(opts, "opts") }?;
+        *opts = cowsnap_snapshot_options {
+            chunk_size: 4096,
+            store: cowsnap_store_kind::COWSNAP_STORE_PERSISTENT as i32,
+            overflow: cowsnap_overflow_mode::COWSNAP_OVERFLOW_INVALIDATE as i32,
+            cow_size: 0,
+            cow_path: std::ptr::null(),
+            autoextend_threshold: 0,
+            autoextend_percent: 0,
+        };
+        Ok(())
+    })
+}
+
+/// Takes a snapshot of the origin (like `lvcreate -s`): formats its COW and copies no data, whatever
+/// the volume size. Stores the new snapshot's id in `*out_id`; ids are never reused by a volume.
+///
+/// `opts` (and its `cow_path`) are borrowed for the call. Errors: `NULL_POINTER`, `INVALID_ARGUMENT`
+/// (cow_size 0, unknown enum value, bad autoextend policy), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW too small
+/// or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
+/// Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
+/// consistent with its own data just stops its writers around this call).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_create(
+    vol: *mut cowsnap_volume,
+    opts: *const cowsnap_snapshot_options,
+    out_id: *mut u32,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_create", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: `opts` is NULL or points to an initialised struct.
+        let o = unsafe { opts.as_ref() }.ok_or_else(|| Failure::null("opts"))?;
+        // SAFETY: out-parameter contract.
+        let out_id = unsafe { out(out_id, "out_id") }?;
+        let sopts = options(o)?;
+        if o.cow_size == 0 {
+            return Err(Failure::invalid("cow_size is 0"));
+        }
+        let id = if o.cow_path.is_null() {
+            let cow = mem_device(o.cow_size)?;
+            v.write()?.create_snapshot(cow, sopts)?
+        } else {
+            // SAFETY: NUL-terminated string by contract.
+            let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
+            let cow = FileDevice::create(&path, o.cow_size)
+                .map_err(|e| with_path(e, "cannot create COW", &path))?;
+            v.write()?.create_snapshot(cow, sopts)?
+        };
+        *out_id = id.0;
+        Ok(())
+    })
+}
+
+/// Reads `len` bytes of snapshot `id` at byte `offset` into `buf` (the origin as it was when the
+/// snapshot was taken, plus the snapshot's own writes).
+///
+/// `buf` is borrowed for the call (NULL only when `len` is 0). Errors: `NULL_POINTER`, `OUT_OF_RANGE`,
+/// `UNKNOWN_SNAPSHOT` (never created, deleted or merged), `SNAPSHOT_INVALID`, `IO`.
+/// Thread-safety: runs in parallel with other reads; waits for writes in progress.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_read(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_read", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.check_range(offset, len)?;
+        // SAFETY: `buf` holds `len` writable bytes by contract.
+        let buf = unsafe { out_buf(buf, len) }?;
+        v.read()?.snapshot_read_at(SnapshotId(id), offset, buf)?;
+        Ok(())
+    })
+}
+
+/// Writes `len` bytes from `buf` to snapshot `id` at byte `offset` (never to the origin).
+///
+/// `buf` is borrowed for the call (NULL only when `len` is 0). Errors: `NULL_POINTER`, `OUT_OF_RANGE`,
+/// `UNKNOWN_SNAPSHOT`, `SNAPSHOT_INVALID`, `SNAPSHOT_OVERFLOW` (overflow mode REPORT, COW full),
+/// `MERGING`, `IO`. Thread-safety: safe from several threads; takes the write lock.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_write(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    offset: u64,
+    buf: *const u8,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_write", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.check_range(offset, len)?;
+        // SAFETY: `buf` holds `len` readable bytes by contract.
+        let data = unsafe { in_buf(buf, len) }?;
+        v.write()?.snapshot_write_at(SnapshotId(id), offset, data)?;
+        Ok(())
+    })
+}
+
+fn fill_text(dst: &mut [c_char], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
+        *d = *b as c_char;
+    }
+    for d in dst[n..].iter_mut() {
+        *d = 0;
+    }
+}
+
+fn status_to_c(st: &SnapshotStatus) -> cowsnap_snapshot_status {
+    let state = match st.state {
+        SnapshotState::Active => cowsnap_snapshot_state::COWSNAP_STATE_ACTIVE,
+        SnapshotState::Overflow => cowsnap_snapshot_state::COWSNAP_STATE_OVERFLOW,
+        SnapshotState::Invalid => cowsnap_snapshot_state::COWSNAP_STATE_INVALID,
+        SnapshotState::Merging => cowsnap_snapshot_state::COWSNAP_STATE_MERGING,
+    };
+    let store = match st.store {
+        StoreKind::Persistent => cowsnap_store_kind::COWSNAP_STORE_PERSISTENT,
+        StoreKind::Transient => cowsnap_store_kind::COWSNAP_STORE_TRANSIENT,
+    };
+    let overflow = if st.overflow_reporting {
+        cowsnap_overflow_mode::COWSNAP_OVERFLOW_REPORT
+    } else {
+        cowsnap_overflow_mode::COWSNAP_OVERFLOW_INVALIDATE
+    };
+    let (merged, total) = st.merge_progress.unwrap_or((0, 0));
+    let mut out = cowsnap_snapshot_status {
+        state: state as i32,
+        store: store as i32,
+        overflow: overflow as i32,
+        chunk_size: st.chunk_bytes,
+        sectors_allocated: st.sectors_allocated,
+        total_sectors: st.total_sectors,
+        metadata_sectors: st.metadata_sectors,
+        exceptions: st.exceptions,
+        merging: st.state == SnapshotState::Merging,
+        merge_merged: merged,
+        merge_total: total,
+        data_percent: st.data_percent().unwrap_or(-1.0),
+        dm_status: [0; 64],
+        lvs_attr: [0; 16],
+    };
+    fill_text(&mut out.dm_status, &st.dm_status());
+    fill_text(&mut out.lvs_attr, st.lvs_attr());
+    out
+}
+
+/// Fills `*out_status` with snapshot `id`'s status (state, COW usage, Data%, merge progress...).
+///
+/// `out_status` is borrowed for the call. Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT` (an invalid
+/// snapshot still has a status: state INVALID, data_percent < 0).
+/// Thread-safety: runs in parallel with reads.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_status(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    out_status: *mut cowsnap_snapshot_status,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_status", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: out-parameter contract.
+        let out_status = unsafe { out(out_status, "out_status") }?;
+        let st = v.read()?.snapshot_status(SnapshotId(id))?;
+        *out_status = status_to_c(&st);
+        Ok(())
+    })
+}
+
+/// Removes snapshot `id` (like `lvremove`): its COW memory is released; a COW file is closed and left
+/// on disk (delete it yourself if you do not need it). The id is never reused: later calls with it
+/// return `UNKNOWN_SNAPSHOT`.
+///
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `MERGING`. Thread-safety: safe from any thread; takes
+/// the write lock (reads of this snapshot in other threads finish first or fail with UNKNOWN_SNAPSHOT).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_delete(
+    vol: *mut cowsnap_volume,
+    id: u32,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_delete", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
+        drop(cow);
+        Ok(())
+    })
+}
+
+fn report(
+    cb: cowsnap_merge_progress_cb,
+    user_data: *mut c_void,
+    p: MergeProgress,
+) -> FfiResult<()> {
+    if let Some(f) = cb {
+        // SAFETY: the caller's function pointer, called with the caller's own user_data.
+        let stop = unsafe { f(user_data, p.merged, p.total, p.done) };
+        if stop != 0 && !p.done {
+            return Err(Failure::new(
+                ErrorCode::Merging,
+                format!(
+                    "merge stopped by the progress callback after {} of {} chunks; the snapshot \
+                     stays merging (the origin already shows its contents): call \
+                     cowsnap_snapshot_merge again to finish",
+                    p.merged, p.total
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Merges snapshot `id` back into the origin (like `lvconvert --merge`) and removes it: from the
+/// first step on, the origin reads as the snapshot; when this returns `COWSNAP_OK` the data has been
+/// copied back and the id is gone. A COW file is left on disk with no records.
+///
+/// `progress` (may be NULL) is called after the merge starts and after each step, with `user_data`;
+/// a non-zero return stops the merge with `COWSNAP_ERR_MERGING` (call again to resume; meanwhile the
+/// snapshot is in state MERGING and the origin shows the merged view). Errors: `NULL_POINTER`,
+/// `UNKNOWN_SNAPSHOT`, `SNAPSHOT_INVALID`, `MERGING` (another snapshot is merging, or stopped), `IO`.
+/// Thread-safety: takes the write lock for each step only, so other threads keep reading and writing
+/// the volume (and other snapshots) during the merge; the callback runs with no lock held.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_merge(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    progress: cowsnap_merge_progress_cb,
+    user_data: *mut c_void,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_merge", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        let id = SnapshotId(id);
+        let mut p = v.write()?.merge_begin(id)?;
+        report(progress, user_data, p)?;
+        while !p.done {
+            p = v.write()?.merge_step(id)?;
+            report(progress, user_data, p)?;
+        }
+        drop(v.write()?.merge_finish(id)?);
+        Ok(())
+    })
+}
+
+/// Copies snapshot `id`'s whole COW device into `buf`: for a persistent store, the dm-snapshot on-disk
+/// format the Linux kernel reads. Stores the COW size in `*out_needed`.
+///
+/// Call with `buf = NULL, len = 0` to learn the size (returns `COWSNAP_OK`). If `len` is smaller than
+/// the size, returns `BUFFER_TOO_SMALL` with `*out_needed` set and nothing copied (the COW may grow
+/// between two calls if autoextend is on: retry). `buf` is borrowed for the call.
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `BUFFER_TOO_SMALL`, `IO`. Works on invalid snapshots.
+/// Thread-safety: runs in parallel with reads.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    buf: *mut u8,
+    len: usize,
+    out_needed: *mut usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_export_cow", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: out-parameter contract.
+        let out_needed = unsafe { out(out_needed, "out_needed") }?;
+        let g = v.read()?;
+        let cow = g.snapshot_cow(SnapshotId(id))?;
+        let size = usize::try_from(cow.len())
+            .map_err(|_| Failure::new(ErrorCode::NoSpace, "COW larger than the address space"))?;
+        *out_needed = size;
+        if buf.is_null() && len == 0 {
+            return Ok(());
+        }
+        if len < size {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("the COW is {size} bytes; the buffer holds {len}"),
+            ));
+        }
+        // SAFETY: `buf` holds `len` >= size writable bytes by contract.
+        let dst = unsafe { out_buf(buf, size) }?;
+        if size > 0 {
+            cow.read_at(0, dst)?;
+        }
+        Ok(())
+    })
+}
+
+/// Grows snapshot `id`'s COW device to `new_cow_size` bytes (like `lvextend` on a snapshot). Works
+/// for memory and file COWs. An invalid snapshot stays invalid.
+///
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (shrinking), `NO_SPACE`, `IO`,
+/// `SNAPSHOT_INVALID`. Thread-safety: safe from any thread; takes the write lock.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_extend(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    new_cow_size: u64,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_extend", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.write()?.extend_snapshot(SnapshotId(id), new_cow_size)?;
+        Ok(())
+    })
+}
+
+/// Sets snapshot `id`'s autoextend policy (LVM's `snapshot_autoextend_threshold` and
+/// `snapshot_autoextend_percent`); `threshold = 0, percent = 0` clears it.
+///
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (threshold > 100, percent 0).
+/// Thread-safety: safe from any thread; takes the write lock.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    threshold_percent: u32,
+    extend_percent: u32,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_set_autoextend", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        let policy = match (threshold_percent, extend_percent) {
+            (0, 0) => None,
+            (t, p) => Some(
+                Autoextend {
+                    threshold_percent: t,
+                    extend_percent: p,
+                }
+                .validate()?,
+            ),
+        };
+        v.write()?.set_autoextend(SnapshotId(id), policy)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,404 @@
+//! `cowsnap_volume`: the opaque handle (an origin and its snapshots behind a read-write lock), its
+//! constructors and the origin I/O functions; plus the argument checks every entry point shares.
+
+use std::ffi::{c_char, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use cowsnap_core::{BlockDevice, Error, ErrorCode, FileDevice, MemDevice, SnapshotOptions, Volume};
+
+use crate::{cowsnap_result, Failure, FfiResult};
+
+/// A volume: an origin device (memory or file) and its snapshots. Opaque; create it with
+/// `cowsnap_volume_create_mem`, `cowsnap_volume_create_file` or `cowsnap_volume_open_file` and
+/// release it with `cowsnap_volume_free`.
+///
+/// Thread-safety: every function taking a `cowsnap_volume *` (except `cowsnap_volume_free`) may be
+/// called from several threads at once. Reads of the origin and of snapshots share a read lock and run
+/// in parallel; writes, snapshot creation/deletion, flush and each merge step take the write lock.
+pub struct cowsnap_volume {
+    inner: RwLock<Volume>,
+    /// Origin size in bytes (fixed for the life of the volume).
+    size: u64,
+}
+
+impl cowsnap_volume {
+    fn boxed(vol: Volume) -> *mut cowsnap_volume {
+        let size = vol.len();
+        Box::into_raw(Box::new(cowsnap_volume {
+            inner: RwLock::new(vol),
+            size,
+        }))
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Volume>> {
+        self.inner.read().map_err(|_| poisoned())
+    }
+
+    pub(crate) fn write(&self) -> FfiResult<RwLockWriteGuard<'_, Volume>> {
+        self.inner.write().map_err(|_| poisoned())
+    }
+
+    /// Checks `offset..offset+len` against the volume before any buffer is touched.
+    pub(crate) fn check_range(&self, offset: u64, len: usize) -> FfiResult<()> {
+        let end = offset.checked_add(len as u64);
+        if len > isize::MAX as usize || end.map_or(true, |e| e > self.size) {
+            return Err(Error::OutOfRange {
+                offset,
+                len: len as u64,
+                size: self.size,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+fn poisoned() -> Failure {
+    Failure::new(
+        ErrorCode::Panic,
+        "the volume is unusable: an earlier call failed with an internal error while changing it",
+    )
+}
+
+/// The volume behind a handle.
+///
+/// # Safety
+/// `p` is NULL or a live handle from a cowsnap constructor.
+pub(crate) unsafe fn volume<'a>(p: *const cowsnap_volume) -> FfiResult<&'a cowsnap_volume> {
+    // SAFETY: the caller's contract (documented on every function) is a live handle or NULL.
+    unsafe { p.as_ref() }.ok_or_else(|| Failure::null("vol"))
+}
+
+/// An out-parameter.
+///
+/// # Safety
+/// `p` is NULL or valid for writes of a `T`.
+pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &str) -> FfiResult<&'a mut T> {
+    // SAFETY: see above.
+    unsafe { p.as_mut() }.ok_or_else(|| Failure::null(what))
+}
+
+/// A caller's input buffer; `buf` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// `buf` is NULL or valid for reads of `len` bytes for the duration of the call.
+pub(crate) unsafe fn in_buf<'a>(buf: *const u8, len: usize) -> FfiResult<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if buf.is_null() {
+        return Err(Failure::null("buf"));
+    }
+    if len > isize::MAX as usize {
+        return Err(Failure::invalid(format!(
+            "buffer length {len} is too large"
+        )));
+    }
+    // SAFETY: non-null, length checked, and the caller guarantees `len` readable bytes.
+    Ok(unsafe { std::slice::from_raw_parts(buf, len) })
+}
+
+/// A caller's output buffer; `buf` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// `buf` is NULL or valid for writes of `len` bytes for the duration of the call.
+pub(crate) unsafe fn out_buf<'a>(buf: *mut u8, len: usize) -> FfiResult<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if buf.is_null() {
+        return Err(Failure::null("buf"));
+    }
+    if len > isize::MAX as usize {
+        return Err(Failure::invalid(format!(
+            "buffer length {len} is too large"
+        )));
+    }
+    // SAFETY: non-null, length checked, and the caller guarantees `len` writable bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf, len) })
+}
+
+/// A NUL-terminated path (bytes, any encoding, as the OS takes them).
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn path_arg(p: *const c_char, what: &str) -> FfiResult<PathBuf> {
+    if p.is_null() {
+        return Err(Failure::null(what));
+    }
+    // SAFETY: non-null and NUL-terminated by contract.
+    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+    if bytes.is_empty() {
+        return Err(Failure::invalid(format!("{what} is an empty string")));
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(bytes)))
+}
+
+/// Adds the file name to an error from opening or creating a file.
+pub(crate) fn with_path(e: Error, what: &str, path: &std::path::Path) -> Failure {
+    let f = Failure::from(e);
+    Failure::new(f.code, format!("{what} {}: {}", path.display(), f.message))
+}
+
+/// A zero-filled memory device, failing with `COWSNAP_ERR_NO_SPACE` rather than aborting when the
+/// memory cannot be had.
+pub(crate) fn mem_device(len: u64) -> FfiResult<MemDevice> {
+    let mut dev = MemDevice::new(0);
+    dev.set_len(len).map_err(|_| {
+        Failure::new(
+            ErrorCode::NoSpace,
+            format!("cannot allocate {len} bytes of memory"),
+        )
+    })?;
+    Ok(dev)
+}
+
+/// Creates a volume whose origin is `size` bytes of zero-filled memory.
+///
+/// On success `*out_vol` receives a new handle, owned by the caller, to be released with
+/// `cowsnap_volume_free`; on failure `*out_vol` is set to NULL.
+/// Errors: `NULL_POINTER` (out_vol), `INVALID_ARGUMENT` (size 0), `NO_SPACE` (out of memory).
+/// Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_create_mem(
+    size: u64,
+    out_vol: *mut *mut cowsnap_volume,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_create_mem", {
+        // SAFETY: out-parameter contract.
+        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        *out_vol = std::ptr::null_mut();
+        if size == 0 {
+            return Err(Failure::invalid("volume size is 0"));
+        }
+        *out_vol = cowsnap_volume::boxed(Volume::new(mem_device(size)?));
+        Ok(())
+    })
+}
+
+/// Creates (or truncates) the file `path` as a sparse file of `size` bytes and makes it the origin of
+/// a new volume.
+///
+/// `path` is borrowed for the call (NUL-terminated, passed to the OS as is). On success `*out_vol`
+/// receives a new handle owned by the caller (release with `cowsnap_volume_free`); on failure it is set
+/// to NULL. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (size 0, empty path), `IO`.
+/// Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_create_file(
+    path: *const c_char,
+    size: u64,
+    out_vol: *mut *mut cowsnap_volume,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_create_file", {
+        // SAFETY: argument contracts above.
+        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        *out_vol = std::ptr::null_mut();
+        // SAFETY: NUL-terminated string by contract.
+        let path = unsafe { path_arg(path, "path") }?;
+        if size == 0 {
+            return Err(Failure::invalid("volume size is 0"));
+        }
+        let dev =
+            FileDevice::create(&path, size).map_err(|e| with_path(e, "cannot create", &path))?;
+        *out_vol = cowsnap_volume::boxed(Volume::new(dev));
+        Ok(())
+    })
+}
+
+/// Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
+/// as LVM activates a volume group after a restart or a crash.
+///
+/// Snapshot ids are assigned in the order of `cow_paths` (0, 1, ...; see `cowsnap_volume_snapshot_ids`).
+/// Each COW's chunk size comes from its header; a COW whose header says invalid gives an invalid
+/// snapshot; corrupt metadata fails the whole call with `CORRUPT_METADATA` (message names the file).
+/// Activated snapshots use overflow mode INVALIDATE and no autoextend (set it with
+/// `cowsnap_snapshot_set_autoextend`).
+/// All strings are borrowed for the call; `cow_paths` may be NULL when `n_cows` is 0. On success
+/// `*out_vol` receives a new handle owned by the caller; on failure it is set to NULL and nothing
+/// stays open. Thread-safety: safe from any thread (do not activate the same files twice at once).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_open_file(
+    origin_path: *const c_char,
+    cow_paths: *const *const c_char,
+    n_cows: usize,
+    out_vol: *mut *mut cowsnap_volume,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_open_file", {
+        // SAFETY: argument contracts above.
+        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        *out_vol = std::ptr::null_mut();
+        // SAFETY: NUL-terminated string by contract.
+        let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
+        if n_cows > 0 && cow_paths.is_null() {
+            return Err(Failure::null("cow_paths"));
+        }
+        let mut cows = Vec::with_capacity(n_cows.min(1024));
+        for i in 0..n_cows {
+            // SAFETY: `cow_paths` holds `n_cows` pointers by contract.
+            let p = unsafe { *cow_paths.add(i) };
+            // SAFETY: each a NUL-terminated string by contract.
+            cows.push(unsafe { path_arg(p, &format!("cow_paths[{i}]")) }?);
+        }
+        let origin = FileDevice::open(&origin_path)
+            .map_err(|e| with_path(e, "cannot open origin", &origin_path))?;
+        if origin.is_empty() {
+            return Err(Failure::invalid(format!(
+                "origin {} is empty",
+                origin_path.display()
+            )));
+        }
+        let mut vol = Volume::new(origin);
+        for path in &cows {
+            let cow = FileDevice::open(path).map_err(|e| with_path(e, "cannot open COW", path))?;
+            vol.activate_snapshot(cow, SnapshotOptions::default())
+                .map_err(|e| with_path(e, "cannot activate COW", path))?;
+        }
+        *out_vol = cowsnap_volume::boxed(vol);
+        Ok(())
+    })
+}
+
+/// Releases a volume and everything it owns (its snapshots' COW memory; files are closed, not
+/// deleted). Flushes file-backed devices first, ignoring errors: call `cowsnap_volume_flush` before
+/// if you need to know that the data is durable. NULL is accepted and ignored.
+///
+/// Ownership: takes `vol` back; it must not be used afterwards (by any thread). Thread-safety: no other
+/// call on `vol` may be in progress or start during or after this call.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_free(vol: *mut cowsnap_volume) {
+    ffi_guard_value!("cowsnap_volume_free", (), {
+        if !vol.is_null() {
+            // SAFETY: a handle from a cowsnap constructor, freed once (caller's contract).
+            let vol = unsafe { Box::from_raw(vol) };
+            let mut inner = match vol.inner.into_inner() {
+                Ok(v) => v,
+                Err(poison) => poison.into_inner(),
+            };
+            let _ = inner.flush();
+        }
+    })
+}
+
+/// Stores the origin size in bytes (the size of every snapshot too) in `*out_size`.
+///
+/// Errors: `NULL_POINTER`. Thread-safety: safe to call concurrently with anything but free.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_size(
+    vol: *mut cowsnap_volume,
+    out_size: *mut u64,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_size", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: out-parameter contract.
+        *unsafe { out(out_size, "out_size") }? = v.size();
+        Ok(())
+    })
+}
+
+/// Lists the ids of the volume's snapshots, oldest first: stores their number in `*out_count` and, when
+/// `ids` is not NULL, copies them to `ids[0..capacity]`.
+///
+/// Call with `ids = NULL, capacity = 0` to learn the count. If `capacity` is smaller than the count,
+/// returns `BUFFER_TOO_SMALL` (with `*out_count` set; nothing copied). `ids` is borrowed for the call.
+/// Errors: `NULL_POINTER` (vol, out_count, or ids with capacity > 0), `BUFFER_TOO_SMALL`.
+/// Thread-safety: safe to call concurrently (the list may change right after if other threads create
+/// or delete snapshots).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_snapshot_ids(
+    vol: *mut cowsnap_volume,
+    ids: *mut u32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_snapshot_ids", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: out-parameter contract.
+        let out_count = unsafe { out(out_count, "out_count") }?;
+        let list = v.read()?.snapshot_ids();
+        *out_count = list.len();
+        if ids.is_null() && capacity == 0 {
+            return Ok(());
+        }
+        if ids.is_null() {
+            return Err(Failure::null("ids"));
+        }
+        if capacity < list.len() {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("{} snapshot ids do not fit in {capacity}", list.len()),
+            ));
+        }
+        for (i, id) in list.iter().enumerate() {
+            // SAFETY: `ids` has room for `capacity` >= list.len() entries by contract.
+            unsafe { *ids.add(i) = id.0 };
+        }
+        Ok(())
+    })
+}
+
+/// Reads `len` bytes of the origin at byte `offset` into `buf`. During a merge this is the merged view.
+///
+/// `buf` is borrowed for the call (may be NULL only when `len` is 0; a zero-length read only checks
+/// `offset`). Errors: `NULL_POINTER`, `OUT_OF_RANGE` (nothing read), `IO`.
+/// Thread-safety: runs in parallel with other reads; waits for writes in progress.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_read(
+    vol: *mut cowsnap_volume,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_read", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.check_range(offset, len)?;
+        // SAFETY: `buf` holds `len` writable bytes by contract.
+        let buf = unsafe { out_buf(buf, len) }?;
+        v.read()?.read_at(offset, buf)?;
+        Ok(())
+    })
+}
+
+/// Writes `len` bytes from `buf` to the origin at byte `offset`. Every snapshot that still shares a
+/// touched chunk first gets a copy of it (a snapshot whose COW is full is invalidated; the write goes on).
+///
+/// `buf` is borrowed for the call (NULL only when `len` is 0). Errors: `NULL_POINTER`, `OUT_OF_RANGE`
+/// (nothing written), `IO`. Thread-safety: safe from several threads; writes are serialised (write lock).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_write(
+    vol: *mut cowsnap_volume,
+    offset: u64,
+    buf: *const u8,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_write", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.check_range(offset, len)?;
+        // SAFETY: `buf` holds `len` readable bytes by contract.
+        let data = unsafe { in_buf(buf, len) }?;
+        v.write()?.write_at(offset, data)?;
+        Ok(())
+    })
+}
+
+/// Makes everything written so far durable (origin and every COW file: `fsync`). A no-op for memory.
+///
+/// Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread (takes the write lock).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_flush(vol: *mut cowsnap_volume) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_flush", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        v.write()?.flush()?;
+        Ok(())
+    })
+}
