@@ -168,7 +168,8 @@ function renderLvs() {
   const tb = $('lvs-body');
   tb.replaceChildren();
   if (!S.vol) return;
-  const merging = S.snaps.some((r) => r.st?.state === 'merging');
+  const all = new Map(S.snaps.map((r) => [r, facts(r)]));
+  const merging = [...all.values()].some((f) => f.st.state === 'merging');
   const oattr = S.snaps.length ? (merging ? 'Owi-a-s---' : 'owi-a-s---') : '-wi-a-----';
   tb.append(
     el('tr', { 'data-testid': 'lvs-row-origin' },
@@ -176,8 +177,7 @@ function renderLvs() {
       el('td', { class: 'num', text: lvsSize(S.size) }), el('td'), el('td'), el('td'), el('td'), el('td'), el('td'),
       el('td', { class: 'actions' })));
   for (const rec of S.snaps) {
-    const f = facts(rec);
-    rec.st = f.st;
+    const f = all.get(rec);
     const st = f.st;
     const sel = S.selected === rec.name;
     tb.append(
@@ -662,15 +662,28 @@ async function doMerge(rec) {
   render();
   try {
     setMergeBar(rec.name, 0, total0);
-    const events = [];
-    rec.snap.merge((p) => events.push(p));
-    // The engine merges synchronously (calling back after each run of chunks); play the recorded
-    // progress on the bar so that it can be seen.
-    for (const p of events) {
-      const merged = Number(p.merged ?? p.done ?? 0);
-      const total = Number(p.total ?? total0);
-      setMergeBar(rec.name, merged, total);
-      await sleep(Math.min(250, 1200 / Math.max(1, events.length)));
+    // merge(onProgress) runs the core's merge loop and calls back after every step; a callback that
+    // throws stops the merge there and the next merge() resumes it. So: one step per call, and the
+    // page redraws between steps (the snapshot shows as Merging, the origin already reads merged).
+    const PAUSE = { pause: true };
+    let last = -1;
+    let steps = 0;
+    for (;;) {
+      try {
+        rec.snap.merge((p) => {
+          const merged = Number(p.merged);
+          setMergeBar(rec.name, merged, Number(p.total));
+          const stepped = last >= 0 && merged > last;
+          last = merged;
+          if (stepped) steps++;
+          if (stepped && !p.done) throw PAUSE;
+        });
+        break;
+      } catch (e) {
+        if (e !== PAUSE) throw e;
+      }
+      render();
+      await sleep(Math.min(300, 1500 / Math.max(1, total0)));
     }
     setMergeBar(rec.name, total0, total0);
     S.snaps = S.snaps.filter((r) => r !== rec);
@@ -682,7 +695,7 @@ async function doMerge(rec) {
       if (hashBytes(before, s, e) !== hashBytes(after, s, e)) changed.push(c);
     }
     S.written = new Set(changed);
-    log(`lvconvert --merge ${rec.name}: ${total0} chunk${total0 === 1 ? '' : 's'} copied back in ${events.length} progress step${events.length === 1 ? '' : 's'}; origin chunks changed: ${changed.length ? changed.join(', ') : 'none'}; the snapshot is gone`, 'ok');
+    log(`lvconvert --merge ${rec.name}: ${total0} chunk${total0 === 1 ? '' : 's'} copied back in ${steps} merge step${steps === 1 ? '' : 's'}; origin chunks changed: ${changed.length ? changed.join(', ') : 'none'}; the snapshot is gone`, 'ok');
     message(`Merged <b>${esc(rec.name)}</b> into the origin: the origin now reads what the snapshot held (${changed.length} chunk${changed.length === 1 ? '' : 's'} changed, outlined). The snapshot no longer exists.`, 'ok');
   } catch (e) {
     log(`merge ${rec.name} failed: ${errText(e)}`, 'bad');

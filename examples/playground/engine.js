@@ -1,7 +1,8 @@
 // The one place that knows how the npm package's browser build is loaded and what its objects look
-// like; app.js only talks to the functions below. The package is served at /pkg/ by serve.mjs.
+// like; app.js only talks to the functions below. The package is served at /pkg/ by serve.mjs, which
+// also makes /pkg/entry.js (a re-export of the wasm-bindgen entry module, whatever its name).
 
-import init, * as pkg from '/pkg/cowsnap.js';
+import init, * as pkg from '/pkg/entry.js';
 
 export async function loadEngine() {
   await init();
@@ -20,9 +21,10 @@ export function statusOf(snap) {
     metadataSectors: num(s.metadataSectors),
     dataPercent: s.dataPercent === undefined || s.dataPercent === null ? null : num(s.dataPercent),
     exceptions: s.exceptions === undefined ? null : num(s.exceptions),
-    attr: s.attr ?? s.lvsAttr ?? null,
+    attr: s.lvsAttr ?? s.attr ?? null,
     dmStatus: s.dmStatus ?? null,
-    chunkBytes: s.chunkBytes === undefined ? null : num(s.chunkBytes),
+    chunkBytes: s.chunkSize === undefined ? null : num(s.chunkSize),
+    cowBytes: s.cowSize === undefined ? null : num(s.cowSize),
     raw: s,
   };
 }

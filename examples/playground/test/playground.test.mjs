@@ -230,8 +230,24 @@ test('playground: volume, snapshots, copy-on-write, overflow, merge, export, imp
     assert.notEqual(beforeMerge[0], pattern[0]);
     const n = await text(cell('snap0', 'exc-count'));
     assert.equal(n, '12', 'snap0 holds chunks 0-1, 4-7 and 8-13');
+    // Record what the page shows while the merge runs (it redraws between merge steps).
+    await page.evaluate(() => {
+      window.__seen = new Set();
+      const note = () => {
+        const st = document.querySelector('[data-testid="lvs-row-snap0"] [data-testid="state"]');
+        if (st) window.__seen.add(`state:${st.textContent}`);
+        const oa = document.querySelector('[data-testid="lvs-row-origin"] [data-testid="attr"]');
+        if (oa) window.__seen.add(`origin:${oa.textContent}`);
+        window.__seen.add(`bar:${document.getElementById('merge-text').textContent.split(' ')[0]}`);
+      };
+      new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true });
+    });
     await cell('snap0', 'merge').click();
     await page.waitForFunction(() => !document.querySelector('[data-testid="lvs-row-snap0"]'));
+    const seen = await page.evaluate(() => [...window.__seen]);
+    assert.ok(seen.includes('state:Merging'), `snapshot shown as Merging during the merge: ${seen}`);
+    assert.ok(seen.includes('origin:Owi-a-s---'), `origin attr shows the merge: ${seen}`);
+    assert.ok(seen.includes('bar:10/12'), `progress bar between steps (one run of 10 chunks, then 2): ${seen}`);
     assert.equal(await page.getAttribute('#merge-progress', 'value'), '100');
     assert.equal((await text(page.getByTestId('merge-text'))).split(' ')[0], `${n}/${n}`);
     const merged = await originHashes();
