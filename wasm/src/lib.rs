@@ -1,1 +1,604 @@
-//! wasm-bindgen layer for cowsnap (work in progress: see issue 7).
+//! cowsnap for JavaScript: `Volume` and `Snapshot` classes over the core, through wasm-bindgen.
+//!
+//! Translation only: argument checks (types and ranges, thrown as `TypeError`/`RangeError`), copies
+//! between `Uint8Array`s and wasm memory, and core errors turned into `Error` objects whose `code` is
+//! the core's stable [`ErrorCode::name`]. Every semantic lives in `cowsnap-core` (built `no_std`).
+//!
+//! A `Snapshot` holds a shared handle to its volume (`Rc<RefCell<Volume>>`) and its id, so it stays
+//! usable whatever the JS code frees first, and a deleted or merged snapshot answers
+//! `UNKNOWN_SNAPSHOT` instead of trapping. No borrow of the volume is held while JS code runs (the
+//! merge progress callback is called between merge steps), so a re-entrant call cannot fail a borrow.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use cowsnap_core::{
+    Autoextend, BlockDevice, ChunkSize, Error, ErrorCode, MemDevice, MergeProgress, OverflowMode,
+    SnapshotId, SnapshotOptions, SnapshotState, StoreKind, Volume as CoreVolume,
+};
+use js_sys::{Array, Function, Object, Reflect, Uint8Array};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+type Shared = Rc<RefCell<CoreVolume>>;
+
+/// Largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+// ------------------------------------------------------------------------------------------ errors
+
+fn with_code(err: JsValue, code: &str) -> JsValue {
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = Reflect::set(&err, &JsValue::from_str("code"), &JsValue::from_str(code));
+    err
+}
+
+/// A core error as a JS `Error` with its stable `code`.
+fn core_err(e: Error) -> JsValue {
+    with_code(
+        js_sys::Error::new(&e.to_string()).into(),
+        e.code().name(),
+    )
+}
+
+/// [`core_err`] with a prefix saying which argument it was about.
+fn core_err_in(what: &str, e: Error) -> JsValue {
+    with_code(
+        js_sys::Error::new(&format!("{what}: {e}")).into(),
+        e.code().name(),
+    )
+}
+
+fn type_err(msg: &str) -> JsValue {
+    with_code(
+        js_sys::TypeError::new(msg).into(),
+        ErrorCode::InvalidArgument.name(),
+    )
+}
+
+fn range_err(msg: &str) -> JsValue {
+    with_code(
+        js_sys::RangeError::new(msg).into(),
+        ErrorCode::InvalidArgument.name(),
+    )
+}
+
+/// Allocation failure: a `RangeError` (as `new ArrayBuffer(huge)` throws) with code `NO_SPACE`.
+fn oom(bytes: u64) -> JsValue {
+    with_code(
+        js_sys::RangeError::new(&format!("out of memory: cannot allocate {bytes} bytes")).into(),
+        ErrorCode::NoSpace.name(),
+    )
+}
+
+/// Only reachable if JS re-enters the engine while it holds the volume, which no code path allows.
+fn busy() -> JsValue {
+    with_code(
+        js_sys::Error::new("the volume is in use by another call").into(),
+        ErrorCode::InvalidArgument.name(),
+    )
+}
+
+// --------------------------------------------------------------------------------------- arguments
+
+fn kind_of(v: &JsValue) -> String {
+    if v.is_null() {
+        "null".into()
+    } else if Array::is_array(v) {
+        "an array".into()
+    } else {
+        v.js_typeof().as_string().unwrap_or_default()
+    }
+}
+
+/// Checks that an offset, length or size is a non-negative safe integer.
+fn check_count(n: f64, what: &str) -> Result<u64, String> {
+    if n.is_nan() || n.fract() != 0.0 || !(0.0..=MAX_SAFE_INTEGER).contains(&n) {
+        return Err(format!(
+            "{what} must be a non-negative safe integer, got {n}"
+        ));
+    }
+    Ok(n as u64)
+}
+
+fn arg_u64(v: &JsValue, what: &str) -> Result<u64, JsValue> {
+    let n = v
+        .as_f64()
+        .ok_or_else(|| type_err(&format!("{what} must be a number, got {}", kind_of(v))))?;
+    check_count(n, what).map_err(|m| range_err(&m))
+}
+
+/// A size that must also fit in wasm memory (a buffer length).
+fn arg_len(v: &JsValue, what: &str) -> Result<usize, JsValue> {
+    let n = arg_u64(v, what)?;
+    usize::try_from(n).map_err(|_| oom(n))
+}
+
+fn arg_bytes(v: &JsValue, what: &str) -> Result<Uint8Array, JsValue> {
+    v.dyn_ref::<Uint8Array>().cloned().ok_or_else(|| {
+        type_err(&format!(
+            "{what} must be a Uint8Array, got {}",
+            kind_of(v)
+        ))
+    })
+}
+
+fn zeroed(n: usize) -> Result<Vec<u8>, JsValue> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom(n as u64))?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+/// Copies a `Uint8Array` into wasm memory.
+fn copy_in(a: &Uint8Array) -> Result<Vec<u8>, JsValue> {
+    let mut v = zeroed(a.length() as usize)?;
+    a.copy_to(&mut v);
+    Ok(v)
+}
+
+fn get(obj: &JsValue, key: &str) -> Result<JsValue, JsValue> {
+    Reflect::get(obj, &JsValue::from_str(key))
+}
+
+fn is_absent(v: &JsValue) -> bool {
+    v.is_undefined() || v.is_null()
+}
+
+fn arg_u32(v: &JsValue, what: &str) -> Result<u32, JsValue> {
+    let n = arg_u64(v, what)?;
+    u32::try_from(n).map_err(|_| range_err(&format!("{what} must be at most {}", u32::MAX)))
+}
+
+/// `[threshold, percent]` or `{ threshold, percent }`; `null`/`undefined` switch autoextend off.
+fn arg_autoextend(v: &JsValue) -> Result<Option<Autoextend>, JsValue> {
+    if is_absent(v) {
+        return Ok(None);
+    }
+    let (t, p) = if Array::is_array(v) {
+        let a: &Array = v.unchecked_ref();
+        if a.length() != 2 {
+            return Err(type_err(
+                "autoextend must be [threshold, percent] or { threshold, percent }",
+            ));
+        }
+        (a.get(0), a.get(1))
+    } else if v.is_object() {
+        (get(v, "threshold")?, get(v, "percent")?)
+    } else {
+        return Err(type_err(&format!(
+            "autoextend must be [threshold, percent] or {{ threshold, percent }}, got {}",
+            kind_of(v)
+        )));
+    };
+    let policy = Autoextend {
+        threshold_percent: arg_u32(&t, "autoextend threshold")?,
+        extend_percent: arg_u32(&p, "autoextend percent")?,
+    };
+    policy.validate().map(Some).map_err(core_err)
+}
+
+const SNAPSHOT_KEYS: [&str; 5] = ["cowSize", "chunkSize", "persistent", "overflow", "autoextend"];
+
+/// Parses `vol.snapshot(options)`: returns the COW size and the core options.
+fn arg_snapshot_options(v: &JsValue) -> Result<(usize, SnapshotOptions), JsValue> {
+    if !v.is_object() || Array::is_array(v) {
+        return Err(type_err(&format!(
+            "snapshot options must be an object like {{ cowSize: 1048576 }}, got {}",
+            kind_of(v)
+        )));
+    }
+    for k in Object::keys(v.unchecked_ref::<Object>()).iter() {
+        let k = k.as_string().unwrap_or_default();
+        if !SNAPSHOT_KEYS.contains(&k.as_str()) {
+            return Err(type_err(&format!(
+                "unknown snapshot option {k:?} (known: {})",
+                SNAPSHOT_KEYS.join(", ")
+            )));
+        }
+    }
+    let cow = get(v, "cowSize")?;
+    if is_absent(&cow) {
+        return Err(type_err("snapshot options need cowSize (bytes)"));
+    }
+    let cow_size = arg_len(&cow, "cowSize")?;
+    let chunk = get(v, "chunkSize")?;
+    let chunk_size = if chunk.is_undefined() {
+        ChunkSize::DEFAULT
+    } else {
+        ChunkSize::new(arg_u64(&chunk, "chunkSize")?).map_err(core_err)?
+    };
+    let persistent = get(v, "persistent")?;
+    let store = match persistent.as_bool() {
+        _ if persistent.is_undefined() => StoreKind::Persistent,
+        Some(true) => StoreKind::Persistent,
+        Some(false) => StoreKind::Transient,
+        None => {
+            return Err(type_err(&format!(
+                "persistent must be a boolean, got {}",
+                kind_of(&persistent)
+            )))
+        }
+    };
+    let overflow = get(v, "overflow")?;
+    let overflow = match overflow.as_string().as_deref() {
+        _ if overflow.is_undefined() => OverflowMode::Invalidate,
+        Some("invalidate") => OverflowMode::Invalidate,
+        Some("report") => OverflowMode::Report,
+        _ => {
+            return Err(type_err(
+                "overflow must be \"invalidate\" (dm's P) or \"report\" (dm's PO)",
+            ))
+        }
+    };
+    let autoextend = arg_autoextend(&get(v, "autoextend")?)?;
+    Ok((
+        cow_size,
+        SnapshotOptions {
+            chunk_size,
+            store,
+            overflow,
+            autoextend,
+        },
+    ))
+}
+
+fn with<R>(
+    vol: &Shared,
+    f: impl FnOnce(&CoreVolume) -> Result<R, Error>,
+) -> Result<R, JsValue> {
+    let v = vol.try_borrow().map_err(|_| busy())?;
+    f(&v).map_err(core_err)
+}
+
+fn with_mut<R>(
+    vol: &Shared,
+    f: impl FnOnce(&mut CoreVolume) -> Result<R, Error>,
+) -> Result<R, JsValue> {
+    let mut v = vol.try_borrow_mut().map_err(|_| busy())?;
+    f(&mut v).map_err(core_err)
+}
+
+/// A whole device's bytes.
+fn device_bytes(dev: &dyn BlockDevice) -> Result<Vec<u8>, JsValue> {
+    let n = usize::try_from(dev.len()).map_err(|_| oom(dev.len()))?;
+    let mut v = zeroed(n)?;
+    dev.read_at(0, &mut v).map_err(core_err)?;
+    Ok(v)
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true))
+        .map_err(JsValue::from)
+}
+
+// ------------------------------------------------------------------------------------------ Volume
+
+/// An origin volume in memory and its snapshots.
+#[wasm_bindgen]
+pub struct Volume {
+    inner: Shared,
+}
+
+#[wasm_bindgen]
+impl Volume {
+    /// A zero-filled origin of `size` bytes.
+    pub fn memory(size: JsValue) -> Result<Volume, JsValue> {
+        let n = arg_len(&size, "size")?;
+        Ok(Volume::wrap(CoreVolume::new(MemDevice::from_vec(zeroed(n)?))))
+    }
+
+    /// An origin holding `origin` (copied) with one snapshot per dm-format COW image in `cows`,
+    /// activated as the kernel loads a snapshot table (chunk size from each header).
+    #[wasm_bindgen(js_name = fromImages)]
+    pub fn from_images(origin: JsValue, cows: JsValue) -> Result<Volume, JsValue> {
+        let origin = copy_in(&arg_bytes(&origin, "origin image")?)?;
+        let cows: Vec<Uint8Array> = if cows.is_undefined() {
+            Vec::new()
+        } else if Array::is_array(&cows) {
+            let a: &Array = cows.unchecked_ref();
+            a.iter()
+                .enumerate()
+                .map(|(i, c)| arg_bytes(&c, &format!("COW image {i}")))
+                .collect::<Result<_, _>>()?
+        } else {
+            return Err(type_err(&format!(
+                "COW images must be an array of Uint8Array, got {}",
+                kind_of(&cows)
+            )));
+        };
+        let mut vol = CoreVolume::new(MemDevice::from_vec(origin));
+        for (i, c) in cows.iter().enumerate() {
+            let cow = MemDevice::from_vec(copy_in(c)?);
+            vol.activate_snapshot(cow, SnapshotOptions::default())
+                .map_err(|e| core_err_in(&format!("COW image {i}"), e))?;
+        }
+        Ok(Volume::wrap(vol))
+    }
+
+    fn wrap(v: CoreVolume) -> Volume {
+        Volume {
+            inner: Rc::new(RefCell::new(v)),
+        }
+    }
+
+    /// Size of the origin (and of every snapshot) in bytes.
+    #[wasm_bindgen(getter)]
+    pub fn size(&self) -> Result<f64, JsValue> {
+        with(&self.inner, |v| Ok(v.len() as f64))
+    }
+
+    /// Reads `len` bytes of the origin at `offset` into a new `Uint8Array`.
+    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Vec<u8>, JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let mut buf = zeroed(arg_len(&len, "length")?)?;
+        with(&self.inner, |v| v.read_at(offset, &mut buf))?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` (a `Uint8Array`) from the origin at `offset`.
+    #[wasm_bindgen(js_name = readInto)]
+    pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let out = arg_bytes(&buf, "buffer")?;
+        let mut tmp = zeroed(out.length() as usize)?;
+        with(&self.inner, |v| v.read_at(offset, &mut tmp))?;
+        out.copy_from(&tmp);
+        Ok(())
+    }
+
+    /// Writes `data` to the origin at `offset`, first copying the old chunks to every snapshot.
+    pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let data = copy_in(&arg_bytes(&data, "data")?)?;
+        with_mut(&self.inner, |v| v.write_at(offset, &data))
+    }
+
+    /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
+    pub fn snapshot(&self, options: JsValue) -> Result<Snapshot, JsValue> {
+        let (cow_size, opts) = arg_snapshot_options(&options)?;
+        let cow = MemDevice::from_vec(zeroed(cow_size)?);
+        let id = with_mut(&self.inner, |v| v.create_snapshot(cow, opts))?;
+        Ok(Snapshot {
+            vol: self.inner.clone(),
+            id,
+        })
+    }
+
+    /// The current snapshots, oldest first (new handles to the same snapshots).
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, JsValue> {
+        let ids = with(&self.inner, |v| Ok(v.snapshot_ids()))?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Snapshot {
+                vol: self.inner.clone(),
+                id,
+            })
+            .collect())
+    }
+
+    /// The origin device's bytes (pair it with `exportCow()` images for `fromImages`).
+    #[wasm_bindgen(js_name = originImage)]
+    pub fn origin_image(&self) -> Result<Vec<u8>, JsValue> {
+        let v = self.inner.try_borrow().map_err(|_| busy())?;
+        device_bytes(v.origin())
+    }
+}
+
+// ---------------------------------------------------------------------------------------- Snapshot
+
+/// A snapshot of a volume. It keeps its volume alive; once deleted or merged, every call on it
+/// throws `UNKNOWN_SNAPSHOT`.
+#[wasm_bindgen]
+pub struct Snapshot {
+    vol: Shared,
+    id: SnapshotId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusJs {
+    state: &'static str,
+    persistent: bool,
+    overflow: &'static str,
+    chunk_size: f64,
+    cow_size: f64,
+    sectors_allocated: f64,
+    total_sectors: f64,
+    metadata_sectors: f64,
+    exceptions: f64,
+    data_percent: Option<f64>,
+    dm_status: String,
+    lvs_attr: &'static str,
+    merge_progress: Option<ProgressJs>,
+}
+
+#[derive(Serialize)]
+struct ProgressJs {
+    merged: f64,
+    total: f64,
+    done: bool,
+}
+
+impl From<MergeProgress> for ProgressJs {
+    fn from(p: MergeProgress) -> Self {
+        ProgressJs {
+            merged: p.merged as f64,
+            total: p.total as f64,
+            done: p.done,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExceptionJs {
+    old_chunk: f64,
+    new_chunk: f64,
+}
+
+#[wasm_bindgen]
+impl Snapshot {
+    /// The snapshot's id within its volume (ids are never reused).
+    #[wasm_bindgen(getter)]
+    pub fn id(&self) -> u32 {
+        self.id.0
+    }
+
+    /// Reads `len` bytes of the snapshot at `offset` into a new `Uint8Array`.
+    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Vec<u8>, JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let mut buf = zeroed(arg_len(&len, "length")?)?;
+        with(&self.vol, |v| v.snapshot_read_at(self.id, offset, &mut buf))?;
+        Ok(buf)
+    }
+
+    /// Fills `buf` (a `Uint8Array`) from the snapshot at `offset`.
+    #[wasm_bindgen(js_name = readInto)]
+    pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let out = arg_bytes(&buf, "buffer")?;
+        let mut tmp = zeroed(out.length() as usize)?;
+        with(&self.vol, |v| v.snapshot_read_at(self.id, offset, &mut tmp))?;
+        out.copy_from(&tmp);
+        Ok(())
+    }
+
+    /// Writes `data` to the snapshot (never to the origin).
+    pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
+        let offset = arg_u64(&offset, "offset")?;
+        let data = copy_in(&arg_bytes(&data, "data")?)?;
+        with_mut(&self.vol, |v| v.snapshot_write_at(self.id, offset, &data))
+    }
+
+    /// The snapshot's status as a plain object (sizes in bytes, counts in sectors as dm reports them).
+    pub fn status(&self) -> Result<JsValue, JsValue> {
+        let (s, cow_len) = with(&self.vol, |v| {
+            Ok((v.snapshot_status(self.id)?, v.snapshot_cow(self.id)?.len()))
+        })?;
+        to_js(&StatusJs {
+            state: s.state.name(),
+            persistent: s.store == StoreKind::Persistent,
+            overflow: if s.overflow_reporting {
+                "report"
+            } else {
+                "invalidate"
+            },
+            chunk_size: s.chunk_bytes as f64,
+            cow_size: cow_len as f64,
+            sectors_allocated: s.sectors_allocated as f64,
+            total_sectors: s.total_sectors as f64,
+            metadata_sectors: s.metadata_sectors as f64,
+            exceptions: s.exceptions as f64,
+            data_percent: s.data_percent(),
+            dm_status: s.dm_status(),
+            lvs_attr: s.lvs_attr(),
+            merge_progress: s.merge_progress.map(|(merged, total)| ProgressJs {
+                merged: merged as f64,
+                total: total as f64,
+                done: s.state == SnapshotState::Merging && merged == total,
+            }),
+        })
+    }
+
+    /// The exception table, `[{ oldChunk, newChunk }]` in origin-chunk order.
+    pub fn exceptions(&self) -> Result<JsValue, JsValue> {
+        let list = with(&self.vol, |v| v.snapshot_exceptions(self.id))?;
+        let list: Vec<ExceptionJs> = list
+            .into_iter()
+            .map(|e| ExceptionJs {
+                old_chunk: e.old as f64,
+                new_chunk: e.new as f64,
+            })
+            .collect();
+        to_js(&list)
+    }
+
+    /// Removes the snapshot and drops its COW (like `lvremove`).
+    pub fn delete(&self) -> Result<(), JsValue> {
+        with_mut(&self.vol, |v| v.delete_snapshot(self.id).map(drop))
+    }
+
+    /// Merges the snapshot into the origin (like `lvconvert --merge`), then removes it. Calls
+    /// `onProgress({ merged, total, done })` after each step; if it throws, the merge stops there and
+    /// another `merge()` resumes it.
+    pub fn merge(&self, on_progress: JsValue) -> Result<(), JsValue> {
+        let cb: Option<Function> = if is_absent(&on_progress) {
+            None
+        } else {
+            Some(on_progress.dyn_into::<Function>().map_err(|v| {
+                type_err(&format!("onProgress must be a function, got {}", kind_of(&v)))
+            })?)
+        };
+        let report = |p: MergeProgress| -> Result<(), JsValue> {
+            match &cb {
+                Some(f) => f.call1(&JsValue::UNDEFINED, &to_js(&ProgressJs::from(p))?).map(drop),
+                None => Ok(()),
+            }
+        };
+        // The core's merge_snapshot loop, with the borrow released while JS code runs.
+        let mut p = with_mut(&self.vol, |v| v.merge_begin(self.id))?;
+        report(p)?;
+        while !p.done {
+            p = with_mut(&self.vol, |v| v.merge_step(self.id))?;
+            report(p)?;
+        }
+        with_mut(&self.vol, |v| v.merge_finish(self.id).map(drop))
+    }
+
+    /// The COW device's bytes: for a persistent store, a dm-snapshot image the kernel can load.
+    #[wasm_bindgen(js_name = exportCow)]
+    pub fn export_cow(&self) -> Result<Vec<u8>, JsValue> {
+        let v = self.vol.try_borrow().map_err(|_| busy())?;
+        device_bytes(v.snapshot_cow(self.id).map_err(core_err)?)
+    }
+
+    /// Grows the COW device to `newSize` bytes (like `lvextend` on the snapshot).
+    pub fn extend(&self, new_size: JsValue) -> Result<(), JsValue> {
+        let n = arg_len(&new_size, "newSize")? as u64;
+        with_mut(&self.vol, |v| v.extend_snapshot(self.id, n))
+    }
+
+    /// Sets (`[threshold, percent]` or `{ threshold, percent }`) or clears (`null`) autoextend.
+    #[wasm_bindgen(js_name = setAutoextend)]
+    pub fn set_autoextend(&self, policy: JsValue) -> Result<(), JsValue> {
+        let policy = arg_autoextend(&policy)?;
+        with_mut(&self.vol, |v| v.set_autoextend(self.id, policy))
+    }
+}
+
+// ------------------------------------------------------------------------------------------- misc
+
+/// The engine's version (the crate version).
+#[wasm_bindgen]
+pub fn version() -> String {
+    cowsnap_core::VERSION.into()
+}
+
+/// Every stable error code: `{ OUT_OF_RANGE: -1, ... }` (the numbers of the C API).
+#[wasm_bindgen(js_name = errorCodes)]
+pub fn error_codes() -> Result<JsValue, JsValue> {
+    let o = Object::new();
+    for c in ErrorCode::ALL {
+        Reflect::set(&o, &JsValue::from_str(c.name()), &JsValue::from(c as i32))?;
+    }
+    Ok(o.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_count;
+
+    #[test]
+    fn counts_are_non_negative_safe_integers() {
+        assert_eq!(check_count(0.0, "x"), Ok(0));
+        assert_eq!(check_count(-0.0, "x"), Ok(0));
+        assert_eq!(check_count(4096.0, "x"), Ok(4096));
+        assert_eq!(check_count(9_007_199_254_740_991.0, "x"), Ok((1 << 53) - 1));
+        for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, 9_007_199_254_740_992.0] {
+            assert!(check_count(bad, "x").is_err(), "{bad}");
+        }
+    }
+}
