@@ -71,7 +71,7 @@ import cowsnap
 MAGIC = b"COWSNAP-SQLITE\0\0"
 HEADER = struct.Struct("<16sQ")  # magic, logical size of the database file in bytes
 DATA_OFFSET = 4096
-COPY_BLOCK = 1 << 20
+COPY_BLOCK = 256 << 10
 
 _OPEN_MAIN_DB = apsw.mapping_open_flags["SQLITE_OPEN_MAIN_DB"]
 
@@ -200,6 +200,14 @@ class Writer:
             self.error = e
 
 
+def wait_for(cond, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the writer made no progress")
+        time.sleep(0.001)
+
+
 @dataclass
 class BackupReport:
     db_bytes: int
@@ -213,9 +221,19 @@ class BackupReport:
     cow_data_percent: Optional[float]
 
 
-def run(workdir: str, db_mib: float = 4, volume_mib: int = 64, quiet: bool = False) -> BackupReport:
+def run(
+    workdir: str,
+    db_mib: float = 4,
+    volume_mib: int = 64,
+    quiet: bool = False,
+    min_rows_during_copy: int = 0,
+) -> BackupReport:
     """Builds a database of about ``db_mib`` MiB on a file-backed volume in ``workdir``, backs it up
-    live while a writer thread inserts rows, verifies the copy, and returns the figures."""
+    live while a writer thread inserts rows, verifies the copy, and returns the figures.
+
+    ``min_rows_during_copy`` makes the copy wait half way until the writer has committed that many
+    rows since the copy started (a small database copies faster than the writer commits: tests use
+    this to make sure the snapshot really is read while the origin changes under it)."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     origin_path = os.path.join(workdir, "origin.img")
     db_path = os.path.join(workdir, "app.db")  # placeholder (locks) + name of the database
@@ -268,6 +286,10 @@ def run(workdir: str, db_mib: float = 4, volume_mib: int = 64, quiet: bool = Fal
             view = memoryview(buf)
             with open(copy_path, "wb") as out:
                 for off in range(0, size, COPY_BLOCK):
+                    if min_rows_during_copy and off >= size // 2:
+                        wait_for(lambda: writer.committed - rows_before_copy >= min_rows_during_copy
+                                 or writer.error is not None)
+                        min_rows_during_copy = 0
                     n = min(COPY_BLOCK, size - off)
                     snap.readinto(DATA_OFFSET + off, view[:n])
                     out.write(view[:n])

@@ -24,7 +24,7 @@ def load_example():
 
 def test_live_backup_is_consistent(tmp_path: Path) -> None:
     ex = load_example()
-    r = ex.run(str(tmp_path), db_mib=4, volume_mib=32, quiet=True)
+    r = ex.run(str(tmp_path), db_mib=4, volume_mib=32, quiet=True, min_rows_during_copy=50)
     print(
         f"lock held {r.lock_hold_ms:.2f} ms, {r.rows_at_snapshot} rows at snapshot, "
         f"{r.rows_during_copy} rows committed during the copy, db {r.db_bytes} bytes"
@@ -39,8 +39,10 @@ def test_live_backup_is_consistent(tmp_path: Path) -> None:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     finally:
         con.close()
+    assert r.rows_during_copy >= 50, "the writer must keep committing while the copy runs"
     assert r.lock_hold_ms < 1000, "the lock must be held briefly, not for the copy"
     assert r.cow_data_percent is not None, "the snapshot must stay valid during the copy"
+    assert r.cow_data_percent > 0, "the writer's changes must have been copied to the COW"
 
 
 def test_volume_header_helpers(tmp_path: Path) -> None:
