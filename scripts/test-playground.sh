@@ -44,8 +44,16 @@ if [ "${COWSNAP_REBUILD_WASM:-0}" = 1 ] || ! built; then
     echo "[playground] the wasm package is not built at $PKG and no build script (wasm/build.sh) exists" >&2
     exit 1
   fi
+  # The build needs the wasm target and wasm-bindgen-cli at the crate's exact version.
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  want=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm/Cargo.toml)
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ -n "$want" ] && [ "$have" != "$want" ]; then
+    say "installing wasm-bindgen-cli $want (found: ${have:-none})"
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
   say "building the wasm package with $build"
-  bash "$build"
+  bash "$build" --no-pack
 fi
 built || { echo "[playground] no browser build at $PKG after building" >&2; exit 1; }
 
