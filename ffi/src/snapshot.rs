@@ -436,8 +436,12 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
         let size = usize::try_from(cow.len())
             .map_err(|_| Failure::new(ErrorCode::NoSpace, "COW larger than the address space"))?;
         *out_needed = size;
-        if buf.is_null() && len == 0 {
-            return Ok(());
+        if buf.is_null() {
+            return if len == 0 {
+                Ok(())
+            } else {
+                Err(Failure::null("buf"))
+            };
         }
         if len < size {
             return Err(Failure::new(

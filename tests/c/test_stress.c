@@ -1,0 +1,156 @@
+/* Threads: 4 writers hammer the origin while 2 readers check that snapshots never change.
+ * Reader 0 checks a snapshot taken before the threads start against the known initial pattern;
+ * reader 1 takes its own snapshot in the middle of the writes, reads it whole as its reference and
+ * re-reads it while the writers go on. Usage: test_stress [writes-per-writer] */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+
+#define VOL_SIZE (2u * 1024u * 1024u)
+#define MAX_IO (20u * 1024u)
+#define WRITERS 4
+#define READERS 2
+
+static cowsnap_volume *vol;
+static uint32_t snap0;
+static int writes_per_writer = 400;
+static volatile int writers_done = 0;
+static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
+static int failures = 0;
+static long reads_done[READERS];
+
+static uint8_t initial(uint64_t off) { return (uint8_t)((off * 31) >> 9) ^ (uint8_t)off; }
+
+static void fail(const char *what, int r) {
+  char msg[512];
+  cowsnap_last_error(msg, sizeof msg);
+  fprintf(stderr, "%s: %d (%s) %s\n", what, r, cowsnap_error_name(r), msg);
+  pthread_mutex_lock(&done_lock);
+  failures++;
+  pthread_mutex_unlock(&done_lock);
+}
+
+static int done(void) {
+  int d;
+  pthread_mutex_lock(&done_lock);
+  d = writers_done == WRITERS || failures > 0;
+  pthread_mutex_unlock(&done_lock);
+  return d;
+}
+
+static void *writer(void *arg) {
+  unsigned seed = (unsigned)(uintptr_t)arg * 7919u + 1;
+  uint8_t *buf = malloc(MAX_IO);
+  int i, r;
+  for (i = 0; i < writes_per_writer; i++) {
+    size_t len = 1 + (size_t)rand_r(&seed) % MAX_IO;
+    uint64_t off = (uint64_t)rand_r(&seed) % (VOL_SIZE - len);
+    memset(buf, 0x80 | ((uintptr_t)arg << 4) | (i & 15), len);
+    if ((r = cowsnap_volume_write(vol, off, buf, len)) != COWSNAP_OK) {
+      fail("writer", r);
+      break;
+    }
+  }
+  free(buf);
+  pthread_mutex_lock(&done_lock);
+  writers_done++;
+  pthread_mutex_unlock(&done_lock);
+  return NULL;
+}
+
+static void *reader(void *arg) {
+  int who = (int)(uintptr_t)arg;
+  unsigned seed = 12345u + (unsigned)who;
+  uint8_t *buf = malloc(MAX_IO);
+  uint8_t *ref = NULL;
+  uint32_t id = snap0;
+  int r;
+  size_t k;
+  if (who == 1) {
+    /* Snapshot in the middle of the writes; its contents are frozen from now on. */
+    cowsnap_snapshot_options o;
+    cowsnap_snapshot_options_init(&o);
+    o.cow_size = 3 * VOL_SIZE;
+    o.chunk_size = 8192;
+    if ((r = cowsnap_snapshot_create(vol, &o, &id)) != COWSNAP_OK) {
+      fail("reader 1 snapshot", r);
+      free(buf);
+      return NULL;
+    }
+    ref = malloc(VOL_SIZE);
+    if ((r = cowsnap_snapshot_read(vol, id, 0, ref, VOL_SIZE)) != COWSNAP_OK) fail("reader 1 ref", r);
+  }
+  do {
+    size_t len = 1 + (size_t)rand_r(&seed) % MAX_IO;
+    uint64_t off = (uint64_t)rand_r(&seed) % (VOL_SIZE - len);
+    if ((r = cowsnap_snapshot_read(vol, id, off, buf, len)) != COWSNAP_OK) {
+      fail("reader", r);
+      break;
+    }
+    for (k = 0; k < len; k++) {
+      uint8_t want = ref ? ref[off + k] : initial(off + k);
+      if (buf[k] != want) {
+        fprintf(stderr, "reader %d: snapshot %u changed at byte %llu: %u != %u\n", who, id,
+                (unsigned long long)(off + k), buf[k], want);
+        fail("reader", 0);
+        break;
+      }
+    }
+    reads_done[who]++;
+  } while (!done());
+  if (ref) {
+    /* One last full comparison after every writer is done. */
+    uint8_t *all = malloc(VOL_SIZE);
+    if ((r = cowsnap_snapshot_read(vol, id, 0, all, VOL_SIZE)) != COWSNAP_OK) fail("reader final", r);
+    else if (memcmp(all, ref, VOL_SIZE) != 0) fail("reader 1: snapshot changed", 0);
+    free(all);
+    free(ref);
+  }
+  free(buf);
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  pthread_t w[WRITERS], rd[READERS];
+  uint8_t *init = malloc(VOL_SIZE);
+  uintptr_t i;
+  uint64_t k;
+  cowsnap_snapshot_options o;
+  struct cowsnap_snapshot_status st;
+
+  if (argc > 1) writes_per_writer = atoi(argv[1]);
+  OK(cowsnap_volume_create_mem(VOL_SIZE, &vol));
+  for (k = 0; k < VOL_SIZE; k++) init[k] = initial(k);
+  OK(cowsnap_volume_write(vol, 0, init, VOL_SIZE));
+  OK(cowsnap_snapshot_options_init(&o));
+  o.cow_size = 3 * VOL_SIZE; /* never overflows: the snapshots must stay valid */
+  OK(cowsnap_snapshot_create(vol, &o, &snap0));
+
+  for (i = 0; i < READERS; i++) EXPECT(pthread_create(&rd[i], NULL, reader, (void *)i) == 0);
+  for (i = 0; i < WRITERS; i++) EXPECT(pthread_create(&w[i], NULL, writer, (void *)i) == 0);
+  for (i = 0; i < WRITERS; i++) pthread_join(w[i], NULL);
+  for (i = 0; i < READERS; i++) pthread_join(rd[i], NULL);
+
+  /* The first snapshot still holds the initial pattern, everywhere. */
+  OK(cowsnap_snapshot_read(vol, snap0, 0, init, VOL_SIZE));
+  for (k = 0; k < VOL_SIZE; k++)
+    if (init[k] != initial(k)) {
+      fprintf(stderr, "snapshot 0 changed at %llu\n", (unsigned long long)k);
+      failures++;
+      break;
+    }
+  OK(cowsnap_snapshot_status(vol, snap0, &st));
+  EXPECT(st.state == COWSNAP_STATE_ACTIVE && st.exceptions > 0);
+  EXPECT(reads_done[0] > 0 && reads_done[1] > 0);
+  printf("test_stress: %d writers x %d writes, reads %ld + %ld, snapshot 0 has %llu exceptions\n",
+         WRITERS, writes_per_writer, reads_done[0], reads_done[1], (unsigned long long)st.exceptions);
+  cowsnap_volume_free(vol);
+  free(init);
+  check_failures += failures;
+  return finish("test_stress");
+}
