@@ -288,6 +288,16 @@ function snapCard(rec) {
   const ae = rec.autoextend ? `, autoextend at ${rec.autoextend.threshold}% by ${rec.autoextend.percent}%` : '';
   card.append(el('h2', {}, `Snapshot ${rec.name} `, el('small', { text: `${storeName}, chunk ${fmtBytes(chunk)}, COW ${fmtBytes(f.cowBytes)}${ae}` })));
   if (rec.explain) card.append(el('p', { class: `explain ${rec.explain.cls}`, 'data-testid': 'explain', text: rec.explain.text }));
+  if (typeof rec.snap.setAutoextend === 'function' && st.state !== 'invalid') {
+    const th = el('input', { type: 'number', min: '1', max: '100', value: rec.autoextend?.threshold ?? 70, 'aria-label': 'autoextend threshold %', 'data-testid': 'ae-threshold' });
+    const pc = el('input', { type: 'number', min: '1', value: rec.autoextend?.percent ?? 50, 'aria-label': 'autoextend grow by %', 'data-testid': 'ae-percent' });
+    card.append(el('form', { class: 'ae-form', 'data-testid': 'ae-form',
+      onsubmit: guard(() => setAutoextend(rec, { threshold: Number(th.value), percent: Number(pc.value) })) },
+      'autoextend: at ', th, '% grow by ', pc, '% ',
+      el('button', { type: 'submit', class: 'small', 'data-testid': 'ae-set', text: 'Set', disabled: S.busy }),
+      el('button', { type: 'button', class: 'small', 'data-testid': 'ae-clear', text: 'Off', disabled: S.busy || !rec.autoextend,
+        onclick: guard(() => setAutoextend(rec, null)) })));
+  }
 
   // Left: what the snapshot reads (its own copies where it has them, the origin elsewhere).
   const left = el('div', {}, el('h3', {}, 'Snapshot view ', el('small', { text: 'chunks with a dot are read from the COW' })));
@@ -729,6 +739,13 @@ function doExtend(rec) {
   render();
 }
 
+function setAutoextend(rec, policy) {
+  rec.snap.setAutoextend(policy);
+  rec.autoextend = policy;
+  log(policy ? `${rec.name}: autoextend when Data% would pass ${policy.threshold}%, by ${policy.percent}% of the COW` : `${rec.name}: autoextend off`, 'ok');
+  message(policy ? `Autoextend set on <b>${esc(rec.name)}</b>: write to the origin and watch its COW grow.` : `Autoextend off for <b>${esc(rec.name)}</b>.`, 'ok');
+}
+
 function download(bytes, name) {
   const url = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
   const a = el('a', { href: url, download: name });
@@ -772,7 +789,9 @@ async function doImport() {
     const chunkSectors = bytes.length >= 16 ? dv.getUint32(12, true) : 0;
     const chunk = chunkSectors ? chunkSectors * SECTOR : 4096;
     const name = cf[i].name.replace(/\.[^.]*$/, '').replace(/[^A-Za-z0-9_.+-]/g, '_').slice(0, 32) || `imported${i}`;
-    const rec = { name, snap: snaps[i], store: 'P', chunk, autoextend: null, fresh: new Set(), explain: null };
+    const raw = snaps[i].status();
+    const store = raw.persistent === false ? 'N' : raw.overflow === 'report' ? 'PO' : 'P';
+    const rec = { name, snap: snaps[i], store, chunk, autoextend: null, fresh: new Set(), explain: null };
     recs.push({ rec, bytes, file: cf[i].name });
     S.snaps.push(rec);
   });

@@ -218,6 +218,17 @@ test('playground: volume, snapshots, copy-on-write, overflow, merge, export, imp
     const grown = await text(cell('grow', 'cow-size'));
     assert.notEqual(grown, '24.00k');
     assert.ok(parseFloat(grown) > 24, `COW grew (${grown})`);
+    // Autoextend set later on an existing snapshot (no policy at creation).
+    await takeSnapshot('late', 24);
+    const late = page.getByTestId('snap-card-late');
+    await late.getByTestId('ae-threshold').fill('60');
+    await late.getByTestId('ae-percent').fill('100');
+    await late.getByTestId('ae-percent').press('Enter');
+    await write('late', '56k', '16k', 'byte', '0x22'); // a snapshot write of 4 chunks: room for 4, but past 60 %
+    assert.equal(await text(cell('late', 'state')), 'Active');
+    assert.equal(await text(cell('late', 'exc-count')), '4');
+    assert.ok(parseFloat(await text(cell('late', 'cow-size'))) > 24, 'the late policy grew the COW');
+    await cell('late', 'delete').click();
     // lvextend by hand: +50 %, rounded up to whole chunks.
     await cell('grow', 'extend').click();
     const kib = parseFloat(grown);
