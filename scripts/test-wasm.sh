@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Tests of the `cowsnap` npm package (wasm/): builds it (wasm/build.sh), packs it, installs the tarball
+# into a scratch folder (wasm/pkg/scratch/) and runs there, against the installed package:
+#   node --test (API, error paths, kernel vectors, package shape and size budget)  and  tsc --noEmit.
+# Installs what is missing: the wasm32 target, wasm-bindgen-cli at the crate's exact version, node/npm
+# (apt-get), binaryen and typescript (npm). Idempotent; about a minute when everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export COWSNAP_SHARED=${COWSNAP_SHARED:-$ROOT/../shared}
+say() { printf '[wasm] %s\n' "$*"; }
+
+# 1. Tools.
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+want=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm/Cargo.toml)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  say "cargo install wasm-bindgen-cli --version $want (found: ${have:-none})"
+  cargo install wasm-bindgen-cli --version "$want"
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  say "installing nodejs and npm with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+node -e 'if (+process.versions.node.split(".")[0] < 18) { console.error("node >= 18 needed"); process.exit(1); }'
+
+# 2. Build and pack.
+bash wasm/build.sh
+TGZ=$(ls wasm/pkg/cowsnap-*.tgz)
+
+# 3. Install the tarball into a scratch folder, as a user would.
+SCRATCH=$ROOT/wasm/pkg/scratch
+mkdir -p "$SCRATCH"
+cd "$SCRATCH"
+if [ ! -f package.json ]; then
+  printf '{ "name": "cowsnap-scratch", "private": true, "type": "module" }\n' >package.json
+fi
+if [ ! -x node_modules/.bin/tsc ]; then
+  say "installing typescript with npm (scratch folder)"
+  npm install --no-audit --no-fund --loglevel=error --save-dev typescript@5.9.3
+fi
+say "npm install $(basename "$TGZ") into ${SCRATCH#"$ROOT"/}"
+rm -rf node_modules/cowsnap
+npm install --no-audit --no-fund --loglevel=error --no-save "$ROOT/$TGZ"
+test -f node_modules/cowsnap/package.json
+rm -rf test
+cp -r "$ROOT/wasm/test" test
+
+# 4. The tests.
+say "node --test (against the installed package)"
+node --test --test-reporter=spec test/*.test.mjs
+say "tsc --noEmit over a typed usage file"
+node_modules/.bin/tsc -p test/tsconfig.json
+say "ok"
