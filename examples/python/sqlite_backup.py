@@ -269,7 +269,7 @@ def run(
             backup.execute("BEGIN IMMEDIATE")  # RESERVED: writers have committed and cannot start
             t_locked = time.perf_counter()
             snap = vol.snapshot(cow_size=8 << 20, autoextend=(70, 20))
-            rows_at_snapshot = backup.execute("SELECT max(seq) FROM rows").fetchall()[0][0]
+            rows_at_snapshot = int(backup.execute("SELECT max(seq) FROM rows").fetchall()[0][0])
             backup.execute("COMMIT")  # release: the writer continues
             t_released = time.perf_counter()
             backup.close()

@@ -135,7 +135,7 @@ def test_enums_match(header: str) -> None:
         "COWSNAP_OVERFLOW_REPORT": _lib.OVERFLOW_REPORT,
     }
     states = enum_values(header, "cowsnap_snapshot_state")
-    assert {v: k.split("_")[-1].lower() for k, v in states.items()} == _lib._STATES
+    assert {v: k.split("_")[-1].lower() for k, v in states.items()} == _lib.STATES
 
 
 def test_version_macros_match_the_library(header: str) -> None:

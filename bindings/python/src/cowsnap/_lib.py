@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import List, Tuple
 
 from .errors import CowsnapError, error_class
 
@@ -70,7 +70,7 @@ class SnapshotStatusC(ctypes.Structure):
 # non-zero stops the merge (cowsnap_snapshot_merge then returns COWSNAP_ERR_MERGING).
 PROGRESS_CB = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_bool)
 
-_STATES = {0: "active", 1: "overflow", 2: "invalid", 3: "merging"}
+STATES = {0: "active", 1: "overflow", 2: "invalid", 3: "merging"}
 
 _SIGNATURES = {
     # name: (restype, argtypes)
@@ -114,7 +114,7 @@ _SIGNATURES = {
 }
 
 
-def _candidates() -> list:
+def _candidates() -> List[str]:
     env = os.environ.get("COWSNAP_LIBRARY")
     if env:
         return [env]  # an explicit choice is not second-guessed
@@ -123,7 +123,7 @@ def _candidates() -> list:
     return [str(here)] + ([found] if found else [])
 
 
-def _load() -> "tuple[ctypes.CDLL, str]":
+def _load() -> Tuple[ctypes.CDLL, str]:
     errors = []
     for path in _candidates():
         try:
@@ -197,24 +197,3 @@ def check(result: int) -> None:
         cls = error_class(result)
         msg = last_error() or f"cowsnap error {result}"
         raise cls(msg, code=result) if cls is CowsnapError else cls(msg)
-
-
-def status_from_c(st: SnapshotStatusC) -> Any:
-    from ._volume import SnapshotStatus
-
-    state = _STATES.get(st.state, f"unknown({st.state})")
-    return SnapshotStatus(
-        state=state,
-        sectors_allocated=st.sectors_allocated,
-        total_sectors=st.total_sectors,
-        metadata_sectors=st.metadata_sectors,
-        data_percent=None if state == "invalid" or st.data_percent < 0 else float(st.data_percent),
-        persistent=st.store == STORE_PERSISTENT,
-        overflow="report" if st.overflow == OVERFLOW_REPORT else "invalidate",
-        chunk_size=st.chunk_size,
-        exceptions=st.exceptions,
-        merge_merged=st.merge_merged if st.merging else None,
-        merge_total=st.merge_total if st.merging else None,
-        dm_status=st.dm_status.decode("ascii", "replace"),
-        lvs_attr=st.lvs_attr.decode("ascii", "replace"),
-    )

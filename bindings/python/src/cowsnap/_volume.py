@@ -1,6 +1,7 @@
 """The Pythonic layer: :class:`Volume`, :class:`Snapshot` and :class:`SnapshotStatus`."""
 
 import ctypes
+import operator
 import os
 import threading
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ def _index(value: Any, what: str) -> int:
     """A non-negative integer argument (``bool`` refused: it is almost always a mistake)."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    v = value.__index__()
+    v: int = operator.index(value)
     if v < 0:
         raise ValueError(f"{what} must be >= 0, got {v}")
     if v >= 1 << 64:
@@ -134,6 +135,25 @@ class SnapshotStatus:
     def valid(self) -> bool:
         """False once the snapshot has been invalidated."""
         return self.state != "invalid"
+
+
+def _status_from_c(st: _lib.SnapshotStatusC) -> SnapshotStatus:
+    state = _lib.STATES.get(st.state, f"unknown({st.state})")
+    return SnapshotStatus(
+        state=state,
+        sectors_allocated=st.sectors_allocated,
+        total_sectors=st.total_sectors,
+        metadata_sectors=st.metadata_sectors,
+        data_percent=None if state == "invalid" or st.data_percent < 0 else float(st.data_percent),
+        persistent=st.store == _lib.STORE_PERSISTENT,
+        overflow="report" if st.overflow == _lib.OVERFLOW_REPORT else "invalidate",
+        chunk_size=st.chunk_size,
+        exceptions=st.exceptions,
+        merge_merged=st.merge_merged if st.merging else None,
+        merge_total=st.merge_total if st.merging else None,
+        dm_status=st.dm_status.decode("ascii", "replace"),
+        lvs_attr=st.lvs_attr.decode("ascii", "replace"),
+    )
 
 
 @dataclass(frozen=True)
@@ -468,7 +488,7 @@ class Snapshot:
         st = _lib.SnapshotStatusC()
         with _Using(self._vol._h) as ptr:
             check(_lib.LIB.cowsnap_snapshot_status(ptr, self._id, ctypes.byref(st)))
-        return _lib.status_from_c(st)
+        return _status_from_c(st)
 
     def export_cow(self) -> bytes:
         """The COW device's bytes: for a persistent snapshot, the dm-snapshot on-disk format the Linux
