@@ -28,6 +28,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq nodejs npm >/dev/null
 fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "[playground] playwright-core needs Node.js >= 20 (found $(node --version))" >&2
+  exit 1
+fi
 if [ ! -f "$PG/node_modules/playwright-core/package.json" ]; then
   say "installing playwright-core with npm"
   (cd "$PG" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error)
