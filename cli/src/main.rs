@@ -5,8 +5,10 @@
 
 mod managed;
 mod manifest;
+mod mount;
 mod progress;
 mod raw;
+mod request;
 mod size;
 
 use std::path::PathBuf;
@@ -182,6 +184,29 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Serve the origin and every snapshot as files under MOUNTPOINT (FUSE): MOUNTPOINT/origin and
+    /// MOUNTPOINT/<snapshot>, to loop-mount or copy. Other cowsnap commands on DIR keep working
+    /// (they are forwarded to the mount process). Foreground unless --daemon.
+    Mount {
+        /// Volume directory.
+        dir: PathBuf,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Return once mounted; the mount process runs on (log: DIR/.cowsnap-mount.log).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Snapshot files are writable (like lvcreate -s without -p r); default read-only.
+        #[arg(long)]
+        writable_snapshots: bool,
+        /// Let other users use the files (allow_other, with permission checks).
+        #[arg(long)]
+        allow_other: bool,
+        /// FUSE request threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Unmount a `cowsnap mount` and wait until its process has flushed the volume and exited.
+    Umount { mountpoint: PathBuf },
     /// Replay an operation script (shared/vectors format): writes origin.img, <name>.cow,
     /// <name>.img (readable snapshots) and status.json.
     Replay {
@@ -263,6 +288,25 @@ fn run(cli: Cli) -> CliResult {
         } => raw::inspect(&cow, json, exceptions),
         Command::Export { origin, cow, out } => raw::export(&origin, &cow, &out, q),
         Command::Replay { script, out_dir } => raw::replay(&script, &out_dir, q),
+        Command::Mount {
+            dir,
+            mountpoint,
+            daemon,
+            writable_snapshots,
+            allow_other,
+            threads,
+        } => mount::mount(
+            &dir,
+            &mountpoint,
+            &mount::MountOpts {
+                daemon,
+                writable_snapshots,
+                allow_other,
+                threads,
+            },
+            q,
+        ),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint, q),
     }
 }
 

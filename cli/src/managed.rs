@@ -18,8 +18,16 @@ use serde_json::json;
 
 use crate::manifest::{check_name, AutoextendSpec, Manifest, SnapshotEntry, VolumeLock};
 use crate::progress::Progress;
+use crate::request::Request;
 use crate::size::{human, SizeArg};
 use crate::{CliError, CliResult};
+
+/// `println!` to a command's output (stdout here, the client's stdout when run by the mount daemon).
+macro_rules! outln {
+    ($io:expr, $($arg:tt)*) => {
+        writeln!($io.out, $($arg)*).map_err(|e| CliError::msg(format!("stdout: {e}")))?
+    };
+}
 
 /// Bytes moved per step by read, write, backup.
 const STEP: u64 = 1 << 20;
@@ -130,11 +138,14 @@ fn entry_options(e: &SnapshotEntry) -> CliResult<SnapshotOptions> {
 }
 
 impl Opened {
-    /// Locks and activates the volume in `dir`; finishes an interrupted merge first.
-    pub fn open(dir: &Path, writable: bool, quiet: bool) -> CliResult<Self> {
-        // Check first, so that a wrong path never gets a lock file.
-        Manifest::load(dir)?;
-        let mut lock = VolumeLock::acquire(dir, writable, quiet)?;
+    /// Activates the volume in `dir` under `lock` (exclusive when `writable`); finishes an
+    /// interrupted merge first.
+    pub fn open_locked(
+        dir: &Path,
+        writable: bool,
+        quiet: bool,
+        mut lock: VolumeLock,
+    ) -> CliResult<Self> {
         let mut manifest = Manifest::load(dir)?;
         let mut writable = writable;
         if manifest.merging.is_some() && !writable {
@@ -173,7 +184,7 @@ impl Opened {
         Ok(me)
     }
 
-    fn index(&self, name: &str) -> CliResult<usize> {
+    pub fn index(&self, name: &str) -> CliResult<usize> {
         self.manifest
             .snapshots
             .iter()
@@ -229,13 +240,212 @@ impl Opened {
         self.forget(name)
     }
 
-    fn flush(&mut self) -> CliResult {
+    pub fn flush(&mut self) -> CliResult {
         self.vol.flush().map_err(|e| CliError::core("flush", e))
     }
 
-    fn target_len(&self) -> u64 {
+    pub fn target_len(&self) -> u64 {
         self.vol.len()
     }
+}
+
+/// What a mounted volume (`cowsnap mount`) needs to know about commands it runs for clients.
+pub trait MountHooks {
+    /// Refuses to remove a snapshot whose file is open under the mount point.
+    fn check_removable(&self, id: SnapshotId, name: &str) -> CliResult;
+    /// A snapshot is gone: forget its directory entry.
+    fn removed(&self, id: SnapshotId, name: &str);
+    /// The origin (`None`) or a snapshot was written behind the kernel's page cache.
+    fn changed(&self, id: Option<SnapshotId>);
+}
+
+/// Where a command writes its output, and the mount it runs in, if any.
+pub struct Io<'a> {
+    pub out: &'a mut dyn Write,
+    pub quiet: bool,
+    pub mountpoint: Option<&'a Path>,
+    pub mount: Option<&'a dyn MountHooks>,
+}
+
+impl Io<'_> {
+    fn changed(&self, id: Option<SnapshotId>) {
+        if let Some(m) = self.mount {
+            m.changed(id);
+        }
+    }
+}
+
+/// Runs a command that only reads the volume.
+pub fn exec_ro(v: &Opened, req: &Request, io: &mut Io) -> CliResult {
+    match req {
+        Request::Lvs { json } => exec_lvs(v, *json, io),
+        Request::Read {
+            snap,
+            offset,
+            len,
+            out,
+        } => exec_read(v, snap.as_deref(), *offset, *len, out.as_deref(), io),
+        Request::Backup { snap, out } => exec_backup(v, snap, out, io),
+        _ => Err(CliError::msg(
+            "internal error: a writing command on a read-only volume",
+        )),
+    }
+}
+
+/// Runs any command on an opened volume (opened writable for commands that write).
+pub fn exec(v: &mut Opened, req: &Request, io: &mut Io) -> CliResult {
+    match req {
+        Request::Snapshot {
+            name,
+            size,
+            store,
+            autoextend,
+            chunk_size,
+        } => exec_snapshot(
+            v,
+            name,
+            *size,
+            store,
+            autoextend.as_deref(),
+            *chunk_size,
+            io,
+        ),
+        Request::Write {
+            snap,
+            offset,
+            fill,
+            from,
+            len,
+        } => exec_write(
+            v,
+            snap.as_deref(),
+            *offset,
+            *fill,
+            from.as_deref(),
+            *len,
+            io,
+        ),
+        Request::Remove { snap } => exec_remove(v, snap, io),
+        Request::Merge { snap } => exec_merge(v, snap, io),
+        Request::Extend { snap, size } => exec_extend(v, snap, *size, io),
+        _ => exec_ro(v, req, io),
+    }
+}
+
+/// Runs `req` on the volume in `dir`: forwarded to the `cowsnap mount` daemon when the volume is
+/// mounted (the daemon holds it open and locked), else on the files directly under the lock.
+pub fn dispatch(dir: &Path, req: Request, quiet: bool) -> CliResult {
+    // Check first, so that a wrong path never gets a lock file.
+    Manifest::load(dir)?;
+    match crate::mount::connect_or_lock(dir, req.writes(), quiet)? {
+        crate::mount::Access::Remote(stream) => crate::request::call(stream, &req),
+        crate::mount::Access::Local(lock) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let mut io = Io {
+                out: &mut out,
+                quiet,
+                mountpoint: None,
+                mount: None,
+            };
+            let mut v = Opened::open_locked(dir, req.writes(), quiet, lock)?;
+            exec(&mut v, &req, &mut io)
+        }
+    }
+}
+
+/// Makes a path given on the command line absolute (the mount daemon has its own working directory).
+fn absolute(p: &Path) -> CliResult<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd =
+        std::env::current_dir().map_err(|e| CliError::msg(format!("current directory: {e}")))?;
+    Ok(cwd.join(p))
+}
+
+pub fn snapshot(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    store: &str,
+    autoextend: Option<&str>,
+    chunk_size: Option<u64>,
+    quiet: bool,
+) -> CliResult {
+    let req = Request::Snapshot {
+        name: name.into(),
+        size,
+        store: store.into(),
+        autoextend: autoextend.map(Into::into),
+        chunk_size,
+    };
+    dispatch(dir, req, quiet)
+}
+
+pub fn lvs(dir: &Path, json: bool, quiet: bool) -> CliResult {
+    dispatch(dir, Request::Lvs { json }, quiet)
+}
+
+pub fn write(
+    target: &Path,
+    offset: u64,
+    fill: Option<u8>,
+    from: Option<&Path>,
+    len: Option<u64>,
+    quiet: bool,
+) -> CliResult {
+    let t = resolve(target)?;
+    let from = from.map(absolute).transpose()?;
+    let len = match (len, &from) {
+        (Some(l), _) => l,
+        (None, Some(p)) => fs::metadata(p).map_err(io_err(p))?.len(),
+        (None, None) => return Err(CliError::msg("--fill needs --len")),
+    };
+    if let Some(p) = &from {
+        // Fail early (and here, not in the daemon) when the file cannot be read.
+        File::open(p).map_err(io_err(p))?;
+    }
+    let req = Request::Write {
+        snap: t.snap,
+        offset,
+        fill,
+        from,
+        len,
+    };
+    dispatch(&t.dir, req, quiet)
+}
+
+pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: bool) -> CliResult {
+    let t = resolve(target)?;
+    let req = Request::Read {
+        snap: t.snap,
+        offset,
+        len,
+        out: out.map(absolute).transpose()?,
+    };
+    dispatch(&t.dir, req, quiet)
+}
+
+pub fn remove(target: &Path, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    dispatch(&dir, Request::Remove { snap }, quiet)
+}
+
+pub fn merge(target: &Path, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    dispatch(&dir, Request::Merge { snap }, quiet)
+}
+
+pub fn extend(target: &Path, size: SizeArg, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    dispatch(&dir, Request::Extend { snap, size }, quiet)
+}
+
+pub fn backup(target: &Path, out: &Path, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    let out = absolute(out)?;
+    dispatch(&dir, Request::Backup { snap, out }, quiet)
 }
 
 pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult {
@@ -312,14 +522,14 @@ fn parse_autoextend(s: &str) -> CliResult<Option<AutoextendSpec>> {
     Ok(Some(spec))
 }
 
-pub fn snapshot(
-    dir: &Path,
+fn exec_snapshot(
+    v: &mut Opened,
     name: &str,
     size: u64,
     store: &str,
     autoextend: Option<&str>,
     chunk_size: Option<u64>,
-    quiet: bool,
+    io: &mut Io,
 ) -> CliResult {
     check_name(name).map_err(CliError::msg)?;
     let (kind, _) = parse_store(store).map_err(|e| CliError::core("--store", e))?;
@@ -330,11 +540,10 @@ pub fn snapshot(
         ));
     }
     let autoextend = autoextend.map(parse_autoextend).transpose()?.flatten();
-    let mut v = Opened::open(dir, true, quiet)?;
     if v.manifest.find(name).is_some() {
         return Err(CliError::msg(format!(
             "snapshot {name:?} already exists in {}",
-            dir.display()
+            v.dir.display()
         )));
     }
     let chunk = chunk_size.unwrap_or(v.manifest.chunk_size);
@@ -354,7 +563,7 @@ pub fn snapshot(
             human(2 * chunk)
         )));
     }
-    let path = dir.join(&entry.cow);
+    let path = v.dir.join(&entry.cow);
     let cow = FileDevice::create(&path, size).map_err(|e| CliError::core(path.display(), e))?;
     let made = v
         .vol
@@ -369,11 +578,12 @@ pub fn snapshot(
     };
     v.ids.push(id);
     v.manifest.snapshots.push(entry);
-    v.manifest.save(dir)?;
-    if !quiet {
-        println!(
+    v.manifest.save(&v.dir)?;
+    if !io.quiet {
+        outln!(
+            io,
             "created snapshot {name} of {} (COW {}, chunk {}, store {})",
-            dir.display(),
+            v.dir.display(),
             human(size),
             human(chunk),
             store.to_ascii_uppercase()
@@ -392,8 +602,7 @@ struct Row {
     extra: serde_json::Value,
 }
 
-pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
-    let v = Opened::open(dir, false, quiet)?;
+fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
     let vname = v.volume_name();
     let merging = v.ids.iter().any(|&id| {
         v.vol
@@ -411,7 +620,10 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
         size: v.vol.len(),
         origin: String::new(),
         data: None,
-        extra: json!({"file": v.manifest.origin}),
+        extra: match io.mountpoint {
+            Some(m) => json!({"file": v.manifest.origin, "mountpoint": m.display().to_string()}),
+            None => json!({"file": v.manifest.origin}),
+        },
     }];
     for (e, &id) in v.manifest.snapshots.iter().zip(&v.ids) {
         let st = v
@@ -455,7 +667,11 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
             })
             .collect();
         let doc = json!({"report": [{"lv": lv}]});
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!(
+            io,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
         return Ok(());
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(2).max(2);
@@ -465,9 +681,14 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    outln!(
+        io,
         "  {:<w$} {:<10} {:>9} {:<wo$} {:>6}",
-        "LV", "Attr", "LSize", "Origin", "Data%"
+        "LV",
+        "Attr",
+        "LSize",
+        "Origin",
+        "Data%"
     );
     for r in &rows {
         let data = r.data.map(|d| format!("{d:.2}")).unwrap_or_default();
@@ -479,7 +700,7 @@ pub fn lvs(dir: &Path, as_json: bool, quiet: bool) -> CliResult {
             r.origin,
             data
         );
-        println!("{}", line.trim_end());
+        outln!(io, "{}", line.trim_end());
     }
     Ok(())
 }
@@ -499,28 +720,22 @@ fn check_range(offset: u64, len: u64, size: u64) -> CliResult {
     }
 }
 
-pub fn write(
-    target: &Path,
+fn exec_write(
+    v: &mut Opened,
+    snap: Option<&str>,
     offset: u64,
     fill: Option<u8>,
     from: Option<&Path>,
-    len: Option<u64>,
-    quiet: bool,
+    len: u64,
+    io: &mut Io,
 ) -> CliResult {
-    let t = resolve(target)?;
     let mut src = match from {
         Some(p) => Some(File::open(p).map_err(io_err(p))?),
         None => None,
     };
-    let len = match (len, &src) {
-        (Some(l), _) => l,
-        (None, Some(f)) => f.metadata().map_err(io_err(from.unwrap_or(target)))?.len(),
-        (None, None) => return Err(CliError::msg("--fill needs --len")),
-    };
-    let mut v = Opened::open(&t.dir, true, quiet)?;
-    let id = t.snap.as_deref().map(|n| v.id(n)).transpose()?;
+    let id = snap.map(|n| v.id(n)).transpose()?;
     check_range(offset, len, v.target_len())?;
-    let label = t.snap.clone().unwrap_or_else(|| "origin".into());
+    let label = snap.unwrap_or("origin").to_string();
     let mut buf = vec![fill.unwrap_or(0); len.min(STEP) as usize];
     let mut done = 0u64;
     while done < len {
@@ -537,6 +752,7 @@ pub fn write(
         if let Err(e) = r {
             // What was written so far stays written (as with a failed dd); make it durable.
             let _ = v.vol.flush();
+            io.changed(id);
             return Err(CliError::core(
                 format!("write to {label} at offset {}", offset + done),
                 e,
@@ -545,8 +761,9 @@ pub fn write(
         done += n as u64;
     }
     v.flush()?;
-    if !quiet {
-        println!("wrote {len} bytes at offset {offset} of {label}");
+    io.changed(id);
+    if !io.quiet {
+        outln!(io, "wrote {len} bytes at offset {offset} of {label}");
     }
     Ok(())
 }
@@ -577,15 +794,20 @@ fn copy_out(
     Ok(())
 }
 
-pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: bool) -> CliResult {
-    let t = resolve(target)?;
-    let v = Opened::open(&t.dir, false, quiet)?;
-    let id = t.snap.as_deref().map(|n| v.id(n)).transpose()?;
+fn exec_read(
+    v: &Opened,
+    snap: Option<&str>,
+    offset: u64,
+    len: u64,
+    out: Option<&Path>,
+    io: &mut Io,
+) -> CliResult {
+    let id = snap.map(|n| v.id(n)).transpose()?;
     check_range(offset, len, v.target_len())?;
     if let Some(id) = id {
         if v.vol.snapshot_status(id)?.state == SnapshotState::Invalid {
             return Err(CliError::core(
-                t.snap.as_deref().unwrap_or(""),
+                snap.unwrap_or(""),
                 cowsnap_core::Error::SnapshotInvalid,
             ));
         }
@@ -595,7 +817,7 @@ pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: boo
         Some(p) => {
             let tmp = tmp_path(p);
             let f = File::create(&tmp).map_err(io_err(&tmp))?;
-            let r = copy_out(&v, id, offset, len, &bar, |at, b| {
+            let r = copy_out(v, id, offset, len, &bar, |at, b| {
                 f.write_all_at(b, at).map_err(io_err(&tmp))
             })
             .and_then(|()| f.sync_all().map_err(io_err(&tmp)))
@@ -606,65 +828,75 @@ pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: boo
             r
         }
         None => {
-            let stdout = std::io::stdout();
-            let mut lock = stdout.lock();
-            copy_out(&v, id, offset, len, &bar, |_, b| {
-                lock.write_all(b)
+            copy_out(v, id, offset, len, &bar, |_, b| {
+                io.out
+                    .write_all(b)
                     .map_err(|e| CliError::msg(format!("stdout: {e}")))
             })?;
-            lock.flush()
+            io.out
+                .flush()
                 .map_err(|e| CliError::msg(format!("stdout: {e}")))
         }
     }
 }
 
-pub fn remove(target: &Path, quiet: bool) -> CliResult {
-    let (dir, name) = resolve_snapshot(target)?;
-    let mut v = Opened::open(&dir, true, quiet)?;
-    let id = v.id(&name)?;
+fn exec_remove(v: &mut Opened, name: &str, io: &mut Io) -> CliResult {
+    let id = v.id(name)?;
+    if let Some(m) = io.mount {
+        m.check_removable(id, name)?;
+    }
     v.vol
         .delete_snapshot(id)
         .map_err(|e| CliError::core(format!("remove {name}"), e))?;
-    v.forget(&name)?;
-    if !quiet {
-        println!("removed snapshot {name}");
+    v.forget(name)?;
+    if let Some(m) = io.mount {
+        m.removed(id, name);
+    }
+    if !io.quiet {
+        outln!(io, "removed snapshot {name}");
     }
     Ok(())
 }
 
-pub fn merge(target: &Path, quiet: bool) -> CliResult {
-    let (dir, name) = resolve_snapshot(target)?;
-    let mut v = Opened::open(&dir, true, quiet)?;
-    let id = v.id(&name)?;
+fn exec_merge(v: &mut Opened, name: &str, io: &mut Io) -> CliResult {
+    let id = v.id(name)?;
+    if let Some(mp) = io.mountpoint {
+        return Err(CliError::msg(format!(
+            "cannot merge {name} while the volume is mounted at {}: the origin's contents would \
+             change under its users; unmount it first (cowsnap umount {})",
+            mp.display(),
+            mp.display()
+        )));
+    }
     // Refuse before recording anything (an invalid snapshot cannot be merged).
     v.vol
         .merge_begin(id)
         .map_err(|e| CliError::core(format!("merge of {name}"), e))?;
     // Recorded before the first origin chunk changes: an interrupted merge resumes on next open.
-    v.manifest.merging = Some(name.clone());
-    v.manifest.save(&dir)?;
-    v.finish_merge(&name, quiet)?;
-    if !quiet {
-        println!(
+    v.manifest.merging = Some(name.to_string());
+    v.manifest.save(&v.dir)?;
+    v.finish_merge(name, io.quiet)?;
+    if !io.quiet {
+        outln!(
+            io,
             "merged snapshot {name} into the origin of {}",
-            dir.display()
+            v.dir.display()
         );
     }
     Ok(())
 }
 
-pub fn extend(target: &Path, size: SizeArg, quiet: bool) -> CliResult {
-    let (dir, name) = resolve_snapshot(target)?;
-    let mut v = Opened::open(&dir, true, quiet)?;
-    let id = v.id(&name)?;
+fn exec_extend(v: &mut Opened, name: &str, size: SizeArg, io: &mut Io) -> CliResult {
+    let id = v.id(name)?;
     let cur = v.vol.snapshot_cow(id)?.len();
     let new = size.apply(cur).map_err(CliError::msg)?;
     v.vol
         .extend_snapshot(id, new)
         .map_err(|e| CliError::core(format!("extend {name}"), e))?;
     v.flush()?;
-    if !quiet {
-        println!(
+    if !io.quiet {
+        outln!(
+            io,
             "extended snapshot {name} from {} to {}",
             human(cur),
             human(new)
@@ -680,17 +912,15 @@ pub fn tmp_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-pub fn backup(target: &Path, out: &Path, quiet: bool) -> CliResult {
-    let (dir, name) = resolve_snapshot(target)?;
-    let v = Opened::open(&dir, false, quiet)?;
-    let id = v.id(&name)?;
+fn exec_backup(v: &Opened, name: &str, out: &Path, io: &mut Io) -> CliResult {
+    let id = v.id(name)?;
     let len = v.vol.len();
-    let bar = Progress::new(len, &format!("backup {name}"), true, quiet);
-    let r = write_image(out, len, |sink| copy_out(&v, Some(id), 0, len, &bar, sink));
+    let bar = Progress::new(len, &format!("backup {name}"), true, io.quiet);
+    let r = write_image(out, len, |sink| copy_out(v, Some(id), 0, len, &bar, sink));
     bar.finish();
     r?;
-    if !quiet {
-        println!("backed up {name} ({}) to {}", human(len), out.display());
+    if !io.quiet {
+        outln!(io, "backed up {name} ({}) to {}", human(len), out.display());
     }
     Ok(())
 }

@@ -177,6 +177,26 @@ impl VolumeLock {
     }
 }
 
+impl VolumeLock {
+    /// Takes the lock without waiting; `None` when another process holds it.
+    pub fn try_acquire(dir: &Path, exclusive: bool) -> Result<Option<Self>, CliError> {
+        let p = dir.join(LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| CliError::msg(format!("cannot open lock file {}: {e}", p.display())))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        Ok(flock(&file, op | libc::LOCK_NB)?.then_some(VolumeLock { _file: file }))
+    }
+}
+
 /// Returns false when a non-blocking lock would block.
 fn flock(file: &File, op: libc::c_int) -> Result<bool, CliError> {
     loop {

@@ -1,7 +1,7 @@
 //! LVM-style sizes: `512M`, `4K`, `1G`, `1.5G`, `+64M`, `100s` (sectors), or plain bytes.
 
 /// A size argument, possibly relative (`+64M`), as `lvextend -L` takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SizeArg {
     Absolute(u64),
     Plus(u64),

@@ -1,0 +1,1044 @@
+//! `cowsnap mount DIR MOUNTPOINT`: the origin and every snapshot as files, through FUSE, and the
+//! control socket through which other `cowsnap` commands reach the mounted volume.
+//!
+//! The mount process holds the volume open and its exclusive lock for as long as it runs, so it is the
+//! only writer of the manifest and of every image. It listens on `DIR/.cowsnap.sock`; a managed
+//! command (`snapshot`, `lvs`, `remove`, `read`, `write`, `extend`, `backup`) that finds a live socket
+//! sends its request there and the mount process runs it between two FUSE requests, under the same
+//! lock as the file system's writes. See `cli/FUSE.md`.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use cowsnap_core::{Error as CoreError, SnapshotId};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
+    SessionACL, WriteFlags,
+};
+
+use crate::managed::{exec, exec_ro, Io, MountHooks, Opened};
+use crate::manifest::{Manifest, VolumeLock, LOCK};
+use crate::request::{self, FrameWriter, TAG_ERR, TAG_OK, TAG_REQUEST};
+use crate::{CliError, CliResult};
+
+/// Control socket of a mounted volume, inside the volume directory.
+pub const SOCKET: &str = ".cowsnap.sock";
+/// Log of a `--daemon` mount (its stdout and stderr), inside the volume directory.
+pub const LOG: &str = ".cowsnap-mount.log";
+/// Subtype of the file system (`fuse.cowsnap` when mounted through fusermount3; the direct mount(2)
+/// path shows `fuse`, with the source `cowsnap:DIR`).
+const SUBTYPE: &str = "cowsnap";
+
+/// True for a mount made by `cowsnap mount`.
+fn is_ours(fstype: &str, source: &str) -> bool {
+    (fstype == "fuse" || fstype == "fuse.cowsnap") && source.starts_with("cowsnap")
+}
+
+const ROOT: u64 = 1;
+const ORIGIN: u64 = 2;
+/// Snapshot inode = SNAP_BASE + the core's snapshot id (never reused while mounted).
+const SNAP_BASE: u64 = 16;
+const TTL: Duration = Duration::from_secs(1);
+/// Largest FUSE write request asked of the kernel.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// How a managed command reaches its volume.
+pub enum Access {
+    /// The volume is mounted: talk to the mount process.
+    Remote(UnixStream),
+    /// Not mounted: the lock is ours, open the files.
+    Local(VolumeLock),
+}
+
+/// Calls `f` with a path naming `DIR/.cowsnap.sock` that fits in a unix socket address (through
+/// `/proc/self/fd` when the directory path is long).
+fn with_socket_path<T>(dir: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    let p = dir.join(SOCKET);
+    if p.as_os_str().len() < 100 {
+        return f(&p);
+    }
+    let d = File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()));
+    let r = f(&short);
+    drop(d);
+    r
+}
+
+/// Connects to the mount process of `dir`; `None` when the volume is not mounted.
+fn try_connect(dir: &Path) -> CliResult<Option<UnixStream>> {
+    if fs::symlink_metadata(dir.join(SOCKET)).is_err() {
+        return Ok(None);
+    }
+    match with_socket_path(dir, |p| UnixStream::connect(p)) {
+        Ok(s) => Ok(Some(s)),
+        // A socket left by a mount process that died: the lock decides.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(CliError::msg(format!(
+            "{} is mounted but its control socket {} refuses this process: {e}",
+            dir.display(),
+            dir.join(SOCKET).display()
+        ))),
+    }
+}
+
+/// The mount process's socket when the volume is mounted, else the volume lock (waiting for it while
+/// another command holds it, and saying so unless `quiet`).
+pub fn connect_or_lock(dir: &Path, exclusive: bool, quiet: bool) -> CliResult<Access> {
+    let mut said = false;
+    loop {
+        if let Some(s) = try_connect(dir)? {
+            return Ok(Access::Remote(s));
+        }
+        if let Some(l) = VolumeLock::try_acquire(dir, exclusive)? {
+            return Ok(Access::Local(l));
+        }
+        if !said && !quiet {
+            eprintln!(
+                "cowsnap: waiting for another cowsnap process using {}",
+                dir.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Options of `cowsnap mount`.
+pub struct MountOpts {
+    pub daemon: bool,
+    pub writable_snapshots: bool,
+    pub allow_other: bool,
+    pub threads: usize,
+}
+
+/// State shared by the FUSE handlers and the control socket.
+struct State {
+    vol: RwLock<Opened>,
+    /// Open file handles per inode (a snapshot with open handles cannot be removed).
+    opens: Mutex<HashMap<u64, u32>>,
+    writable_snapshots: bool,
+    uid: u32,
+    gid: u32,
+    mounted_at: SystemTime,
+    mountpoint: PathBuf,
+    notifier: OnceLock<Notifier>,
+}
+
+impl State {
+    fn read(&self) -> RwLockReadGuard<'_, Opened> {
+        self.vol.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Opened> {
+        self.vol.write().unwrap_or_else(|e| e.into_inner())
+    }
+    fn open_count(&self, ino: u64) -> u32 {
+        self.opens
+            .lock()
+            .map(|m| m.get(&ino).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Root,
+    Origin,
+    Snap(SnapshotId),
+}
+
+fn snap_ino(id: SnapshotId) -> u64 {
+    SNAP_BASE + u64::from(id.0)
+}
+
+/// The node of `ino`, if it (still) exists.
+fn node(v: &Opened, ino: u64) -> Option<Node> {
+    match ino {
+        ROOT => Some(Node::Root),
+        ORIGIN => Some(Node::Origin),
+        i if i >= SNAP_BASE => {
+            let id = SnapshotId(u32::try_from(i - SNAP_BASE).ok()?);
+            v.ids.contains(&id).then_some(Node::Snap(id))
+        }
+        _ => None,
+    }
+}
+
+fn errno_of(e: &CoreError) -> Errno {
+    match e {
+        CoreError::OutOfRange { .. } => Errno::EINVAL,
+        CoreError::SnapshotInvalid => Errno::EIO,
+        CoreError::UnknownSnapshot(_) => Errno::ENOENT,
+        _ => Errno::EIO,
+    }
+}
+
+/// The FUSE file system: `/origin` and `/<snapshot>`.
+struct CowFs {
+    st: Arc<State>,
+}
+
+impl CowFs {
+    fn attr(&self, v: &Opened, n: Node) -> FileAttr {
+        let t = self.st.mounted_at;
+        let (ino, kind, perm, size, nlink) = match n {
+            Node::Root => (ROOT, FileType::Directory, 0o755, 0, 2),
+            Node::Origin => (ORIGIN, FileType::RegularFile, 0o644, v.vol.len(), 1),
+            Node::Snap(id) => {
+                let perm = if self.st.writable_snapshots {
+                    0o644
+                } else {
+                    0o444
+                };
+                (snap_ino(id), FileType::RegularFile, perm, v.vol.len(), 1)
+            }
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm,
+            nlink,
+            uid: self.st.uid,
+            gid: self.st.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn writable(&self, n: Node) -> bool {
+        match n {
+            Node::Origin => true,
+            Node::Snap(_) => self.st.writable_snapshots,
+            Node::Root => false,
+        }
+    }
+}
+
+impl Filesystem for CowFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let v = self.st.read();
+        let n = match name.to_str() {
+            Some("origin") => Some(Node::Origin),
+            Some(s) => v.index(s).ok().map(|i| Node::Snap(v.ids[i])),
+            None => None,
+        };
+        match n {
+            Some(n) => reply.entry(&TTL, &self.attr(&v, n), fuser::Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let v = self.st.read();
+        match node(&v, ino.0) {
+            Some(n) => reply.attr(&TTL, &self.attr(&v, n)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let v = self.st.read();
+        let Some(n) = node(&v, ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        // The files are devices of a fixed size: no truncation; times and modes are not kept.
+        if size.is_some_and(|s| s != v.vol.len()) {
+            return reply.error(Errno::EPERM);
+        }
+        reply.attr(&TTL, &self.attr(&v, n));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let v = self.st.read();
+        match node(&v, ino.0) {
+            None => reply.error(Errno::ENOENT),
+            Some(n) if mask.contains(AccessFlags::W_OK) && n != Node::Root && !self.writable(n) => {
+                reply.error(Errno::EROFS)
+            }
+            Some(_) => reply.ok(),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let v = self.st.read();
+        let Some(n) = node(&v, ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if n == Node::Root {
+            return reply.error(Errno::EISDIR);
+        }
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && !self.writable(n) {
+            return reply.error(Errno::EROFS);
+        }
+        if let Ok(mut m) = self.st.opens.lock() {
+            *m.entry(ino.0).or_insert(0) += 1;
+        }
+        // Read-only snapshots never change behind the kernel's back except through `cowsnap write`,
+        // which invalidates the cache: keep it across opens.
+        let keep = if matches!(n, Node::Snap(_)) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(ino.0), keep);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let v = self.st.read();
+        let Some(n) = node(&v, ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let len = v.vol.len();
+        if offset >= len {
+            return reply.data(&[]);
+        }
+        let n_bytes = (len - offset).min(u64::from(size)) as usize;
+        let mut buf = vec![0u8; n_bytes];
+        let r = match n {
+            Node::Origin => v.vol.read_at(offset, &mut buf),
+            Node::Snap(id) => v.vol.snapshot_read_at(id, offset, &mut buf),
+            Node::Root => return reply.error(Errno::EISDIR),
+        };
+        match r {
+            Ok(()) => reply.data(&buf),
+            Err(e) => {
+                eprintln!("cowsnap mount: read of inode {} at {offset}: {e}", ino.0);
+                reply.error(errno_of(&e))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut v = self.st.write();
+        let Some(n) = node(&v, ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if !self.writable(n) {
+            return reply.error(Errno::EROFS);
+        }
+        let len = v.vol.len();
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > len)
+        {
+            // Like a block device: no room past the end.
+            return reply.error(Errno::ENOSPC);
+        }
+        let r = match n {
+            Node::Origin => v.vol.write_at(offset, data),
+            Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
+            Node::Root => return reply.error(Errno::EISDIR),
+        };
+        match r {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                eprintln!(
+                    "cowsnap mount: write of {} bytes to inode {} at {offset}: {e}",
+                    data.len(),
+                    ino.0
+                );
+                reply.error(errno_of(&e))
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(): nothing is buffered here; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Ok(mut m) = self.st.opens.lock() {
+            if let Some(c) = m.get_mut(&ino.0) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    m.remove(&ino.0);
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // The engine's flush: origin and every COW with unflushed writes.
+        match self.st.write().flush() {
+            Ok(()) => reply.ok(),
+            Err(CliError(m)) => {
+                eprintln!("cowsnap mount: fsync of inode {}: {m}", ino.0);
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let v = self.st.read();
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ROOT, FileType::Directory, ".".into()),
+            (ROOT, FileType::Directory, "..".into()),
+            (ORIGIN, FileType::RegularFile, "origin".into()),
+        ];
+        for (e, &id) in v.manifest.snapshots.iter().zip(&v.ids) {
+            entries.push((snap_ino(id), FileType::RegularFile, e.name.clone()));
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let v = self.st.read();
+        let files = 1 + v.ids.len() as u64;
+        let blocks = v.vol.len().div_ceil(4096) * files;
+        reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
+    }
+}
+
+/// Mount hooks for commands run through the control socket: refusals and cache invalidations
+/// (queued, and sent to the kernel after the volume lock is released).
+struct Hooks<'a> {
+    st: &'a State,
+    pending: Mutex<Vec<Inval>>,
+}
+
+enum Inval {
+    Inode(u64),
+    Entry(String),
+}
+
+impl MountHooks for Hooks<'_> {
+    fn check_removable(&self, id: SnapshotId, name: &str) -> CliResult {
+        let n = self.st.open_count(snap_ino(id));
+        if n > 0 {
+            return Err(CliError::msg(format!(
+                "snapshot {name} is in use: {}/{name} is open {n} time(s) (loop device? see \
+                 `losetup -j {}/{name}`); detach it first",
+                self.st.mountpoint.display(),
+                self.st.mountpoint.display()
+            )));
+        }
+        Ok(())
+    }
+    fn removed(&self, id: SnapshotId, name: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(Inval::Entry(name.to_string()));
+            p.push(Inval::Inode(snap_ino(id)));
+        }
+    }
+    fn changed(&self, id: Option<SnapshotId>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(Inval::Inode(id.map_or(ORIGIN, snap_ino)));
+        }
+    }
+}
+
+impl Hooks<'_> {
+    fn send(self) {
+        let Some(n) = self.st.notifier.get() else {
+            return;
+        };
+        for i in self.pending.into_inner().unwrap_or_default() {
+            // ENOENT: the kernel had nothing cached for it.
+            let _ = match i {
+                Inval::Inode(ino) => n.inval_inode(INodeNo(ino), 0, 0),
+                Inval::Entry(name) => n.inval_entry(INodeNo(ROOT), OsStr::new(&name)),
+            };
+        }
+    }
+}
+
+/// Serves one client of the control socket: one request, its output, its result.
+fn serve_client(st: &State, stream: UnixStream) {
+    let mut rd = &stream;
+    let req = match request::read_frame(&mut rd) {
+        Ok(Some((TAG_REQUEST, b))) => serde_json::from_slice::<request::Request>(&b)
+            .map_err(|e| CliError::msg(format!("bad request to the mount process: {e}"))),
+        Ok(_) => Err(CliError::msg("bad request to the mount process")),
+        Err(e) => Err(CliError::msg(format!("reading the request: {e}"))),
+    };
+    let hooks = Hooks {
+        st,
+        pending: Mutex::new(Vec::new()),
+    };
+    let mut out = FrameWriter::new(&stream);
+    let result = req.and_then(|req| {
+        let mut io = Io {
+            out: &mut out,
+            quiet: false,
+            mountpoint: Some(&st.mountpoint),
+            mount: Some(&hooks),
+        };
+        if req.writes() {
+            exec(&mut st.write(), &req, &mut io)
+        } else {
+            exec_ro(&st.read(), &req, &mut io)
+        }
+    });
+    hooks.send();
+    let _ = out.flush();
+    let mut w = &stream;
+    let _ = match result {
+        Ok(()) => request::write_frame(&mut w, TAG_OK, &[]),
+        Err(CliError(m)) => request::write_frame(&mut w, TAG_ERR, m.as_bytes()),
+    };
+}
+
+/// Parses `/proc/self/mountinfo`: (mount point, fs type, source) of every mount.
+fn mounts() -> Vec<(PathBuf, String, String)> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+                let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+                out.push(v);
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = pre.split(' ').collect();
+        let g: Vec<&str> = post.split(' ').collect();
+        if f.len() >= 5 && g.len() >= 2 {
+            v.push((
+                PathBuf::from(unescape(f[4])),
+                g[0].to_string(),
+                unescape(g[1]),
+            ));
+        }
+    }
+    v
+}
+
+/// The mount point as the kernel names it (a dead FUSE mount cannot be canonicalized: then the
+/// absolute path as given).
+fn mount_path(p: &Path) -> CliResult<PathBuf> {
+    match fs::canonicalize(p) {
+        Ok(c) => Ok(c),
+        Err(_) if p.is_absolute() => Ok(p.to_path_buf()),
+        Err(_) => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| CliError::msg(format!("current directory: {e}")))?;
+            Ok(cwd.join(p))
+        }
+    }
+}
+
+/// The mount source names the volume when its path allows it: `cowsnap:/abs/dir`.
+fn fsname(dir: &Path) -> String {
+    let s = dir.to_string_lossy();
+    if s.chars()
+        .any(|c| c == ',' || c == '\\' || c.is_whitespace())
+    {
+        "cowsnap".into()
+    } else {
+        format!("cowsnap:{s}")
+    }
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn umount_syscall(mp: &Path) -> io::Result<()> {
+    let c = CString::new(mp.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: umount2 with a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `cowsnap mount DIR MOUNTPOINT`.
+pub fn mount(dir: &Path, mnt: &Path, opts: &MountOpts, quiet: bool) -> CliResult {
+    Manifest::load(dir)?;
+    let dir =
+        fs::canonicalize(dir).map_err(|e| CliError::msg(format!("{}: {e}", dir.display())))?;
+    let mnt = fs::canonicalize(mnt)
+        .map_err(|e| CliError::msg(format!("mount point {}: {e}", mnt.display())))?;
+    if !mnt.is_dir() {
+        return Err(CliError::msg(format!(
+            "mount point {} is not a directory",
+            mnt.display()
+        )));
+    }
+    if let Some((_, t, src)) = mounts().into_iter().rev().find(|(p, _, _)| *p == mnt) {
+        if is_ours(&t, &src) {
+            return Err(CliError::msg(format!(
+                "{} is already a cowsnap mount point",
+                mnt.display()
+            )));
+        }
+    }
+    if !opts.daemon {
+        return serve(&dir, &mnt, opts, quiet, None);
+    }
+    // Fork before any thread exists; the parent returns once the child has mounted (or failed).
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CliError::msg(format!(
+            "pipe: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the fds were just created by pipe2 and are owned here only.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: fork in a single-threaded process; the child only continues this program.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(CliError::msg(format!(
+            "fork: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    if pid == 0 {
+        drop(rd);
+        // SAFETY: a new session, so that the daemon outlives the terminal.
+        unsafe { libc::setsid() };
+        let code = match serve(&dir, &mnt, opts, quiet, Some(wr)) {
+            Ok(()) => 0,
+            Err(CliError(m)) => {
+                eprintln!("cowsnap: error: {m}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    drop(wr);
+    let mut msg = String::new();
+    let _ = rd.read_to_string(&mut msg);
+    match msg.strip_prefix("OK") {
+        Some(_) => {
+            if !quiet {
+                println!(
+                    "mounted {} at {} (daemon pid {pid}, log {}); unmount with: cowsnap umount {}",
+                    dir.display(),
+                    mnt.display(),
+                    dir.join(LOG).display(),
+                    mnt.display()
+                );
+            }
+            Ok(())
+        }
+        None => {
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            Err(CliError(match msg.trim() {
+                "" => "the mount process exited during start-up".to_string(),
+                m => m.to_string(),
+            }))
+        }
+    }
+}
+
+/// Opens the volume, mounts it and serves until it is unmounted. `ready` (daemon mode) receives
+/// `OK` once mounted, or the error.
+fn serve(
+    dir: &Path,
+    mnt: &Path,
+    opts: &MountOpts,
+    quiet: bool,
+    mut ready: Option<File>,
+) -> CliResult {
+    let r = serve_inner(dir, mnt, opts, quiet, &mut ready);
+    if let (Err(CliError(m)), Some(w)) = (&r, ready.as_mut()) {
+        let _ = w.write_all(m.as_bytes());
+    }
+    r
+}
+
+fn serve_inner(
+    dir: &Path,
+    mnt: &Path,
+    opts: &MountOpts,
+    quiet: bool,
+    ready: &mut Option<File>,
+) -> CliResult {
+    let Some(lock) = VolumeLock::try_acquire(dir, true)? else {
+        return Err(CliError::msg(match try_connect(dir)? {
+            Some(_) => format!("{} is already mounted", dir.display()),
+            None => format!(
+                "{} is in use by another cowsnap process (lock {})",
+                dir.display(),
+                dir.join(LOCK).display()
+            ),
+        }));
+    };
+    let v = Opened::open_locked(dir, true, quiet, lock)?;
+    let st = Arc::new(State {
+        vol: RwLock::new(v),
+        opens: Mutex::new(HashMap::new()),
+        writable_snapshots: opts.writable_snapshots,
+        // SAFETY: getuid/getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        mounted_at: SystemTime::now(),
+        mountpoint: mnt.to_path_buf(),
+        notifier: OnceLock::new(),
+    });
+
+    // A socket left by a dead mount process (we hold the lock, so nobody serves it).
+    let sock = dir.join(SOCKET);
+    let _ = fs::remove_file(&sock);
+    let listener = with_socket_path(dir, |p| UnixListener::bind(p))
+        .map_err(|e| CliError::msg(format!("cannot listen on {}: {e}", sock.display())))?;
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
+        .map_err(|e| CliError::msg(format!("{}: {e}", sock.display())))?;
+    let cleanup = SocketCleanup(sock.clone());
+
+    // Signals go to one thread (below), which unmounts: every thread inherits this mask.
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let set = sigset(&signals);
+    // SAFETY: changing this thread's signal mask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname(dir)),
+        MountOption::Subtype(SUBTYPE.into()),
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    let session = Session::new(CowFs { st: st.clone() }, mnt, &config).map_err(|e| {
+        CliError::msg(format!(
+            "cannot mount FUSE at {}: {e} (needs /dev/fuse, and root or fusermount3)",
+            mnt.display()
+        ))
+    })?;
+    let _ = st.notifier.set(session.notifier());
+
+    {
+        let st = st.clone();
+        std::thread::Builder::new()
+            .name("cowsnap-control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let st = st.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("cowsnap-client".into())
+                        .spawn(move || serve_client(&st, conn));
+                }
+            })
+            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
+    }
+    {
+        let mnt = mnt.to_path_buf();
+        std::thread::Builder::new()
+            .name("cowsnap-signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: waiting for the blocked signals in `set`.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                match umount_syscall(&mnt) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // already gone
+                    Err(e) => eprintln!(
+                        "cowsnap mount: signal {sig}: cannot unmount {}: {e}; still serving \
+                         (detach loop devices and close files under it first)",
+                        mnt.display()
+                    ),
+                }
+            })
+            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
+    }
+
+    match ready.take() {
+        Some(mut w) => {
+            redirect_output(&dir.join(LOG));
+            eprintln!(
+                "cowsnap mount: pid {} serving {} at {}",
+                std::process::id(),
+                dir.display(),
+                mnt.display()
+            );
+            let _ = w.write_all(b"OK");
+        }
+        None => {
+            if !quiet {
+                let v = st.read();
+                let names: Vec<&str> = v
+                    .manifest
+                    .snapshots
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                println!(
+                    "mounted {} at {}: origin{}{}; unmount with: cowsnap umount {} (or Ctrl-C)",
+                    dir.display(),
+                    mnt.display(),
+                    if names.is_empty() { "" } else { ", " },
+                    names.join(", "),
+                    mnt.display()
+                );
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let run = session.run();
+    // Unmounted: make everything durable before the lock goes (with the process).
+    let flushed = st.write().flush();
+    drop(cleanup);
+    if !quiet {
+        eprintln!(
+            "cowsnap mount: unmounted {} after {:.0?}",
+            mnt.display(),
+            started.elapsed()
+        );
+    }
+    run.map_err(|e| CliError::msg(format!("FUSE session of {}: {e}", mnt.display())))?;
+    flushed
+}
+
+/// Removes the control socket when the mount process ends.
+struct SocketCleanup(PathBuf);
+
+impl Drop for SocketCleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Daemon: stdin from /dev/null, stdout and stderr appended to the log.
+fn redirect_output(log: &Path) {
+    let null = File::open("/dev/null");
+    let out = OpenOptions::new().create(true).append(true).open(log);
+    // SAFETY: dup2 onto the standard descriptors with fds we own.
+    unsafe {
+        if let Ok(n) = &null {
+            libc::dup2(n.as_raw_fd(), 0);
+        }
+        if let Ok(o) = &out {
+            libc::dup2(o.as_raw_fd(), 1);
+            libc::dup2(o.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// `cowsnap umount MOUNTPOINT`: unmounts, then waits until the mount process has flushed the volume
+/// and exited.
+pub fn umount(mnt: &Path, quiet: bool) -> CliResult {
+    let mp = mount_path(mnt)?;
+    let Some((_, t, source)) = mounts().into_iter().rev().find(|(p, _, _)| *p == mp) else {
+        return Err(CliError::msg(format!("{} is not mounted", mp.display())));
+    };
+    if !is_ours(&t, &source) {
+        return Err(CliError::msg(format!(
+            "{} is not a cowsnap mount (type {t}, source {source})",
+            mp.display()
+        )));
+    }
+    match umount_syscall(&mp) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(CliError::msg(format!(
+                "{} is busy: a loop device or a process still uses a file under it (see \
+                 `losetup -j {}/origin`, `fuser -vm {}`)",
+                mp.display(),
+                mp.display(),
+                mp.display()
+            )))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let ok = ["fusermount3", "fusermount"].iter().any(|b| {
+                std::process::Command::new(b)
+                    .arg("-u")
+                    .arg(&mp)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            if !ok {
+                return Err(CliError::msg(format!(
+                    "cannot unmount {}: {e} (and fusermount -u failed)",
+                    mp.display()
+                )));
+            }
+        }
+        Err(e) => {
+            return Err(CliError::msg(format!(
+                "cannot unmount {}: {e}",
+                mp.display()
+            )))
+        }
+    }
+    // Wait for the mount process to flush and release the volume.
+    if let Some(dir) = source.strip_prefix("cowsnap:").map(PathBuf::from) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Manifest::path(&dir).is_file() {
+            if VolumeLock::try_acquire(&dir, true)?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::msg(format!(
+                    "unmounted {}, but the mount process still holds {} after 60 s",
+                    mp.display(),
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if !quiet {
+        println!("unmounted {}", mp.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsname_avoids_option_separators() {
+        assert_eq!(fsname(Path::new("/a/b")), "cowsnap:/a/b");
+        assert_eq!(fsname(Path::new("/a,b")), "cowsnap");
+        assert_eq!(fsname(Path::new("/a b")), "cowsnap");
+    }
+}
