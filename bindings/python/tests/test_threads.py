@@ -127,3 +127,16 @@ def test_close_waits_for_calls_in_flight() -> None:
     assert result and (result[0] == "read all" or "closed" in result[0])
     with pytest.raises(ValueError):
         vol.read(0, 1)
+
+
+def test_close_from_a_merge_callback_is_refused_not_a_deadlock() -> None:
+    with cowsnap.Volume.memory(MiB) as vol:
+        snap = vol.snapshot(cow_size=256 * 1024)
+        vol.write(0, b"m" * 8192)
+        with pytest.raises(RuntimeError, match="inside one of its own calls"):
+            snap.merge(progress=lambda p: vol.close())
+        assert not vol.closed
+        # other calls from the callback are fine (the library holds no lock while calling it)
+        seen = []
+        snap.merge(progress=lambda p: seen.append(vol.read(0, 1)))
+        assert seen and seen[-1] == bytes(1)

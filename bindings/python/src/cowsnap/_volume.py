@@ -5,7 +5,7 @@ import operator
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
@@ -176,20 +176,26 @@ class _Handle:
 
     def __init__(self, ptr: ctypes.c_void_p) -> None:
         self._ptr: Optional[ctypes.c_void_p] = ptr
-        self._users = 0
+        self._users: Dict[int, int] = {}  # thread id -> calls in flight
         self._cond = threading.Condition(threading.Lock())
 
     def acquire(self) -> ctypes.c_void_p:
         with self._cond:
             if self._ptr is None:
                 raise ValueError("I/O operation on a closed cowsnap volume")
-            self._users += 1
+            tid = threading.get_ident()
+            self._users[tid] = self._users.get(tid, 0) + 1
             return self._ptr
 
     def release(self) -> None:
         with self._cond:
-            self._users -= 1
-            if self._users == 0:
+            tid = threading.get_ident()
+            n = self._users[tid] - 1
+            if n:
+                self._users[tid] = n
+            else:
+                del self._users[tid]
+            if not self._users:
                 self._cond.notify_all()
 
     @property
@@ -198,6 +204,11 @@ class _Handle:
 
     def close(self) -> None:
         with self._cond:
+            if threading.get_ident() in self._users:
+                raise RuntimeError(
+                    "cannot close a cowsnap volume from inside one of its own calls "
+                    "(e.g. a merge progress callback)"
+                )
             ptr, self._ptr = self._ptr, None
             while self._users:
                 self._cond.wait()
