@@ -268,7 +268,10 @@ def run(
             t0 = time.perf_counter()
             backup.execute("BEGIN IMMEDIATE")  # RESERVED: writers have committed and cannot start
             t_locked = time.perf_counter()
-            snap = vol.snapshot(cow_size=8 << 20, autoextend=(70, 20))
+            # A small COW that grows on demand (like lvm.conf's snapshot_autoextend_*): creating a
+            # memory COW costs time in proportion to its size (it is zero-filled), and it is created
+            # under the lock.
+            snap = vol.snapshot(cow_size=1 << 20, autoextend=(70, 50))
             rows_at_snapshot = int(backup.execute("SELECT max(seq) FROM rows").fetchall()[0][0])
             backup.execute("COMMIT")  # release: the writer continues
             t_released = time.perf_counter()
