@@ -200,3 +200,22 @@ def test_overflow_modes() -> None:
         st = po.status()
         assert st.state == "overflow" and st.data_percent == 100.0 and st.overflow == "report"
         assert po.read(0, 4096)  # still readable
+
+
+def test_cowsnap_library_env_overrides_the_packaged_library(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    code = "import cowsnap; print(cowsnap.library_path())"
+    env = dict(os.environ)
+    copy = tmp_path / "libcowsnap-other.so"
+    shutil.copyfile(cowsnap.library_path(), copy)
+    env["COWSNAP_LIBRARY"] = str(copy)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(copy)
+    env["COWSNAP_LIBRARY"] = str(tmp_path / "missing.so")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ImportError" in out.stderr and "COWSNAP_LIBRARY" in out.stderr and "missing.so" in out.stderr
