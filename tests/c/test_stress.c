@@ -23,6 +23,17 @@ static volatile int writers_done = 0;
 static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
 static int failures = 0;
 static long reads_done[READERS];
+/* Reader 1's snapshot and its contents, kept for the merge phase. */
+static uint32_t snap1;
+static uint8_t *snap1_ref;
+static volatile int merge_done = 0;
+static int merge_started = 0;
+/* Reader 1 takes its snapshot once a quarter of the writes are done; writers wait for it at half-way,
+ * so that the snapshot lands in the middle of the writes whatever the scheduling. */
+static pthread_cond_t progress_cv = PTHREAD_COND_INITIALIZER;
+static long writes_total = 0;
+static int snap1_taken = 0;
+static long merge_reads = 0;
 
 static uint8_t initial(uint64_t off) { return (uint8_t)((off * 31) >> 9) ^ (uint8_t)off; }
 
@@ -51,6 +62,12 @@ static void *writer(void *arg) {
     size_t len = 1 + (size_t)rand_r(&seed) % MAX_IO;
     uint64_t off = (uint64_t)rand_r(&seed) % (VOL_SIZE - len);
     memset(buf, 0x80 | ((uintptr_t)arg << 4) | (i & 15), len);
+    pthread_mutex_lock(&done_lock);
+    writes_total++;
+    pthread_cond_broadcast(&progress_cv);
+    while (i == writes_per_writer / 2 && !snap1_taken && failures == 0)
+      pthread_cond_wait(&progress_cv, &done_lock);
+    pthread_mutex_unlock(&done_lock);
     if ((r = cowsnap_volume_write(vol, off, buf, len)) != COWSNAP_OK) {
       fail("writer", r);
       break;
@@ -77,7 +94,16 @@ static void *reader(void *arg) {
     cowsnap_snapshot_options_init(&o);
     o.cow_size = 3 * VOL_SIZE;
     o.chunk_size = 8192;
-    if ((r = cowsnap_snapshot_create(vol, &o, &id)) != COWSNAP_OK) {
+    pthread_mutex_lock(&done_lock);
+    while (writes_total < (long)WRITERS * writes_per_writer / 4) pthread_cond_wait(&progress_cv, &done_lock);
+    pthread_mutex_unlock(&done_lock);
+    r = cowsnap_snapshot_create(vol, &o, &id);
+    pthread_mutex_lock(&done_lock);
+    snap1_taken = 1;
+    if (r != COWSNAP_OK) failures++;
+    pthread_cond_broadcast(&progress_cv);
+    pthread_mutex_unlock(&done_lock);
+    if (r != COWSNAP_OK) {
       fail("reader 1 snapshot", r);
       free(buf);
       return NULL;
@@ -109,8 +135,60 @@ static void *reader(void *arg) {
     if ((r = cowsnap_snapshot_read(vol, id, 0, all, VOL_SIZE)) != COWSNAP_OK) fail("reader final", r);
     else if (memcmp(all, ref, VOL_SIZE) != 0) fail("reader 1: snapshot changed", 0);
     free(all);
-    free(ref);
+    snap1 = id;
+    snap1_ref = ref;
   }
+  free(buf);
+  return NULL;
+}
+
+static int32_t count_steps(void *user, uint64_t merged, uint64_t total, bool finished) {
+  (void)merged;
+  (void)total;
+  (void)finished;
+  ++*(int *)user;
+  pthread_mutex_lock(&done_lock);
+  merge_started = 1;
+  pthread_mutex_unlock(&done_lock);
+  return 0;
+}
+
+static void *merge_reader(void *arg) {
+  unsigned seed = 777;
+  uint8_t *buf = malloc(MAX_IO);
+  int r, d, started;
+  size_t k;
+  (void)arg;
+  do {
+    size_t len = 1 + (size_t)rand_r(&seed) % MAX_IO;
+    uint64_t off = (uint64_t)rand_r(&seed) % (VOL_SIZE - len);
+    /* The merge begins in the main thread: until then the origin holds the writers' data. */
+    if ((r = cowsnap_snapshot_read(vol, snap0, off, buf, len)) != COWSNAP_OK) {
+      fail("merge reader (snapshot 0)", r);
+      break;
+    }
+    for (k = 0; k < len; k++)
+      if (buf[k] != initial(off + k)) {
+        fail("merge reader: snapshot 0 changed during the merge", 0);
+        break;
+      }
+    pthread_mutex_lock(&done_lock);
+    started = merge_started;
+    pthread_mutex_unlock(&done_lock);
+    if ((r = cowsnap_volume_read(vol, off, buf, len)) != COWSNAP_OK) {
+      fail("merge reader (origin)", r);
+      break;
+    }
+    /* Once the merge has begun, the origin reads as the merging snapshot. */
+    if (started && memcmp(buf, snap1_ref + off, len) != 0) {
+      fail("merge reader: the origin does not show the merging snapshot", 0);
+      break;
+    }
+    merge_reads++;
+    pthread_mutex_lock(&done_lock);
+    d = merge_done || failures > 0;
+    pthread_mutex_unlock(&done_lock);
+  } while (!d);
   free(buf);
   return NULL;
 }
@@ -146,6 +224,24 @@ int main(int argc, char **argv) {
     }
   OK(cowsnap_snapshot_status(vol, snap0, &st));
   EXPECT(st.state == COWSNAP_STATE_ACTIVE && st.exceptions > 0);
+
+  /* Merge reader 1's snapshot while another thread reads the origin (which must show the snapshot's
+   * contents from the first step on) and snapshot 0 (which must not change). */
+  if (snap1_ref) {
+    pthread_t m;
+    int steps = 0;
+    EXPECT(pthread_create(&m, NULL, merge_reader, NULL) == 0);
+    OK(cowsnap_snapshot_merge(vol, snap1, count_steps, &steps));
+    pthread_mutex_lock(&done_lock);
+    merge_done = 1;
+    pthread_mutex_unlock(&done_lock);
+    pthread_join(m, NULL);
+    EXPECT(steps >= 2);
+    OK(cowsnap_volume_read(vol, 0, init, VOL_SIZE));
+    EXPECT(memcmp(init, snap1_ref, VOL_SIZE) == 0);
+    printf("test_stress: merged in %d progress calls while %ld reads ran\n", steps, merge_reads);
+    free(snap1_ref);
+  }
   EXPECT(reads_done[0] > 0 && reads_done[1] > 0);
   printf("test_stress: %d writers x %d writes, reads %ld + %ld, snapshot 0 has %llu exceptions\n",
          WRITERS, writes_per_writer, reads_done[0], reads_done[1], (unsigned long long)st.exceptions);
