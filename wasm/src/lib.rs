@@ -36,10 +36,7 @@ fn with_code(err: JsValue, code: &str) -> JsValue {
 
 /// A core error as a JS `Error` with its stable `code`.
 fn core_err(e: Error) -> JsValue {
-    with_code(
-        js_sys::Error::new(&e.to_string()).into(),
-        e.code().name(),
-    )
+    with_code(js_sys::Error::new(&e.to_string()).into(), e.code().name())
 }
 
 /// [`core_err`] with a prefix saying which argument it was about.
@@ -116,12 +113,9 @@ fn arg_len(v: &JsValue, what: &str) -> Result<usize, JsValue> {
 }
 
 fn arg_bytes(v: &JsValue, what: &str) -> Result<Uint8Array, JsValue> {
-    v.dyn_ref::<Uint8Array>().cloned().ok_or_else(|| {
-        type_err(&format!(
-            "{what} must be a Uint8Array, got {}",
-            kind_of(v)
-        ))
-    })
+    v.dyn_ref::<Uint8Array>()
+        .cloned()
+        .ok_or_else(|| type_err(&format!("{what} must be a Uint8Array, got {}", kind_of(v))))
 }
 
 fn zeroed(n: usize) -> Result<Vec<u8>, JsValue> {
@@ -136,6 +130,72 @@ fn copy_in(a: &Uint8Array) -> Result<Vec<u8>, JsValue> {
     let mut v = zeroed(a.length() as usize)?;
     a.copy_to(&mut v);
     Ok(v)
+}
+
+/// Buffers up to this size go through one reused wasm-side buffer instead of a fresh allocation.
+const SCRATCH_MAX: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: Rc<RefCell<Vec<u8>>> = Rc::new(RefCell::new(Vec::new()));
+}
+
+/// Runs `f` on a wasm-side buffer of `n` bytes whose contents are unspecified (`f` fills it first):
+/// the reused scratch buffer for small sizes, saving an allocation and a zero fill per call.
+fn with_buffer<R>(n: usize, f: impl FnOnce(&mut [u8]) -> Result<R, JsValue>) -> Result<R, JsValue> {
+    let scratch = SCRATCH.with(Rc::clone);
+    if n <= SCRATCH_MAX {
+        if let Ok(mut s) = scratch.try_borrow_mut() {
+            if s.len() < n {
+                let extra = n - s.len();
+                s.try_reserve_exact(extra).map_err(|_| oom(n as u64))?;
+                s.resize(n, 0);
+            }
+            return f(&mut s[..n]);
+        }
+    }
+    f(&mut zeroed(n)?)
+}
+
+/// Reads `len` bytes with `read` into a new `Uint8Array`.
+fn read_new(
+    len: &JsValue,
+    read: impl FnOnce(&mut [u8]) -> Result<(), JsValue>,
+) -> Result<Uint8Array, JsValue> {
+    let n = arg_len(len, "length")?;
+    let n32 = u32::try_from(n).map_err(|_| oom(n as u64))?;
+    // Allocated first, before anything is borrowed: if JS cannot allocate it, nothing is held.
+    let out = Uint8Array::new_with_length(n32);
+    with_buffer(n, |buf| {
+        read(buf)?;
+        out.copy_from(buf);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Reads into a caller's `Uint8Array` with `read`.
+fn read_into(
+    buf: &JsValue,
+    read: impl FnOnce(&mut [u8]) -> Result<(), JsValue>,
+) -> Result<(), JsValue> {
+    let out = arg_bytes(buf, "buffer")?;
+    with_buffer(out.length() as usize, |tmp| {
+        read(tmp)?;
+        out.copy_from(tmp);
+        Ok(())
+    })
+}
+
+/// Copies `data` (a `Uint8Array`) into wasm memory and hands it to `write`.
+fn write_from(
+    data: &JsValue,
+    write: impl FnOnce(&[u8]) -> Result<(), JsValue>,
+) -> Result<(), JsValue> {
+    let data = arg_bytes(data, "data")?;
+    with_buffer(data.length() as usize, |buf| {
+        data.copy_to(buf);
+        write(buf)
+    })
 }
 
 fn get(obj: &JsValue, key: &str) -> Result<JsValue, JsValue> {
@@ -179,7 +239,13 @@ fn arg_autoextend(v: &JsValue) -> Result<Option<Autoextend>, JsValue> {
     policy.validate().map(Some).map_err(core_err)
 }
 
-const SNAPSHOT_KEYS: [&str; 5] = ["cowSize", "chunkSize", "persistent", "overflow", "autoextend"];
+const SNAPSHOT_KEYS: [&str; 5] = [
+    "cowSize",
+    "chunkSize",
+    "persistent",
+    "overflow",
+    "autoextend",
+];
 
 /// Parses `vol.snapshot(options)`: returns the COW size and the core options.
 fn arg_snapshot_options(v: &JsValue) -> Result<(usize, SnapshotOptions), JsValue> {
@@ -244,10 +310,7 @@ fn arg_snapshot_options(v: &JsValue) -> Result<(usize, SnapshotOptions), JsValue
     ))
 }
 
-fn with<R>(
-    vol: &Shared,
-    f: impl FnOnce(&CoreVolume) -> Result<R, Error>,
-) -> Result<R, JsValue> {
+fn with<R>(vol: &Shared, f: impl FnOnce(&CoreVolume) -> Result<R, Error>) -> Result<R, JsValue> {
     let v = vol.try_borrow().map_err(|_| busy())?;
     f(&v).map_err(core_err)
 }
@@ -287,7 +350,9 @@ impl Volume {
     /// A zero-filled origin of `size` bytes.
     pub fn memory(size: JsValue) -> Result<Volume, JsValue> {
         let n = arg_len(&size, "size")?;
-        Ok(Volume::wrap(CoreVolume::new(MemDevice::from_vec(zeroed(n)?))))
+        Ok(Volume::wrap(CoreVolume::new(MemDevice::from_vec(zeroed(
+            n,
+        )?))))
     }
 
     /// An origin holding `origin` (copied) with one snapshot per dm-format COW image in `cows`,
@@ -331,29 +396,22 @@ impl Volume {
     }
 
     /// Reads `len` bytes of the origin at `offset` into a new `Uint8Array`.
-    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Vec<u8>, JsValue> {
+    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Uint8Array, JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let mut buf = zeroed(arg_len(&len, "length")?)?;
-        with(&self.inner, |v| v.read_at(offset, &mut buf))?;
-        Ok(buf)
+        read_new(&len, |buf| with(&self.inner, |v| v.read_at(offset, buf)))
     }
 
     /// Fills `buf` (a `Uint8Array`) from the origin at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let out = arg_bytes(&buf, "buffer")?;
-        let mut tmp = zeroed(out.length() as usize)?;
-        with(&self.inner, |v| v.read_at(offset, &mut tmp))?;
-        out.copy_from(&tmp);
-        Ok(())
+        read_into(&buf, |tmp| with(&self.inner, |v| v.read_at(offset, tmp)))
     }
 
     /// Writes `data` to the origin at `offset`, first copying the old chunks to every snapshot.
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let data = copy_in(&arg_bytes(&data, "data")?)?;
-        with_mut(&self.inner, |v| v.write_at(offset, &data))
+        write_from(&data, |d| with_mut(&self.inner, |v| v.write_at(offset, d)))
     }
 
     /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
@@ -448,29 +506,28 @@ impl Snapshot {
     }
 
     /// Reads `len` bytes of the snapshot at `offset` into a new `Uint8Array`.
-    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Vec<u8>, JsValue> {
+    pub fn read(&self, offset: JsValue, len: JsValue) -> Result<Uint8Array, JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let mut buf = zeroed(arg_len(&len, "length")?)?;
-        with(&self.vol, |v| v.snapshot_read_at(self.id, offset, &mut buf))?;
-        Ok(buf)
+        read_new(&len, |buf| {
+            with(&self.vol, |v| v.snapshot_read_at(self.id, offset, buf))
+        })
     }
 
     /// Fills `buf` (a `Uint8Array`) from the snapshot at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let out = arg_bytes(&buf, "buffer")?;
-        let mut tmp = zeroed(out.length() as usize)?;
-        with(&self.vol, |v| v.snapshot_read_at(self.id, offset, &mut tmp))?;
-        out.copy_from(&tmp);
-        Ok(())
+        read_into(&buf, |tmp| {
+            with(&self.vol, |v| v.snapshot_read_at(self.id, offset, tmp))
+        })
     }
 
     /// Writes `data` to the snapshot (never to the origin).
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
         let offset = arg_u64(&offset, "offset")?;
-        let data = copy_in(&arg_bytes(&data, "data")?)?;
-        with_mut(&self.vol, |v| v.snapshot_write_at(self.id, offset, &data))
+        write_from(&data, |d| {
+            with_mut(&self.vol, |v| v.snapshot_write_at(self.id, offset, d))
+        })
     }
 
     /// The snapshot's status as a plain object (sizes in bytes, counts in sectors as dm reports them).
@@ -529,12 +586,17 @@ impl Snapshot {
             None
         } else {
             Some(on_progress.dyn_into::<Function>().map_err(|v| {
-                type_err(&format!("onProgress must be a function, got {}", kind_of(&v)))
+                type_err(&format!(
+                    "onProgress must be a function, got {}",
+                    kind_of(&v)
+                ))
             })?)
         };
         let report = |p: MergeProgress| -> Result<(), JsValue> {
             match &cb {
-                Some(f) => f.call1(&JsValue::UNDEFINED, &to_js(&ProgressJs::from(p))?).map(drop),
+                Some(f) => f
+                    .call1(&JsValue::UNDEFINED, &to_js(&ProgressJs::from(p))?)
+                    .map(drop),
                 None => Ok(()),
             }
         };

@@ -1,0 +1,107 @@
+// The installed package as a whole: its files and size budget, its entry points (ESM and CommonJS in
+// Node.js, the browser build), and the hand-written index.d.ts against what the module really exports.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esm from 'cowsnap';
+import { KiB, MiB, text, assertBytesEqual } from './helpers.mjs';
+
+const require = createRequire(import.meta.url);
+const PKG_DIR = dirname(fileURLToPath(import.meta.resolve('cowsnap/package.json')));
+const pkg = JSON.parse(readFileSync(join(PKG_DIR, 'package.json'), 'utf8'));
+
+/** Size budget of the optimised module (issue: at most 150 KiB after wasm-opt -Oz). */
+const WASM_BUDGET = 150 * KiB;
+
+test('package.json: name, exports for node and browser, types', () => {
+  assert.equal(pkg.name, 'cowsnap');
+  assert.match(pkg.version, /^\d+\.\d+\.\d+/);
+  assert.equal(pkg.types, './index.d.ts');
+  const root = pkg.exports['.'];
+  assert.equal(root.types, './index.d.ts');
+  assert.equal(root.node.import, './node/index.mjs');
+  assert.equal(root.node.require, './node/cowsnap.js');
+  assert.equal(root.browser, './web/cowsnap.js');
+  for (const f of ['index.d.ts', 'node/index.mjs', 'node/cowsnap.js', 'node/cowsnap_bg.wasm', 'web/cowsnap.js', 'web/cowsnap_bg.wasm', 'README.md']) {
+    assert.ok(statSync(join(PKG_DIR, f)).size > 0, f);
+  }
+});
+
+test(`wasm size budget: each .wasm <= ${WASM_BUDGET} bytes`, () => {
+  for (const f of ['node/cowsnap_bg.wasm', 'web/cowsnap_bg.wasm']) {
+    const n = statSync(join(PKG_DIR, f)).size;
+    console.log(`${f}: ${n} bytes (${(n / KiB).toFixed(1)} KiB)`);
+    assert.ok(n <= WASM_BUDGET, `${f} is ${n} bytes, over the ${WASM_BUDGET}-byte budget`);
+    assert.ok(n > 10 * KiB, `${f} is suspiciously small`);
+  }
+});
+
+test('CommonJS require gives the same classes', () => {
+  const cjs = require('cowsnap');
+  assert.equal(cjs.Volume, esm.Volume, 'one module instance for import and require');
+  assert.equal(typeof cjs.version, 'function');
+});
+
+test('the browser build (--target web) works with init() and writes the same COW bytes', async () => {
+  const web = await import('cowsnap/web');
+  assert.notEqual(web.Volume, esm.Volume, 'a separate build');
+  await assert.rejects(Promise.resolve().then(() => web.Volume.memory(4096)), 'unusable before init');
+  await web.default({ module_or_path: readFileSync(join(PKG_DIR, 'web/cowsnap_bg.wasm')) });
+  const run = (m) => {
+    const vol = m.Volume.memory(MiB);
+    const s = vol.snapshot({ cowSize: 128 * KiB, chunkSize: 8 * KiB });
+    vol.write(20000, text('web or node'));
+    s.write(0, text('snap'));
+    return { cow: s.exportCow(), status: s.status(), origin: vol.originImage() };
+  };
+  const a = run(web);
+  const b = run(esm);
+  assertBytesEqual(a.cow, b.cow, 'COW');
+  assertBytesEqual(a.origin, b.origin, 'origin');
+  assert.deepEqual(a.status, b.status);
+  try {
+    web.Volume.memory(1).read(5, 1);
+    assert.fail('no throw');
+  } catch (e) {
+    assert.equal(e.code, 'OUT_OF_RANGE', 'coded errors in the web build too');
+  }
+});
+
+/** Names declared in `export class NAME { ... }` of index.d.ts (methods, getters, statics). */
+function declaredMembers(dts, cls) {
+  const m = dts.match(new RegExp(`export class ${cls} \\{([\\s\\S]*?)\\n\\}`));
+  assert.ok(m, `class ${cls} in index.d.ts`);
+  const body = m[1].replace(/\/\*\*[\s\S]*?\*\//g, '');
+  const inst = new Set();
+  const stat = new Set();
+  for (const line of body.split('\n')) {
+    const d = line.trim().match(/^(static\s+)?(readonly\s+)?([A-Za-z_]\w*)\s*[(:]/);
+    if (!d || d[3] === 'constructor') continue;
+    (d[1] ? stat : inst).add(d[3]);
+  }
+  return { inst, stat };
+}
+
+test('index.d.ts declares exactly what the module exports', () => {
+  const dts = readFileSync(join(PKG_DIR, 'index.d.ts'), 'utf8');
+  const fns = [...dts.matchAll(/^export (?:default )?function (\w+)/gm)].map((m) => m[1]);
+  for (const f of fns) {
+    const name = f === 'init' ? 'default' : f;
+    assert.equal(typeof esm[name], 'function', `declared function ${f}`);
+  }
+  const runtimeExports = Object.keys(esm).filter((k) => k !== 'default');
+  for (const k of runtimeExports) {
+    assert.ok(fns.includes(k) || new RegExp(`export class ${k} `).test(dts), `export ${k} is declared`);
+  }
+  for (const cls of ['Volume', 'Snapshot']) {
+    const C = esm[cls];
+    const { inst, stat } = declaredMembers(dts, cls);
+    const protoNames = new Set(Object.getOwnPropertyNames(C.prototype).filter((n) => n !== 'constructor' && !n.startsWith('__')));
+    const staticNames = new Set(Object.getOwnPropertyNames(C).filter((n) => typeof C[n] === 'function' && !n.startsWith('__')));
+    assert.deepEqual([...inst].sort(), [...protoNames].sort(), `${cls} instance members`);
+    assert.deepEqual([...stat].sort(), [...staticNames].sort(), `${cls} static members`);
+  }
+});
