@@ -262,6 +262,8 @@ pub trait MountHooks {
 /// Where a command writes its output, and the mount it runs in, if any.
 pub struct Io<'a> {
     pub out: &'a mut dyn Write,
+    /// The data of `write --from` (the file here; frames from the client in the mount process).
+    pub input: Option<&'a mut dyn Read>,
     pub quiet: bool,
     pub mountpoint: Option<&'a Path>,
     pub mount: Option<&'a dyn MountHooks>,
@@ -335,15 +337,26 @@ pub fn exec(v: &mut Opened, req: &Request, io: &mut Io) -> CliResult {
 /// Runs `req` on the volume in `dir`: forwarded to the `cowsnap mount` daemon when the volume is
 /// mounted (the daemon holds it open and locked), else on the files directly under the lock.
 pub fn dispatch(dir: &Path, req: Request, quiet: bool) -> CliResult {
+    dispatch_with_input(dir, req, quiet, None)
+}
+
+/// [`dispatch`] with the data of `write --from`.
+fn dispatch_with_input(
+    dir: &Path,
+    req: Request,
+    quiet: bool,
+    mut input: Option<File>,
+) -> CliResult {
     // Check first, so that a wrong path never gets a lock file.
     Manifest::load(dir)?;
     match crate::mount::connect_or_lock(dir, req.writes(), quiet)? {
-        crate::mount::Access::Remote(stream) => crate::request::call(stream, &req),
+        crate::mount::Access::Remote(stream) => crate::request::call(stream, &req, quiet, input),
         crate::mount::Access::Local(lock) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let mut io = Io {
                 out: &mut out,
+                input: input.as_mut().map(|f| f as &mut dyn Read),
                 quiet,
                 mountpoint: None,
                 mount: None,
@@ -402,10 +415,11 @@ pub fn write(
         (None, Some(p)) => fs::metadata(p).map_err(io_err(p))?.len(),
         (None, None) => return Err(CliError::msg("--fill needs --len")),
     };
-    if let Some(p) = &from {
-        // Fail early (and here, not in the daemon) when the file cannot be read.
-        File::open(p).map_err(io_err(p))?;
-    }
+    // Opened here: a mounted volume gets the data through its socket, not the path.
+    let input = from
+        .as_deref()
+        .map(|p| File::open(p).map_err(io_err(p)))
+        .transpose()?;
     let req = Request::Write {
         snap: t.snap,
         offset,
@@ -413,7 +427,7 @@ pub fn write(
         from,
         len,
     };
-    dispatch(&t.dir, req, quiet)
+    dispatch_with_input(&t.dir, req, quiet, input)
 }
 
 pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: bool) -> CliResult {
@@ -730,7 +744,11 @@ fn exec_write(
     io: &mut Io,
 ) -> CliResult {
     let mut src = match from {
-        Some(p) => Some(File::open(p).map_err(io_err(p))?),
+        Some(_) => Some(
+            io.input
+                .take()
+                .ok_or_else(|| CliError::msg("internal error: write --from without its data"))?,
+        ),
         None => None,
     };
     let id = snap.map(|n| v.id(n)).transpose()?;

@@ -567,7 +567,7 @@ impl Hooks<'_> {
 fn serve_client(st: &State, stream: UnixStream) {
     let mut rd = &stream;
     let req = match request::read_frame(&mut rd) {
-        Ok(Some((TAG_REQUEST, b))) => serde_json::from_slice::<request::Request>(&b)
+        Ok(Some((TAG_REQUEST, b))) => serde_json::from_slice::<request::Envelope>(&b)
             .map_err(|e| CliError::msg(format!("bad request to the mount process: {e}"))),
         Ok(_) => Err(CliError::msg("bad request to the mount process")),
         Err(e) => Err(CliError::msg(format!("reading the request: {e}"))),
@@ -577,10 +577,13 @@ fn serve_client(st: &State, stream: UnixStream) {
         pending: Mutex::new(Vec::new()),
     };
     let mut out = FrameWriter::new(&stream);
-    let result = req.and_then(|req| {
+    let mut input = request::FrameReader::new(&stream);
+    let result = req.and_then(|env| {
+        let req = env.request;
         let mut io = Io {
             out: &mut out,
-            quiet: false,
+            input: Some(&mut input),
+            quiet: env.quiet,
             mountpoint: Some(&st.mountpoint),
             mount: Some(&hooks),
         };
@@ -803,6 +806,9 @@ fn serve_inner(
         }));
     };
     let v = Opened::open_locked(dir, true, quiet, lock)?;
+    // A client that goes away must not kill the mount process.
+    // SAFETY: setting the disposition of SIGPIPE to ignore.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let st = Arc::new(State {
         vol: RwLock::new(v),
         opens: Mutex::new(HashMap::new()),

@@ -6,7 +6,9 @@
 //! exactly one final frame, `K` (success) or `E` (one-line error message). A frame is a tag byte, a
 //! big-endian u32 length and that many bytes.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -57,6 +59,13 @@ pub enum Request {
     },
 }
 
+/// What the client sends: the request and its `--quiet`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub quiet: bool,
+    pub request: Request,
+}
+
 impl Request {
     /// True when the command changes the volume (exclusive lock; the daemon's write lock).
     pub fn writes(&self) -> bool {
@@ -71,6 +80,10 @@ pub const TAG_REQUEST: u8 = b'R';
 pub const TAG_OUT: u8 = b'O';
 pub const TAG_OK: u8 = b'K';
 pub const TAG_ERR: u8 = b'E';
+/// Server to client: send the input now (`write --from`).
+pub const TAG_GO: u8 = b'G';
+/// Client to server: input bytes; an empty frame ends the input.
+pub const TAG_DATA: u8 = b'D';
 /// Largest frame accepted (requests are small; output frames are cut at `OUT_FRAME`).
 const MAX_FRAME: u32 = 16 << 20;
 /// Output is sent in frames of this size.
@@ -139,14 +152,103 @@ impl<W: Write> Write for FrameWriter<W> {
     }
 }
 
+/// Writes to a socket without SIGPIPE (the client keeps the default action of SIGPIPE for stdout):
+/// a peer that went away is an `EPIPE` error.
+pub struct NoSigPipe<'a>(pub &'a UnixStream);
+
+impl Write for NoSigPipe<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: send from a valid buffer on a socket we own.
+            let n = unsafe {
+                libc::send(
+                    self.0.as_raw_fd(),
+                    b.as_ptr().cast(),
+                    b.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Server side: the client's input, asked for (`G`) on the first read and received as `D` frames.
+pub struct FrameReader<'a> {
+    stream: &'a UnixStream,
+    asked: bool,
+    eof: bool,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<'a> FrameReader<'a> {
+    pub fn new(stream: &'a UnixStream) -> Self {
+        FrameReader {
+            stream,
+            asked: false,
+            eof: false,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for FrameReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.stream;
+        if !self.asked {
+            write_frame(&mut s, TAG_GO, &[])?;
+            self.asked = true;
+        }
+        while self.at == self.buf.len() && !self.eof {
+            match read_frame(&mut s)? {
+                Some((TAG_DATA, b)) if b.is_empty() => self.eof = true,
+                Some((TAG_DATA, b)) => {
+                    self.buf = b;
+                    self.at = 0;
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the client stopped sending data",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Client side: sends `req` to the mount daemon on `stream`, copies its output to stdout, and returns
 /// its result.
-pub fn call(mut stream: UnixStream, req: &Request) -> CliResult {
+pub fn call(
+    mut stream: UnixStream,
+    req: &Request,
+    quiet: bool,
+    mut input: Option<File>,
+) -> CliResult {
     let lost =
         |e: io::Error| CliError::msg(format!("lost the connection to the mount daemon: {e}"));
+    let env = Envelope {
+        quiet,
+        request: req.clone(),
+    };
     let json =
-        serde_json::to_vec(req).map_err(|e| CliError::msg(format!("encode request: {e}")))?;
-    write_frame(&mut stream, TAG_REQUEST, &json).map_err(lost)?;
+        serde_json::to_vec(&env).map_err(|e| CliError::msg(format!("encode request: {e}")))?;
+    write_frame(&mut NoSigPipe(&stream), TAG_REQUEST, &json).map_err(lost)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     loop {
@@ -154,6 +256,22 @@ pub fn call(mut stream: UnixStream, req: &Request) -> CliResult {
             Some((TAG_OUT, b)) => out
                 .write_all(&b)
                 .map_err(|e| CliError::msg(format!("stdout: {e}")))?,
+            Some((TAG_GO, _)) => {
+                // If the server stops reading (an error), its answer follows: keep reading frames.
+                let mut buf = vec![0u8; OUT_FRAME];
+                let mut w = NoSigPipe(&stream);
+                if let Some(f) = input.as_mut() {
+                    loop {
+                        let n = f
+                            .read(&mut buf)
+                            .map_err(|e| CliError::msg(format!("reading --from: {e}")))?;
+                        if n == 0 || write_frame(&mut w, TAG_DATA, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = write_frame(&mut w, TAG_DATA, &[]);
+            }
             Some((TAG_OK, _)) => {
                 return out
                     .flush()
