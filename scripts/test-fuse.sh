@@ -246,49 +246,60 @@ fi
 # --- 2. throughput ------------------------------------------------------------------------------------
 if want bench; then
   say "throughput: ext4 on a plain loop file vs ext4 on the cowsnap FUSE origin (dd, 1 MiB blocks)"
-  MB=256
+  MB=512 REPS=5
   drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-  # dd_pair DIR -> "write_MBps read_MBps": write with fdatasync, read cold (caches dropped).
+  mbs() { awk '/copied/ {v=$(NF-1); u=$NF; if (u ~ /^GB/) v*=1000; if (u ~ /^kB/) v/=1000; printf "%.0f", v}'; }
+  median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  # dd_pair DIR -> "write read" in MB/s: write with fdatasync, read cold (page caches dropped).
   dd_pair() {
     local d=$1 w r
-    w=$(dd if=/dev/zero of="$d/big" bs=1M count=$MB conv=fdatasync 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
+    w=$(dd if=/dev/zero of="$d/big" bs=1M count=$MB conv=fdatasync 2>&1 | mbs)
     drop
-    r=$(dd if="$d/big" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
+    r=$(dd if="$d/big" of=/dev/null bs=1M 2>&1 | mbs)
     rm -f "$d/big"; sync
-    echo "$w|$r"
+    echo "$w $r"
   }
-  to_mbs() { awk '{v=$1; if ($2 ~ /^GB/) v*=1000; if ($2 ~ /^kB/) v/=1000; printf "%.0f", v}' <<<"$1"; }
+  # bench NAME DIR [snapshot VOL]: median of REPS pairs; with a volume, a fresh snapshot per rep so
+  # that every write is a first write (chunk copied into the COW).
+  bench() {
+    local name=$1 d=$2 vol=${3:-} ws=() rs=() w r
+    for rep in $(seq $REPS); do
+      [ -n "$vol" ] && cow -q snapshot "$vol" --name "b$rep" --size 768M
+      read -r w r < <(dd_pair "$d")
+      ws+=("$w") rs+=("$r")
+      [ -n "$vol" ] && cow -q remove "$vol/b$rep"
+    done
+    w=$(echo "${ws[*]}" | median) r=$(echo "${rs[*]}" | median)
+    printf '[fuse] %-56s %7s %7s   (runs: %s / %s)\n' "$name" "$w" "$r" "${ws[*]}" "${rs[*]}"
+    eval "${4:-_}_w=$w ${4:-_}_r=$r"
+  }
   P=$WORK/plain.img PM=$WORK/plain
-  truncate -s 1G "$P"; mkfs.ext4 -q -F "$P"
-  loop_mount -o loop "$P" "$PM"
-  plain=$(dd_pair "$PM"); umount "$PM"
+  truncate -s 1G "$P"; mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$P"
   V=$WORK/vol-bench M=$WORK/mnt-bench O=$WORK/o-bench
   cow -q create "$V" --size 1G
   fuse_mount "$V" "$M"
-  mkfs.ext4 -q -F "$M/origin"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$M/origin"
+  printf '[fuse] %-56s %7s %7s\n' "sequential $MB MiB, dd bs=1M, median of $REPS (MB/s)" write read
+  loop_mount -o loop "$P" "$PM"
+  bench "ext4 on a plain loop file" "$PM" "" plain
+  umount "$PM"
   loop_mount -o loop "$M/origin" "$O"
-  fuse=$(dd_pair "$O")
-  cow -q snapshot "$V" --name bench --size 512M
-  fusesnap=$(dd_pair "$O")
-  # Reading the snapshot file itself (sequential, the chunks copied by the writes above + origin).
+  bench "ext4 on the cowsnap FUSE origin, no snapshot" "$O" "" fuse
+  bench "ext4 on the cowsnap FUSE origin, 1 snapshot (first writes)" "$O" "$V" snap
+  umount "$O"
+  # The snapshot file itself, read sequentially (512 MiB: copied chunks + origin).
+  cow -q snapshot "$V" --name whole --size 64M
   drop
-  snapread=$(dd if="$M/bench" of=/dev/null bs=1M count=512 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
-  umount "$O"; cow -q remove "$V/bench"; cow -q umount "$M"
-  pw=$(to_mbs "${plain%|*}") pr=$(to_mbs "${plain#*|}")
-  fw=$(to_mbs "${fuse%|*}") fr=$(to_mbs "${fuse#*|}")
-  sw=$(to_mbs "${fusesnap%|*}") sr=$(to_mbs "${fusesnap#*|}")
-  sn=$(to_mbs "$snapread")
-  printf '[fuse] %-58s %8s %8s\n' "sequential, $MB MiB, dd bs=1M (MB/s)" write read
-  printf '[fuse] %-58s %8s %8s\n' "ext4 on a plain loop file" "$pw" "$pr"
-  printf '[fuse] %-58s %8s %8s\n' "ext4 on cowsnap FUSE origin, no snapshot" "$fw" "$fr"
-  printf '[fuse] %-58s %8s %8s\n' "ext4 on cowsnap FUSE origin, 1 snapshot (first writes)" "$sw" "$sr"
-  printf '[fuse] %-58s %8s %8s\n' "snapshot file read directly (dd of MOUNTPOINT/snap)" "-" "$sn"
-  python3 - "$pw" "$pr" "$fw" "$fr" <<'EOF'
+  sn=$(dd if="$M/whole" of=/dev/null bs=1M count=512 2>&1 | mbs)
+  printf '[fuse] %-56s %7s %7s\n' "dd of MOUNTPOINT/<snapshot> itself (cold)" - "$sn"
+  cow -q remove "$V/whole"
+  cow -q umount "$M"
+  python3 - "$plain_w" "$plain_r" "$fuse_w" "$fuse_r" "$snap_w" "$snap_r" <<'EOF2'
 import sys
-pw, pr, fw, fr = map(float, sys.argv[1:])
-print(f"[fuse] FUSE/plain ratio: write {fw/pw:.2f}, read {fr/pr:.2f}")
-EOF
-  for v in "$fw" "$fr" "$sw" "$sr"; do [ "$v" -gt 5 ] || fail "implausible throughput $v MB/s"; done
+pw, pr, fw, fr, sw, sr = map(float, sys.argv[1:])
+print(f"[fuse] FUSE/plain: write {fw/pw:.2f}, read {fr/pr:.2f}; with a snapshot: write {sw/pw:.2f}, read {sr/pr:.2f}")
+EOF2
+  for v in "$fuse_w" "$fuse_r" "$snap_w" "$snap_r" "$sn"; do [ "$v" -gt 5 ] || fail "implausible throughput $v MB/s"; done
   rm -rf "$V" "$P"
 fi
 
