@@ -33,6 +33,11 @@ node -e 'if (+process.versions.node.split(".")[0] < 18) { console.error("node >=
 bash wasm/build.sh
 TGZ=$(ls wasm/pkg/cowsnap-*.tgz)
 
+# The Rust replayer (`cowsnap replay`, core/src/replay.rs) for the JS-vs-Rust replay test.
+say "cargo build -p cowsnap-cli (the Rust replayer the JS replay is compared with)"
+cargo build -q -p cowsnap-cli
+export COWSNAP_CLI=$ROOT/target/debug/cowsnap COWSNAP_ROOT=$ROOT
+
 # 3. Install the tarball into a scratch folder, as a user would.
 SCRATCH=$ROOT/wasm/pkg/scratch
 mkdir -p "$SCRATCH"
