@@ -5,12 +5,11 @@ import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as esm from 'cowsnap';
 import { KiB, MiB, text, assertBytesEqual } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
-const PKG_DIR = dirname(fileURLToPath(import.meta.resolve('cowsnap/package.json')));
+const PKG_DIR = dirname(require.resolve('cowsnap/package.json'));
 const pkg = JSON.parse(readFileSync(join(PKG_DIR, 'package.json'), 'utf8'));
 
 /** Size budget of the optimised module (issue: at most 150 KiB after wasm-opt -Oz). */
