@@ -4,7 +4,7 @@
 //! the manifest (with its overflow mode and autoextend policy), so every origin write preserves the
 //! chunks of every snapshot. Commands that change anything hold an exclusive lock on the directory.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -103,15 +103,6 @@ fn resolve_snapshot(path: &Path) -> CliResult<(PathBuf, String)> {
     }
 }
 
-fn open_file_device(path: &Path, writable: bool) -> CliResult<FileDevice> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", path.display())))?;
-    FileDevice::from_file(f).map_err(|e| CliError::core(path.display(), e))
-}
-
 fn entry_options(e: &SnapshotEntry) -> CliResult<SnapshotOptions> {
     let (store, overflow) = parse_store(&e.store).map_err(|err| {
         CliError::msg(format!(
@@ -155,13 +146,13 @@ impl Opened {
             writable = true;
         }
         let origin_path = dir.join(&manifest.origin);
-        let origin = open_file_device(&origin_path, writable)?;
+        let origin = crate::raw::open(&origin_path, writable)?;
         let mut vol = Volume::new(origin);
         let mut ids = Vec::new();
         for e in &manifest.snapshots {
             let opts = entry_options(e)?;
             let p = dir.join(&e.cow);
-            let cow = open_file_device(&p, writable)?;
+            let cow = crate::raw::open(&p, writable)?;
             let id = vol.activate_snapshot(cow, opts).map_err(|err| {
                 CliError::core(format!("snapshot {} ({})", e.name, p.display()), err)
             })?;

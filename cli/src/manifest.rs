@@ -151,19 +151,7 @@ impl VolumeLock {
     /// Takes the lock, exclusive for commands that change the volume, shared for readers. Waits
     /// (saying so on stderr unless `quiet`) while another process holds it.
     pub fn acquire(dir: &Path, exclusive: bool, quiet: bool) -> Result<Self, CliError> {
-        let p = dir.join(LOCK);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(|e| CliError::msg(format!("cannot open lock file {}: {e}", p.display())))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
+        let (file, op) = Self::open(dir, exclusive)?;
         if !flock(&file, op | libc::LOCK_NB)? {
             if !quiet {
                 eprintln!(
@@ -175,11 +163,9 @@ impl VolumeLock {
         }
         Ok(VolumeLock { _file: file })
     }
-}
 
-impl VolumeLock {
-    /// Takes the lock without waiting; `None` when another process holds it.
-    pub fn try_acquire(dir: &Path, exclusive: bool) -> Result<Option<Self>, CliError> {
+    /// The lock file and the `flock` operation for the wanted mode.
+    fn open(dir: &Path, exclusive: bool) -> Result<(File, libc::c_int), CliError> {
         let p = dir.join(LOCK);
         let file = OpenOptions::new()
             .read(true)
@@ -193,6 +179,14 @@ impl VolumeLock {
         } else {
             libc::LOCK_SH
         };
+        Ok((file, op))
+    }
+}
+
+impl VolumeLock {
+    /// Takes the lock without waiting; `None` when another process holds it.
+    pub fn try_acquire(dir: &Path, exclusive: bool) -> Result<Option<Self>, CliError> {
+        let (file, op) = Self::open(dir, exclusive)?;
         Ok(flock(&file, op | libc::LOCK_NB)?.then_some(VolumeLock { _file: file }))
     }
 }

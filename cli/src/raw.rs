@@ -18,7 +18,8 @@ use crate::{CliError, CliResult};
 
 const STEP: u64 = 1 << 20;
 
-fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
+/// Opens an image file as a device (read-only unless `writable`), naming the file in errors.
+pub(crate) fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
     let f = OpenOptions::new()
         .read(true)
         .write(writable)
