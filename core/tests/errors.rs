@@ -489,3 +489,55 @@ fn transient_store_status_and_no_metadata() {
         "chunk 0 holds data, not a header"
     );
 }
+
+/// Counts writes that touch the header (the first 16 bytes of the COW).
+struct HeaderWrites(MemDevice, std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl cowsnap_core::BlockDevice for HeaderWrites {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
+        self.0.read_at(o, b)
+    }
+    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
+        if o < 16 {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.0.write_at(o, b)
+    }
+    fn flush(&mut self) -> cowsnap_core::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn invalidation_is_written_exactly_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let writes = std::sync::Arc::new(AtomicU32::new(0));
+    let mut vol = Volume::new(MemDevice::new(1 << 20));
+    let s = vol
+        .create_snapshot(
+            HeaderWrites(MemDevice::new(4 * 4096), writes.clone()),
+            opts(4096),
+        )
+        .unwrap();
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        1,
+        "the header is written at creation"
+    );
+    for c in 0..10u64 {
+        vol.write_at(c * 4096, &[1]).unwrap(); // the third one overflows
+    }
+    assert_eq!(
+        vol.snapshot_status(s).unwrap().state,
+        SnapshotState::Invalid
+    );
+    assert!(vol.snapshot_write_at(s, 0, &[1]).is_err());
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        2,
+        "valid=0 written once, never again"
+    );
+}
