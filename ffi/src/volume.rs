@@ -149,14 +149,29 @@ pub(crate) fn with_path(e: Error, what: &str, path: &std::path::Path) -> Failure
 /// A zero-filled memory device, failing with `COWSNAP_ERR_NO_SPACE` rather than aborting when the
 /// memory cannot be had.
 pub(crate) fn mem_device(len: u64) -> FfiResult<MemDevice> {
-    let mut dev = MemDevice::new(0);
-    dev.set_len(len).map_err(|_| {
+    let no_memory = || {
         Failure::new(
             ErrorCode::NoSpace,
             format!("cannot allocate {len} bytes of memory"),
         )
-    })?;
-    Ok(dev)
+    };
+    let n = usize::try_from(len).map_err(|_| no_memory())?;
+    if n == 0 {
+        return Ok(MemDevice::new(0));
+    }
+    // A zeroed allocation (calloc) instead of allocate-then-fill: the kernel hands out zero pages
+    // lazily, so creating a large memory COW costs no time up front (it is often done while an
+    // application holds its database lock), and failure is an error, not an abort.
+    let layout = std::alloc::Layout::array::<u8>(n).map_err(|_| no_memory())?;
+    // SAFETY: `layout` has a non-zero size (n > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(no_memory());
+    }
+    // SAFETY: `ptr` comes from the global allocator with exactly this layout (n bytes, align 1), and
+    // all n bytes are initialised (zero); the Vec takes ownership and frees it with the same layout.
+    let bytes = unsafe { Vec::from_raw_parts(ptr, n, n) };
+    Ok(MemDevice::from_vec(bytes))
 }
 
 /// Creates a volume whose origin is `size` bytes of zero-filled memory.
