@@ -55,7 +55,7 @@ if [ "${COWSNAP_REBUILD_WASM:-0}" = 1 ] || ! built; then
   have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
   if [ -n "$want" ] && [ "$have" != "$want" ]; then
     say "installing wasm-bindgen-cli $want (found: ${have:-none})"
-    cargo install wasm-bindgen-cli --version "$want"
+    cargo install --force wasm-bindgen-cli --version "$want"
   fi
   say "building the wasm package with $build"
   bash "$build" --no-pack

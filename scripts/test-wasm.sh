@@ -19,7 +19,7 @@ want=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' wasm/Cargo.toml)
 have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
   say "cargo install wasm-bindgen-cli --version $want (found: ${have:-none})"
-  cargo install wasm-bindgen-cli --version "$want"
+  cargo install --force wasm-bindgen-cli --version "$want"
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   say "installing nodejs and npm with apt-get"
