@@ -197,12 +197,10 @@ impl ExceptionTable {
         None
     }
 
-    /// Records `old → new`. Returns false (and changes nothing) when `old` already has an exception.
-    ///
-    /// `new` must be below [`MAX_COW_CHUNKS`] (the stores guarantee it).
+    /// Records `old → new`. Returns false (and changes nothing) when `old` already has an exception,
+    /// or when `new` is not below [`MAX_COW_CHUNKS`] (the stores never hand out such chunks).
     pub fn insert(&mut self, old: u64, new: u64) -> bool {
-        assert!(new < MAX_COW_CHUNKS, "COW chunk beyond the table's range");
-        if self.lookup(old).is_some() {
+        if new >= MAX_COW_CHUNKS || self.lookup(old).is_some() {
             return false;
         }
         let slot = self.slot_for_insert(old >> WINDOW_BITS);
@@ -320,6 +318,7 @@ mod tests {
         assert_eq!(t.run_count(), 2);
         assert!(t.insert(101, 3));
         assert_eq!(t.run_count(), 1);
+        assert!(!t.insert(7, MAX_COW_CHUNKS), "COW chunks beyond 48 bits are refused");
         assert_eq!(t.lookup(101), Some(3));
         assert_eq!(t.lookup(103), None);
         assert!(!t.insert(101, 9));
