@@ -133,10 +133,10 @@ impl BlockDevice for MemDevice {
     }
     fn set_len(&mut self, new_len: u64) -> Result<()> {
         let n = usize::try_from(new_len).map_err(|_| Error::NoSpace)?;
+        // Amortised growth: autoextend grows in small steps, and an exact reservation would copy the
+        // whole device each time.
         let extra = n.saturating_sub(self.data.len());
-        self.data
-            .try_reserve_exact(extra)
-            .map_err(|_| Error::NoSpace)?;
+        self.data.try_reserve(extra).map_err(|_| Error::NoSpace)?;
         self.data.resize(n, 0);
         Ok(())
     }

@@ -182,7 +182,8 @@ impl ExceptionTable {
     pub fn next_mapped(&self, old: u64, end: u64) -> Option<u64> {
         let mut w = old >> WINDOW_BITS;
         let mut from = old & (WINDOW - 1);
-        while w << WINDOW_BITS < end {
+        let last_window = end.saturating_sub(1) >> WINDOW_BITS;
+        while old < end && w <= last_window {
             if let Some(slot) = self.slot_of(w) {
                 let runs = &self.slots[slot].runs;
                 let i = runs.partition_point(|r| r.end() <= from);
@@ -318,7 +319,10 @@ mod tests {
         assert_eq!(t.run_count(), 2);
         assert!(t.insert(101, 3));
         assert_eq!(t.run_count(), 1);
-        assert!(!t.insert(7, MAX_COW_CHUNKS), "COW chunks beyond 48 bits are refused");
+        assert!(
+            !t.insert(7, MAX_COW_CHUNKS),
+            "COW chunks beyond 48 bits are refused"
+        );
         assert_eq!(t.lookup(101), Some(3));
         assert_eq!(t.lookup(103), None);
         assert!(!t.insert(101, 9));

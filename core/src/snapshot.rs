@@ -61,9 +61,10 @@ impl Autoextend {
     /// The size a COW of `len` bytes grows to: by `extend_percent`, rounded up to whole chunks,
     /// and by at least one chunk.
     pub fn grown_len(self, len: u64, chunk: ChunkSize) -> u64 {
-        let add = (len as u128 * self.extend_percent as u128).div_ceil(100) as u64;
-        let add = add.max(chunk.bytes()).div_ceil(chunk.bytes()) * chunk.bytes();
-        len.saturating_add(add)
+        let cb = chunk.bytes() as u128;
+        let add = (len as u128 * self.extend_percent as u128).div_ceil(100);
+        let add = add.max(cb).div_ceil(cb) * cb;
+        u64::try_from(len as u128 + add).unwrap_or(u64::MAX)
     }
 }
 
@@ -174,6 +175,11 @@ impl Snapshot {
         }
     }
 
+    /// Chunks merged since the merge started.
+    pub(crate) fn merged_chunks(&self) -> u64 {
+        self.merge_total - self.table.len().min(self.merge_total)
+    }
+
     pub(crate) fn chunk(&self) -> ChunkSize {
         self.store.chunk_size()
     }
@@ -194,12 +200,8 @@ impl Snapshot {
             total_sectors: u.total_sectors,
             metadata_sectors: u.metadata_sectors,
             exceptions: self.table.len(),
-            merge_progress: (self.state == SnapshotState::Merging).then(|| {
-                (
-                    self.merge_total - self.table.len().min(self.merge_total),
-                    self.merge_total,
-                )
-            }),
+            merge_progress: (self.state == SnapshotState::Merging)
+                .then(|| (self.merged_chunks(), self.merge_total)),
         }
     }
 
@@ -212,8 +214,9 @@ impl Snapshot {
                 if !p.exceeded(u.allocated_sectors + cs.sectors(), u.total_sectors) {
                     break;
                 }
-                let grown = p.grown_len(self.cow.len(), cs);
-                if self.cow.set_len(grown).is_err() {
+                let before = self.cow.len();
+                let grown = p.grown_len(before, cs);
+                if self.cow.set_len(grown).is_err() || self.cow.len() <= before {
                     break; // cannot grow: the overflow rules apply as without a policy
                 }
             }
@@ -439,7 +442,10 @@ impl Snapshot {
                 whole_done.next();
                 continue;
             }
-            let new = self.table.lookup(c).expect("chunk has an exception by now");
+            let new = self
+                .table
+                .lookup(c)
+                .ok_or_else(|| Error::corrupt("exception vanished during a snapshot write"))?;
             self.dirty = true;
             device::write(
                 &mut *self.cow,

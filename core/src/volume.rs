@@ -165,6 +165,11 @@ impl Volume {
         cow: Box<dyn BlockDevice>,
         opts: SnapshotOptions,
     ) -> Result<SnapshotId> {
+        // A snapshot that starts now would see the physical origin, not the merged view the origin
+        // shows while a merge runs: refuse, as for create.
+        if self.merging().is_some() {
+            return Err(Error::Merging);
+        }
         let snap = Snapshot::activate(cow, opts, self.len())?;
         self.add(snap)
     }
@@ -220,24 +225,42 @@ impl Volume {
     /// copies them back later); the rest are plain origin chunks.
     fn write_during_merge(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
         let cs = self.snap(id)?.chunk();
+        // Runs of consecutive pieces without a record go to the origin together (one preserve, so
+        // one commit per other snapshot, and one origin write); pieces with a record go to the COW.
+        let mut run: Option<(u64, usize, usize)> = None; // (origin offset, start in data, len)
         for (c, in_chunk, at, n) in pieces(cs, offset, data.len()) {
-            let piece = &data[at..at + n];
-            let mapped = self.snap(id)?.table.lookup(c);
-            match mapped {
+            match self.snap(id)?.table.lookup(c) {
                 Some(new) => {
+                    if let Some(r) = run.take() {
+                        self.write_origin_run(id, r, data)?;
+                    }
                     let s = self.snap_mut(id)?;
                     s.dirty = true;
+                    let piece = &data[at..at + n];
                     device::write(&mut *s.cow, cs.offset_of(new) + in_chunk as u64, piece)?;
                 }
-                None => {
-                    let pos = cs.offset_of(c) + in_chunk as u64;
-                    self.preserve_all(pos, n as u64, Some(id))?;
-                    self.origin_dirty = true;
-                    device::write(&mut *self.origin, pos, piece)?;
-                }
+                None => match &mut run {
+                    Some(r) => r.2 += n,
+                    None => run = Some((cs.offset_of(c) + in_chunk as u64, at, n)),
+                },
             }
         }
+        if let Some(r) = run {
+            self.write_origin_run(id, r, data)?;
+        }
         Ok(())
+    }
+
+    /// During a merge: an origin write to chunks the merging snapshot no longer maps.
+    fn write_origin_run(
+        &mut self,
+        merging: SnapshotId,
+        (pos, at, n): (u64, usize, usize),
+        data: &[u8],
+    ) -> Result<()> {
+        self.preserve_all(pos, n as u64, Some(merging))?;
+        self.origin_dirty = true;
+        device::write(&mut *self.origin, pos, &data[at..at + n])
     }
 
     /// Makes everything written so far durable (origin and every COW). Devices with nothing
@@ -319,9 +342,8 @@ impl Volume {
 
     fn merge_progress(&self, id: SnapshotId) -> Result<MergeProgress> {
         let s = self.snap(id)?;
-        let left = s.table.len().min(s.merge_total);
         Ok(MergeProgress {
-            merged: s.merge_total - left,
+            merged: s.merged_chunks(),
             total: s.merge_total,
             done: s.table.is_empty(),
         })
@@ -340,7 +362,9 @@ impl Volume {
         if let Some((first_old, first_new, n)) = self.snap_mut(id)?.merge_next()? {
             let cs = self.snap(id)?.chunk();
             let start = cs.offset_of(first_old);
-            let end = cs.offset_of(first_old + n).min(self.len());
+            let end = (first_old + n)
+                .checked_mul(cs.bytes())
+                .map_or(self.len(), |e| e.min(self.len()));
             if start < end {
                 self.preserve_all(start, end - start, Some(id))?;
             }

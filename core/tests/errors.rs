@@ -231,7 +231,8 @@ fn corrupt_headers_are_refused_with_reasons() {
         Err(Error::Corrupt(_))
     ));
     // A record pointing past the COW device, at a metadata chunk, beyond the origin, or twice.
-    for (old, new) in [(0u64, 1u64 << 40), (0, 1), (1u64 << 50, 5), (0, 3)] {
+    // (records 0 and 1 are (0 → 2) and (1 → 3); these replace record 2)
+    for (old, new) in [(0u64, 1u64 << 40), (0, 1), (1u64 << 50, 5), (0, 3), (2, 3)] {
         let mut b = good.clone();
         let at = 4096 + 16 * 2;
         b[at..at + 8].copy_from_slice(&old.to_le_bytes());
@@ -401,7 +402,7 @@ fn merge_progress_and_writes_during_merge() {
 }
 
 #[test]
-fn autoextend_grows_before_overflow_and_falls_back_when_it_cannot() {
+fn autoextend_grows_before_overflow() {
     let mut vol = Volume::new(MemDevice::new(4 << 20));
     let o = SnapshotOptions {
         autoextend: Some(cowsnap_core::Autoextend {
@@ -428,13 +429,92 @@ fn autoextend_grows_before_overflow_and_falls_back_when_it_cannot() {
         vol.set_autoextend(s, Some(bad)),
         Err(Error::InvalidArgument(_))
     ));
-    // Explicit extend and a device that cannot grow.
+    // Explicit extend.
     vol.extend_snapshot(s, st.total_sectors * 512 + 4096)
         .unwrap();
     assert!(matches!(
         vol.extend_snapshot(s, 4096),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// A device whose `set_len` either refuses (`Unsupported`, the trait's default) or claims success
+/// without growing.
+struct NoGrow(MemDevice, bool);
+
+impl cowsnap_core::BlockDevice for NoGrow {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
+        self.0.read_at(o, b)
+    }
+    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
+        self.0.write_at(o, b)
+    }
+    fn flush(&mut self) -> cowsnap_core::Result<()> {
+        Ok(())
+    }
+    fn set_len(&mut self, _: u64) -> cowsnap_core::Result<()> {
+        if self.1 {
+            Ok(()) // says yes, grows nothing: autoextend must not spin on it
+        } else {
+            Err(Error::Unsupported("fixed"))
+        }
+    }
+}
+
+#[test]
+fn autoextend_on_a_device_that_cannot_grow_follows_the_overflow_rules() {
+    for lies in [false, true] {
+        let mut vol = Volume::new(MemDevice::new(1 << 20));
+        let o = SnapshotOptions {
+            autoextend: Some(cowsnap_core::Autoextend {
+                threshold_percent: 70,
+                extend_percent: 20,
+            }),
+            ..opts(4096)
+        };
+        let s = vol
+            .create_snapshot(NoGrow(MemDevice::new(8 * 4096), lies), o)
+            .unwrap();
+        vol.write_at(0, &[1; 5 * 4096]).unwrap(); // 5 chunks fit in 6 data chunks: past 70 %, no growth
+        assert_eq!(vol.snapshot_status(s).unwrap().state, SnapshotState::Active);
+        assert_eq!(vol.snapshot_status(s).unwrap().total_sectors, 64);
+        vol.write_at(0, &vec![2; 16 * 4096]).unwrap(); // overflows
+        assert_eq!(
+            vol.snapshot_status(s).unwrap().state,
+            SnapshotState::Invalid
+        );
+    }
+}
+
+#[test]
+fn no_snapshot_can_start_during_a_merge() {
+    let mut vol = Volume::new(MemDevice::new(1 << 20));
+    let s = vol
+        .create_snapshot(MemDevice::new(1 << 20), opts(4096))
+        .unwrap();
+    vol.write_at(0, &[1; 8192]).unwrap();
+    vol.merge_begin(s).unwrap();
+    // Neither a fresh snapshot nor an activation (which may format a new store) while merging: they
+    // would see the physical origin, not the merged view.
+    assert!(matches!(
+        vol.create_snapshot(MemDevice::new(1 << 16), opts(4096)),
+        Err(Error::Merging)
+    ));
+    assert!(matches!(
+        vol.activate_snapshot(MemDevice::new(1 << 16), opts(4096)),
+        Err(Error::Merging)
+    ));
+    let mut p = vol.merge_step(s).unwrap();
+    while !p.done {
+        p = vol.merge_step(s).unwrap();
+    }
+    vol.merge_finish(s).unwrap();
+    assert!(vol
+        .activate_snapshot(MemDevice::new(1 << 16), opts(4096))
+        .is_ok());
 }
 
 #[test]

@@ -249,7 +249,8 @@ impl Harness {
                         extend_percent: p,
                     }),
                 };
-                let mem = MemDevice::new(cow_len as usize);
+                // Stale bytes, as on a reused LVM volume: the engine must zero what it relies on.
+                let mem = MemDevice::from_vec(vec![0xA5; cow_len as usize]);
                 let id = if growable {
                     self.vol.create_snapshot(mem, opts).unwrap()
                 } else {

@@ -54,3 +54,16 @@ pub trait ExceptionStore: Send + Sync {
     /// Merge: drops the newest `n` records durably (their chunks have been copied back and flushed).
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()>;
 }
+
+/// The newest record and how many records before it continue its run (old and new chunk both one
+/// less each step): what one merge step copies back.
+pub(crate) fn trailing_run(records: &[Exception]) -> Option<(Exception, u64)> {
+    let &last = records.last()?;
+    let n = records
+        .iter()
+        .rev()
+        .zip(0u64..)
+        .take_while(|&(e, i)| e.old + i == last.old && e.new + i == last.new)
+        .count();
+    Some((last, n as u64))
+}

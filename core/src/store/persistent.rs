@@ -120,22 +120,24 @@ impl Geometry {
     pub fn is_metadata_chunk(self, chunk: u64) -> bool {
         chunk == 0 || chunk % (self.exceptions_per_area() + 1) == 1
     }
-
-    /// The metadata area that describes data chunk `chunk`.
-    pub fn area_of_data_chunk(self, chunk: u64) -> u64 {
-        (chunk - 1) / (self.exceptions_per_area() + 1)
-    }
 }
 
-/// Everything `activate` learned from an existing COW device (for inspection tools).
+/// What reading an existing COW device found (for inspection tools).
 #[derive(Debug, Clone)]
 pub struct Scan {
     pub header: Header,
     pub chunk: ChunkSize,
-    /// Records in on-disk order (empty when the store is invalid).
+    /// Records in on-disk order (empty when the store is invalid; filled by [`inspect`] only:
+    /// activation keeps just the table).
     pub records: Vec<Exception>,
+    /// Number of exception records.
+    pub exceptions: u64,
     /// Number of metadata areas read.
     pub areas: u64,
+    /// Records of the last (current) area.
+    pub last_area: Vec<Exception>,
+    /// Largest COW chunk named by a record (1 when there is none).
+    pub max_new: u64,
 }
 
 /// A persistent exception store, open on a COW device.
@@ -194,20 +196,18 @@ impl PersistentStore {
         let Some(disk_chunk) = header.validate()? else {
             return Self::create(cow, chunk);
         };
-        let scan = scan(cow, header, disk_chunk, origin_chunks_of(disk_chunk), table)?;
+        let origin_chunks = origin_chunks_of(disk_chunk);
+        let scan = scan(cow, header, disk_chunk, origin_chunks, table, false)?;
         let geo = Geometry { chunk: disk_chunk };
         let mut store = Self::empty(geo);
         if header.valid == 0 {
             store.valid = false;
             return Ok(store);
         }
-        let epa = geo.exceptions_per_area() as usize;
-        let max_new = scan.records.iter().map(|r| r.new).max().unwrap_or(1);
         store.current_area = scan.areas - 1;
-        let in_last = scan.records.len() - (scan.areas as usize - 1) * epa;
-        store.area = scan.records[scan.records.len() - in_last..].to_vec();
+        store.area = scan.last_area;
         store.area_on_disk = store.area.len();
-        store.next_free = (max_new + 1).max(2);
+        store.next_free = (scan.max_new + 1).max(2);
         store.skip_metadata();
         Ok(store)
     }
@@ -345,16 +345,9 @@ impl ExceptionStore for PersistentStore {
             self.area = recs;
             self.area_on_disk = self.area.len();
         }
-        let last = *self.area.last().expect("area not empty");
-        let mut n = 1u64;
-        for e in self.area.iter().rev().skip(1) {
-            if e.old + n == last.old && e.new + n == last.new {
-                n += 1;
-            } else {
-                break;
-            }
-        }
-        Ok(Some((last, n)))
+        super::trailing_run(&self.area)
+            .map(Some)
+            .ok_or_else(|| Error::corrupt("empty metadata area during merge"))
     }
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.area.len().saturating_sub(n as usize);
@@ -400,6 +393,7 @@ fn scan(
     chunk: ChunkSize,
     origin_chunks: u64,
     seen: &mut ExceptionTable,
+    keep_all: bool,
 ) -> Result<Scan> {
     let geo = Geometry { chunk };
     let cow_chunks = chunk.whole_chunks_in(cow.len());
@@ -408,61 +402,78 @@ fn scan(
             "COW device too small for its header and first metadata area",
         ));
     }
-    let mut records = Vec::new();
-    let mut areas = 0u64;
+    let mut out = Scan {
+        header,
+        chunk,
+        records: Vec::new(),
+        exceptions: 0,
+        areas: 0,
+        last_area: Vec::new(),
+        max_new: 1,
+    };
     if header.valid == 0 {
-        return Ok(Scan {
-            header,
-            chunk,
-            records,
-            areas,
-        });
+        return Ok(out);
     }
     let epa = geo.exceptions_per_area();
+    // Two records naming the same COW chunk would make two origin chunks share data. Records of a
+    // kernel-written store name strictly increasing chunks (allocation order), which proves there
+    // is no repeat at no cost; anything else is checked by sorting.
+    let mut increasing = true;
     loop {
-        let loc = geo.area_location(areas);
+        let area = out.areas;
+        let loc = geo.area_location(area);
         if loc >= cow_chunks {
             return Err(Error::corrupt(format!(
-                "metadata area {areas} (chunk {loc}) lies past the end of the COW device"
+                "metadata area {area} (chunk {loc}) lies past the end of the COW device"
             )));
         }
         let recs = read_records(cow, chunk.offset_of(loc), epa)?;
-        areas += 1;
+        out.areas += 1;
         for (i, r) in recs.iter().enumerate() {
             if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || geo.is_metadata_chunk(r.new) {
                 return Err(Error::corrupt(format!(
-                    "record {i} of area {}: COW chunk {} is not a data chunk of this device",
-                    areas - 1,
+                    "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
                     r.new
                 )));
             }
             if r.old >= origin_chunks {
                 return Err(Error::corrupt(format!(
-                    "record {i} of area {}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
-                    areas - 1,
+                    "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
                     r.old
                 )));
             }
             if !seen.insert(r.old, r.new) {
                 return Err(Error::corrupt(format!(
-                    "record {i} of area {}: origin chunk {} appears twice",
-                    areas - 1,
+                    "record {i} of area {area}: origin chunk {} appears twice",
                     r.old
                 )));
             }
+            if out.exceptions > 0 && r.new <= out.max_new {
+                increasing = false;
+            }
+            out.max_new = out.max_new.max(r.new);
+            out.exceptions += 1;
         }
         let full = recs.len() as u64 == epa;
-        records.extend(recs);
+        if keep_all {
+            out.records.extend_from_slice(&recs);
+        }
+        out.last_area = recs;
         if !full {
             break;
         }
     }
-    Ok(Scan {
-        header,
-        chunk,
-        records,
-        areas,
-    })
+    if !increasing {
+        let mut news: Vec<u64> = seen.iter().map(|e| e.new).collect();
+        news.sort_unstable();
+        if let Some(w) = news.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::corrupt(format!(
+                "COW chunk {} is named by two records",
+                w[0]
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads a COW device without changing it: header, chunk size and (for a valid store) all records.
@@ -479,5 +490,6 @@ pub fn inspect(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Scan
         chunk,
         origin_chunks.unwrap_or(u64::MAX),
         &mut table,
+        true,
     )
 }

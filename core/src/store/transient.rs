@@ -62,18 +62,7 @@ impl ExceptionStore for TransientStore {
         }
     }
     fn merge_prepare(&mut self, _cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
-        let Some(&last) = self.records.last() else {
-            return Ok(None);
-        };
-        let mut n = 1u64;
-        for e in self.records.iter().rev().skip(1) {
-            if e.old + n == last.old && e.new + n == last.new {
-                n += 1;
-            } else {
-                break;
-            }
-        }
-        Ok(Some((last, n)))
+        Ok(super::trailing_run(&self.records))
     }
     fn merge_commit(&mut self, _cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.records.len().saturating_sub(n as usize);
