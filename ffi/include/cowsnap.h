@@ -216,8 +216,9 @@ struct cowsnap_snapshot_options {
    */
   uint64_t cow_size;
   /**
-   * NULL: the COW lives in memory. Otherwise the path of a file created (or truncated) as a sparse
-   * file of `cow_size` bytes; borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
+   * NULL: the COW lives in memory. Otherwise the path of a new (or empty) file, created as a sparse
+   * file of `cow_size` bytes; an existing non-empty file is refused, never overwritten. Borrowed
+   * for the call. Reopen it later with `cowsnap_volume_open_file`.
    */
   const char *cow_path;
   /**
@@ -352,9 +353,11 @@ cowsnap_result cowsnap_snapshot_options_init(struct cowsnap_snapshot_options *op
  * Takes a snapshot of the origin (like `lvcreate -s`): formats its COW and copies no data, whatever
  * the volume size. Stores the new snapshot's id in `*out_id`; ids are never reused by a volume.
  *
- * `opts` (and its `cow_path`) are borrowed for the call. Errors: `NULL_POINTER`, `INVALID_ARGUMENT`
- * (cow_size 0, unknown enum value, bad autoextend policy), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW too small
- * or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
+ * `opts` (and its `cow_path`) are borrowed for the call. A `cow_path` that names an existing,
+ * non-empty file is refused (`INVALID_ARGUMENT`) rather than overwritten: it may be another
+ * snapshot's COW or the origin itself. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0,
+ * unknown enum value, bad autoextend policy, non-empty cow_path), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW
+ * too small or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
  * Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
  * consistent with its own data just stops its writers around this call).
  */

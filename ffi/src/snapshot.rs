@@ -61,8 +61,9 @@ pub struct cowsnap_snapshot_options {
     /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
     /// one metadata area, one data chunk).
     pub cow_size: u64,
-    /// NULL: the COW lives in memory. Otherwise the path of a file created (or truncated) as a sparse
-    /// file of `cow_size` bytes; borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
+    /// NULL: the COW lives in memory. Otherwise the path of a new (or empty) file, created as a sparse
+    /// file of `cow_size` bytes; an existing non-empty file is refused, never overwritten. Borrowed
+    /// for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
     /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
     /// (1..100; 100 disables). 0 means no autoextend policy.
@@ -179,9 +180,11 @@ pub unsafe extern "C" fn cowsnap_snapshot_options_init(
 /// Takes a snapshot of the origin (like `lvcreate -s`): formats its COW and copies no data, whatever
 /// the volume size. Stores the new snapshot's id in `*out_id`; ids are never reused by a volume.
 ///
-/// `opts` (and its `cow_path`) are borrowed for the call. Errors: `NULL_POINTER`, `INVALID_ARGUMENT`
-/// (cow_size 0, unknown enum value, bad autoextend policy), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW too small
-/// or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
+/// `opts` (and its `cow_path`) are borrowed for the call. A `cow_path` that names an existing,
+/// non-empty file is refused (`INVALID_ARGUMENT`) rather than overwritten: it may be another
+/// snapshot's COW or the origin itself. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0,
+/// unknown enum value, bad autoextend policy, non-empty cow_path), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW
+/// too small or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
 /// Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
 /// consistent with its own data just stops its writers around this call).
 #[no_mangle]
@@ -207,6 +210,12 @@ pub unsafe extern "C" fn cowsnap_snapshot_create(
         } else {
             // SAFETY: NUL-terminated string by contract.
             let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                return Err(Failure::invalid(format!(
+                    "COW file {} exists and is not empty; refusing to overwrite it",
+                    path.display()
+                )));
+            }
             let cow = FileDevice::create(&path, o.cow_size)
                 .map_err(|e| with_path(e, "cannot create COW", &path))?;
             v.write()?.create_snapshot(cow, sopts)?

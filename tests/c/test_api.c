@@ -407,6 +407,14 @@ static void test_file_backup(void) {
   o.cow_size = 2 * MiB;
   o.cow_path = cow;
   OK(cowsnap_snapshot_create(v, &o, &id));
+  {
+    /* An existing, non-empty file (here the live COW, then the origin) is refused, not wiped. */
+    uint32_t other;
+    ERR(cowsnap_snapshot_create(v, &o, &other), COWSNAP_ERR_INVALID_ARGUMENT, "refusing to overwrite");
+    o.cow_path = origin;
+    ERR(cowsnap_snapshot_create(v, &o, &other), COWSNAP_ERR_INVALID_ARGUMENT, "exists and is not empty");
+    o.cow_path = cow; /* the backup checked below proves the live COW was left intact */
+  }
   /* The "database" keeps changing after the snapshot. */
   memset(buf, 0xAB, MiB);
   OK(cowsnap_volume_write(v, MiB / 2, buf, MiB));
