@@ -138,6 +138,7 @@ impl Opened {
         mut lock: VolumeLock,
     ) -> CliResult<Self> {
         let mut manifest = Manifest::load(dir)?;
+        let asked_writable = writable;
         let mut writable = writable;
         if manifest.merging.is_some() && !writable {
             drop(lock);
@@ -170,7 +171,18 @@ impl Opened {
             if !quiet {
                 eprintln!("cowsnap: resuming the interrupted merge of {name}");
             }
-            me.finish_merge(&name, quiet)?;
+            if let Err(e) = me.finish_merge(&name, quiet) {
+                // A merge that cannot finish (say, an unreadable COW chunk) must not lock the user
+                // out of looking at the volume: read-only commands go on, the merge stays recorded.
+                if asked_writable {
+                    return Err(e);
+                }
+                eprintln!(
+                    "cowsnap: warning: the interrupted merge of {name} could not be finished ({}); \
+                     showing the volume as it is, the merge stays recorded",
+                    e.0
+                );
+            }
         }
         Ok(me)
     }

@@ -321,6 +321,33 @@ fn interrupted_merge_resumes_on_next_open() {
 }
 
 #[test]
+fn a_merge_that_cannot_finish_does_not_lock_readers_out() {
+    let s = Scratch::new("stuck-merge");
+    let d = s.path();
+    ok(d, &["create", "v", "--size", "1M"]);
+    ok(d, &["snapshot", "v", "--name", "a", "--size", "512K"]);
+    // A recorded merge that cannot be finished: the snapshot's COW was invalidated meanwhile.
+    let cow = s.join("v/a.cow");
+    let mut bytes = fs::read(&cow).unwrap();
+    bytes[4..8].copy_from_slice(&0u32.to_le_bytes()); // header valid = 0
+    fs::write(&cow, bytes).unwrap();
+    let mp = s.join("v/cowsnap.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["merging"] = "a".into();
+    fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+    let o = run(d, &["lvs", "v"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("could not be finished"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("a "));
+    // Commands that change the volume still refuse, with the reason.
+    let o = run(
+        d,
+        &["write", "v", "--offset", "0", "--fill", "1", "--len", "1"],
+    );
+    assert!(!o.status.success());
+}
+
+#[test]
 fn lock_serialises_writers() {
     use std::os::unix::io::AsRawFd;
     let s = Scratch::new("lock");
