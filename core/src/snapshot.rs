@@ -283,6 +283,30 @@ impl Snapshot {
     /// A full COW or a COW-side failure invalidates the snapshot and the origin write may proceed;
     /// an error is returned only when the origin write must not proceed (the origin could not be
     /// read, or the invalidation could not be made durable).
+    /// True when an origin write to `[offset, offset+len)` would make this snapshot copy a chunk.
+    pub(crate) fn needs_copy(&self, offset: u64, len: u64) -> bool {
+        if !matches!(self.state, SnapshotState::Active | SnapshotState::Overflow) || len == 0 {
+            return false;
+        }
+        let cs = self.chunk();
+        let (mut c, last) = (cs.chunk_of(offset), cs.chunk_of(offset + len - 1));
+        while c <= last {
+            match self.table.run_from(c) {
+                Some((_, run)) => c += run,
+                None => return true,
+            }
+        }
+        false
+    }
+
+    /// The byte range of whole chunks that an origin write to `[offset, offset+len)` touches.
+    pub(crate) fn chunk_span(&self, offset: u64, len: u64) -> (u64, u64) {
+        let cs = self.chunk();
+        let start = cs.offset_of(cs.chunk_of(offset));
+        let end = (cs.chunk_of(offset + len - 1) + 1).saturating_mul(cs.bytes());
+        (start, end)
+    }
+
     pub(crate) fn preserve(
         &mut self,
         origin: &dyn BlockDevice,

@@ -11,6 +11,41 @@ use crate::exception::Exception;
 use crate::snapshot::{Autoextend, Snapshot, SnapshotOptions};
 use crate::status::{SnapshotState, SnapshotStatus};
 
+/// Largest origin range read once for several snapshots (beyond it each snapshot reads for itself).
+const SHARED_READ_MAX: u64 = 4 << 20;
+
+/// A read-only view of an origin range already in memory, standing in for the origin device while
+/// several snapshots copy from it. Reads outside the range are refused, never served wrongly.
+struct CachedRange<'a> {
+    len: u64,
+    base: u64,
+    data: &'a [u8],
+}
+
+impl BlockDevice for CachedRange<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let inside = offset
+            .checked_sub(self.base)
+            .filter(|&o| o + buf.len() as u64 <= self.data.len() as u64);
+        match inside {
+            Some(o) => {
+                buf.copy_from_slice(&self.data[o as usize..o as usize + buf.len()]);
+                Ok(())
+            }
+            None => Err(Error::io("read outside the cached origin range")),
+        }
+    }
+    fn write_at(&mut self, _: u64, _: &[u8]) -> Result<()> {
+        Err(Error::Unsupported("the cached origin range is read-only"))
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Identifies a snapshot within its volume. Ids are never reused by a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SnapshotId(pub u32);
@@ -36,6 +71,8 @@ pub struct MergeProgress {
 /// `&self`, so a `RwLock<Volume>` lets them run in parallel.
 pub struct Volume {
     origin: Box<dyn BlockDevice>,
+    /// Buffer for origin ranges read once on behalf of several snapshots.
+    shared_read: Vec<u8>,
     /// Origin written since its last flush.
     origin_dirty: bool,
     snapshots: BTreeMap<SnapshotId, Snapshot>,
@@ -61,6 +98,7 @@ impl Volume {
     pub fn from_boxed(origin: Box<dyn BlockDevice>) -> Self {
         Volume {
             origin,
+            shared_read: Vec::new(),
             origin_dirty: false,
             snapshots: BTreeMap::new(),
             next_id: 0,
@@ -211,10 +249,49 @@ impl Volume {
         device::write(&mut *self.origin, offset, data)
     }
 
+    /// Before an origin write: every snapshot (but `except`) gets its copies of the chunks touched.
+    /// When several snapshots need copies, the origin range is read once and each copies from that
+    /// (the kernel's kcopyd likewise reads once for several destinations).
     fn preserve_all(&mut self, offset: u64, len: u64, except: Option<SnapshotId>) -> Result<()> {
-        let origin = &*self.origin;
-        for (id, s) in self.snapshots.iter_mut() {
-            if Some(*id) != except {
+        let Volume {
+            origin,
+            snapshots,
+            shared_read,
+            ..
+        } = self;
+        let origin = &**origin;
+        let needy = |(id, s): &(&SnapshotId, &mut Snapshot)| {
+            Some(**id) != except && s.needs_copy(offset, len)
+        };
+        let mut span: Option<(u64, u64, usize)> = None; // (start, end, snapshots)
+        for (_, s) in snapshots.iter_mut().filter(needy) {
+            let (a, b) = s.chunk_span(offset, len);
+            span = Some(match span {
+                None => (a, b, 1),
+                Some((x, y, n)) => (x.min(a), y.max(b), n + 1),
+            });
+        }
+        let Some((start, end, n)) = span else {
+            return Ok(());
+        };
+        let end = end.min(origin.len());
+        if n >= 2 && end > start && end - start <= SHARED_READ_MAX {
+            let want = (end - start) as usize;
+            if shared_read.len() < want {
+                shared_read.resize(want, 0);
+            }
+            let data = &mut shared_read[..want];
+            device::read(origin, start, data)?;
+            let cached = CachedRange {
+                len: origin.len(),
+                base: start,
+                data,
+            };
+            for (_, s) in snapshots.iter_mut().filter(needy) {
+                s.preserve(&cached, offset, len)?;
+            }
+        } else {
+            for (_, s) in snapshots.iter_mut().filter(needy) {
                 s.preserve(origin, offset, len)?;
             }
         }
