@@ -464,13 +464,16 @@ fn scan(
         }
     }
     if !increasing {
-        let mut news: Vec<u64> = seen.iter().map(|e| e.new).collect();
-        news.sort_unstable();
-        if let Some(w) = news.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::corrupt(format!(
-                "COW chunk {} is named by two records",
-                w[0]
-            )));
+        // A second table keyed by COW chunk finds a repeat (no sort: keeps the wasm build small).
+        let mut by_new = ExceptionTable::new();
+        for e in seen.iter() {
+            if by_new.lookup(e.new).is_some() {
+                return Err(Error::corrupt(format!(
+                    "COW chunk {} is named by two records",
+                    e.new
+                )));
+            }
+            by_new.insert(e.new, e.old);
         }
     }
     Ok(out)
