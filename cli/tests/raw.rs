@@ -6,6 +6,23 @@ use common::*;
 use std::fs;
 use std::path::Path;
 
+/// `cowsnap replay` of the shared script `case` into the scratch folder: (script, output folder).
+fn replay(s: &Scratch, v: &Path, case: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let script = v.join("scripts").join(format!("{case}.json"));
+    let out = s.join(case);
+    ok(
+        s.path(),
+        &[
+            "-q",
+            "replay",
+            script.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    (script, out)
+}
+
 fn status_of(p: &Path) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
     v["status"].clone()
@@ -18,18 +35,7 @@ fn replay_matches_kernel_images() {
     let s = Scratch::new("replay");
     let mut checked = 0;
     for case in kernel_cases() {
-        let script = v.join("scripts").join(format!("{case}.json"));
-        let out = s.join(&case);
-        ok(
-            s.path(),
-            &[
-                "-q",
-                "replay",
-                script.to_str().unwrap(),
-                "--out-dir",
-                out.to_str().unwrap(),
-            ],
-        );
+        let (_, out) = replay(&s, &v, &case);
         let k = v.join("kernel").join(&case);
         for e in fs::read_dir(&k).unwrap() {
             let p = e.unwrap().path();
@@ -72,18 +78,7 @@ fn replay_inspect_export_round_trip() {
     let s = Scratch::new("roundtrip");
     let mut exported = 0;
     for case in kernel_cases() {
-        let script = v.join("scripts").join(format!("{case}.json"));
-        let out = s.join(&case);
-        ok(
-            s.path(),
-            &[
-                "-q",
-                "replay",
-                script.to_str().unwrap(),
-                "--out-dir",
-                out.to_str().unwrap(),
-            ],
-        );
+        let (script, out) = replay(&s, &v, &case);
         let status = status_of(&out.join("status.json"));
         let sc: serde_json::Value = serde_json::from_slice(&fs::read(&script).unwrap()).unwrap();
         for snap in sc["snapshots"].as_array().unwrap() {

@@ -234,6 +234,18 @@ fn create(vol: &mut Volume, cow: impl BlockDevice + 'static, s: &SnapSpec) -> Sn
     .unwrap()
 }
 
+/// A volume on the rig's fault devices (origin, then one stale COW per spec), its snapshots taken
+/// and everything flushed: the durable starting point of a faulty run.
+fn rigged_volume(rig: &Rig, origin: &[u8], specs: &[SnapSpec]) -> (Volume, Vec<SnapshotId>) {
+    let mut vol = Volume::new(rig.dev(origin.to_vec()));
+    let ids = specs
+        .iter()
+        .map(|s| create(&mut vol, rig.dev(vec![STALE; s.cow as usize]), s))
+        .collect();
+    vol.flush().unwrap();
+    (vol, ids)
+}
+
 fn apply(vol: &mut Volume, ids: &[SnapshotId], op: &WOp) -> cowsnap_core::Result<()> {
     match *op {
         WOp::Origin(off, len, seed) => vol.write_at(off, &pattern(seed, len as usize)),
@@ -251,12 +263,7 @@ fn faulty_run(
     setup: impl FnOnce(&mut Power),
 ) -> (Rig, usize, usize, Vec<SnapshotId>) {
     let rig = Rig::new();
-    let mut vol = Volume::new(rig.dev(origin.to_vec()));
-    let ids: Vec<SnapshotId> = specs
-        .iter()
-        .map(|s| create(&mut vol, rig.dev(vec![STALE; s.cow as usize]), s))
-        .collect();
-    vol.flush().unwrap();
+    let (mut vol, ids) = rigged_volume(&rig, origin, specs);
     {
         let mut p = rig.power.lock().unwrap();
         p.writes = 0;
@@ -394,12 +401,7 @@ fn injected_io_errors_surface_and_never_serve_wrong_data() {
     let mut errors_seen = 0;
     for k in (0..total).step_by(3) {
         let rig = Rig::new();
-        let mut vol = Volume::new(rig.dev(origin.clone()));
-        let ids: Vec<SnapshotId> = specs
-            .iter()
-            .map(|s| create(&mut vol, rig.dev(vec![STALE; s.cow as usize]), s))
-            .collect();
-        vol.flush().unwrap();
+        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs);
         {
             let mut p = rig.power.lock().unwrap();
             p.ops = 0;

@@ -1,5 +1,8 @@
 //! Every error path of the core API, and the exact bytes the spec pins.
 
+mod common;
+
+use common::NoGrow;
 use cowsnap_core::store::persistent::{Geometry, Header, SNAP_MAGIC};
 use cowsnap_core::{
     ChunkSize, Error, ErrorCode, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
@@ -436,32 +439,6 @@ fn autoextend_grows_before_overflow() {
         vol.extend_snapshot(s, 4096),
         Err(Error::InvalidArgument(_))
     ));
-}
-
-/// A device whose `set_len` either refuses (`Unsupported`, the trait's default) or claims success
-/// without growing.
-struct NoGrow(MemDevice, bool);
-
-impl cowsnap_core::BlockDevice for NoGrow {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        self.0.read_at(o, b)
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        self.0.write_at(o, b)
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        Ok(())
-    }
-    fn set_len(&mut self, _: u64) -> cowsnap_core::Result<()> {
-        if self.1 {
-            Ok(()) // says yes, grows nothing: autoextend must not spin on it
-        } else {
-            Err(Error::Unsupported("fixed"))
-        }
-    }
 }
 
 #[test]

@@ -6,28 +6,13 @@
 //! `PROPTEST_CASES` sets the number of cases (1000 by default here).
 
 use cowsnap_core::{
-    Autoextend, BlockDevice, ChunkSize, Error, MemDevice, OverflowMode, SnapshotId,
-    SnapshotOptions, SnapshotState, StoreKind, Volume,
+    Autoextend, ChunkSize, Error, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
+    SnapshotState, StoreKind, Volume,
 };
 use proptest::prelude::*;
 
-/// A memory device that cannot grow (autoextend must then fall back to the overflow rules).
-struct FixedMem(MemDevice);
-
-impl BlockDevice for FixedMem {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        self.0.read_at(o, b)
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        self.0.write_at(o, b)
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        Ok(())
-    }
-}
+mod common;
+use common::NoGrow;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -254,7 +239,7 @@ impl Harness {
                 let id = if growable {
                     self.vol.create_snapshot(mem, opts).unwrap()
                 } else {
-                    self.vol.create_snapshot(FixedMem(mem), opts).unwrap()
+                    self.vol.create_snapshot(NoGrow(mem, false), opts).unwrap()
                 };
                 self.snaps.push(ModelSnap {
                     id,

@@ -29,3 +29,29 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     }
     a.iter().zip(b).position(|(x, y)| x != y)
 }
+
+/// A device whose `set_len` either refuses (`Unsupported`, the trait's default) or claims success
+/// without growing.
+pub struct NoGrow(pub cowsnap_core::MemDevice, pub bool);
+
+impl cowsnap_core::BlockDevice for NoGrow {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
+        self.0.read_at(o, b)
+    }
+    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
+        self.0.write_at(o, b)
+    }
+    fn flush(&mut self) -> cowsnap_core::Result<()> {
+        Ok(())
+    }
+    fn set_len(&mut self, _: u64) -> cowsnap_core::Result<()> {
+        if self.1 {
+            Ok(()) // says yes, grows nothing: autoextend must not spin on it
+        } else {
+            Err(cowsnap_core::Error::Unsupported("fixed"))
+        }
+    }
+}
