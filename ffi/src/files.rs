@@ -92,7 +92,8 @@ pub(crate) struct Opened {
 /// Opens an existing regular file read-write, changing nothing in it.
 pub(crate) fn open_existing(path: &Path, what: &str) -> FfiResult<Opened> {
     // Look before opening: opening a device node can have effects of its own (a tape rewinds).
-    let before = std::fs::metadata(path).map_err(|e| os_failure(e, &format!("open {what}"), path))?;
+    let before =
+        std::fs::metadata(path).map_err(|e| os_failure(e, &format!("open {what}"), path))?;
     if !before.is_file() {
         return Err(Failure::invalid(format!(
             "{what} {} is {}, not a regular file",
@@ -108,7 +109,8 @@ pub(crate) fn open_existing(path: &Path, what: &str) -> FfiResult<Opened> {
         .open(path)
         .map_err(|e| os_failure(e, &format!("open {what}"), path))?;
     let id = same_file_as_looked_at(&file, &before, what, path)?;
-    let device = FileDevice::from_file(file).map_err(|e| crate::volume::with_path(e, "cannot open", path))?;
+    let device = FileDevice::from_file(file)
+        .map_err(|e| crate::volume::with_path(e, "cannot open", path))?;
     Ok(Opened { device, id })
 }
 
@@ -126,7 +128,10 @@ fn same_file_as_looked_at(
     if id != FileId::of(looked_at) || !now.is_file() {
         return Err(Failure::new(
             ErrorCode::Io,
-            format!("{what} {} changed while it was being opened", path.display()),
+            format!(
+                "{what} {} changed while it was being opened",
+                path.display()
+            ),
         ));
     }
     Ok(id)
@@ -303,7 +308,11 @@ fn grow_empty(path: &Path, m: &Metadata, len: u64, space: Space, what: &str) -> 
         }),
         Err(e) => {
             Undo::Shrink(keep).run();
-            Err(crate::volume::with_path(e, &format!("cannot create {what}"), path))
+            Err(crate::volume::with_path(
+                e,
+                &format!("cannot create {what}"),
+                path,
+            ))
         }
     }
 }

@@ -22,13 +22,13 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-static char dir[512];
-static char mounted[640]; /* a tmpfs this test mounted, unmounted at exit */
+static char dir[4096];
+static char mounted[4200]; /* a tmpfs this test mounted, unmounted at exit */
 
 static const char *path_in(const char *name) {
-  static char buf[8][640];
+  static char buf[32][4200];
   static int i = 0;
-  i = (i + 1) % 8;
+  i = (i + 1) % 32;
   snprintf(buf[i], sizeof buf[i], "%s/%s", dir, name);
   return buf[i];
 }
@@ -516,7 +516,7 @@ static void test_sizes(void) {
 
 static void test_reservation_on_small_tmpfs(void) {
   const char *fs, *cow;
-  char cow_buf[700], fill_buf[700];
+  char cow_buf[4300], fill_buf[4300];
   cowsnap_volume *v;
   cowsnap_snapshot_options o;
   uint32_t id;
@@ -575,7 +575,7 @@ static void test_reservation_on_small_tmpfs(void) {
 
 static void test_read_only_mount(void) {
   const char *fs;
-  char origin[700], cow[700];
+  char origin[4300], cow[4300];
   const char *cows[1];
   cowsnap_volume *v = NULL;
   cowsnap_snapshot_options o;
@@ -604,7 +604,11 @@ static void test_read_only_mount(void) {
 }
 
 int main(int argc, char **argv) {
-  snprintf(dir, sizeof dir, "%s", argc > 1 ? argv[1] : ".");
+  /* Absolute: the symlinks made here name their targets by this path. */
+  if (realpath(argc > 1 ? argv[1] : ".", dir) == NULL) {
+    fprintf(stderr, "test_files: no scratch directory %s\n", argc > 1 ? argv[1] : ".");
+    return 1;
+  }
   atexit(unmount_at_exit);
   test_open_never_formats();
   test_identity();
