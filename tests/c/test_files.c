@@ -267,6 +267,25 @@ static void test_identity(void) {
   ERR(cowsnap_volume_open_file(origin, cows, 1, &v), COWSNAP_ERR_INVALID_ARGUMENT, "same file");
   UNCHANGED(w);
 
+  /* A bind mount of the COW over another file: the same inode under a second name (root). */
+  if (is_root()) {
+    const char *bind = path_in("id-bind.cow");
+    write_file(bind, "", 0, 0644);
+    if (mount(cow, bind, NULL, MS_BIND, NULL) != 0) {
+      fprintf(stderr, "bind mount %s: %s\n", bind, strerror(errno));
+      check_failures++;
+    } else {
+      cows[0] = cow;
+      cows[1] = bind;
+      ERR(cowsnap_volume_open_file(origin, cows, 2, &v), COWSNAP_ERR_INVALID_ARGUMENT, "same file");
+      EXPECT(umount2(bind, MNT_DETACH) == 0);
+    }
+    unlink(bind);
+    UNCHANGED(w);
+  } else {
+    skip("a bind mount of a COW under a second name (mount --bind)");
+  }
+
   /* The pair still opens and reads the snapshot's data after all that. */
   cows[0] = soft;
   OK(cowsnap_volume_open_file(origin, cows, 1, &v));
@@ -542,6 +561,20 @@ static void test_reservation_on_small_tmpfs(void) {
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_IO, "No space left on device");
   EXPECT(access(cow, F_OK) != 0);
   EXPECT(free_bytes(fs) == before);
+
+  /* The caller's empty file: refused the same way, and left empty (not removed). */
+  {
+    char empty[4300];
+    snprintf(empty, sizeof empty, "%s/empty.cow", fs);
+    write_file(empty, "", 0, 0644);
+    before = free_bytes(fs);
+    o = file_opts(empty, 16 * MiB);
+    ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_IO, "No space left on device");
+    EXPECT(stat(empty, &st) == 0 && st.st_size == 0 && st.st_blocks == 0);
+    EXPECT(free_bytes(fs) == before);
+    unlink(empty);
+    before = free_bytes(fs);
+  }
 
   /* 4 MiB fits and is taken at once. */
   o = file_opts(cow, 4 * MiB);

@@ -269,6 +269,12 @@ def test_cow_space_is_reserved_and_enospc_fails_cleanly(tmp_path: Path) -> None:
         before = free_bytes(fs)
         refused(cowsnap.IoError, "No space left on device", vol.snapshot, 16 * MiB, path=cow)
         assert not cow.exists() and free_bytes(fs) == before
+        empty = fs / "empty.cow"  # the caller's empty file: refused the same way, left empty
+        empty.touch()
+        refused(cowsnap.IoError, "No space left on device", vol.snapshot, 16 * MiB, path=empty)
+        assert os.stat(empty).st_size == 0 and os.stat(empty).st_blocks == 0
+        empty.unlink()
+        assert free_bytes(fs) == before
         s = vol.snapshot(4 * MiB, path=cow)
         assert before - free_bytes(fs) >= 4 * MiB, "the COW's space is taken at creation"
         refused(cowsnap.IoError, "No space left on device", s.extend, 64 * MiB)
@@ -281,6 +287,19 @@ def test_cow_space_is_reserved_and_enospc_fails_cleanly(tmp_path: Path) -> None:
         vol.write(0, b"\x33" * MiB)  # 256 chunks copied into the reserved space
         assert s.status().state == "active"
         assert s.read(0, MiB) == b"\0" * MiB
+
+
+@root_only
+def test_bind_mount_of_a_cow_is_the_same_file(tmp_path: Path) -> None:
+    origin, cow = make_volume(tmp_path)
+    bind = tmp_path / "bind.cow"
+    bind.touch()
+    subprocess.run(["mount", "--bind", str(cow), str(bind)], check=True)
+    try:
+        with unchanged(origin, cow):
+            refused(cowsnap.InvalidArgument, "is the same file as", cowsnap.Volume.open, origin, [cow, bind])
+    finally:
+        subprocess.run(["umount", "-l", str(bind)], check=False)
 
 
 @root_only
