@@ -68,7 +68,8 @@ pub trait ExceptionStore: Send + Sync {
     /// Marks the store invalid for good (persistent: writes `valid = 0` to the header and flushes).
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()>;
     /// Space accounting for a COW of `cow_len` bytes.
-    fn usage(&self, cow_len: u64) -> Usage;
+    /// `pending` records are allocated but wait for a group commit: they count as committed.
+    fn usage(&self, cow_len: u64, pending: u64) -> Usage;
     /// Merge: the newest record and how many records before it are consecutive with it
     /// (in both origin and COW chunk, within one area). `None` when no record is left.
     fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>>;

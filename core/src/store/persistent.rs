@@ -364,12 +364,15 @@ impl ExceptionStore for PersistentStore {
         device::write(cow, 0, &h.to_bytes())?;
         cow.flush()
     }
-    fn usage(&self, cow_len: u64) -> Usage {
+    fn usage(&self, cow_len: u64, pending: u64) -> Usage {
         let cs = self.geo.chunk.sectors();
+        // The area the pending records will have moved the store to once committed.
+        let current_area =
+            self.current_area + (self.area.len() as u64 + pending) / self.geo.exceptions_per_area();
         Usage {
             allocated_sectors: self.next_free * cs,
             total_sectors: cow_len / SECTOR_SIZE,
-            metadata_sectors: (self.current_area + 2) * cs,
+            metadata_sectors: (current_area + 2) * cs,
         }
     }
     fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {

@@ -61,7 +61,7 @@ impl ExceptionStore for TransientStore {
         self.records = Vec::new();
         Ok(())
     }
-    fn usage(&self, cow_len: u64) -> Usage {
+    fn usage(&self, cow_len: u64, _pending: u64) -> Usage {
         Usage {
             allocated_sectors: self.next_free * self.chunk.sectors(),
             total_sectors: cow_len / SECTOR_SIZE,
