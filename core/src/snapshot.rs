@@ -605,29 +605,49 @@ impl Snapshot {
         self.cow.set_len(new_len)
     }
 
-    /// Origin-chunk runs to merge next: `(first_old, first_new, n)`, or `None` when done.
-    pub(crate) fn merge_next(&mut self) -> Result<Option<(u64, u64, u64)>> {
-        Ok(self
-            .store
-            .merge_prepare(&*self.cow)?
-            .map(|(last, n)| (last.old + 1 - n, last.new + 1 - n, n)))
+    /// The records to merge next (the newest, at most `max`, one area), or none when done.
+    pub(crate) fn merge_next(&mut self, max: usize) -> Result<Vec<Exception>> {
+        self.store.merge_prepare(&*self.cow, max)
     }
 
-    /// Copies a merge run from the COW back over the origin and flushes the origin.
+    /// Byte ranges `(origin offset, len)` of `records`' origin chunks in the order the kernel's
+    /// merge would reach them: trailing runs (consecutive in origin and COW chunk), newest first.
+    /// Other snapshots copy in this order, so their COWs end byte for byte as the kernel's.
+    pub(crate) fn origin_ranges(&self, records: &[Exception], origin_len: u64) -> Vec<(u64, u64)> {
+        let cs = self.chunk();
+        let mut out = Vec::new();
+        let mut end = records.len();
+        while end > 0 {
+            let last = records[end - 1];
+            let mut n = 1;
+            while n < end {
+                let e = records[end - 1 - n];
+                if e.old + n as u64 != last.old || e.new + n as u64 != last.new {
+                    break;
+                }
+                n += 1;
+            }
+            let first = last.old + 1 - n as u64;
+            let start = cs.offset_of(first);
+            let stop = (last.old + 1).saturating_mul(cs.bytes()).min(origin_len);
+            if start < stop {
+                out.push((start, stop - start));
+            }
+            end -= n;
+        }
+        out
+    }
+
+    /// Copies merged records' chunks from the COW back over the origin, then flushes the origin
+    /// once for all of them.
     pub(crate) fn merge_copy(
         &mut self,
         origin: &mut dyn BlockDevice,
-        first_old: u64,
-        first_new: u64,
-        n: u64,
+        records: &[Exception],
     ) -> Result<()> {
-        let recs: Vec<Exception> = (0..n)
-            .map(|i| Exception {
-                old: first_old + i,
-                new: first_new + i,
-            })
-            .collect();
-        let runs = Self::record_runs(self.chunk(), origin.len(), &recs);
+        let mut sorted = records.to_vec();
+        sorted.sort_unstable_by_key(|e| e.old);
+        let runs = Self::record_runs(self.chunk(), origin.len(), &sorted);
         // Same copy routine, the other way round: COW → origin.
         let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
         match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {
@@ -637,11 +657,12 @@ impl Snapshot {
         origin.flush()
     }
 
-    /// After a merge run is on the origin: drops its records durably and from the table.
-    pub(crate) fn merge_commit(&mut self, first_old: u64, n: u64) -> Result<()> {
-        self.store.merge_commit(&mut *self.cow, n)?;
-        for c in (first_old..first_old + n).rev() {
-            self.table.remove(c);
+    /// After merged records' chunks are on the origin: drops them durably and from the table.
+    pub(crate) fn merge_commit(&mut self, records: &[Exception]) -> Result<()> {
+        self.store
+            .merge_commit(&mut *self.cow, records.len() as u64)?;
+        for e in records.iter().rev() {
+            self.table.remove(e.old);
         }
         Ok(())
     }

@@ -17,6 +17,8 @@ const SHARED_READ_MAX: u64 = 4 << 20;
 
 /// Default bound of the group commit: origin bytes held (and records waiting) before a commit.
 pub const DEFAULT_COMMIT_BYTES: usize = 8 << 20;
+/// Most origin bytes one merge step copies back (one origin flush and one commit per step).
+const MERGE_STEP_BYTES: u64 = 16 << 20;
 /// Records waiting for a commit, over all snapshots, before one is forced.
 const COMMIT_RECORDS: usize = 4096;
 
@@ -562,9 +564,10 @@ impl Volume {
         })
     }
 
-    /// Merges one run of records (the newest ones), the kernel's way: other snapshots first get their
-    /// copies of the origin chunks about to change, then COW → origin, flush, then the records are
-    /// cleared and the area rewritten. `done` is set once no record is left; then call
+    /// Merges a batch of records (the newest ones of the current area, up to 16 MiB of chunks), the
+    /// kernel's way but many runs at once: other snapshots first get (and commit) their copies of
+    /// the origin chunks about to change, then COW → origin, one origin flush, then the records
+    /// are cleared and the area rewritten once. `done` is set once no record is left; then call
     /// [`Volume::merge_finish`].
     pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
         if self.snap(id)?.state != SnapshotState::Merging {
@@ -572,27 +575,33 @@ impl Volume {
                 "snapshot is not merging; call merge_begin",
             ));
         }
-        if let Some((first_old, first_new, n)) = self.snap_mut(id)?.merge_next()? {
-            let cs = self.snap(id)?.chunk();
-            let start = cs.offset_of(first_old);
-            let end = (first_old + n)
-                .checked_mul(cs.bytes())
-                .map_or(self.len(), |e| e.min(self.len()));
-            if start < end {
-                self.preserve_all(start, end - start, Some(id), false)?;
+        let cs = self.snap(id)?.chunk();
+        let max = (MERGE_STEP_BYTES / cs.bytes()).max(1) as usize;
+        let records = self.snap_mut(id)?.merge_next(max)?;
+        if records.is_empty() {
+            if !self.snap(id)?.table.is_empty() {
+                return Err(Error::corrupt(
+                    "merge found no records left but the table is not empty",
+                ));
             }
-            let origin = &mut *self.origin;
-            let s = self
-                .snapshots
-                .get_mut(&id)
-                .ok_or(Error::UnknownSnapshot(id.0))?;
-            s.merge_copy(origin, first_old, first_new, n)?;
-            s.merge_commit(first_old, n)?;
-        } else if !self.snap(id)?.table.is_empty() {
-            return Err(Error::corrupt(
-                "merge found no records left but the table is not empty",
-            ));
+            return self.merge_progress(id);
         }
+        // Every other snapshot gets its copies of all the chunks about to change, committed in
+        // one group, before the origin changes.
+        let ranges = self.snap(id)?.origin_ranges(&records, self.len());
+        for &(start, len) in &ranges {
+            self.preserve_all(start, len, Some(id), true)?;
+        }
+        for (_, s) in self.snapshots.iter_mut().filter(|(&o, _)| o != id) {
+            s.commit_deferred()?;
+        }
+        let origin = &mut *self.origin;
+        let s = self
+            .snapshots
+            .get_mut(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))?;
+        s.merge_copy(origin, &records)?;
+        s.merge_commit(&records)?;
         self.merge_progress(id)
     }
 

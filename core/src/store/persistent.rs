@@ -375,10 +375,10 @@ impl ExceptionStore for PersistentStore {
             metadata_sectors: (current_area + 2) * cs,
         }
     }
-    fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
+    fn merge_prepare(&mut self, cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>> {
         if self.area.is_empty() {
             if self.current_area == 0 {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             // Step back into the previous (full) area.
             let prev = self.current_area - 1;
@@ -393,9 +393,10 @@ impl ExceptionStore for PersistentStore {
             self.area = recs;
             self.area_on_disk = self.area.len();
         }
-        super::trailing_run(&self.area)
-            .map(Some)
-            .ok_or_else(|| Error::corrupt("empty metadata area during merge"))
+        if self.area.is_empty() {
+            return Err(Error::corrupt("empty metadata area during merge"));
+        }
+        Ok(self.area[self.area.len().saturating_sub(max.max(1))..].to_vec())
     }
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.area.len().saturating_sub(n as usize);

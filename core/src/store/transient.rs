@@ -68,8 +68,8 @@ impl ExceptionStore for TransientStore {
             metadata_sectors: 0,
         }
     }
-    fn merge_prepare(&mut self, _cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
-        Ok(super::trailing_run(&self.records))
+    fn merge_prepare(&mut self, _cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>> {
+        Ok(self.records[self.records.len().saturating_sub(max)..].to_vec())
     }
     fn merge_commit(&mut self, _cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.records.len().saturating_sub(n as usize);
