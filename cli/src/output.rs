@@ -170,6 +170,23 @@ impl Guard {
         Ok(g)
     }
 
+    /// An input that is a file of a managed volume (its directory has a manifest) brings the whole
+    /// volume: a raw `export` of `v/s1.cow` must not write over `v/s2.cow` either.
+    pub fn volume_of(&mut self, input: &Path) {
+        let Some(dir) = fs::canonicalize(input)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        else {
+            return;
+        };
+        if let Ok(m) = Manifest::load(&dir) {
+            if let Ok(g) = Guard::volume(&dir, &m, None) {
+                self.taken.extend(g.taken);
+                self.names.extend(g.names);
+            }
+        }
+    }
+
     /// Refuses `shown` (resolved to `path`, with `meta` when it exists) if it is anything guarded.
     fn check(&self, shown: &Path, path: &Path, meta: Option<&Metadata>) -> CliResult {
         let refuse = |what: &str| {

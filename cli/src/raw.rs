@@ -179,6 +179,8 @@ pub fn export(origin: &Path, cow: &Path, out: &Path, quiet: bool) -> CliResult {
     let mut guard = Guard::new();
     guard.input(origin, "the --origin input");
     guard.input(cow, "the --cow input");
+    guard.volume_of(origin);
+    guard.volume_of(cow);
     let o = open(origin, false)?;
     let c = open(cow, false)?;
     scan(&c, cow)?;
@@ -436,7 +438,8 @@ fn replay_into(s: &Script, script: &Path, out_dir: &Path) -> CliResult {
                 let t = devs.plan.remove(&file).ok_or_else(|| {
                     CliError::msg(format!("internal error: no output planned for {file}"))
                 })?;
-                match write_snapshot_image(&vol, id, t)? {
+                let origin = devs.made.get("origin.img").map(|t| &t.file);
+                match write_snapshot_image(&vol, id, t, origin)? {
                     Some(p) => pending.push(p),
                     None => errors.push(format!("READ-ERR {name}")),
                 }
@@ -475,20 +478,50 @@ fn replay_into(s: &Script, script: &Path, out_dir: &Path) -> CliResult {
     Ok(())
 }
 
+/// True when `f` holds no data in `[at, at + n)`: a hole, which reads as zeros.
+fn is_hole(f: &std::fs::File, at: u64, n: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(at) else {
+        return false;
+    };
+    // SAFETY: lseek on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
+    if r < 0 {
+        // ENXIO: no data at or after `at`.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    r as u64 >= at.saturating_add(n)
+}
+
 /// Writes a snapshot's image (sparse) to its planned output; `None` when the snapshot is invalid
-/// (the kernel refuses to read it: `READ-ERR`).
+/// (the kernel refuses to read it: `READ-ERR`). Ranges where the origin file is a hole and the
+/// snapshot has no exception are zero, and are skipped without reading (a 16 GiB sparse origin
+/// is not read through).
 fn write_snapshot_image(
     vol: &Volume,
     id: cowsnap_core::SnapshotId,
     t: Target,
+    origin: Option<&std::fs::File>,
 ) -> CliResult<Option<crate::output::Pending>> {
     let len = vol.len();
+    let chunk = vol.snapshot_status(id)?.chunk_bytes.max(1);
+    let mut copied: Vec<u64> = vol.snapshot_exceptions(id)?.iter().map(|e| e.old).collect();
+    copied.sort_unstable();
+    let zero = |at: u64, n: u64| {
+        let (first, last) = (at / chunk, (at + n - 1) / chunk);
+        let i = copied.partition_point(|&c| c < first);
+        origin.is_some_and(|f| is_hole(f, at, n)) && copied.get(i).is_none_or(|&c| c > last)
+    };
     let mut buf = vec![0u8; len.min(STEP) as usize];
     let mut target = Some(t);
     let mut w = None;
     let mut at = 0;
     while at < len {
         let n = (len - at).min(STEP) as usize;
+        if at > 0 && zero(at, n as u64) {
+            at += n as u64;
+            continue;
+        }
         match vol.snapshot_read_at(id, at, &mut buf[..n]) {
             Ok(()) => {}
             Err(Error::SnapshotInvalid) if at == 0 => return Ok(None),
