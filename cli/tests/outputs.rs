@@ -687,7 +687,8 @@ fn replay_outputs_follow_the_output_rules() {
     );
     fs::create_dir(s.join("out")).unwrap();
     fs::write(s.join("s.json"), sc.to_string()).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Make<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Make)> = vec![
         (
             "script",
             Box::new(|| {
