@@ -728,3 +728,39 @@ fn replay_outputs_follow_the_output_rules() {
         assert_eq!(state(&[d]), before, "{what}");
     }
 }
+
+/// On a mounted volume the commands run in the mount process: its FUSE files (the origin, the
+/// snapshots) are files of the volume too, and outputs elsewhere still work (with their sidecar).
+#[test]
+fn mounted_volume_files_are_refused_as_outputs() {
+    need_root!("FUSE mount");
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped (FUSE mount): no /dev/fuse");
+        return;
+    }
+    let s = Scratch::new("out-mount");
+    let d = s.path();
+    volume(&s);
+    fs::create_dir(s.join("m")).unwrap();
+    ok(d, &["-q", "mount", "--daemon", "v", "m"]);
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = run(self.0, &["-q", "umount", "m"]);
+        }
+    }
+    let _u = Umount(d);
+    let before = state(&[&s.join("v")]);
+    for p in ["m/origin", "m/s1"] {
+        for w in writers(p).into_iter().take(2) {
+            let e = refused(d, &args(&w));
+            assert!(e.contains("refusing"), "{w:?}: {e}");
+        }
+    }
+    // Refused outputs inside the volume directory, through the mount process.
+    refused(d, &["backup", "v/s1", "v/origin.img"]);
+    assert_eq!(state(&[&s.join("v")]), before);
+    ok(d, &["-q", "backup", "v/s1", "out.img"]);
+    assert!(fs::read(s.join("out.img")).unwrap() == snapshot_image());
+    ok(d, &["-q", "verify", "v/s1", "--sums", "out.img.sums"]);
+}

@@ -371,3 +371,110 @@ pub fn replay(script: &Script) -> Result<Replayed> {
         errors,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(origin_size: u64, snapshots: &[(&str, u64)], ops: Vec<Op>) -> Script {
+        Script {
+            origin_size,
+            origin_init: OriginInit::Zero,
+            snapshots: snapshots
+                .iter()
+                .map(|&(name, cow_size)| ScriptSnapshot {
+                    name: name.into(),
+                    cow_size,
+                    chunk_sectors: 8,
+                    store: "P".into(),
+                })
+                .collect(),
+            ops,
+        }
+    }
+
+    fn write(target: &str, offset: u64, len: u64, fill: u8) -> Op {
+        Op::Write {
+            target: target.into(),
+            offset,
+            len,
+            fill,
+        }
+    }
+
+    /// Sizes no memory can hold are errors, not allocation aborts.
+    #[test]
+    fn huge_sizes_are_errors() {
+        assert!(replay(&script(1 << 63, &[], vec![])).is_err());
+        assert!(replay(&script(u64::MAX, &[], vec![])).is_err());
+        let s = script(
+            1 << 20,
+            &[("s", 1 << 63)],
+            vec![Op::Snapshot { name: "s".into() }],
+        );
+        assert!(replay(&s).is_err());
+    }
+
+    /// A write of 2^64 - 1 bytes, or at an offset near 2^64, is the engine's refusal (WRITE-ERR).
+    #[test]
+    fn huge_write_lengths_are_write_errors() {
+        let s = script(
+            1 << 20,
+            &[("s", 1 << 20)],
+            vec![
+                Op::Snapshot { name: "s".into() },
+                write("origin", 0, u64::MAX, 1),
+                write("s", u64::MAX, 2, 1),
+                write("origin", 4096, 4096, 7),
+            ],
+        );
+        let r = replay(&s).unwrap();
+        assert_eq!(
+            r.errors,
+            vec![
+                String::from("WRITE-ERR origin 0"),
+                format!("WRITE-ERR s {}", u64::MAX)
+            ]
+        );
+        assert!(r.origin[4096..8192].iter().all(|&b| b == 7));
+    }
+
+    /// A write longer than WRITE_STEP, applied in pieces, leaves what one write would.
+    #[test]
+    fn long_writes_are_applied_in_steps() {
+        let len = 2 * WRITE_STEP + 12288;
+        let size = len + (1 << 20);
+        let s = script(
+            size,
+            &[("s", len + (4 << 20))],
+            vec![
+                Op::Snapshot { name: "s".into() },
+                write("origin", 512 * 8, len, 5),
+            ],
+        );
+        let r = replay(&s).unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.origin[..4096].iter().all(|&b| b == 0));
+        assert!(r.origin[4096..4096 + len as usize].iter().all(|&b| b == 5));
+        assert!(r.origin[4096 + len as usize..].iter().all(|&b| b == 0));
+        let img = r.snapshots[0].image.as_ref().unwrap();
+        assert!(img.iter().all(|&b| b == 0), "the snapshot kept the zeros");
+    }
+
+    #[test]
+    fn names_declared_twice_or_origin_are_refused() {
+        let twice = script(1 << 20, &[("a", 1 << 20), ("a", 1 << 20)], vec![]);
+        assert!(matches!(replay(&twice), Err(Error::Corrupt(_))));
+        let origin = script(1 << 20, &[("origin", 1 << 20)], vec![]);
+        assert!(matches!(replay(&origin), Err(Error::Corrupt(_))));
+        let again = script(
+            1 << 20,
+            &[("a", 1 << 20)],
+            vec![
+                Op::Snapshot { name: "a".into() },
+                Op::Snapshot { name: "a".into() },
+            ],
+        );
+        assert!(matches!(replay(&again), Err(Error::Corrupt(_))));
+    }
+}
