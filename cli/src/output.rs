@@ -337,6 +337,11 @@ impl Target {
             }
         };
         guard.check(&shown, &path, meta.as_ref())?;
+        // A file of another managed volume is no output either (its snapshots would read wrong).
+        let (parent, _) = split(&path)?;
+        if let Ok(m) = Manifest::load(&parent) {
+            Guard::volume(&parent, &m, None)?.check(&shown, &path, meta.as_ref())?;
+        }
         let mut device = None;
         match kind {
             Kind::Replace => {

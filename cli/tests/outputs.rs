@@ -419,6 +419,22 @@ fn outputs_that_are_inputs_or_volume_files_are_refused() {
         }
     }
     assert_eq!(n, 90);
+    // Another volume's files are no outputs either.
+    ok(d, &["-q", "create", "w", "--size", "16M"]);
+    ok(d, &["-q", "snapshot", "w", "--name", "t", "--size", "1M"]);
+    let before_w = state(&[d]);
+    for p in [
+        "w/origin.img",
+        "w/t.cow",
+        "w/cowsnap.json",
+        "sub/../w/t.cow",
+    ] {
+        for w in writers(p) {
+            refused(d, &args(&w));
+        }
+    }
+    assert_eq!(state(&[d]), before_w);
+    fs::remove_dir_all(s.join("w")).unwrap();
     // The sidecar may not be the output itself; a volume file that does not exist now (the
     // manifest's temporary) may not be created by an output either.
     refused(d, &["backup", "v/s1", "x.img", "--sums", "x.img"]);
@@ -563,6 +579,21 @@ fn replay_refuses_hostile_names() {
         assert_eq!(state(&[d]), before, "{n:?}");
         assert!(!s.join("deep/out").exists() && !outside.exists());
     }
+    // A script the engine refuses half way (an unknown snapshot after the origin exists): nothing
+    // left, neither in an existing --out-dir nor a new one.
+    let sc = script(
+        MIB,
+        &[],
+        serde_json::json!([{"op": "snapshot", "name": "ghost"}]),
+    );
+    fs::write(s.join("s.json"), sc.to_string()).unwrap();
+    fs::create_dir(s.join("existing")).unwrap();
+    let before = state(&[d]);
+    for out in ["existing", "new/deeper"] {
+        let e = refused(d, &["replay", "s.json", "--out-dir", out]);
+        assert!(e.contains("ghost"), "{e}");
+    }
+    assert_eq!(state(&[d]), before);
     // Twice the same name.
     let sc = script(
         MIB,
