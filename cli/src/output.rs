@@ -96,7 +96,7 @@ fn loop_backing(path: &Path) -> Option<Ident> {
 
 /// What an output must not be: inputs, the files of a volume (also by name, for those missing), the
 /// file systems of a mount of the volume.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Guard {
     taken: Vec<(Ident, String)>,
     /// (directory dev, directory ino, file name, what).
@@ -204,7 +204,13 @@ impl Guard {
         }
         // The directory entry the output creates or replaces.
         let (parent, name) = split(path)?;
-        let pmeta = fs::metadata(&parent).map_err(|e| io_msg(&parent, e))?;
+        let pmeta = fs::metadata(&parent).map_err(|e| {
+            CliError::msg(format!(
+                "cannot write {}: directory {}: {e}",
+                shown.display(),
+                parent.display()
+            ))
+        })?;
         let dev = meta.map_or(pmeta.dev(), |m| m.dev());
         if let Some((_, what)) = self.filesystems.iter().find(|(d, _)| *d == dev) {
             return Err(CliError::refused(format!(

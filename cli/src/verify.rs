@@ -21,7 +21,7 @@
 //! cost little next to the I/O; the crate is the reference implementation, kept by its authors.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -204,10 +204,9 @@ pub fn write_backup(
     let sums_target = match &sums_path {
         Some(p) => {
             // The sidecar is checked like the image, and must not be the image either.
-            let mut g2 = Guard::new();
-            g2.input(out, "the backup's own output");
-            let t = Target::classify(p, sums_len(len), guard)?;
-            Target::classify(p, sums_len(len), &g2)?;
+            let mut g = guard.clone();
+            g.input(out, "the backup's own output");
+            let t = Target::classify(p, sums_len(len), &g)?;
             if image.kind() == Kind::Replace
                 && t.kind() == Kind::Replace
                 && entry_of(&t)? == entry_of(&image)?
@@ -266,19 +265,26 @@ pub fn write_backup(
 /// A sums file being read: its header, then its hashes in order.
 struct SumsReader {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<File>>,
+    r: BufReader<File>,
+    /// A regular file ends at its end line; a device holding sums has other bytes after it.
+    regular: bool,
     check: blake3::Hasher,
     size: u64,
     blocks: u64,
 }
 
+/// Longest line of a sums file (the end line: 4 + 64 characters).
+const MAX_LINE: u64 = 80;
+
 impl SumsReader {
     fn open(path: &Path) -> CliResult<Self> {
         let f = File::open(path)
             .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))?;
+        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(true);
         let mut r = SumsReader {
             path: path.to_path_buf(),
-            lines: BufReader::new(f).lines(),
+            r: BufReader::new(f),
+            regular,
             check: blake3::Hasher::new(),
             size: 0,
             blocks: 0,
@@ -305,15 +311,26 @@ impl SumsReader {
         CliError::corrupt(format!("{}: damaged sums file: {why}", self.path.display()))
     }
 
-    fn next_line(&mut self) -> CliResult<String> {
-        let l = match self.lines.next() {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => return Err(self.bad(&e.to_string())),
-            None => return Err(self.bad("it ends early")),
-        };
-        if l.len() > 200 {
-            return Err(self.bad("line too long"));
+    /// The next line, without hashing it; `None` at the end of the file.
+    fn raw_line(&mut self) -> CliResult<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.r)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| self.bad(&e.to_string()))?;
+        if n == 0 {
+            return Ok(None);
         }
+        if buf.pop() != Some(b'\n') {
+            return Err(self.bad("a line is too long or unterminated"));
+        }
+        String::from_utf8(buf)
+            .map(Some)
+            .map_err(|_| self.bad("not text"))
+    }
+
+    fn next_line(&mut self) -> CliResult<String> {
+        let l = self.raw_line()?.ok_or_else(|| self.bad("it ends early"))?;
         self.check.update(l.as_bytes());
         self.check.update(b"\n");
         Ok(l)
@@ -335,15 +352,21 @@ impl SumsReader {
     /// Checks the last line against everything read.
     fn end(mut self) -> CliResult {
         let want = hex(self.check.finalize().as_bytes());
-        let l = match self.lines.next() {
-            Some(Ok(l)) => l,
-            _ => return Err(self.bad("its end line is missing")),
+        let Some(l) = self.raw_line()? else {
+            return Err(self.bad("its end line is missing"));
         };
         if l.strip_prefix("end ") != Some(want.as_str()) {
             return Err(self.bad("its end line does not match its contents"));
         }
-        if self.lines.next().is_some() {
-            return Err(self.bad("lines after the end line"));
+        let mut rest = [0u8; 1];
+        if self.regular
+            && self
+                .r
+                .read(&mut rest)
+                .map_err(|e| self.bad(&e.to_string()))?
+                > 0
+        {
+            return Err(self.bad("bytes after the end line"));
         }
         Ok(())
     }

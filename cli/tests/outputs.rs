@@ -331,8 +331,16 @@ fn block_devices_are_written_in_place() {
             .file_type()
             .is_symlink());
     }
-    // backup writes no sidecar beside a device unless asked.
+    // backup writes no sidecar beside a device unless asked; a device can hold the sidecar.
     assert!(!Path::new(&format!("{}.sums", lo.dev)).exists());
+    ok(d, &["-q", "backup", "v/s1", "x.img", "--sums", &lo.dev]);
+    ok(d, &["-q", "verify", "v/s1", "--sums", &lo.dev]);
+    ok(d, &["-q", "verify", "--image", "x.img", "--sums", &lo.dev]);
+    ok(d, &["-q", "backup", "v/s1", &lo.dev, "--sums", "dev.sums"]);
+    ok(
+        d,
+        &["-q", "verify", "--image", &lo.dev, "--sums", "dev.sums"],
+    );
 
     // Too small.
     let small = s.join("small");

@@ -230,6 +230,12 @@ fn damaged_images_and_sidecars() {
             "damaged sums file",
         ),
         ("empty", String::new(), "damaged sums file"),
+        ("trailing bytes", good.clone() + "x", "damaged sums file"),
+        (
+            "long line",
+            good.replacen("hash blake3", &"h".repeat(1 << 20), 1),
+            "damaged",
+        ),
     ];
     for (what, text, why) in cases {
         fs::write(s.join("x.sums"), text).unwrap();
