@@ -803,3 +803,58 @@ fn mounted_volume_files_are_refused_as_outputs() {
     assert!(fs::read(s.join("out.img")).unwrap() == snapshot_image());
     ok(d, &["-q", "verify", "v/s1", "--sums", "out.img.sums"]);
 }
+
+/// ENOSPC at each output write site (a 4 MiB tmpfs): the command fails, and leaves nothing there.
+#[test]
+fn outputs_on_a_full_disk_fail_cleanly() {
+    need_root!("tmpfs mount");
+    let s = Scratch::new("out-enospc");
+    let d = s.path();
+    volume(&s);
+    fs::create_dir(s.join("small")).unwrap();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            path_str(&s.join("small")),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(s.join("small"));
+    let before = state(&[d]);
+    for w in writers("small/out.img") {
+        let e = refused(d, &args(&w));
+        assert!(e.contains("No space left"), "{w:?}: {e}");
+        assert_eq!(state(&[d]), before, "{w:?}");
+    }
+    // The image is written, its sidecar is not (a full device): the image is not put in place
+    // either (both are renamed in place only once both are written).
+    let st = Command::new("mknod")
+        .args([path_str(&s.join("full")), "c", "1", "7"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = state(&[d]);
+    let e = refused(d, &["backup", "v/s1", "out.img", "--sums", "full"]);
+    assert!(e.contains("No space left"), "{e}");
+    assert_eq!(state(&[d]), before);
+    // A replay whose origin (sector-index: all data) does not fit.
+    let sc = serde_json::json!({
+        "origin_size": 8 * MIB, "origin_init": "sector-index", "snapshots": [], "ops": []
+    });
+    fs::write(s.join("s.json"), sc.to_string()).unwrap();
+    let before = state(&[d]);
+    let e = refused(d, &["replay", "s.json", "--out-dir", "small/r"]);
+    assert!(e.contains("No space left"), "{e}");
+    assert_eq!(state(&[d]), before);
+}
