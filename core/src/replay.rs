@@ -220,6 +220,8 @@ pub fn replay_on(script: &Script, devs: &mut dyn ReplayDevices) -> Result<Run> {
         }
     }
     let mut vol = Volume::from_boxed(origin);
+    // One commit per write, as the kernel does: an overflow shows at the write that caused it.
+    vol.set_commit_bytes(0);
     let decl: BTreeMap<&str, &ScriptSnapshot> = script
         .snapshots
         .iter()
