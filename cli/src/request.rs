@@ -56,6 +56,12 @@ pub enum Request {
     Backup {
         snap: String,
         out: PathBuf,
+        #[serde(default)]
+        sums: crate::verify::SumsTo,
+    },
+    Verify {
+        snap: String,
+        sums: PathBuf,
     },
 }
 
@@ -71,7 +77,10 @@ impl Request {
     pub fn writes(&self) -> bool {
         !matches!(
             self,
-            Request::Lvs { .. } | Request::Read { .. } | Request::Backup { .. }
+            Request::Lvs { .. }
+                | Request::Read { .. }
+                | Request::Backup { .. }
+                | Request::Verify { .. }
         )
     }
 }
