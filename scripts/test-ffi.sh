@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SHARED=${COWSNAP_SHARED:-$ROOT/../shared}
+SHARED=${COWSNAP_SHARED:-$ROOT/tests/shared}
 
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc)

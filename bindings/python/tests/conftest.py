@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def shared_dir() -> Path:
     env = os.environ.get("COWSNAP_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
+    return Path(env) if env else REPO / "tests" / "shared"
 
 
 @pytest.fixture(scope="session")

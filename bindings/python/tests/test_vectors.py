@@ -17,7 +17,7 @@ import cowsnap
 
 SECTOR = 512
 REPO = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("COWSNAP_SHARED") or REPO.parent / "shared")
+SHARED = Path(os.environ.get("COWSNAP_SHARED") or REPO / "tests" / "shared")
 KERNEL_SETS = [SHARED / "vectors" / "kernel", REPO / "tests" / "vectors" / "kernel"]
 
 

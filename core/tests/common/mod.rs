@@ -4,11 +4,12 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-/// `shared/` (vectors and spec), from `COWSNAP_SHARED` or next to the repository.
+/// The shared vector set: `COWSNAP_SHARED`, else the copy in the repository (`tests/shared`), so a
+/// clone alone passes.
 pub fn shared_dir() -> PathBuf {
     match std::env::var_os("COWSNAP_SHARED") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/shared"),
     }
 }
 
