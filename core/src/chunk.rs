@@ -11,6 +11,8 @@ pub const MIN_CREATE_CHUNK_SECTORS: u32 = 8;
 pub const MAX_CREATE_CHUNK_SECTORS: u32 = 1024;
 /// Largest chunk size the kernel accepts (and so cowsnap reads): the largest power of two ≤ INT_MAX >> 9.
 pub const MAX_READ_CHUNK_SECTORS: u32 = 1 << 21;
+/// Smallest chunk size (in sectors) accepted in a COW header: 4 KiB, LVM's minimum.
+pub const MIN_READ_CHUNK_SECTORS: u32 = 8;
 
 /// A chunk size: a power of two number of sectors.
 ///
@@ -42,6 +44,15 @@ impl ChunkSize {
         if !sectors.is_power_of_two() || sectors > MAX_READ_CHUNK_SECTORS {
             return Err(Error::corrupt(alloc::format!(
                 "chunk size {sectors} sectors in header is not a power of two up to 2^21"
+            )));
+        }
+        // The kernel accepts 1..4 sectors through a hand-made dmsetup table, but LVM never creates
+        // them and neither does cowsnap: a header saying so is far more likely a damaged one, and
+        // reading with the wrong geometry finds no records (the snapshot would silently read as
+        // the origin).
+        if sectors < MIN_READ_CHUNK_SECTORS {
+            return Err(Error::corrupt(alloc::format!(
+                "chunk size {sectors} sectors in header is below the 8-sector (4 KiB) minimum"
             )));
         }
         Ok(ChunkSize {
@@ -132,7 +143,9 @@ mod tests {
         assert!(ChunkSize::new(1024 * 1024).is_err());
         assert!(ChunkSize::new(12288).is_err());
         assert!(ChunkSize::new(0).is_err());
-        assert!(ChunkSize::from_disk_sectors(1).is_ok());
+        assert!(ChunkSize::from_disk_sectors(1).is_err());
+        assert!(ChunkSize::from_disk_sectors(4).is_err());
+        assert!(ChunkSize::from_disk_sectors(8).is_ok());
         assert!(ChunkSize::from_disk_sectors(1 << 21).is_ok());
         assert!(ChunkSize::from_disk_sectors(1 << 22).is_err());
         assert!(ChunkSize::from_disk_sectors(0).is_err());

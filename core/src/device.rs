@@ -30,6 +30,19 @@ pub trait BlockDevice: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// What the device is, when it can tell (a file's device and inode): the volume refuses to use
+    /// one device twice (as the origin and a COW, or as two COWs), which would destroy data.
+    fn identity(&self) -> Option<DeviceId> {
+        None
+    }
+}
+
+/// The identity of the storage behind a device: for files and device nodes, `st_dev` and `st_ino`
+/// (the same for every path, symlink or hard link that names the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
@@ -47,6 +60,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
     fn set_len(&mut self, new_len: u64) -> Result<()> {
         (**self).set_len(new_len)
+    }
+    fn identity(&self) -> Option<DeviceId> {
+        (**self).identity()
     }
 }
 
@@ -170,7 +186,8 @@ mod file {
             Ok(FileDevice { file, len })
         }
 
-        /// Creates (or truncates) a sparse file of `len` bytes.
+        /// Creates (or truncates) a sparse file of `len` bytes. Nothing is reserved: writes into it
+        /// can fail later on a full file system. New COW devices should use [`FileDevice::create_new`].
         pub fn create(path: impl AsRef<Path>, len: u64) -> Result<Self> {
             let file = OpenOptions::new()
                 .read(true)
@@ -180,6 +197,27 @@ mod file {
                 .open(path)?;
             file.set_len(len)?;
             Ok(FileDevice { file, len })
+        }
+
+        /// Creates a new file of `len` bytes with all of its space reserved (like LVM allocating a
+        /// snapshot's extents at `lvcreate`), so that copies into it cannot fail for want of space
+        /// later. Refuses any existing path, a symlink included (`O_EXCL`); on failure (e.g. not
+        /// enough space) the file is removed again and nothing is left behind.
+        pub fn create_new(path: impl AsRef<Path>, len: u64) -> Result<Self> {
+            let path = path.as_ref();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            match reserve(&file, 0, len) {
+                Ok(()) => Ok(FileDevice { file, len }),
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(path);
+                    Err(e)
+                }
+            }
         }
 
         /// Wraps an open file.
@@ -207,10 +245,62 @@ mod file {
             self.file.sync_data()?;
             Ok(())
         }
+        /// Growing reserves the added space (so an autoextended COW cannot run out of host space
+        /// later); if the space is not there the file keeps its size and the error is returned.
         fn set_len(&mut self, new_len: u64) -> Result<()> {
-            self.file.set_len(new_len)?;
+            if new_len > self.len && self.is_regular_file() {
+                reserve(&self.file, self.len, new_len - self.len).map_err(|e| {
+                    let _ = self.file.set_len(self.len);
+                    e
+                })?;
+            } else {
+                self.file.set_len(new_len)?;
+            }
             self.len = new_len;
             Ok(())
+        }
+        fn identity(&self) -> Option<DeviceId> {
+            use std::os::unix::fs::MetadataExt;
+            let m = self.file.metadata().ok()?;
+            Some(DeviceId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        }
+    }
+
+    impl FileDevice {
+        fn is_regular_file(&self) -> bool {
+            self.file.metadata().is_ok_and(|m| m.is_file())
+        }
+    }
+
+    /// Allocates `[offset, offset+len)` of `file` (`posix_fallocate`; the C library writes zeros
+    /// on file systems without `fallocate`). The file grows to cover the range.
+    #[allow(unsafe_code)]
+    fn reserve(file: &File, offset: u64, len: u64) -> Result<()> {
+        use std::os::unix::io::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(Error::InvalidArgument(
+                "file size beyond what the OS can address",
+            ));
+        };
+        if off.checked_add(n).is_none() {
+            return Err(Error::InvalidArgument(
+                "file size beyond what the OS can address",
+            ));
+        }
+        loop {
+            // SAFETY: a plain system call on a file descriptor this function borrows; no memory.
+            let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, n) };
+            match r {
+                0 => return Ok(()),
+                libc::EINTR => continue,
+                e => return Err(std::io::Error::from_raw_os_error(e).into()),
+            }
         }
     }
 }

@@ -14,7 +14,7 @@
 //! assert_eq!(vol.snapshot_status(snap).unwrap().dm_status(), "24/512 16");
 //! ```
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one audited exception: `posix_fallocate` in `device::file::reserve`
 #![warn(missing_docs)]
 #![allow(missing_docs)] // fields of plain-data structs are documented on the struct
 
@@ -37,7 +37,7 @@ pub mod volume;
 pub use chunk::{ChunkSize, SECTOR_SIZE};
 #[cfg(feature = "std")]
 pub use device::FileDevice;
-pub use device::{BlockDevice, MemDevice};
+pub use device::{BlockDevice, DeviceId, MemDevice};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};

@@ -93,6 +93,14 @@ pub(crate) struct Snapshot {
     scratch: Vec<u8>,
 }
 
+/// How a commit ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Yes,
+    /// The COW had no room for the records' metadata: the snapshot is now invalid.
+    Overflowed,
+}
+
 /// What went wrong in a copy: reading the source or writing the destination.
 enum CopyError {
     Read(Error),
@@ -122,9 +130,9 @@ impl Snapshot {
         ))
     }
 
-    /// Activates an existing persistent COW (or formats it when its magic is 0, like the kernel).
+    /// Activates an existing persistent COW (a zero magic is refused: only `create` formats).
     pub(crate) fn activate(
-        mut cow: Box<dyn BlockDevice>,
+        cow: Box<dyn BlockDevice>,
         opts: SnapshotOptions,
         origin_len: u64,
     ) -> Result<Self> {
@@ -133,12 +141,8 @@ impl Snapshot {
         }
         let autoextend = opts.autoextend.map(Autoextend::validate).transpose()?;
         let mut table = ExceptionTable::new();
-        let store = PersistentStore::open(
-            &mut *cow,
-            opts.chunk_size,
-            |c: ChunkSize| c.chunks_in(origin_len),
-            &mut table,
-        )?;
+        let store =
+            PersistentStore::open(&*cow, |c: ChunkSize| c.chunks_in(origin_len), &mut table)?;
         let state = if store.is_valid() {
             SnapshotState::Active
         } else {
@@ -206,7 +210,11 @@ impl Snapshot {
     }
 
     /// Reserves a COW chunk, growing the COW first when the autoextend policy asks for it.
-    fn allocate(&mut self) -> Option<u64> {
+    /// `Ok(None)`: the COW is full (the overflow rules apply). `Err`: the COW is full because it
+    /// could not grow for a reason of the host's (no space, I/O error): that is not an overflow of
+    /// the snapshot, so the caller refuses its write instead of invalidating.
+    fn allocate(&mut self) -> Result<Option<u64>> {
+        let mut grow_error = None;
         if let Some(p) = self.autoextend.filter(|p| p.enabled()) {
             let cs = self.chunk();
             loop {
@@ -216,12 +224,22 @@ impl Snapshot {
                 }
                 let before = self.cow.len();
                 let grown = p.grown_len(before, cs);
-                if self.cow.set_len(grown).is_err() || self.cow.len() <= before {
-                    break; // cannot grow: the overflow rules apply as without a policy
+                match self.cow.set_len(grown) {
+                    Err(Error::Unsupported(_)) => break, // a fixed device: overflow rules
+                    Err(e) => {
+                        grow_error = Some(e);
+                        break;
+                    }
+                    Ok(()) if self.cow.len() <= before => break,
+                    Ok(()) => {}
                 }
             }
         }
-        self.store.prepare(self.cow.len())
+        match (self.store.prepare(self.cow.len()), grow_error) {
+            (Some(c), _) => Ok(Some(c)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Invalidates the snapshot for good. Fails only when the invalidation could not be made durable.
@@ -277,12 +295,6 @@ impl Snapshot {
         runs
     }
 
-    /// Before an origin write to `[offset, offset+len)`: copies every chunk of that range that this
-    /// snapshot has not preserved yet into the COW, and commits the records.
-    ///
-    /// A full COW or a COW-side failure invalidates the snapshot and the origin write may proceed;
-    /// an error is returned only when the origin write must not proceed (the origin could not be
-    /// read, or the invalidation could not be made durable).
     /// True when an origin write to `[offset, offset+len)` would make this snapshot copy a chunk.
     pub(crate) fn needs_copy(&self, offset: u64, len: u64) -> bool {
         if !matches!(self.state, SnapshotState::Active | SnapshotState::Overflow) || len == 0 {
@@ -307,6 +319,13 @@ impl Snapshot {
         (start, end)
     }
 
+    /// Before an origin write to `[offset, offset+len)`: copies every chunk of that range that this
+    /// snapshot has not preserved yet into the COW, and commits the records.
+    ///
+    /// A full COW invalidates the snapshot (dm-snapshot's overflow) and the origin write may
+    /// proceed. Any error means the origin write must not proceed: the origin could not be read,
+    /// the COW device failed (the snapshot stays valid, or is invalidated when its store could not
+    /// take the records back), or the invalidation could not be made durable.
     pub(crate) fn preserve(
         &mut self,
         origin: &dyn BlockDevice,
@@ -326,8 +345,9 @@ impl Snapshot {
                 continue;
             }
             match self.allocate() {
-                Some(new) => pending.push(Exception { old: c, new }),
-                None => return self.invalidate(),
+                Ok(Some(new)) => pending.push(Exception { old: c, new }),
+                Ok(None) => return self.invalidate(),
+                Err(e) => return Err(self.release(&pending, e)),
             }
             c += 1;
         }
@@ -335,18 +355,49 @@ impl Snapshot {
             return Ok(());
         }
         let runs = Self::record_runs(cs, origin.len(), &pending);
+        // A failing COW device refuses the origin write and leaves the snapshot as it was.
         match Self::copy(&mut self.scratch, origin, &mut *self.cow, runs.into_iter()) {
             Ok(()) => {}
-            Err(CopyError::Read(e)) => return Err(e),
-            Err(CopyError::Write(_)) => return self.invalidate(),
+            Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => {
+                return Err(self.release(&pending, e))
+            }
         }
-        if self.store.commit(&mut *self.cow, &pending).is_err() {
-            return self.invalidate();
+        if self.commit(&pending)? == Committed::Overflowed {
+            return Ok(());
         }
         for e in &pending {
             self.table.insert(e.old, e.new);
         }
         Ok(())
+    }
+
+    /// Gives back the chunks of `records` (allocated in order, named by nothing on the device)
+    /// after a failure, and returns the failure's error.
+    fn release(&mut self, records: &[Exception], error: Error) -> Error {
+        if let Some(first) = records.first() {
+            self.store.unprepare(first.new);
+        }
+        error
+    }
+
+    /// Commits `records` to the store. A commit that runs past the end of the COW (the next
+    /// metadata area does not fit) is an overflow, as in the kernel: the snapshot is invalidated
+    /// and `Overflowed` returned. Any other failure is the device's: the error is returned, and
+    /// the snapshot is invalidated only when its store could not take the records back.
+    fn commit(&mut self, records: &[Exception]) -> Result<Committed> {
+        match self.store.commit(&mut *self.cow, records) {
+            Ok(()) => Ok(Committed::Yes),
+            Err(f) if matches!(f.error, Error::OutOfRange { .. }) => {
+                self.invalidate()?;
+                Ok(Committed::Overflowed)
+            }
+            Err(f) if f.undone && f.reusable => Err(self.release(records, f.error)),
+            Err(f) if f.undone => Err(f.error),
+            Err(f) => {
+                self.invalidate()?;
+                Err(f.error)
+            }
+        }
     }
 
     /// Reads the snapshot's view: COW chunks where an exception exists, the origin elsewhere.
@@ -407,13 +458,20 @@ impl Snapshot {
         check_range(offset, data.len(), origin_len)?;
         let cs = self.chunk();
         // Phase 1: reserve COW chunks for every chunk without an exception, until the COW is full.
-        let mut pending = Vec::new(); // (exception, whole-chunk write?)
+        let mut pending: Vec<(Exception, bool, usize, usize)> = Vec::new(); // (exception, whole-chunk write?, at, n)
         let mut stop = data.len(); // bytes of `data` that can be written
         for (c, in_chunk, at, n) in pieces(cs, offset, data.len()) {
             if self.table.lookup(c).is_some() {
                 continue;
             }
-            match self.allocate() {
+            let next = match self.allocate() {
+                Ok(next) => next,
+                Err(e) => {
+                    let mine: Vec<Exception> = pending.iter().map(|p| p.0).collect();
+                    return Err(self.release(&mine, e));
+                }
+            };
+            match next {
                 Some(new) => {
                     let chunk_len = cs.bytes().min(origin_len - cs.offset_of(c));
                     let whole = in_chunk == 0 && n as u64 == chunk_len;
@@ -447,14 +505,13 @@ impl Snapshot {
                 }
             }
         }
-        if let Err(e) = result {
-            self.invalidate()?;
-            return Err(e);
-        }
+        // As for origin writes: a failing COW device refuses the write, the snapshot stays as it was.
         let records: Vec<Exception> = pending.iter().map(|p| p.0).collect();
-        if let Err(e) = self.store.commit(&mut *self.cow, &records) {
-            self.invalidate()?;
-            return Err(e);
+        if let Err(e) = result {
+            return Err(self.release(&records, e));
+        }
+        if self.commit(&records)? == Committed::Overflowed {
+            return Err(Error::SnapshotInvalid);
         }
         for e in &records {
             self.table.insert(e.old, e.new);

@@ -163,6 +163,30 @@ impl Volume {
         Ok(id)
     }
 
+    /// Refuses a COW device that is already in use here, as the origin or another snapshot's COW
+    /// (the same file through two paths, a hard link, a symlink): writing one would silently change
+    /// the other. Devices that cannot tell their identity are trusted.
+    fn check_unused(&self, cow: &dyn BlockDevice) -> Result<()> {
+        let Some(id) = cow.identity() else {
+            return Ok(());
+        };
+        if self.origin.identity() == Some(id) {
+            return Err(Error::InvalidArgument(
+                "the COW device is the origin itself (the same file through another name)",
+            ));
+        }
+        if self
+            .snapshots
+            .values()
+            .any(|s| s.cow.identity() == Some(id))
+        {
+            return Err(Error::InvalidArgument(
+                "the COW device is already another snapshot's COW (the same file through another name)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Takes a snapshot on `cow` (like `lvcreate -s`): formats the COW (persistent store) and copies no
     /// data, whatever the origin size.
     pub fn create_snapshot(
@@ -182,13 +206,18 @@ impl Volume {
         if self.merging().is_some() {
             return Err(Error::Merging);
         }
+        self.check_unused(&*cow)?;
         let snap = Snapshot::create(cow, opts)?;
         self.add(snap)
     }
 
     /// Activates an existing persistent COW device (after a clean shutdown or a crash), as the kernel
-    /// loads a snapshot table: the header's chunk size wins over `opts.chunk_size`, a zero magic
-    /// formats a new store, `valid = 0` gives an invalid snapshot, corrupt metadata is refused.
+    /// loads a snapshot table: the header's chunk size wins over `opts.chunk_size`, `valid = 0` gives
+    /// an invalid snapshot, corrupt metadata is refused. Unlike the kernel, a zero magic is refused
+    /// as corrupt: a COW the caller knows as a snapshot can only have lost its header (a wiped or
+    /// truncated file, or the wrong file); formatting it would turn the snapshot into the current
+    /// origin with a success code. Only [`Volume::create_snapshot`] formats. The device must not
+    /// be the origin or another snapshot's COW.
     pub fn activate_snapshot(
         &mut self,
         cow: impl BlockDevice + 'static,
@@ -208,6 +237,7 @@ impl Volume {
         if self.merging().is_some() {
             return Err(Error::Merging);
         }
+        self.check_unused(&*cow)?;
         let snap = Snapshot::activate(cow, opts, self.len())?;
         self.add(snap)
     }

@@ -533,3 +533,97 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
     }
     println!("merge crash points tried: {tried} ({total} writes and flushes x 4)");
 }
+
+/// A COW device that fails once (a host's I/O error, ENOSPC) must never cost a snapshot silently:
+/// the origin write it hit is refused (the origin keeps its old bytes), the snapshot stays valid
+/// unless its store could not take the records back — and then the failing write says so — and
+/// what is on disk reactivates to the same answers.
+#[test]
+fn a_failing_cow_refuses_the_origin_write_and_keeps_the_snapshot() {
+    let (origin, _, ops) = workload();
+    let ops: Vec<WOp> = ops
+        .into_iter()
+        .filter(|o| !matches!(o, WOp::Snap(..)))
+        .collect();
+    let specs = [SnapSpec {
+        chunk: 4096,
+        cow: 1_300_000, // room for every chunk: any invalidation is the fault's doing
+        store: StoreKind::Persistent,
+        overflow: OverflowMode::Invalidate,
+    }];
+    let (rig, _, _, _) = faulty_run(&origin, &specs, &ops, |_| {});
+    let total = rig.power.lock().unwrap().ops;
+    let (mut cow_faults, mut invalidated) = (0, 0);
+    for k in 0..total {
+        let rig = Rig::new();
+        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs);
+        {
+            let mut p = rig.power.lock().unwrap();
+            p.ops = 0;
+            p.fail_op = Some(k);
+        }
+        let mut model = origin.clone();
+        let mut failed = false;
+        for op in &ops {
+            let before = vol.snapshot_status(ids[0]).unwrap().state;
+            let r = apply(&mut vol, &ids, op);
+            let state = vol.snapshot_status(ids[0]).unwrap().state;
+            if state == SnapshotState::Invalid && before != state && r.is_ok() {
+                panic!("fault at op {k}: snapshot invalidated by {op:?}, which reported success");
+            }
+            match (r, op) {
+                (Ok(()), WOp::Origin(off, len, seed)) => {
+                    let (o, n) = (*off as usize, *len as usize);
+                    model[o..o + n].copy_from_slice(&pattern(*seed, n));
+                }
+                (Ok(()), _) => {}
+                (Err(_), _) => failed = true,
+            }
+        }
+        vol.flush().or_else(|_| vol.flush()).unwrap();
+        let mut b = vec![0u8; origin.len()];
+        vol.read_at(0, &mut b).unwrap();
+        assert!(
+            b == model,
+            "fault at op {k}: a refused write changed the origin"
+        );
+        let live = vol.snapshot_read_at(ids[0], 0, &mut b);
+        match &live {
+            Ok(()) => assert!(b == origin, "fault at op {k}: snapshot reads wrong data"),
+            Err(Error::SnapshotInvalid) => invalidated += 1,
+            Err(e) => panic!("fault at op {k}: {e}"),
+        }
+        if failed && k > 0 {
+            cow_faults += 1;
+        }
+        // Everything is flushed: reactivate from the devices' bytes.
+        let imgs = rig.after_crash(AfterCrash::DropUnflushed);
+        let mut again = Volume::new(MemDevice::from_vec(imgs[0].clone()));
+        let s = again
+            .activate_snapshot(
+                MemDevice::from_vec(imgs[1].clone()),
+                SnapshotOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("fault at op {k}: reactivation refused: {e}"));
+        again.read_at(0, &mut b).unwrap();
+        assert!(b == model, "fault at op {k}: origin after reactivation");
+        match again.snapshot_read_at(s, 0, &mut b) {
+            Ok(()) => {
+                assert!(live.is_ok(), "fault at op {k}: invalid snapshot came back");
+                assert!(
+                    b == origin,
+                    "fault at op {k}: reactivated snapshot reads wrong data"
+                );
+            }
+            Err(Error::SnapshotInvalid) => assert!(live.is_err()),
+            Err(e) => panic!("fault at op {k}: {e}"),
+        }
+    }
+    println!("{total} fault points, {cow_faults} surfaced as errors, {invalidated} invalidated");
+    assert!(cow_faults > 0, "no injected error ever surfaced");
+    // Only a commit that failed after writing out a full metadata area may cost the snapshot.
+    assert!(
+        invalidated * 10 < cow_faults,
+        "{invalidated} of {cow_faults} failing writes invalidated the snapshot"
+    );
+}

@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::NoGrow;
-use cowsnap_core::store::persistent::{Geometry, Header, SNAP_MAGIC};
+use common::{NoGrow, Shared};
+use cowsnap_core::store::persistent::{Geometry, SNAP_MAGIC};
 use cowsnap_core::{
     ChunkSize, Error, ErrorCode, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
     SnapshotState, StoreKind, Volume,
@@ -245,15 +245,31 @@ fn corrupt_headers_are_refused_with_reasons() {
             "record ({old}, {new})"
         );
     }
-    // A zero magic is a new store: formatted on activation.
+    // A zero magic is refused (the kernel would format it): activation never formats, so a
+    // wiped header cannot turn a snapshot into the current origin. Nothing is written.
+    let mut zeroed = good.clone();
+    zeroed[..4].fill(0);
     let mut vol = Volume::new(MemDevice::new(1 << 20));
-    let s = vol
-        .activate_snapshot(MemDevice::new(1 << 16), opts(8192))
-        .unwrap();
-    assert_eq!(
-        &cow_bytes(&vol, s)[..16],
-        &Header::new(ChunkSize::new(8192).unwrap()).to_bytes()
+    let dev = Shared::new(zeroed.clone());
+    let err = vol.activate_snapshot(dev.clone(), opts(8192)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt(m) if m.contains("magic is 0")),
+        "{err:?}"
     );
+    assert_eq!(dev.bytes(), zeroed, "a refused activation wrote to the COW");
+    assert!(matches!(
+        vol.activate_snapshot(MemDevice::new(1 << 16), opts(8192)),
+        Err(Error::Corrupt(_))
+    ));
+    // Chunk sizes below 8 sectors (which LVM never creates) are refused, whatever else is right.
+    for sectors in [1u32, 2, 4] {
+        let mut b = good.clone();
+        b[12..16].copy_from_slice(&sectors.to_le_bytes());
+        assert!(
+            matches!(activate(b), Err(Error::Corrupt(_))),
+            "chunk of {sectors} sectors"
+        );
+    }
 }
 
 #[test]
@@ -488,9 +504,12 @@ fn no_snapshot_can_start_during_a_merge() {
     while !p.done {
         p = vol.merge_step(s).unwrap();
     }
-    vol.merge_finish(s).unwrap();
+    let merged = vol.merge_finish(s).unwrap();
+    // The merged (now empty) COW activates again once the merge is over.
+    let mut image = vec![0u8; merged.len() as usize];
+    merged.read_at(0, &mut image).unwrap();
     assert!(vol
-        .activate_snapshot(MemDevice::new(1 << 16), opts(4096))
+        .activate_snapshot(MemDevice::from_vec(image), opts(4096))
         .is_ok());
 }
 

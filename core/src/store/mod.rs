@@ -33,6 +33,19 @@ pub struct Usage {
     pub metadata_sectors: u64,
 }
 
+/// A commit that did not complete.
+#[derive(Debug)]
+pub struct CommitFailure {
+    /// What the device said.
+    pub error: crate::Error,
+    /// True when the store forgot the records and is as before the call: what reached the disk of
+    /// them names chunks that hold the right data and are never handed out again in this session.
+    /// False when the store is unusable and the snapshot must be invalidated.
+    pub undone: bool,
+    /// True when no record reached the device, so the records' chunks can be handed out again.
+    pub reusable: bool,
+}
+
 /// What a snapshot needs from its exception store.
 pub trait ExceptionStore: Send + Sync {
     /// Transient or persistent.
@@ -41,9 +54,17 @@ pub trait ExceptionStore: Send + Sync {
     fn chunk_size(&self) -> ChunkSize;
     /// Reserves the next COW chunk for a new exception; `None` when the COW (of `cow_len` bytes) is full.
     fn prepare(&mut self, cow_len: u64) -> Option<u64>;
+    /// Takes back every chunk handed out since (and including) `first`, which no record names:
+    /// their copy failed, or their commit failed before any record reached the device.
+    fn unprepare(&mut self, first: u64);
     /// Makes `records` durable. Their data chunks are already written; on return the origin may be
-    /// overwritten. An error leaves the store unusable (the snapshot must be invalidated).
-    fn commit(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()>;
+    /// overwritten. On failure the store says whether it could take the records back (the snapshot
+    /// stays as it was) or not (the snapshot must be invalidated).
+    fn commit(
+        &mut self,
+        cow: &mut dyn BlockDevice,
+        records: &[Exception],
+    ) -> core::result::Result<(), CommitFailure>;
     /// Marks the store invalid for good (persistent: writes `valid = 0` to the header and flushes).
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()>;
     /// Space accounting for a COW of `cow_len` bytes.

@@ -9,7 +9,7 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{ExceptionStore, StoreKind, Usage};
+use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
@@ -152,6 +152,8 @@ pub struct PersistentStore {
     /// How many records of the current area are (possibly) non-zero on disk, so that records cleared
     /// by a merge are written back as zeros.
     area_on_disk: usize,
+    /// Set when an area write was started (so records may be on the device, even if it failed).
+    area_written: bool,
 }
 
 impl PersistentStore {
@@ -180,21 +182,25 @@ impl PersistentStore {
             current_area: 0,
             area: Vec::new(),
             area_on_disk: 0,
+            area_written: false,
         }
     }
 
-    /// Activates an existing store as the kernel loads a table: a zero magic means "new" (formatted
-    /// with `chunk`), otherwise header and areas are read and every record goes into `table`.
+    /// Activates an existing store as the kernel loads a table: header and areas are read and every
+    /// record goes into `table`. A zero magic (which the kernel formats) is refused: see
+    /// [`crate::Volume::activate_snapshot`].
     /// `origin_chunks` bounds `old_chunk` (records beyond the origin are corruption).
     pub fn open(
-        cow: &mut dyn BlockDevice,
-        chunk: ChunkSize,
+        cow: &dyn BlockDevice,
         origin_chunks_of: impl Fn(ChunkSize) -> u64,
         table: &mut ExceptionTable,
     ) -> Result<Self> {
         let header = Header::read(cow)?;
         let Some(disk_chunk) = header.validate()? else {
-            return Self::create(cow, chunk);
+            return Err(Error::corrupt(
+                "magic is 0: this COW was never formatted or its header was wiped; only creating a \
+                 snapshot formats a COW",
+            ));
         };
         let origin_chunks = origin_chunks_of(disk_chunk);
         let scan = scan(cow, header, disk_chunk, origin_chunks, table, false)?;
@@ -247,6 +253,7 @@ impl PersistentStore {
             buf[o + 8..o + 16].copy_from_slice(&e.new.to_le_bytes());
         }
         let at = self.area_offset(self.current_area) + start as u64;
+        self.area_written = true;
         device::write(cow, at, &buf)?;
         self.area_on_disk = self.area.len();
         Ok(())
@@ -297,19 +304,57 @@ impl ExceptionStore for PersistentStore {
         self.skip_metadata();
         Some(c)
     }
-    fn commit(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()> {
+    fn unprepare(&mut self, first: u64) {
+        self.next_free = self.next_free.min(first);
+    }
+    fn commit(
+        &mut self,
+        cow: &mut dyn BlockDevice,
+        records: &[Exception],
+    ) -> core::result::Result<(), CommitFailure> {
         if !self.valid {
-            return Err(Error::SnapshotInvalid);
+            return Err(CommitFailure {
+                error: Error::SnapshotInvalid,
+                undone: true,
+                reusable: true,
+            });
         }
         if records.is_empty() {
             return Ok(());
         }
-        let r = self.commit_inner(cow, records);
-        if r.is_err() {
-            // Any metadata write error invalidates the store, as in the kernel.
-            self.valid = false;
+        let (area, len) = (self.current_area, self.area.len());
+        self.area_written = false;
+        let Err(error) = self.commit_inner(cow, records) else {
+            return Ok(());
+        };
+        let mut reusable = !self.area_written;
+        if self.current_area == area {
+            // Within one area the records can be taken back: the area on disk may hold some of
+            // them (a partial write), but they name chunks whose data was written and flushed
+            // before, of origin chunks not yet overwritten; unless they are erased below, their
+            // chunks are not handed out again, and the next area write zeroes them.
+            let attempted = self.area.len();
+            self.area.truncate(len);
+            self.area_on_disk = self.area_on_disk.max(attempted);
+            // Try to take them off the device now (a passing fault): then the chunks can be
+            // handed out again instead of being lost to this session.
+            if !reusable && self.write_area(cow, len).is_ok() && cow.flush().is_ok() {
+                reusable = true;
+            }
+            return Err(CommitFailure {
+                error,
+                undone: true,
+                reusable,
+            });
         }
-        r
+        // A full area went out (it may or may not be on disk) and the store moved on: there is no
+        // state to go back to that the disk is known to match.
+        self.valid = false;
+        Err(CommitFailure {
+            error,
+            undone: false,
+            reusable: false,
+        })
     }
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()> {
         self.valid = false;

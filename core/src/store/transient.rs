@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use super::{ExceptionStore, StoreKind, Usage};
+use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::BlockDevice;
 use crate::error::Result;
@@ -46,7 +46,14 @@ impl ExceptionStore for TransientStore {
         self.next_free += 1;
         Some(self.next_free - 1)
     }
-    fn commit(&mut self, _cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()> {
+    fn unprepare(&mut self, first: u64) {
+        self.next_free = self.next_free.min(first);
+    }
+    fn commit(
+        &mut self,
+        _cow: &mut dyn BlockDevice,
+        records: &[Exception],
+    ) -> core::result::Result<(), CommitFailure> {
         self.records.extend_from_slice(records);
         Ok(())
     }

@@ -55,3 +55,36 @@ impl cowsnap_core::BlockDevice for NoGrow {
         }
     }
 }
+
+/// A memory device whose bytes the test keeps a handle on (to see what a refused call wrote).
+#[derive(Clone)]
+pub struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[allow(dead_code)]
+impl Shared {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(bytes)))
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl cowsnap_core::BlockDevice for Shared {
+    fn len(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
+        let d = self.0.lock().unwrap();
+        b.copy_from_slice(&d[o as usize..o as usize + b.len()]);
+        Ok(())
+    }
+    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
+        let mut d = self.0.lock().unwrap();
+        d[o as usize..o as usize + b.len()].copy_from_slice(b);
+        Ok(())
+    }
+    fn flush(&mut self) -> cowsnap_core::Result<()> {
+        Ok(())
+    }
+}
