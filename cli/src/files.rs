@@ -5,8 +5,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+use cowsnap_core::FileDevice;
 
 use crate::size::human;
 use crate::{CliError, CliResult};
@@ -97,59 +98,29 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> CliRes
     })
 }
 
-/// Creates `dir/name` (refusing any existing path, even a dangling symbolic link) and reserves
-/// `len` bytes for it. On any failure the file is removed: nothing is left behind.
-pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> CliResult<File> {
+/// Creates `dir/name` as a new COW device with all of its `len` bytes reserved (the core's
+/// `FileDevice::create_new`: `O_EXCL`, `posix_fallocate`, removed again on failure), refusing any
+/// existing path, a dangling symbolic link included.
+pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> CliResult<FileDevice> {
     check_plain_name(name).map_err(|e| CliError::msg(format!("{what}: {e}")))?;
     if len > MAX_FILE_SIZE {
         return Err(too_large(len));
     }
     let p = dir.join(name);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o644)
-        .open(&p)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => CliError::msg(format!(
-                "{} already exists and is not a snapshot of this volume: move it away or choose \
-                 another name",
-                p.display()
-            )),
-            _ => CliError::io(format!("cannot create {}: {e}", p.display())),
-        })?;
-    if let Err(e) = reserve(&f, 0, len).and_then(|()| f.sync_all()) {
-        drop(f);
-        let _ = fs::remove_file(&p);
-        return Err(CliError::io(format!(
-            "cannot reserve {} for {what} {}: {e}",
-            human(len),
+    if fs::symlink_metadata(&p).is_ok() {
+        return Err(CliError::msg(format!(
+            "{} already exists and is not a snapshot of this volume: move it away or choose \
+             another name",
             p.display()
         )));
     }
-    Ok(f)
-}
-
-/// Allocates `[from, from+len)` of `f` (growing it), so that later writes there cannot fail for lack
-/// of space. `posix_fallocate` falls back to writing zeros where `fallocate` is not supported.
-pub fn reserve(f: &File, from: u64, len: u64) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    if from.checked_add(len).is_none_or(|end| end > MAX_FILE_SIZE) {
-        return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
-    }
-    loop {
-        // SAFETY: posix_fallocate on a file descriptor we own; no memory is passed.
-        let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), from as i64, len as i64) };
-        match r {
-            0 => return Ok(()),
-            libc::EINTR => continue,
-            e => return Err(std::io::Error::from_raw_os_error(e)),
-        }
-    }
+    FileDevice::create_new(&p, len).map_err(|e| {
+        CliError::io(format!(
+            "cannot create {what} {} with {} reserved: {e}",
+            p.display(),
+            human(len)
+        ))
+    })
 }
 
 /// The message for a size the host cannot hold in one file.

@@ -61,8 +61,6 @@ pub struct Opened {
     pub ids: Vec<Option<SnapshotId>>,
     /// Why each broken snapshot is broken (manifest order; `None` when active).
     pub broken: Vec<Option<Broken>>,
-    /// A second handle on each active COW file, to reserve space when extending it.
-    cow_files: Vec<Option<File>>,
     writable: bool,
     _lock: VolumeLock,
 }
@@ -221,13 +219,12 @@ impl Opened {
             .map_err(|e| CliError::core(dir.join(&manifest.origin).display(), e))?;
         let mut vol = Volume::new(dev);
         let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
-        let (mut ids, mut broken, mut cow_files) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut broken) = (Vec::new(), Vec::new());
         for e in &manifest.snapshots {
             match activate(&mut vol, dir, e, writable, &mut seen) {
-                Ok((id, f)) => {
+                Ok(id) => {
                     ids.push(Some(id));
                     broken.push(None);
-                    cow_files.push(Some(f));
                 }
                 Err(err) => {
                     ids.push(None);
@@ -235,7 +232,6 @@ impl Opened {
                         kind: err.kind,
                         reason: err.msg,
                     }));
-                    cow_files.push(None);
                 }
             }
         }
@@ -245,7 +241,6 @@ impl Opened {
             vol,
             ids,
             broken,
-            cow_files,
             writable,
             _lock: lock,
         };
@@ -358,7 +353,6 @@ impl Opened {
         let e = self.manifest.snapshots.remove(i);
         self.ids.remove(i);
         self.broken.remove(i);
-        self.cow_files.remove(i);
         if self.manifest.merging.as_deref() == Some(name) {
             self.manifest.merging = None;
         }
@@ -400,15 +394,16 @@ impl Opened {
     }
 }
 
-/// Opens, checks and activates one snapshot of the manifest; returns its id and a second handle on
-/// its COW file. `seen` holds the identities of the files already in use (origin and COWs).
+/// Opens, checks and activates one snapshot of the manifest. `seen` holds the identities of the
+/// files already in use (origin and COWs): the core refuses a repeated device too, but here the
+/// message can name both files.
 fn activate(
     vol: &mut Volume,
     dir: &Path,
     e: &SnapshotEntry,
     writable: bool,
     seen: &mut Vec<(FileId, String)>,
-) -> CliResult<(SnapshotId, File)> {
+) -> CliResult<SnapshotId> {
     let what = format!("snapshot {}'s COW", e.name);
     let f = files::open_member(dir, &e.cow, writable, &what)?;
     if let Some((_, other)) = seen.iter().find(|(id, _)| *id == f.id) {
@@ -419,17 +414,11 @@ fn activate(
         )));
     }
     seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
-    let handle = f
-        .file
-        .try_clone()
-        .map_err(|err| CliError::io(format!("{what}: {err}")))?;
     let cow = FileDevice::from_file(f.file).map_err(|err| CliError::core(&what, err))?;
     check_header(e, &cow)?;
     let opts = entry_options(e)?;
-    let id = vol
-        .activate_snapshot(cow, opts)
-        .map_err(|err| CliError::core(format!("snapshot {} ({})", e.name, e.cow), err))?;
-    Ok((id, handle))
+    vol.activate_snapshot(cow, opts)
+        .map_err(|err| CliError::core(format!("snapshot {} ({})", e.name, e.cow), err))
 }
 
 /// What a mounted volume (`cowsnap mount`) needs to know about commands it runs for clients.
@@ -802,7 +791,7 @@ fn exec_snapshot(
     let path = v.dir.join(&entry.cow);
     // The whole COW is allocated now (as LVM allocates a snapshot's extents): a full host disk can
     // then never invalidate this snapshot. Refuses an existing file of that name.
-    let file = files::create_reserved(&v.dir, &entry.cow, size, &format!("snapshot {name}'s COW"))?;
+    let cow = files::create_reserved(&v.dir, &entry.cow, size, &format!("snapshot {name}'s COW"))?;
     let undo = |v: &mut Opened, id: Option<SnapshotId>, e: CliError| {
         if let Some(id) = id {
             let _ = v.vol.delete_snapshot(id);
@@ -810,12 +799,9 @@ fn exec_snapshot(
         let _ = fs::remove_file(&path);
         Err(e)
     };
-    let handle = match file.try_clone() {
-        Ok(h) => h,
-        Err(e) => return undo(v, None, CliError::io(format!("{}: {e}", path.display()))),
-    };
-    let made = FileDevice::from_file(file)
-        .and_then(|cow| v.vol.create_snapshot(cow, opts))
+    let made = v
+        .vol
+        .create_snapshot(cow, opts)
         .map_err(|e| CliError::core(format!("snapshot {name}"), e));
     let id = match made {
         Ok(id) => id,
@@ -828,7 +814,6 @@ fn exec_snapshot(
     }
     v.ids.push(Some(id));
     v.broken.push(None);
-    v.cow_files.push(Some(handle));
     if !io.quiet {
         outln!(
             io,
@@ -1279,20 +1264,17 @@ fn exec_extend(v: &mut Opened, name: &str, size: SizeArg, io: &mut Io) -> CliRes
             human(cur)
         )));
     }
-    // Reserve the added range first, so that the COW's new room exists on the host disk.
-    if let Some(f) = &v.cow_files[i] {
-        if let Err(e) = files::reserve(f, cur, new - cur) {
-            let _ = f.set_len(cur);
-            return Err(CliError::io(format!(
-                "extend {name}: cannot reserve {} more for its COW {}: {e}",
+    // The core's FileDevice reserves the added range (the COW keeps its size if it cannot).
+    v.vol.extend_snapshot(id, new).map_err(|e| {
+        CliError::core(
+            format!(
+                "extend {name}: cannot reserve {} more for its COW {}",
                 human(new - cur),
                 v.dir.join(&v.manifest.snapshots[i].cow).display()
-            )));
-        }
-    }
-    v.vol
-        .extend_snapshot(id, new)
-        .map_err(|e| CliError::core(format!("extend {name}"), e))?;
+            ),
+            e,
+        )
+    })?;
     v.flush()?;
     if !io.quiet {
         outln!(
