@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// The binary under test: this build's, or `$COWSNAP_TEST_BIN` (to show that a test fails on an
+/// older build).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cowsnap"))
+    match std::env::var_os("COWSNAP_TEST_BIN") {
+        Some(b) => Command::new(b),
+        None => Command::new(env!("CARGO_BIN_EXE_cowsnap")),
+    }
 }
 
 /// Runs `cowsnap args...` in `cwd`.
