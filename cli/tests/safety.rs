@@ -472,6 +472,43 @@ fn manifest_save_without_space_leaves_no_cow_and_no_tmp() {
 }
 
 #[test]
+fn merge_on_a_full_disk_keeps_the_other_snapshot() {
+    if !is_root("merge on a full disk (tmpfs)") {
+        return;
+    }
+    let t = Tmpfs::new("merge-full", "40m");
+    let d = t.path();
+    ok(d, &["create", "v", "--size", "8M"]);
+    ok(
+        d,
+        &[
+            "write", "v", "--offset", "0", "--fill", "0x41", "--len", "8M",
+        ],
+    );
+    ok(d, &["snapshot", "v", "--name", "s1", "--size", "4M"]);
+    ok(
+        d,
+        &[
+            "write", "v", "--offset", "0", "--fill", "0x42", "--len", "2M",
+        ],
+    );
+    // s2 holds B; merging s1 puts A back over it, so s2's COW takes 2 MiB of copies.
+    ok(d, &["snapshot", "v", "--name", "s2", "--size", "4M"]);
+    // No room even for the manifest that records the merge: refused before anything changes.
+    t.fill(0);
+    let e = refused(d, &t.join("v"), &["merge", "v/s1"], IO);
+    assert!(e.contains("No space left"), "{e}");
+    // Room for the manifest only: the merge's copies into s2 go to its reserved COW.
+    fs::remove_file(t.join("filler")).unwrap();
+    t.fill(64 << 10);
+    ok(d, &["merge", "v/s1"]);
+    assert_eq!(state_of(d, "s2"), "active");
+    assert_eq!(read4(d, "v", "0"), b"AAAA");
+    assert_eq!(read4(d, "v/s2", "0"), b"BBBB");
+    assert_eq!(read4(d, "v/s2", "2M"), b"AAAA");
+}
+
+#[test]
 fn origin_write_that_invalidates_a_snapshot_warns_and_exits_3() {
     let s = Scratch::new("lost");
     let d = s.path();
@@ -740,6 +777,9 @@ fn a_missing_cow_breaks_one_snapshot_only() {
     assert_broken(d, "s1", "No such file");
     // Everything on s2 works, and s2 can be removed.
     assert_eq!(read4(d, "v/s2", "0"), b"BBBB");
+    assert!(lv(&lvs_doc(d).0, "s2")["broken"].is_null());
+    ok(d, &["-q", "backup", "v/s2", "s2.img"]);
+    assert_eq!(&fs::read(s.join("s2.img")).unwrap()[..4], b"BBBB");
     ok(
         d,
         &[
@@ -971,7 +1011,13 @@ fn already_mounted_is_said_once() {
     fs::create_dir(s.join("m2")).unwrap();
     ok(d, &["-q", "mount", "--daemon", "v", "m1"]);
     let o = run(d, &["mount", "--daemon", "v", "m2"]);
+    // Forwarded commands keep their exit codes (the kind travels with the error).
+    let unknown = run(d, &["read", "v/nosuch", "--offset", "0", "--len", "1"]);
+    let past = run(d, &["read", "v", "--offset", "1M", "--len", "1"]);
     let _ = run(d, &["-q", "umount", "m1"]);
+    assert_eq!(unknown.status.code(), Some(REFUSED));
+    assert_eq!(past.status.code(), Some(REFUSED));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no snapshot named"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(REFUSED), "{err}");
     assert_eq!(err.matches("already mounted").count(), 1, "{err}");
