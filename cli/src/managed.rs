@@ -219,9 +219,15 @@ impl Opened {
             .map_err(|e| CliError::core(dir.join(&manifest.origin).display(), e))?;
         let mut vol = Volume::new(dev);
         let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
+        // Every name the manifest gives to each file: a COW with more hard links than that has a
+        // name outside the volume (another volume's file, a `cp -al` copy) that would change with it.
+        let names: Vec<FileId> = std::iter::once(manifest.origin.as_str())
+            .chain(manifest.snapshots.iter().map(|e| e.cow.as_str()))
+            .filter_map(|n| files::identity_of(dir, n))
+            .collect();
         let (mut ids, mut broken) = (Vec::new(), Vec::new());
         for e in &manifest.snapshots {
-            match activate(&mut vol, dir, e, writable, &mut seen) {
+            match activate(&mut vol, dir, e, writable, &mut seen, &names) {
                 Ok(id) => {
                     ids.push(Some(id));
                     broken.push(None);
@@ -403,6 +409,7 @@ fn activate(
     e: &SnapshotEntry,
     writable: bool,
     seen: &mut Vec<(FileId, String)>,
+    names: &[FileId],
 ) -> CliResult<SnapshotId> {
     let what = format!("snapshot {}'s COW", e.name);
     let f = files::open_member(dir, &e.cow, writable, &what)?;
@@ -414,6 +421,17 @@ fn activate(
         )));
     }
     seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
+    let inside = names.iter().filter(|&&n| n == f.id).count() as u64;
+    if f.links > inside {
+        return Err(CliError::msg(format!(
+            "{what} {} has {} hard links, {} of them outside this volume's manifest: another name \
+             (another volume's file, a `cp -al` copy) would change with it; give it a single name \
+             (copy the file instead of linking it)",
+            e.cow,
+            f.links,
+            f.links - inside
+        )));
+    }
     let cow = FileDevice::from_file(f.file).map_err(|err| CliError::core(&what, err))?;
     check_header(e, &cow)?;
     let opts = entry_options(e)?;

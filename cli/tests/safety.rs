@@ -574,6 +574,31 @@ fn a_cow_that_is_another_volume_file_is_refused() {
     fs::remove_file(&s2).unwrap();
     fs::rename(s.join("s2.saved"), &s2).unwrap();
     assert_eq!(read4(d, "v/s2", "0"), b"BBBB");
+    // A second name outside the manifest (another volume's file, a `cp -al` copy).
+    fs::hard_link(&s2, s.join("elsewhere.cow")).unwrap();
+    assert_broken(d, "s2", "outside this volume");
+    fs::remove_file(s.join("elsewhere.cow")).unwrap();
+    // The same inode through a bind mount of one file over another (root).
+    if is_root("bind-mounted COW") {
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(s.join("v/s1.cow"))
+            .arg(&s2)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let (doc, _) = lvs_doc(d);
+        let _ = Command::new("umount").arg(&s2).status();
+        let reason = lv(&doc, "s2")["broken"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            reason.contains("same file as snapshot s1's COW"),
+            "{reason}"
+        );
+    }
+    assert_eq!(read4(d, "v/s2", "0"), b"BBBB");
     // Creation cannot take an existing name either (a hard link to s1.cow under s3.cow).
     fs::hard_link(s.join("v/s1.cow"), s.join("v/s3.cow")).unwrap();
     let e = refused(
@@ -583,6 +608,9 @@ fn a_cow_that_is_another_volume_file_is_refused() {
         REFUSED,
     );
     assert!(e.contains("already exists"), "{e}");
+    // That stray name makes s1 a file with a name outside the manifest: broken until it goes.
+    assert_broken(d, "s1", "outside this volume");
+    fs::remove_file(s.join("v/s3.cow")).unwrap();
     assert_eq!(read4(d, "v/s1", "0"), b"AAAA");
 }
 
