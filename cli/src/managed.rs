@@ -259,6 +259,21 @@ impl Opened {
             let _ = fs::remove_file(dir.join(crate::manifest::MANIFEST_TMP));
         }
         if let Some(name) = me.manifest.merging.clone() {
+            if let Err(blocked) = me.check_origin_writable(&format!("resuming the merge of {name}"))
+            {
+                // The merge would change the origin behind a broken snapshot's back: not resumed
+                // (every command still opens, so `remove --force` can drop the broken one). The
+                // origin shows the merging snapshot, as during any merge (in memory only, nothing
+                // is written); origin writes stay refused while the snapshot is broken.
+                if let Ok(id) = me.id(&name) {
+                    let _ = me.vol.merge_begin(id);
+                }
+                // (A writing command says it itself if it needs the origin; one line only.)
+                if !asked_writable {
+                    eprintln!("cowsnap: warning: {}", blocked.msg);
+                }
+                return Ok(me);
+            }
             if !quiet {
                 eprintln!("cowsnap: resuming the interrupted merge of {name}");
             }

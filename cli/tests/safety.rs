@@ -838,6 +838,59 @@ fn a_missing_cow_breaks_one_snapshot_only() {
     ok(d, &["remove", "v/s2"]);
 }
 
+#[test]
+fn an_interrupted_merge_waits_while_another_snapshot_is_broken() {
+    let s = Scratch::new("merge-broken");
+    let d = s.path();
+    ok(d, &["create", "v", "--size", "2M"]);
+    ok(
+        d,
+        &["write", "v", "--offset", "0", "--fill", "1", "--len", "2M"],
+    );
+    for n in ["a", "b", "c"] {
+        ok(d, &["snapshot", "v", "--name", n, "--size", "1M"]);
+    }
+    ok(
+        d,
+        &[
+            "write", "v", "--offset", "4K", "--fill", "2", "--len", "100K",
+        ],
+    );
+    let a = ok(d, &["read", "v/a", "--offset", "0", "--len", "2M"]);
+    let b = ok(d, &["read", "v/b", "--offset", "0", "--len", "2M"]);
+    // `merge v/a` was killed right after recording itself; then c's COW went missing.
+    let mut m = manifest(d);
+    m["merging"] = "a".into();
+    set_manifest(d, &m);
+    fs::remove_file(s.join("v/c.cow")).unwrap();
+    let v = s.join("v");
+    let before = state(&v);
+    // Readers see the merge's result (the origin shows a) and nothing is written.
+    let o = run(d, &["read", "v", "--offset", "0", "--len", "2M"]);
+    assert!(o.status.success());
+    assert_eq!(o.stdout, a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("resuming the merge of a refused") && err.contains("c is broken"),
+        "{err}"
+    );
+    assert_eq!(before, state(&v));
+    assert_eq!(read4(d, "v/b", "4K"), [1; 4]);
+    let e = refused(
+        d,
+        &v,
+        &["write", "v", "--offset", "0", "--fill", "3", "--len", "4K"],
+        REFUSED,
+    );
+    assert!(e.contains("c is broken"), "{e}");
+    // Dropping c lets the next command finish the merge.
+    ok(d, &["-q", "remove", "--force", "v/c"]);
+    assert_eq!(ok(d, &["read", "v", "--offset", "0", "--len", "2M"]), a);
+    assert_eq!(ok(d, &["read", "v/b", "--offset", "0", "--len", "2M"]), b);
+    assert!(!s.join("v/a.cow").exists());
+    assert!(manifest(d)["merging"].is_null());
+}
+
 // ---- 11. Debris. ----
 
 #[test]
