@@ -169,8 +169,12 @@ fn zeroed_cow_header_is_corruption_never_reformatted() {
     refused(d, &v, &["backup", "v/s1", "../out.img"], IO);
     assert!(!s.join("out.img").exists());
 
-    // Truncated to 0 and back (the header reads as zeros): the same.
+    // Empty: too short for a header.
     fs::write(&cow, b"").unwrap();
+    assert_broken(d, "s1", "smaller than a header");
+    refused(d, &v, &["read", "v/s1", "--offset", "0", "--len", "4"], IO);
+    assert_eq!(fs::metadata(&cow).unwrap().len(), 0);
+    // Truncated to 0 and back (the header reads as zeros): the same as zeroed.
     fs::OpenOptions::new()
         .write(true)
         .open(&cow)
@@ -574,6 +578,15 @@ fn a_cow_that_is_another_volume_file_is_refused() {
     fs::remove_file(&s2).unwrap();
     fs::rename(s.join("s2.saved"), &s2).unwrap();
     assert_eq!(read4(d, "v/s2", "0"), b"BBBB");
+    // The same name twice in the manifest, or the origin's name.
+    for name in ["s1.cow", "origin.img"] {
+        let mut m = manifest(d);
+        m["snapshots"][1]["cow"] = name.into();
+        set_manifest(d, &m);
+        assert_broken(d, "s2", "same file as");
+        m["snapshots"][1]["cow"] = "s2.cow".into();
+        set_manifest(d, &m);
+    }
     // A second name outside the manifest (another volume's file, a `cp -al` copy).
     fs::hard_link(&s2, s.join("elsewhere.cow")).unwrap();
     assert_broken(d, "s2", "outside this volume");
