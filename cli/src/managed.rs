@@ -378,7 +378,11 @@ impl Opened {
             self.manifest.merging = None;
         }
         self.manifest.save(&self.dir)?;
-        if files::check_plain_name(&e.cow).is_err() {
+        // A name outside the directory, or one the manifest still uses (a broken entry naming the
+        // origin or another snapshot's COW), is only dropped from the manifest.
+        let in_use =
+            self.manifest.origin == e.cow || self.manifest.snapshots.iter().any(|s| s.cow == e.cow);
+        if files::check_plain_name(&e.cow).is_err() || in_use {
             return Ok(());
         }
         let p = self.dir.join(&e.cow);
