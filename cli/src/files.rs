@@ -27,8 +27,6 @@ pub struct VolFile {
     pub file: File,
     pub id: FileId,
     pub len: u64,
-    /// Hard links to the file (names anywhere on its file system).
-    pub links: u64,
 }
 
 /// A file name as a manifest may hold it: one path component inside the volume directory.
@@ -97,17 +95,22 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> CliRes
             ino: m.ino(),
         },
         len: m.len(),
-        links: m.nlink(),
     })
 }
 
-/// The identity of `dir/name` without following a link; `None` when it is not a regular file.
-pub fn identity_of(dir: &Path, name: &str) -> Option<FileId> {
+/// The identity and hard-link count of `dir/name` without following a link; `None` when it is not
+/// a regular file.
+pub fn identity_of(dir: &Path, name: &str) -> Option<(FileId, u64)> {
     check_plain_name(name).ok()?;
     let m = fs::symlink_metadata(dir.join(name)).ok()?;
-    m.is_file().then(|| FileId {
-        dev: m.dev(),
-        ino: m.ino(),
+    m.is_file().then(|| {
+        (
+            FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            },
+            m.nlink(),
+        )
     })
 }
 

@@ -219,15 +219,9 @@ impl Opened {
             .map_err(|e| CliError::core(dir.join(&manifest.origin).display(), e))?;
         let mut vol = Volume::new(dev);
         let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
-        // Every name the manifest gives to each file: a COW with more hard links than that has a
-        // name outside the volume (another volume's file, a `cp -al` copy) that would change with it.
-        let names: Vec<FileId> = std::iter::once(manifest.origin.as_str())
-            .chain(manifest.snapshots.iter().map(|e| e.cow.as_str()))
-            .filter_map(|n| files::identity_of(dir, n))
-            .collect();
         let (mut ids, mut broken) = (Vec::new(), Vec::new());
         for e in &manifest.snapshots {
-            match activate(&mut vol, dir, e, writable, &mut seen, &names) {
+            match activate(&mut vol, dir, e, writable, &mut seen) {
                 Ok(id) => {
                     ids.push(Some(id));
                     broken.push(None);
@@ -428,7 +422,6 @@ fn activate(
     e: &SnapshotEntry,
     writable: bool,
     seen: &mut Vec<(FileId, String)>,
-    names: &[FileId],
 ) -> CliResult<SnapshotId> {
     let what = format!("snapshot {}'s COW", e.name);
     let f = files::open_member(dir, &e.cow, writable, &what)?;
@@ -440,17 +433,6 @@ fn activate(
         )));
     }
     seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
-    let inside = names.iter().filter(|&&n| n == f.id).count() as u64;
-    if f.links > inside {
-        return Err(CliError::msg(format!(
-            "{what} {} has {} hard links, {} of them outside this volume's manifest: another name \
-             (another volume's file, a `cp -al` copy) would change with it; give it a single name \
-             (copy the file instead of linking it)",
-            e.cow,
-            f.links,
-            f.links - inside
-        )));
-    }
     let cow = FileDevice::from_file(f.file).map_err(|err| CliError::core(&what, err))?;
     check_header(e, &cow)?;
     let opts = entry_options(e)?;
@@ -953,6 +935,14 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
             }),
         });
     }
+    for (name, n) in names_outside(v) {
+        if !io.quiet {
+            eprintln!(
+                "cowsnap: warning: {name} has {n} hard link(s) outside this volume (another \
+                 volume's file, a `cp -al` copy): that other name changes with every write here"
+            );
+        }
+    }
     let debris = leftovers(&v.dir, &v.manifest);
     if !debris.is_empty() && !io.quiet {
         eprintln!(
@@ -980,7 +970,15 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
                 o
             })
             .collect();
-        let doc = json!({"report": [{"lv": lv}], "leftovers": debris});
+        let outside: serde_json::Map<String, serde_json::Value> = names_outside(v)
+            .into_iter()
+            .map(|(n, c)| (n, json!(c)))
+            .collect();
+        let doc = json!({
+            "report": [{"lv": lv}],
+            "leftovers": debris,
+            "hard_links_outside": outside,
+        });
         outln!(
             io,
             "{}",
@@ -1017,6 +1015,29 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
         outln!(io, "{}", line.trim_end());
     }
     Ok(())
+}
+
+/// The volume's files (origin and COWs) with hard links the manifest does not account for, and how
+/// many. Reported by `lvs`, not refused: a hard-link copy of a volume must not lock it out.
+fn names_outside(v: &Opened) -> Vec<(String, u64)> {
+    let files: Vec<&str> = std::iter::once(v.manifest.origin.as_str())
+        .chain(v.manifest.snapshots.iter().map(|e| e.cow.as_str()))
+        .collect();
+    let ids: Vec<Option<(FileId, u64)>> = files
+        .iter()
+        .map(|n| files::identity_of(&v.dir, n))
+        .collect();
+    let mut out = Vec::new();
+    for (i, (name, id)) in files.iter().zip(&ids).enumerate() {
+        let Some((id, links)) = *id else { continue };
+        let inside = ids.iter().flatten().filter(|(o, _)| *o == id).count() as u64;
+        // Once per file, at its first name.
+        let first = ids.iter().position(|x| x.is_some_and(|(o, _)| o == id)) == Some(i);
+        if first && links > inside {
+            out.push((name.to_string(), links - inside));
+        }
+    }
+    out
 }
 
 /// Files in the volume directory with names only cowsnap makes (`*.cow`, `*.cowsnap-tmp`, the

@@ -546,7 +546,7 @@ fn origin_write_that_invalidates_a_snapshot_warns_and_exits_3() {
 // ---- 5. One file, one role. ----
 
 #[test]
-fn a_cow_that_is_another_volume_file_is_refused() {
+fn one_file_is_never_two_devices() {
     let s = Scratch::new("identity");
     let d = s.path();
     volume_a_b(d);
@@ -598,10 +598,25 @@ fn a_cow_that_is_another_volume_file_is_refused() {
         m["snapshots"].as_array_mut().unwrap().push(entry);
         set_manifest(d, &m);
     }
-    // A second name outside the manifest (another volume's file, a `cp -al` copy).
+    // A second name outside the manifest (another volume's file, a `cp -al` copy): reported by
+    // lvs (a hard-link copy of a volume must not lock it out), not refused.
     fs::hard_link(&s2, s.join("elsewhere.cow")).unwrap();
-    assert_broken(d, "s2", "outside this volume");
+    fs::hard_link(s.join("v/origin.img"), s.join("elsewhere.img")).unwrap();
+    let (doc, err) = lvs_doc(d);
+    assert_eq!(
+        doc["hard_links_outside"],
+        serde_json::json!({"origin.img": 1, "s2.cow": 1})
+    );
+    assert!(
+        err.contains("s2.cow has 1 hard link(s) outside this volume"),
+        "{err}"
+    );
+    assert_eq!(lv(&doc, "s2")["lv_attr"], "swi-a-s---");
     fs::remove_file(s.join("elsewhere.cow")).unwrap();
+    fs::remove_file(s.join("elsewhere.img")).unwrap();
+    let (doc, err) = lvs_doc(d);
+    assert_eq!(doc["hard_links_outside"], serde_json::json!({}));
+    assert!(err.is_empty(), "{err}");
     // The same inode through a bind mount of one file over another (root).
     if is_root("bind-mounted COW") {
         let st = Command::new("mount")
@@ -632,8 +647,11 @@ fn a_cow_that_is_another_volume_file_is_refused() {
         REFUSED,
     );
     assert!(e.contains("already exists"), "{e}");
-    // That stray name makes s1 a file with a name outside the manifest: broken until it goes.
-    assert_broken(d, "s1", "outside this volume");
+    // That stray name is reported (a name of s1's COW the manifest does not know).
+    assert_eq!(
+        lvs_doc(d).0["hard_links_outside"],
+        serde_json::json!({"s1.cow": 1})
+    );
     fs::remove_file(s.join("v/s3.cow")).unwrap();
     assert_eq!(read4(d, "v/s1", "0"), b"AAAA");
 }
