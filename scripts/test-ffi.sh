@@ -50,7 +50,7 @@ cp "$OUT/h.c" "$OUT/h.cpp"
 g++ -std=c++17 -pedantic -Wall -Wextra -Werror -Iffi/include "$OUT/h.cpp" -fsyntax-only
 
 echo "--- compile (dynamic + static)"
-for t in test_api test_stress test_vectors; do
+for t in test_api test_files test_stress test_vectors; do
   gcc "${CFLAGS[@]}" "tests/c/$t.c" -L"$LIB" -lcowsnap -lpthread -Wl,-rpath,"$OUT/lib" -o "$OUT/$t-dynamic"
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "$LIB/libcowsnap.a" "${STATIC_LIBS[@]}" -o "$OUT/$t-static"
 done
@@ -78,6 +78,10 @@ echo "--- run under valgrind memcheck (errors or leaks fail)"
 for kind in dynamic static; do
   mkdir -p "$OUT/scratch-$kind"
   run "test_api-$kind" "$OUT/test_api-$kind" "$OUT/scratch-$kind"
+  # The file edges: wrong kinds of paths, one file twice, zeroed COWs, ENOSPC and a read-only
+  # mount on small tmpfs mounts (root; skipped with a message otherwise). Prints its skips.
+  run "test_files-$kind" "$OUT/test_files-$kind" "$OUT/scratch-$kind"
+  grep SKIPPED "$OUT/test_files-$kind.log" || true
   run "test_stress-$kind" "$OUT/test_stress-$kind" 300
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
 done

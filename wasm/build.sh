@@ -51,6 +51,8 @@ for target in nodejs web; do
   rm -rf "$dir"
   say "wasm-bindgen --target $target -> ${dir#"$ROOT"/}"
   wasm-bindgen --target "$target" --out-name cowsnap --out-dir "$dir" "$WASM"
+  # Freed handles throw with a `code` (wasm-bindgen's own check has none).
+  cat "$HERE/js/freed-handles.js" >>"$dir/cowsnap.js"
   "$WASM_OPT" -Oz "${FEATURES[@]}" "$dir/cowsnap_bg.wasm" -o "$dir/cowsnap_bg.wasm.opt"
   mv "$dir/cowsnap_bg.wasm.opt" "$dir/cowsnap_bg.wasm"
 done

@@ -28,6 +28,7 @@ pub mod error;
 pub mod exception;
 #[doc(hidden)]
 pub mod fuzzing;
+mod held;
 pub mod replay;
 pub mod snapshot;
 pub mod status;

@@ -139,6 +139,8 @@ pub fn replay(script: &Script) -> Result<Replayed> {
         script.origin_size,
         script.origin_init,
     )?));
+    // One commit per write, as the kernel does: an overflow shows at the write that caused it.
+    vol.set_commit_bytes(0);
     let decl: BTreeMap<&str, &ScriptSnapshot> = script
         .snapshots
         .iter()

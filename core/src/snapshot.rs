@@ -90,6 +90,10 @@ pub(crate) struct Snapshot {
     /// Written since the last flush (commits flush on their own; user data written after a commit
     /// and writes during a merge do not).
     pub(crate) dirty: bool,
+    /// Group commit: records whose chunks are copied (and in `table`, so reads see them) but not
+    /// yet committed to the store. Origin writes that depend on them are held by the volume until
+    /// [`Snapshot::commit_deferred`] made them durable.
+    pub(crate) uncommitted: Vec<Exception>,
     scratch: Vec<u8>,
 }
 
@@ -175,6 +179,7 @@ impl Snapshot {
             autoextend,
             merge_total: 0,
             dirty: false,
+            uncommitted: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -194,7 +199,9 @@ impl Snapshot {
     }
 
     pub(crate) fn status(&self) -> SnapshotStatus {
-        let u = self.store.usage(self.cow.len());
+        let u = self
+            .store
+            .usage(self.cow.len(), self.uncommitted.len() as u64);
         SnapshotStatus {
             state: self.state,
             store: self.store.kind(),
@@ -218,7 +225,9 @@ impl Snapshot {
         if let Some(p) = self.autoextend.filter(|p| p.enabled()) {
             let cs = self.chunk();
             loop {
-                let u = self.store.usage(self.cow.len());
+                let u = self
+                    .store
+                    .usage(self.cow.len(), self.uncommitted.len() as u64);
                 if !p.exceeded(u.allocated_sectors + cs.sectors(), u.total_sectors) {
                     break;
                 }
@@ -246,6 +255,7 @@ impl Snapshot {
     pub(crate) fn invalidate(&mut self) -> Result<()> {
         self.state = SnapshotState::Invalid;
         self.table.clear();
+        self.uncommitted.clear();
         self.store.invalidate(&mut *self.cow)
     }
 
@@ -326,11 +336,15 @@ impl Snapshot {
     /// proceed. Any error means the origin write must not proceed: the origin could not be read,
     /// the COW device failed (the snapshot stays valid, or is invalidated when its store could not
     /// take the records back), or the invalidation could not be made durable.
+    ///
+    /// With `defer` (group commit), the records are not committed here: they join `uncommitted`
+    /// (and the table), and the caller holds its origin write until [`Snapshot::commit_deferred`].
     pub(crate) fn preserve(
         &mut self,
         origin: &dyn BlockDevice,
         offset: u64,
         len: u64,
+        defer: bool,
     ) -> Result<()> {
         if !matches!(self.state, SnapshotState::Active | SnapshotState::Overflow) || len == 0 {
             return Ok(());
@@ -346,7 +360,12 @@ impl Snapshot {
             }
             match self.allocate() {
                 Ok(Some(new)) => pending.push(Exception { old: c, new }),
-                Ok(None) => return self.invalidate(),
+                Ok(None) => {
+                    // Overflow. Records copied earlier go out first, as the kernel (which
+                    // committed each as it went) would have them on disk under the invalid header.
+                    let _ = self.commit_deferred();
+                    return self.invalidate();
+                }
                 Err(e) => return Err(self.release(&pending, e)),
             }
             c += 1;
@@ -362,13 +381,40 @@ impl Snapshot {
                 return Err(self.release(&pending, e))
             }
         }
-        if self.commit(&pending)? == Committed::Overflowed {
+        if defer {
+            for e in &pending {
+                self.table.insert(e.old, e.new);
+            }
+            self.uncommitted.extend_from_slice(&pending);
+            return Ok(());
+        }
+        if self.commit(&pending, true)? == Committed::Overflowed {
             return Ok(());
         }
         for e in &pending {
             self.table.insert(e.old, e.new);
         }
         Ok(())
+    }
+
+    /// Group commit: makes the records copied under `defer` durable (one data flush, the area
+    /// writes, one flush for all of them). On a failure the store took them back, they stay
+    /// uncommitted and the next call retries; or the snapshot was invalidated and they are gone.
+    /// Either way the error is returned.
+    pub(crate) fn commit_deferred(&mut self) -> Result<()> {
+        if self.uncommitted.is_empty() {
+            return Ok(());
+        }
+        let records = core::mem::take(&mut self.uncommitted);
+        match self.commit(&records, false) {
+            Ok(_) => Ok(()), // committed, or overflowed (invalidated: nothing depends on it now)
+            Err(e) => {
+                if self.state != SnapshotState::Invalid {
+                    self.uncommitted = records;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Gives back the chunks of `records` (allocated in order, named by nothing on the device)
@@ -384,14 +430,16 @@ impl Snapshot {
     /// metadata area does not fit) is an overflow, as in the kernel: the snapshot is invalidated
     /// and `Overflowed` returned. Any other failure is the device's: the error is returned, and
     /// the snapshot is invalidated only when its store could not take the records back.
-    fn commit(&mut self, records: &[Exception]) -> Result<Committed> {
+    /// With `release`, chunks of records taken back are handed out again (callers whose records
+    /// are not in the table yet).
+    fn commit(&mut self, records: &[Exception], release: bool) -> Result<Committed> {
         match self.store.commit(&mut *self.cow, records) {
             Ok(()) => Ok(Committed::Yes),
             Err(f) if matches!(f.error, Error::OutOfRange { .. }) => {
                 self.invalidate()?;
                 Ok(Committed::Overflowed)
             }
-            Err(f) if f.undone && f.reusable => Err(self.release(records, f.error)),
+            Err(f) if release && f.undone && f.reusable => Err(self.release(records, f.error)),
             Err(f) if f.undone => Err(f.error),
             Err(f) => {
                 self.invalidate()?;
@@ -510,7 +558,7 @@ impl Snapshot {
         if let Err(e) = result {
             return Err(self.release(&records, e));
         }
-        if self.commit(&records)? == Committed::Overflowed {
+        if self.commit(&records, true)? == Committed::Overflowed {
             return Err(Error::SnapshotInvalid);
         }
         for e in &records {
@@ -557,29 +605,49 @@ impl Snapshot {
         self.cow.set_len(new_len)
     }
 
-    /// Origin-chunk runs to merge next: `(first_old, first_new, n)`, or `None` when done.
-    pub(crate) fn merge_next(&mut self) -> Result<Option<(u64, u64, u64)>> {
-        Ok(self
-            .store
-            .merge_prepare(&*self.cow)?
-            .map(|(last, n)| (last.old + 1 - n, last.new + 1 - n, n)))
+    /// The records to merge next (the newest, at most `max`, one area), or none when done.
+    pub(crate) fn merge_next(&mut self, max: usize) -> Result<Vec<Exception>> {
+        self.store.merge_prepare(&*self.cow, max)
     }
 
-    /// Copies a merge run from the COW back over the origin and flushes the origin.
+    /// Byte ranges `(origin offset, len)` of `records`' origin chunks in the order the kernel's
+    /// merge would reach them: trailing runs (consecutive in origin and COW chunk), newest first.
+    /// Other snapshots copy in this order, so their COWs end byte for byte as the kernel's.
+    pub(crate) fn origin_ranges(&self, records: &[Exception], origin_len: u64) -> Vec<(u64, u64)> {
+        let cs = self.chunk();
+        let mut out = Vec::new();
+        let mut end = records.len();
+        while end > 0 {
+            let last = records[end - 1];
+            let mut n = 1;
+            while n < end {
+                let e = records[end - 1 - n];
+                if e.old + n as u64 != last.old || e.new + n as u64 != last.new {
+                    break;
+                }
+                n += 1;
+            }
+            let first = last.old + 1 - n as u64;
+            let start = cs.offset_of(first);
+            let stop = (last.old + 1).saturating_mul(cs.bytes()).min(origin_len);
+            if start < stop {
+                out.push((start, stop - start));
+            }
+            end -= n;
+        }
+        out
+    }
+
+    /// Copies merged records' chunks from the COW back over the origin, then flushes the origin
+    /// once for all of them.
     pub(crate) fn merge_copy(
         &mut self,
         origin: &mut dyn BlockDevice,
-        first_old: u64,
-        first_new: u64,
-        n: u64,
+        records: &[Exception],
     ) -> Result<()> {
-        let recs: Vec<Exception> = (0..n)
-            .map(|i| Exception {
-                old: first_old + i,
-                new: first_new + i,
-            })
-            .collect();
-        let runs = Self::record_runs(self.chunk(), origin.len(), &recs);
+        let mut sorted = records.to_vec();
+        sorted.sort_unstable_by_key(|e| e.old);
+        let runs = Self::record_runs(self.chunk(), origin.len(), &sorted);
         // Same copy routine, the other way round: COW → origin.
         let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
         match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {
@@ -589,11 +657,12 @@ impl Snapshot {
         origin.flush()
     }
 
-    /// After a merge run is on the origin: drops its records durably and from the table.
-    pub(crate) fn merge_commit(&mut self, first_old: u64, n: u64) -> Result<()> {
-        self.store.merge_commit(&mut *self.cow, n)?;
-        for c in (first_old..first_old + n).rev() {
-            self.table.remove(c);
+    /// After merged records' chunks are on the origin: drops them durably and from the table.
+    pub(crate) fn merge_commit(&mut self, records: &[Exception]) -> Result<()> {
+        self.store
+            .merge_commit(&mut *self.cow, records.len() as u64)?;
+        for e in records.iter().rev() {
+            self.table.remove(e.old);
         }
         Ok(())
     }

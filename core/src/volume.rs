@@ -5,14 +5,22 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::chunk::{check_range, pieces};
-use crate::device::{self, BlockDevice};
+use crate::device::{self, BlockDevice, MemDevice};
 use crate::error::{Error, Result};
 use crate::exception::Exception;
+use crate::held::HeldWrites;
 use crate::snapshot::{Autoextend, Snapshot, SnapshotOptions};
 use crate::status::{SnapshotState, SnapshotStatus};
 
 /// Largest origin range read once for several snapshots (beyond it each snapshot reads for itself).
 const SHARED_READ_MAX: u64 = 4 << 20;
+
+/// Default bound of the group commit: origin bytes held (and records waiting) before a commit.
+pub const DEFAULT_COMMIT_BYTES: usize = 8 << 20;
+/// Most origin bytes one merge step copies back (one origin flush and one commit per step).
+const MERGE_STEP_BYTES: u64 = 16 << 20;
+/// Records waiting for a commit, over all snapshots, before one is forced.
+const COMMIT_RECORDS: usize = 4096;
 
 /// A read-only view of an origin range already in memory, standing in for the origin device while
 /// several snapshots copy from it. Reads outside the range are refused, never served wrongly.
@@ -77,6 +85,10 @@ pub struct Volume {
     origin_dirty: bool,
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     next_id: u32,
+    /// Origin writes waiting for their exceptions to be committed (see [`Volume::commit`]).
+    held: HeldWrites,
+    /// Held bytes that force a commit.
+    commit_bytes: usize,
 }
 
 impl core::fmt::Debug for Volume {
@@ -102,6 +114,8 @@ impl Volume {
             origin_dirty: false,
             snapshots: BTreeMap::new(),
             next_id: 0,
+            held: HeldWrites::default(),
+            commit_bytes: DEFAULT_COMMIT_BYTES,
         }
     }
 
@@ -115,20 +129,74 @@ impl Volume {
         self.len() == 0
     }
 
-    /// The origin device (for export; writes must go through [`Volume::write_at`]).
+    /// The origin device (for export; writes must go through [`Volume::write_at`]). Writes waiting
+    /// for a group commit are not on it yet: call [`Volume::commit`] before copying its bytes.
     pub fn origin(&self) -> &dyn BlockDevice {
         &*self.origin
     }
 
     /// Takes the volume apart: the origin device and each snapshot's COW device, oldest first
-    /// (for deactivation; reactivate with [`Volume::activate_snapshot`]). Nothing is flushed here.
-    pub fn into_parts(self) -> (Box<dyn BlockDevice>, Vec<CowDevice>) {
-        let snaps = self
-            .snapshots
+    /// (for deactivation; reactivate with [`Volume::activate_snapshot`]). Held origin writes are
+    /// committed first (see [`Volume::commit`]); call [`Volume::flush`] before to see its errors
+    /// and make everything durable: nothing is flushed here.
+    pub fn into_parts(mut self) -> (Box<dyn BlockDevice>, Vec<CowDevice>) {
+        let _ = self.commit();
+        let snaps = core::mem::take(&mut self.snapshots)
             .into_iter()
             .map(|(id, s)| (id, s.cow))
             .collect();
-        (self.origin, snaps)
+        let origin = core::mem::replace(&mut self.origin, Box::new(MemDevice::default()));
+        (origin, snaps)
+    }
+
+    /// Sets how many bytes of origin writes may wait for one group commit (default
+    /// [`DEFAULT_COMMIT_BYTES`]; 0 commits every write on its own, as the kernel's first write to
+    /// a chunk would).
+    pub fn set_commit_bytes(&mut self, bytes: usize) {
+        self.commit_bytes = bytes;
+    }
+
+    /// Bytes of origin writes waiting for a commit.
+    pub fn held_bytes(&self) -> usize {
+        self.held.bytes()
+    }
+
+    /// Group commit: makes every exception copied so far durable in its snapshot (per snapshot one
+    /// data flush, the metadata area writes, one flush), then writes the origin data that waited
+    /// for them to the origin device (not flushed: that is [`Volume::flush`]).
+    ///
+    /// Origin writes return before their exceptions are committed: they wait in memory (reads see
+    /// them) until this runs — on [`Volume::flush`], when [`Volume::set_commit_bytes`] bytes are
+    /// waiting, before any snapshot is created, activated, written, merged or deleted, and when the
+    /// volume is dropped. On an error nothing that waits is lost: it stays waiting and the next
+    /// commit tries again (a snapshot whose store could not take its records back is invalidated,
+    /// and the error says so once).
+    pub fn commit(&mut self) -> Result<()> {
+        let mut first_err = None;
+        for s in self.snapshots.values_mut() {
+            if let Err(e) = s.commit_deferred() {
+                first_err.get_or_insert(e);
+            }
+        }
+        if self.snapshots.values().any(|s| !s.uncommitted.is_empty()) {
+            return Err(first_err.unwrap_or(Error::io("exceptions left uncommitted")));
+        }
+        let Volume {
+            origin,
+            held,
+            origin_dirty,
+            ..
+        } = self;
+        while let Some((start, data)) = held.first() {
+            *origin_dirty = true;
+            device::write(&mut **origin, start, data)?;
+            held.release(start);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn uncommitted_records(&self) -> usize {
+        self.snapshots.values().map(|s| s.uncommitted.len()).sum()
     }
 
     /// Ids of the current snapshots, oldest first.
@@ -207,6 +275,8 @@ impl Volume {
             return Err(Error::Merging);
         }
         self.check_unused(&*cow)?;
+        // The new snapshot copies from the origin device: everything waiting must be on it.
+        self.commit()?;
         let snap = Snapshot::create(cow, opts)?;
         self.add(snap)
     }
@@ -238,6 +308,7 @@ impl Volume {
             return Err(Error::Merging);
         }
         self.check_unused(&*cow)?;
+        self.commit()?;
         let snap = Snapshot::activate(cow, opts, self.len())?;
         self.add(snap)
     }
@@ -247,10 +318,16 @@ impl Volume {
         if self.snap(id)?.state == SnapshotState::Merging {
             return Err(Error::Merging);
         }
+        // The COW handed back holds every record it was given, as if each had been committed at
+        // once (a failure here does not stop the delete).
+        let _ = self.snap_mut(id)?.commit_deferred();
         let s = self
             .snapshots
             .remove(&id)
             .ok_or(Error::UnknownSnapshot(id.0))?;
+        // Writes that waited only for this snapshot can go now; an error stays for the next
+        // commit or flush to report (the snapshot is gone either way).
+        let _ = self.commit();
         Ok(s.cow)
     }
 
@@ -259,13 +336,18 @@ impl Volume {
         check_range(offset, buf.len(), self.len())?;
         match self.merging() {
             Some(id) => self.snap(id)?.read_view(&*self.origin, offset, buf),
-            None => device::read(&*self.origin, offset, buf),
+            None => {
+                device::read(&*self.origin, offset, buf)?;
+                self.held.overlay(offset, buf);
+                Ok(())
+            }
         }
     }
 
     /// Writes the origin: every snapshot that lacks an exception for a touched chunk gets a copy of the
     /// chunk first (whole chunks, even for a one-byte write). Snapshots whose COW is full are
-    /// invalidated; the write itself goes on.
+    /// invalidated; the write itself goes on. A write that needed copies waits in memory for their
+    /// group commit (see [`Volume::commit`]); reads see it at once.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.len())?;
         if data.is_empty() {
@@ -274,15 +356,33 @@ impl Volume {
         if let Some(id) = self.merging() {
             return self.write_during_merge(id, offset, data);
         }
-        self.preserve_all(offset, data.len() as u64, None)?;
-        self.origin_dirty = true;
-        device::write(&mut *self.origin, offset, data)
+        // Commit before taking more, so that a failed commit refuses this write whole.
+        if self.held.bytes() >= self.commit_bytes || self.uncommitted_records() >= COMMIT_RECORDS {
+            self.commit()?;
+        }
+        self.preserve_all(offset, data.len() as u64, None, true)?;
+        if self.held.is_empty() && self.uncommitted_records() == 0 {
+            self.origin_dirty = true;
+            return device::write(&mut *self.origin, offset, data);
+        }
+        self.held.hold(offset, data);
+        if self.commit_bytes == 0 {
+            // No grouping asked for: this write's own commit, its error its own.
+            return self.commit();
+        }
+        Ok(())
     }
 
     /// Before an origin write: every snapshot (but `except`) gets its copies of the chunks touched.
     /// When several snapshots need copies, the origin range is read once and each copies from that
     /// (the kernel's kcopyd likewise reads once for several destinations).
-    fn preserve_all(&mut self, offset: u64, len: u64, except: Option<SnapshotId>) -> Result<()> {
+    fn preserve_all(
+        &mut self,
+        offset: u64,
+        len: u64,
+        except: Option<SnapshotId>,
+        defer: bool,
+    ) -> Result<()> {
         let Volume {
             origin,
             snapshots,
@@ -318,11 +418,11 @@ impl Volume {
                 data,
             };
             for (_, s) in snapshots.iter_mut().filter(needy) {
-                s.preserve(&cached, offset, len)?;
+                s.preserve(&cached, offset, len, defer)?;
             }
         } else {
             for (_, s) in snapshots.iter_mut().filter(needy) {
-                s.preserve(origin, offset, len)?;
+                s.preserve(origin, offset, len, defer)?;
             }
         }
         Ok(())
@@ -365,7 +465,7 @@ impl Volume {
         (pos, at, n): (u64, usize, usize),
         data: &[u8],
     ) -> Result<()> {
-        self.preserve_all(pos, n as u64, Some(merging))?;
+        self.preserve_all(pos, n as u64, Some(merging), false)?;
         self.origin_dirty = true;
         device::write(&mut *self.origin, pos, &data[at..at + n])
     }
@@ -373,6 +473,7 @@ impl Volume {
     /// Makes everything written so far durable (origin and every COW). Devices with nothing
     /// unflushed are skipped: exception commits already flush their COW.
     pub fn flush(&mut self) -> Result<()> {
+        self.commit()?;
         if self.origin_dirty {
             self.origin.flush()?;
             self.origin_dirty = false;
@@ -393,6 +494,9 @@ impl Volume {
 
     /// Writes a snapshot (never the origin).
     pub fn snapshot_write_at(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        self.snap(id)?;
+        // The snapshot commits its own records right away; those waiting go first, in order.
+        self.commit()?;
         let origin = &*self.origin;
         let s = self
             .snapshots
@@ -411,7 +515,8 @@ impl Volume {
         Ok(self.snap(id)?.table.iter().collect())
     }
 
-    /// A snapshot's COW device, e.g. to export its dm-format image.
+    /// A snapshot's COW device, e.g. to export its dm-format image. Exceptions waiting for a group
+    /// commit are not on it yet: call [`Volume::commit`] (or `flush`) before copying its bytes.
     pub fn snapshot_cow(&self, id: SnapshotId) -> Result<&dyn BlockDevice> {
         Ok(&*self.snap(id)?.cow)
     }
@@ -436,6 +541,9 @@ impl Volume {
                 Err(Error::Merging)
             };
         }
+        self.snap(id)?;
+        // The merge reads the COW's records and writes the origin device: nothing may wait.
+        self.commit()?;
         let s = self.snap_mut(id)?;
         match s.state {
             SnapshotState::Invalid => return Err(Error::SnapshotInvalid),
@@ -456,9 +564,10 @@ impl Volume {
         })
     }
 
-    /// Merges one run of records (the newest ones), the kernel's way: other snapshots first get their
-    /// copies of the origin chunks about to change, then COW → origin, flush, then the records are
-    /// cleared and the area rewritten. `done` is set once no record is left; then call
+    /// Merges a batch of records (the newest ones of the current area, up to 16 MiB of chunks), the
+    /// kernel's way but many runs at once: other snapshots first get (and commit) their copies of
+    /// the origin chunks about to change, then COW → origin, one origin flush, then the records
+    /// are cleared and the area rewritten once. `done` is set once no record is left; then call
     /// [`Volume::merge_finish`].
     pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
         if self.snap(id)?.state != SnapshotState::Merging {
@@ -466,27 +575,33 @@ impl Volume {
                 "snapshot is not merging; call merge_begin",
             ));
         }
-        if let Some((first_old, first_new, n)) = self.snap_mut(id)?.merge_next()? {
-            let cs = self.snap(id)?.chunk();
-            let start = cs.offset_of(first_old);
-            let end = (first_old + n)
-                .checked_mul(cs.bytes())
-                .map_or(self.len(), |e| e.min(self.len()));
-            if start < end {
-                self.preserve_all(start, end - start, Some(id))?;
+        let cs = self.snap(id)?.chunk();
+        let max = (MERGE_STEP_BYTES / cs.bytes()).max(1) as usize;
+        let records = self.snap_mut(id)?.merge_next(max)?;
+        if records.is_empty() {
+            if !self.snap(id)?.table.is_empty() {
+                return Err(Error::corrupt(
+                    "merge found no records left but the table is not empty",
+                ));
             }
-            let origin = &mut *self.origin;
-            let s = self
-                .snapshots
-                .get_mut(&id)
-                .ok_or(Error::UnknownSnapshot(id.0))?;
-            s.merge_copy(origin, first_old, first_new, n)?;
-            s.merge_commit(first_old, n)?;
-        } else if !self.snap(id)?.table.is_empty() {
-            return Err(Error::corrupt(
-                "merge found no records left but the table is not empty",
-            ));
+            return self.merge_progress(id);
         }
+        // Every other snapshot gets its copies of all the chunks about to change, committed in
+        // one group, before the origin changes.
+        let ranges = self.snap(id)?.origin_ranges(&records, self.len());
+        for &(start, len) in &ranges {
+            self.preserve_all(start, len, Some(id), true)?;
+        }
+        for (_, s) in self.snapshots.iter_mut().filter(|(&o, _)| o != id) {
+            s.commit_deferred()?;
+        }
+        let origin = &mut *self.origin;
+        let s = self
+            .snapshots
+            .get_mut(&id)
+            .ok_or(Error::UnknownSnapshot(id.0))?;
+        s.merge_copy(origin, &records)?;
+        s.merge_commit(&records)?;
         self.merge_progress(id)
     }
 
@@ -517,5 +632,14 @@ impl Volume {
             progress(p);
         }
         self.merge_finish(id)
+    }
+}
+
+impl Drop for Volume {
+    /// Writes held for a group commit reach their devices (not flushed): a volume dropped without
+    /// [`Volume::flush`] loses no more than it would have without group commit, unless a device
+    /// fails here, which nothing could report.
+    fn drop(&mut self) {
+        let _ = self.commit();
     }
 }

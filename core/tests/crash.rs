@@ -485,7 +485,8 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
     assert_eq!(read_all(&vol, None), want_origin);
     assert_eq!(read_all(&vol, Some(ids[1])), want_other);
     let total = clean.power.lock().unwrap().writes;
-    assert!(steps > 3, "merge should take several steps, took {steps}");
+    // Progress once at the start, then one batched step per metadata area (two here).
+    assert!(steps >= 3, "merge should take several steps, took {steps}");
     let mut tried = 0;
     for k in 0..total {
         for mode in OUTCOMES {

@@ -206,6 +206,7 @@ fn snapshot_write_overflow_report_mode_keeps_reads() {
 fn corrupt_headers_are_refused_with_reasons() {
     let good = {
         let mut vol = Volume::new(MemDevice::new(1 << 20));
+        vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
         let s = vol
             .create_snapshot(MemDevice::new(1 << 20), opts(4096))
             .unwrap();
@@ -214,6 +215,7 @@ fn corrupt_headers_are_refused_with_reasons() {
     };
     let activate = |bytes: Vec<u8>| {
         let mut vol = Volume::new(MemDevice::new(1 << 20));
+        vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
         vol.activate_snapshot(MemDevice::from_vec(bytes), SnapshotOptions::default())
     };
     assert!(activate(good.clone()).is_ok());
@@ -250,6 +252,7 @@ fn corrupt_headers_are_refused_with_reasons() {
     let mut zeroed = good.clone();
     zeroed[..4].fill(0);
     let mut vol = Volume::new(MemDevice::new(1 << 20));
+    vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
     let dev = Shared::new(zeroed.clone());
     let err = vol.activate_snapshot(dev.clone(), opts(8192)).unwrap_err();
     assert!(
@@ -276,6 +279,7 @@ fn corrupt_headers_are_refused_with_reasons() {
 fn spec_bytes_and_offsets() {
     // New store, 4 KiB chunks.
     let mut vol = Volume::new(MemDevice::new(4 << 20));
+    vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
     let s = vol
         .create_snapshot(MemDevice::new(128 << 20), opts(4096))
         .unwrap();
@@ -327,6 +331,7 @@ fn spec_bytes_and_offsets() {
 fn cow_ending_at_an_area_boundary_invalidates_on_the_last_exception() {
     // Scenario B variant: 258 chunks; the 256th commit must zero chunk 258, past the end.
     let mut vol = Volume::new(MemDevice::new(1 << 20));
+    vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
     let s = vol
         .create_snapshot(MemDevice::new(258 * 4096), opts(4096))
         .unwrap();
@@ -341,6 +346,7 @@ fn cow_ending_at_an_area_boundary_invalidates_on_the_last_exception() {
     );
     // With one spare area (259 chunks, LVM's sizing) the same writes fit and reload.
     let mut vol = Volume::new(MemDevice::new(1 << 20));
+    vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
     let s = vol
         .create_snapshot(MemDevice::new(259 * 4096), opts(4096))
         .unwrap();

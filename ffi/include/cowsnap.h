@@ -212,13 +212,15 @@ struct cowsnap_snapshot_options {
   int32_t overflow;
   /**
    * Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
-   * one metadata area, one data chunk).
+   * one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
    */
   uint64_t cow_size;
   /**
-   * NULL: the COW lives in memory. Otherwise the path of a new (or empty) file, created as a sparse
-   * file of `cow_size` bytes; an existing non-empty file is refused, never overwritten. Borrowed
-   * for the call. Reopen it later with `cowsnap_volume_open_file`.
+   * NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
+   * regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
+   * a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
+   * Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
+   * and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
    */
   const char *cow_path;
   /**
@@ -354,10 +356,14 @@ cowsnap_result cowsnap_snapshot_options_init(struct cowsnap_snapshot_options *op
  * the volume size. Stores the new snapshot's id in `*out_id`; ids are never reused by a volume.
  *
  * `opts` (and its `cow_path`) are borrowed for the call. A `cow_path` that names an existing,
- * non-empty file is refused (`INVALID_ARGUMENT`) rather than overwritten: it may be another
- * snapshot's COW or the origin itself. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0,
- * unknown enum value, bad autoextend policy, non-empty cow_path), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW
- * too small or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
+ * non-empty file, a directory, a device node or a symlink is refused (`INVALID_ARGUMENT`) rather
+ * than overwritten: it may be another snapshot's COW or the origin itself. When the file system
+ * cannot reserve `cow_size` bytes the call fails with `IO` ("No space left on device") and leaves no
+ * file behind; any failure after the file was created removes it again (an empty file given is left
+ * empty). Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0, unknown enum value, bad autoextend
+ * policy, cow_path taken), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW smaller than 3 chunks for a persistent
+ * store or 1 chunk for a transient one, or out of memory), `IO` (COW file), `MERGING` (a merge is in
+ * progress).
  * Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
  * consistent with its own data just stops its writers around this call).
  */
@@ -449,10 +455,12 @@ cowsnap_result cowsnap_snapshot_export_cow(struct cowsnap_volume *vol,
 
 /**
  * Grows snapshot `id`'s COW device to `new_cow_size` bytes (like `lvextend` on a snapshot). Works
- * for memory and file COWs. An invalid snapshot stays invalid.
+ * for memory and file COWs; a file COW gets the added bytes reserved on its file system (a disk too
+ * full for them fails with `IO` and leaves the COW as it was). An invalid snapshot stays invalid.
  *
- * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (shrinking), `NO_SPACE`, `IO`,
- * `SNAPSHOT_INVALID`. Thread-safety: safe from any thread; takes the write lock.
+ * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (shrinking, or a size beyond
+ * 2^63 - 1 bytes, which no file or memory can hold), `NO_SPACE` (out of memory for a memory COW),
+ * `IO`, `SNAPSHOT_INVALID`. Thread-safety: safe from any thread; takes the write lock.
  */
 cowsnap_result cowsnap_snapshot_extend(struct cowsnap_volume *vol,
                                        uint32_t id,
@@ -482,12 +490,16 @@ cowsnap_result cowsnap_volume_create_mem(uint64_t size,
                                          struct cowsnap_volume **out_vol);
 
 /**
- * Creates (or truncates) the file `path` as a sparse file of `size` bytes and makes it the origin of
- * a new volume.
+ * Creates the file `path` as a sparse file of `size` bytes and makes it the origin of a new volume.
  *
+ * `path` must not exist, or must be an empty regular file (not a symlink; e.g. from `mkstemp`):
+ * anything else there (a non-empty file, a directory, a device node, a symlink) is refused with
+ * `INVALID_ARGUMENT` and left untouched; open an existing origin with `cowsnap_volume_open_file`.
+ * On failure a file this call created is removed (an empty file given is left empty).
  * `path` is borrowed for the call (NUL-terminated, passed to the OS as is). On success `*out_vol`
  * receives a new handle owned by the caller (release with `cowsnap_volume_free`); on failure it is set
- * to NULL. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (size 0, empty path), `IO`.
+ * to NULL. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (size 0 or beyond 2^63 - 1, empty path, path
+ * taken), `IO` (missing directory, read-only file or file system, disk full).
  * Thread-safety: safe from any thread.
  */
 cowsnap_result cowsnap_volume_create_file(const char *path,
@@ -496,8 +508,14 @@ cowsnap_result cowsnap_volume_create_file(const char *path,
 
 /**
  * Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
- * as LVM activates a volume group after a restart or a crash.
+ * as LVM activates a volume group after a restart or a crash. Nothing is created, truncated or
+ * formatted: a COW whose header is zeroed (never formatted, or wiped) is `CORRUPT_METADATA`, since
+ * only `cowsnap_snapshot_create` formats a COW.
  *
+ * Every path must name an existing, writable regular file (symlinks are followed): a directory or a
+ * device node is `INVALID_ARGUMENT`, a missing or read-only file `IO`. One file named twice (the
+ * origin as a COW, a COW twice, through the same path, a symlink or a hard link) is
+ * `INVALID_ARGUMENT`, naming both arguments; nothing is written then.
  * Snapshot ids are assigned in the order of `cow_paths` (0, 1, ...; see `cowsnap_volume_snapshot_ids`).
  * Each COW's chunk size comes from its header; a COW whose header says invalid gives an invalid
  * snapshot; corrupt metadata fails the whole call with `CORRUPT_METADATA` (message names the file).

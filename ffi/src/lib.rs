@@ -17,6 +17,7 @@ use cowsnap_core::{Error, ErrorCode};
 
 #[macro_use]
 mod guard;
+mod files;
 mod snapshot;
 mod volume;
 

@@ -3,13 +3,12 @@
 use std::ffi::{c_char, c_void};
 
 use cowsnap_core::{
-    Autoextend, ChunkSize, ErrorCode, FileDevice, MergeProgress, OverflowMode, SnapshotId,
+    Autoextend, ChunkSize, Error, ErrorCode, MergeProgress, OverflowMode, SnapshotId,
     SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
 };
 
-use crate::volume::{
-    cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume, with_path,
-};
+use crate::files::{self, Space};
+use crate::volume::{cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume};
 use crate::{cowsnap_result, Failure, FfiResult};
 
 /// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
@@ -59,11 +58,13 @@ pub struct cowsnap_snapshot_options {
     /// A `cowsnap_overflow_mode` value.
     pub overflow: i32,
     /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
-    /// one metadata area, one data chunk).
+    /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
     pub cow_size: u64,
-    /// NULL: the COW lives in memory. Otherwise the path of a new (or empty) file, created as a sparse
-    /// file of `cow_size` bytes; an existing non-empty file is refused, never overwritten. Borrowed
-    /// for the call. Reopen it later with `cowsnap_volume_open_file`.
+    /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
+    /// regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
+    /// a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
+    /// Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
+    /// and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
     /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
     /// (1..100; 100 disables). 0 means no autoextend policy.
@@ -153,6 +154,34 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
     })
 }
 
+/// Smallest COW `lvcreate -s` accepts (LVM's `SNAPSHOT_MIN_CHUNKS`): the header, the first metadata
+/// area and one data chunk. The core formats two chunks, but such a COW has no room for any data:
+/// the first write to the origin would invalidate it.
+const MIN_PERSISTENT_CHUNKS: u64 = 3;
+
+/// Refuses a COW too small for its store before anything is allocated or created.
+pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
+    let chunk = opts.chunk_size.bytes();
+    let (chunks, what) = match opts.store {
+        StoreKind::Persistent => (
+            MIN_PERSISTENT_CHUNKS,
+            "a persistent COW needs 3 chunks (header, metadata area, one data chunk)",
+        ),
+        StoreKind::Transient => (1, "a transient COW needs 1 chunk"),
+    };
+    if cow_size < chunks * chunk {
+        return Err(Failure::new(
+            ErrorCode::NoSpace,
+            format!(
+                "COW device too small: {what}, {} bytes with {chunk}-byte chunks; cow_size is \
+                 {cow_size}",
+                chunks * chunk
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
 /// autoextend, memory COW, `cow_size` 0 (to be set by the caller).
 ///
@@ -181,10 +210,14 @@ pub unsafe extern "C" fn cowsnap_snapshot_options_init(
 /// the volume size. Stores the new snapshot's id in `*out_id`; ids are never reused by a volume.
 ///
 /// `opts` (and its `cow_path`) are borrowed for the call. A `cow_path` that names an existing,
-/// non-empty file is refused (`INVALID_ARGUMENT`) rather than overwritten: it may be another
-/// snapshot's COW or the origin itself. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0,
-/// unknown enum value, bad autoextend policy, non-empty cow_path), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW
-/// too small or out of memory), `IO` (COW file), `MERGING` (a merge is in progress).
+/// non-empty file, a directory, a device node or a symlink is refused (`INVALID_ARGUMENT`) rather
+/// than overwritten: it may be another snapshot's COW or the origin itself. When the file system
+/// cannot reserve `cow_size` bytes the call fails with `IO` ("No space left on device") and leaves no
+/// file behind; any failure after the file was created removes it again (an empty file given is left
+/// empty). Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (cow_size 0, unknown enum value, bad autoextend
+/// policy, cow_path taken), `BAD_CHUNK_SIZE`, `NO_SPACE` (COW smaller than 3 chunks for a persistent
+/// store or 1 chunk for a transient one, or out of memory), `IO` (COW file), `MERGING` (a merge is in
+/// progress).
 /// Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
 /// consistent with its own data just stops its writers around this call).
 #[no_mangle]
@@ -204,21 +237,24 @@ pub unsafe extern "C" fn cowsnap_snapshot_create(
         if o.cow_size == 0 {
             return Err(Failure::invalid("cow_size is 0"));
         }
+        check_cow_size(o.cow_size, &sopts)?;
         let id = if o.cow_path.is_null() {
             let cow = mem_device(o.cow_size)?;
             v.write()?.create_snapshot(cow, sopts)?
         } else {
             // SAFETY: NUL-terminated string by contract.
             let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
-                return Err(Failure::invalid(format!(
-                    "COW file {} exists and is not empty; refusing to overwrite it",
-                    path.display()
-                )));
+            let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
+            let mut vol = v.write()?;
+            match vol.create_snapshot(created.device, sopts) {
+                Ok(id) => id,
+                Err(e) => {
+                    drop(vol);
+                    // The volume refused it (a merge in progress...): no snapshot, no file left.
+                    created.undo.run();
+                    return Err(e.into());
+                }
             }
-            let cow = FileDevice::create(&path, o.cow_size)
-                .map_err(|e| with_path(e, "cannot create COW", &path))?;
-            v.write()?.create_snapshot(cow, sopts)?
         };
         *out_id = id.0;
         Ok(())
@@ -468,10 +504,12 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
 }
 
 /// Grows snapshot `id`'s COW device to `new_cow_size` bytes (like `lvextend` on a snapshot). Works
-/// for memory and file COWs. An invalid snapshot stays invalid.
+/// for memory and file COWs; a file COW gets the added bytes reserved on its file system (a disk too
+/// full for them fails with `IO` and leaves the COW as it was). An invalid snapshot stays invalid.
 ///
-/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (shrinking), `NO_SPACE`, `IO`,
-/// `SNAPSHOT_INVALID`. Thread-safety: safe from any thread; takes the write lock.
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `INVALID_ARGUMENT` (shrinking, or a size beyond
+/// 2^63 - 1 bytes, which no file or memory can hold), `NO_SPACE` (out of memory for a memory COW),
+/// `IO`, `SNAPSHOT_INVALID`. Thread-safety: safe from any thread; takes the write lock.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_snapshot_extend(
     vol: *mut cowsnap_volume,
@@ -481,7 +519,22 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     ffi_guard!("cowsnap_snapshot_extend", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        v.write()?.extend_snapshot(SnapshotId(id), new_cow_size)?;
+        if new_cow_size > i64::MAX as u64 {
+            return Err(Failure::invalid(format!(
+                "new COW size {new_cow_size} bytes is out of range: a COW holds at most {} bytes",
+                i64::MAX
+            )));
+        }
+        v.write()?
+            .extend_snapshot(SnapshotId(id), new_cow_size)
+            .map_err(|e| match e {
+                // The core's "COW device too small" is about a full COW; here memory ran out.
+                Error::NoSpace => Failure::new(
+                    ErrorCode::NoSpace,
+                    format!("cannot grow the COW to {new_cow_size} bytes: out of memory"),
+                ),
+                e => e.into(),
+            })?;
         Ok(())
     })
 }

@@ -6,8 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use cowsnap_core::{BlockDevice, Error, ErrorCode, FileDevice, MemDevice, SnapshotOptions, Volume};
+use cowsnap_core::{BlockDevice, Error, ErrorCode, MemDevice, SnapshotOptions, Volume};
 
+use crate::files::{self, Space};
 use crate::{cowsnap_result, Failure, FfiResult};
 
 /// A volume: an origin device (memory or file) and its snapshots. Opaque; create it with
@@ -197,12 +198,16 @@ pub unsafe extern "C" fn cowsnap_volume_create_mem(
     })
 }
 
-/// Creates (or truncates) the file `path` as a sparse file of `size` bytes and makes it the origin of
-/// a new volume.
+/// Creates the file `path` as a sparse file of `size` bytes and makes it the origin of a new volume.
 ///
+/// `path` must not exist, or must be an empty regular file (not a symlink; e.g. from `mkstemp`):
+/// anything else there (a non-empty file, a directory, a device node, a symlink) is refused with
+/// `INVALID_ARGUMENT` and left untouched; open an existing origin with `cowsnap_volume_open_file`.
+/// On failure a file this call created is removed (an empty file given is left empty).
 /// `path` is borrowed for the call (NUL-terminated, passed to the OS as is). On success `*out_vol`
 /// receives a new handle owned by the caller (release with `cowsnap_volume_free`); on failure it is set
-/// to NULL. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (size 0, empty path), `IO`.
+/// to NULL. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (size 0 or beyond 2^63 - 1, empty path, path
+/// taken), `IO` (missing directory, read-only file or file system, disk full).
 /// Thread-safety: safe from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_volume_create_file(
@@ -219,16 +224,21 @@ pub unsafe extern "C" fn cowsnap_volume_create_file(
         if size == 0 {
             return Err(Failure::invalid("volume size is 0"));
         }
-        let dev =
-            FileDevice::create(&path, size).map_err(|e| with_path(e, "cannot create", &path))?;
-        *out_vol = cowsnap_volume::boxed(Volume::new(dev));
+        let created = files::create(&path, size, Space::Sparse, "origin")?;
+        *out_vol = cowsnap_volume::boxed(Volume::new(created.device));
         Ok(())
     })
 }
 
 /// Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
-/// as LVM activates a volume group after a restart or a crash.
+/// as LVM activates a volume group after a restart or a crash. Nothing is created, truncated or
+/// formatted: a COW whose header is zeroed (never formatted, or wiped) is `CORRUPT_METADATA`, since
+/// only `cowsnap_snapshot_create` formats a COW.
 ///
+/// Every path must name an existing, writable regular file (symlinks are followed): a directory or a
+/// device node is `INVALID_ARGUMENT`, a missing or read-only file `IO`. One file named twice (the
+/// origin as a COW, a COW twice, through the same path, a symlink or a hard link) is
+/// `INVALID_ARGUMENT`, naming both arguments; nothing is written then.
 /// Snapshot ids are assigned in the order of `cow_paths` (0, 1, ...; see `cowsnap_volume_snapshot_ids`).
 /// Each COW's chunk size comes from its header; a COW whose header says invalid gives an invalid
 /// snapshot; corrupt metadata fails the whole call with `CORRUPT_METADATA` (message names the file).
@@ -253,26 +263,36 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
         if n_cows > 0 && cow_paths.is_null() {
             return Err(Failure::null("cow_paths"));
         }
-        let mut cows = Vec::with_capacity(n_cows.min(1024));
+        let mut cow_args = Vec::with_capacity(n_cows.min(1024));
         for i in 0..n_cows {
             // SAFETY: `cow_paths` holds `n_cows` pointers by contract.
             let p = unsafe { *cow_paths.add(i) };
+            let name = format!("cow_paths[{i}]");
             // SAFETY: each a NUL-terminated string by contract.
-            cows.push(unsafe { path_arg(p, &format!("cow_paths[{i}]")) }?);
+            let path = unsafe { path_arg(p, &name) }?;
+            cow_args.push((name, path));
         }
-        let origin = FileDevice::open(&origin_path)
-            .map_err(|e| with_path(e, "cannot open origin", &origin_path))?;
-        if origin.is_empty() {
+        // Everything is opened and compared before the first activation reads (or could write) a COW.
+        let origin = files::open_existing(&origin_path, "origin")?;
+        if origin.device.is_empty() {
             return Err(Failure::invalid(format!(
                 "origin {} is empty",
                 origin_path.display()
             )));
         }
-        let mut vol = Volume::new(origin);
-        for path in &cows {
-            let cow = FileDevice::open(path).map_err(|e| with_path(e, "cannot open COW", path))?;
-            vol.activate_snapshot(cow, SnapshotOptions::default())
-                .map_err(|e| with_path(e, "cannot activate COW", path))?;
+        let mut cows = Vec::with_capacity(cow_args.len());
+        for (name, path) in &cow_args {
+            cows.push(files::open_existing(path, &format!("COW {name}"))?);
+        }
+        let mut ids = vec![("origin_path".to_string(), origin_path.as_path(), origin.id)];
+        for ((name, path), cow) in cow_args.iter().zip(&cows) {
+            ids.push((name.clone(), path.as_path(), cow.id));
+        }
+        files::check_distinct(&ids)?;
+        let mut vol = Volume::new(origin.device);
+        for ((name, path), cow) in cow_args.iter().zip(cows) {
+            vol.activate_snapshot(cow.device, SnapshotOptions::default())
+                .map_err(|e| with_path(e, &format!("cannot activate {name}"), path))?;
         }
         *out_vol = cowsnap_volume::boxed(vol);
         Ok(())

@@ -39,7 +39,10 @@ export interface AutoextendPolicy {
 export type Autoextend = AutoextendPolicy | readonly [threshold: number, percent: number];
 
 export interface SnapshotOptions {
-  /** Size of the snapshot's COW device in bytes (like `lvcreate -s -L`). Required. */
+  /**
+   * Size of the snapshot's COW device in bytes (like `lvcreate -s -L`). Required. At least 3 chunks
+   * for a persistent store (header, metadata area, one data chunk), 1 for a transient one.
+   */
   cowSize: number;
   /** Chunk size in bytes: a power of two from 4096 to 524288. Default 4096. */
   chunkSize?: number;
@@ -108,12 +111,14 @@ export interface ExceptionEntry {
  */
 export class Volume {
   private constructor();
-  /** A zero-filled origin of `size` bytes. */
+  /** A zero-filled origin of `size` bytes (at least 1: 0 throws `INVALID_ARGUMENT`). */
   static memory(size: number): Volume;
   /**
    * An origin holding a copy of `origin`, with one snapshot per dm-snapshot COW image (persistent
    * store, as written by the kernel, LVM or `exportCow()`), in order. Throws `CORRUPT_METADATA` for
-   * an image that is not a valid COW store.
+   * an image that is not a valid COW store, an all-zero one included (never formatted here: only
+   * `snapshot()` formats a COW), and `INVALID_ARGUMENT` for one memory given twice (the same array,
+   * views sharing bytes of one buffer, the origin's bytes as a COW) or an empty origin.
    */
   static fromImages(origin: Uint8Array, cows?: readonly Uint8Array[]): Volume;
   /** Origin size in bytes (also the size of every snapshot). */
@@ -130,7 +135,7 @@ export class Volume {
   snapshots(): Snapshot[];
   /** The origin device's bytes (with `exportCow()` images, the input of `fromImages`). */
   originImage(): Uint8Array;
-  /** Releases this handle. Further calls on it throw. */
+  /** Releases this handle. Further calls on it throw `INVALID_ARGUMENT`; a second `free()` does nothing. */
   free(): void;
   [Symbol.dispose](): void;
 }
@@ -163,7 +168,10 @@ export class Snapshot {
   extend(newSize: number): void;
   /** Sets or (with `null`) clears the autoextend policy. */
   setAutoextend(policy: Autoextend | null): void;
-  /** Releases this handle (not the snapshot: see `delete()`). Further calls on it throw. */
+  /**
+   * Releases this handle (not the snapshot: see `delete()`). Further calls on it throw
+   * `INVALID_ARGUMENT`; a second `free()` does nothing.
+   */
   free(): void;
   [Symbol.dispose](): void;
 }

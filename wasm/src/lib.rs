@@ -310,6 +310,56 @@ fn arg_snapshot_options(v: &JsValue) -> Result<(usize, SnapshotOptions), JsValue
     ))
 }
 
+/// Refuses one memory given as two devices: the same `Uint8Array`, or views sharing bytes of one
+/// buffer (the images are copied into wasm memory, but a caller who passes one image twice has a
+/// bug that would corrupt it on disk in the C or Python front ends: every front end refuses it).
+fn check_distinct(images: &[(String, &Uint8Array)]) -> Result<(), JsValue> {
+    for (i, (name, a)) in images.iter().enumerate() {
+        let (a_buf, a_start) = (a.buffer(), a.byte_offset());
+        let a_end = a_start + a.byte_length();
+        for (first, b) in &images[..i] {
+            let (b_start, b_end) = (b.byte_offset(), b.byte_offset() + b.byte_length());
+            let overlap = a_start < b_end && b_start < a_end;
+            if overlap && Object::is(&a_buf, &b.buffer()) {
+                return Err(with_code(
+                    js_sys::Error::new(&format!(
+                        "{name} is the same memory as {first} (bytes of one ArrayBuffer): one image \
+                         cannot be two devices of a volume"
+                    ))
+                    .into(),
+                    ErrorCode::InvalidArgument.name(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Smallest COW `lvcreate -s` accepts (LVM's `SNAPSHOT_MIN_CHUNKS`): header, first metadata area
+/// and one data chunk; a transient store needs one chunk. The C ABI applies the same rule.
+fn check_cow_size(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue> {
+    let chunk = opts.chunk_size.bytes();
+    let (chunks, what) = match opts.store {
+        StoreKind::Persistent => (
+            3,
+            "a persistent COW needs 3 chunks (header, metadata area, one data chunk)",
+        ),
+        StoreKind::Transient => (1, "a transient COW needs 1 chunk"),
+    };
+    if (cow_size as u64) < chunks * chunk {
+        return Err(with_code(
+            js_sys::Error::new(&format!(
+                "COW device too small: {what}, {} bytes with {chunk}-byte chunks; cowSize is \
+                 {cow_size}",
+                chunks * chunk
+            ))
+            .into(),
+            ErrorCode::NoSpace.name(),
+        ));
+    }
+    Ok(())
+}
+
 fn with<R>(vol: &Shared, f: impl FnOnce(&CoreVolume) -> Result<R, Error>) -> Result<R, JsValue> {
     let v = vol.try_borrow().map_err(|_| busy())?;
     f(&v).map_err(core_err)
@@ -347,9 +397,12 @@ pub struct Volume {
 
 #[wasm_bindgen]
 impl Volume {
-    /// A zero-filled origin of `size` bytes.
+    /// A zero-filled origin of `size` bytes (at least 1, as in C and Python).
     pub fn memory(size: JsValue) -> Result<Volume, JsValue> {
         let n = arg_len(&size, "size")?;
+        if n == 0 {
+            return Err(range_err("volume size is 0"));
+        }
         Ok(Volume::wrap(CoreVolume::new(MemDevice::from_vec(zeroed(
             n,
         )?))))
@@ -359,7 +412,7 @@ impl Volume {
     /// activated as the kernel loads a snapshot table (chunk size from each header).
     #[wasm_bindgen(js_name = fromImages)]
     pub fn from_images(origin: JsValue, cows: JsValue) -> Result<Volume, JsValue> {
-        let origin = copy_in(&arg_bytes(&origin, "origin image")?)?;
+        let origin = arg_bytes(&origin, "origin image")?;
         let cows: Vec<Uint8Array> = if cows.is_undefined() {
             Vec::new()
         } else if Array::is_array(&cows) {
@@ -374,7 +427,17 @@ impl Volume {
                 kind_of(&cows)
             )));
         };
-        let mut vol = CoreVolume::new(MemDevice::from_vec(origin));
+        if origin.length() == 0 {
+            return Err(range_err("origin image is empty"));
+        }
+        let mut images = vec![("origin image".to_string(), &origin)];
+        images.extend(
+            cows.iter()
+                .enumerate()
+                .map(|(i, c)| (format!("COW image {i}"), c)),
+        );
+        check_distinct(&images)?;
+        let mut vol = CoreVolume::new(MemDevice::from_vec(copy_in(&origin)?));
         for (i, c) in cows.iter().enumerate() {
             let cow = MemDevice::from_vec(copy_in(c)?);
             vol.activate_snapshot(cow, SnapshotOptions::default())
@@ -417,6 +480,7 @@ impl Volume {
     /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
     pub fn snapshot(&self, options: JsValue) -> Result<Snapshot, JsValue> {
         let (cow_size, opts) = arg_snapshot_options(&options)?;
+        check_cow_size(cow_size, &opts)?;
         let cow = MemDevice::from_vec(zeroed(cow_size)?);
         let id = with_mut(&self.inner, |v| v.create_snapshot(cow, opts))?;
         Ok(Snapshot {
@@ -620,7 +684,12 @@ impl Snapshot {
     /// Grows the COW device to `newSize` bytes (like `lvextend` on the snapshot).
     pub fn extend(&self, new_size: JsValue) -> Result<(), JsValue> {
         let n = arg_len(&new_size, "newSize")? as u64;
-        with_mut(&self.vol, |v| v.extend_snapshot(self.id, n))
+        let mut v = self.vol.try_borrow_mut().map_err(|_| busy())?;
+        v.extend_snapshot(self.id, n).map_err(|e| match e {
+            // The core's "COW device too small" is about a full COW; here memory ran out.
+            Error::NoSpace => oom(n),
+            e => core_err(e),
+        })
     }
 
     /// Sets (`[threshold, percent]` or `{ threshold, percent }`) or clears (`null`) autoextend.

@@ -7,6 +7,8 @@
 pub mod persistent;
 pub mod transient;
 
+use alloc::vec::Vec;
+
 use crate::chunk::ChunkSize;
 use crate::device::BlockDevice;
 use crate::error::Result;
@@ -68,23 +70,12 @@ pub trait ExceptionStore: Send + Sync {
     /// Marks the store invalid for good (persistent: writes `valid = 0` to the header and flushes).
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()>;
     /// Space accounting for a COW of `cow_len` bytes.
-    fn usage(&self, cow_len: u64) -> Usage;
-    /// Merge: the newest record and how many records before it are consecutive with it
-    /// (in both origin and COW chunk, within one area). `None` when no record is left.
-    fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>>;
+    /// `pending` records are allocated but wait for a group commit: they count as committed.
+    fn usage(&self, cow_len: u64, pending: u64) -> Usage;
+    /// Merge: the newest records, at most `max` and all from one metadata area, oldest first
+    /// (empty when no record is left). Dropping them all at once leaves a state the kernel could
+    /// have written: its own merge drops trailing runs of the same area one after the other.
+    fn merge_prepare(&mut self, cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>>;
     /// Merge: drops the newest `n` records durably (their chunks have been copied back and flushed).
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()>;
-}
-
-/// The newest record and how many records before it continue its run (old and new chunk both one
-/// less each step): what one merge step copies back.
-pub(crate) fn trailing_run(records: &[Exception]) -> Option<(Exception, u64)> {
-    let &last = records.last()?;
-    let n = records
-        .iter()
-        .rev()
-        .zip(0u64..)
-        .take_while(|&(e, i)| e.old + i == last.old && e.new + i == last.new)
-        .count();
-    Some((last, n as u64))
 }

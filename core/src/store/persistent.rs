@@ -364,18 +364,21 @@ impl ExceptionStore for PersistentStore {
         device::write(cow, 0, &h.to_bytes())?;
         cow.flush()
     }
-    fn usage(&self, cow_len: u64) -> Usage {
+    fn usage(&self, cow_len: u64, pending: u64) -> Usage {
         let cs = self.geo.chunk.sectors();
+        // The area the pending records will have moved the store to once committed.
+        let current_area =
+            self.current_area + (self.area.len() as u64 + pending) / self.geo.exceptions_per_area();
         Usage {
             allocated_sectors: self.next_free * cs,
             total_sectors: cow_len / SECTOR_SIZE,
-            metadata_sectors: (self.current_area + 2) * cs,
+            metadata_sectors: (current_area + 2) * cs,
         }
     }
-    fn merge_prepare(&mut self, cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
+    fn merge_prepare(&mut self, cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>> {
         if self.area.is_empty() {
             if self.current_area == 0 {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             // Step back into the previous (full) area.
             let prev = self.current_area - 1;
@@ -390,9 +393,10 @@ impl ExceptionStore for PersistentStore {
             self.area = recs;
             self.area_on_disk = self.area.len();
         }
-        super::trailing_run(&self.area)
-            .map(Some)
-            .ok_or_else(|| Error::corrupt("empty metadata area during merge"))
+        if self.area.is_empty() {
+            return Err(Error::corrupt("empty metadata area during merge"));
+        }
+        Ok(self.area[self.area.len().saturating_sub(max.max(1))..].to_vec())
     }
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.area.len().saturating_sub(n as usize);

@@ -61,15 +61,15 @@ impl ExceptionStore for TransientStore {
         self.records = Vec::new();
         Ok(())
     }
-    fn usage(&self, cow_len: u64) -> Usage {
+    fn usage(&self, cow_len: u64, _pending: u64) -> Usage {
         Usage {
             allocated_sectors: self.next_free * self.chunk.sectors(),
             total_sectors: cow_len / SECTOR_SIZE,
             metadata_sectors: 0,
         }
     }
-    fn merge_prepare(&mut self, _cow: &dyn BlockDevice) -> Result<Option<(Exception, u64)>> {
-        Ok(super::trailing_run(&self.records))
+    fn merge_prepare(&mut self, _cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>> {
+        Ok(self.records[self.records.len().saturating_sub(max)..].to_vec())
     }
     fn merge_commit(&mut self, _cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
         let keep = self.records.len().saturating_sub(n as usize);

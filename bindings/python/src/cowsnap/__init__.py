@@ -34,6 +34,7 @@ from .errors import (
     SnapshotOverflow,
     UnknownSnapshot,
     Unsupported,
+    VolumeClosed,
     error_class,
 )
 
@@ -61,5 +62,6 @@ __all__ = [
     "NullPointer",
     "Panic",
     "BufferTooSmall",
+    "VolumeClosed",
     "error_class",
 ]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
-from .errors import BufferTooSmall, CowsnapError
+from .errors import BufferTooSmall, CowsnapError, VolumeClosed
 
 __all__ = ["Volume", "Snapshot", "SnapshotStatus", "MergeProgress", "BytesLike", "PathLike"]
 
@@ -182,7 +182,7 @@ class _Handle:
     def acquire(self) -> ctypes.c_void_p:
         with self._cond:
             if self._ptr is None:
-                raise ValueError("I/O operation on a closed cowsnap volume")
+                raise VolumeClosed()
             tid = threading.get_ident()
             self._users[tid] = self._users.get(tid, 0) + 1
             return self._ptr
@@ -264,7 +264,11 @@ class Volume:
 
     @classmethod
     def create(cls, path: PathLike, size: int) -> "Volume":
-        """A volume over the file ``path``, created (or resized) to ``size`` bytes."""
+        """A volume over a new sparse file ``path`` of ``size`` bytes.
+
+        ``path`` must not exist, or be an empty regular file: an existing non-empty file, a directory,
+        a device node or a symlink is refused (:class:`InvalidArgument`) and left untouched (open an
+        existing origin with :meth:`open`)."""
         p = _path(path, "path")
         size = _index(size, "size")
         out = ctypes.c_void_p()
@@ -274,7 +278,13 @@ class Volume:
     @classmethod
     def open(cls, origin_path: PathLike, cow_paths: Iterable[PathLike] = ()) -> "Volume":
         """Opens an existing origin file and activates the persistent COW files ``cow_paths`` on it
-        (as LVM activates a volume group); they become :attr:`snapshots`, in the order given."""
+        (as LVM activates a volume group); they become :attr:`snapshots`, in the order given.
+
+        Nothing is created, truncated or formatted: a COW with a zeroed header is
+        :class:`CorruptMetadata` (only :meth:`snapshot` formats a COW). Each path must be an existing,
+        writable regular file (a directory or device node is :class:`InvalidArgument`, a missing or
+        read-only file :class:`IoError`), and no file may be given twice, in any guise (the origin
+        as a COW, a COW twice, a symlink or hard link to one): :class:`InvalidArgument`."""
         p = _path(origin_path, "origin_path")
         if isinstance(cow_paths, (str, bytes, os.PathLike)):
             raise TypeError("cow_paths must be a sequence of paths, not a single path")
@@ -371,10 +381,13 @@ class Volume:
         """Takes a snapshot (``lvcreate -s``): instant, whatever the volume size.
 
         Args:
-            cow_size: size of the COW device in bytes (``-L``).
+            cow_size: size of the COW device in bytes (``-L``): at least 3 chunks for a persistent
+                store (header, metadata area, one data chunk), 1 chunk for a transient one.
             chunk_size: chunk size in bytes, a power of two from 4 KiB to 512 KiB (``-c``).
             persistent: the dm persistent store (``P``, kernel-compatible COW) or transient (``N``).
-            path: a file for the COW device (created); ``None`` keeps it in memory.
+            path: a file for the COW device, created with all ``cow_size`` bytes reserved on its
+                file system (a disk without the room fails with :class:`IoError` and leaves no
+                file); it must not exist (or be an empty regular file). ``None`` keeps it in memory.
             overflow: what a full COW does to a *snapshot write*: ``"invalidate"`` (``P``, as LVM) or
                 ``"report"`` (``PO``: the snapshot refuses writes but stays readable).
             autoextend: ``(threshold_percent, extend_percent)`` like lvm.conf's

@@ -22,6 +22,7 @@ __all__ = [
     "NullPointer",
     "Panic",
     "BufferTooSmall",
+    "VolumeClosed",
     "error_class",
 ]
 
@@ -133,6 +134,16 @@ class BufferTooSmall(CowsnapError):
     """A caller's buffer was too small for the result."""
 
     code, name = -14, "BUFFER_TOO_SMALL"
+
+
+class VolumeClosed(InvalidArgument, ValueError):
+    """A call on a closed :class:`~cowsnap.Volume` (or a snapshot of one).
+
+    Code ``INVALID_ARGUMENT``, as JavaScript reports a handle used after ``free()``; also a
+    ``ValueError``, as Python's own closed files raise."""
+
+    def __init__(self, message: str = "I/O operation on a closed cowsnap volume") -> None:
+        super().__init__(message)
 
 
 _BY_CODE: Dict[int, Type[CowsnapError]] = {

@@ -1,0 +1,35 @@
+
+// --- appended to wasm-bindgen's glue by wasm/build.sh (from wasm/js/freed-handles.js) ---
+// A handle used after `free()` (or `Symbol.dispose`) throws an `Error` whose `code` is
+// INVALID_ARGUMENT, as a call on a closed volume does in Python, instead of wasm-bindgen's bare
+// "null pointer passed to rust"; and `free()` twice is harmless, as Python's `close()`.
+// Plain script: valid in the CommonJS (node) and ES module (web) glue.
+(function guardFreedHandles(classes) {
+  for (const [name, cls] of classes) {
+    const proto = cls.prototype;
+    const guard = (fn) =>
+      function guarded(...args) {
+        if (this.__wbg_ptr === 0) {
+          const e = new Error(`this ${name} handle was freed (free() or Symbol.dispose): it cannot be used any more`);
+          e.code = 'INVALID_ARGUMENT';
+          throw e;
+        }
+        return fn.apply(this, args);
+      };
+    for (const key of Object.getOwnPropertyNames(proto)) {
+      if (key === 'constructor' || key === 'free' || key.startsWith('__')) continue;
+      const d = Object.getOwnPropertyDescriptor(proto, key);
+      if (typeof d.value === 'function') d.value = guard(d.value);
+      if (d.get) d.get = guard(d.get);
+      Object.defineProperty(proto, key, d);
+    }
+    const free = proto.free;
+    proto.free = function free_once() {
+      if (this.__wbg_ptr !== 0) free.call(this);
+    };
+    if (Symbol.dispose) proto[Symbol.dispose] = proto.free;
+  }
+})([
+  ['Volume', Volume],
+  ['Snapshot', Snapshot],
+]);
