@@ -796,12 +796,14 @@ fn exec_snapshot(
         autoextend,
     };
     let opts = entry_options(&entry)?;
-    if size < 2 * chunk {
+    // As lvcreate (and the C API): a COW that cannot hold one data chunk is invalid at the first
+    // origin write.
+    if size < 3 * chunk {
         return Err(CliError::msg(format!(
-            "COW size {} is too small: a snapshot needs at least 2 chunks ({}) for its header and \
-             first metadata area",
+            "COW size {} is too small: a snapshot needs at least 3 chunks ({}) for its header, \
+             first metadata area and one data chunk",
             human(size),
-            human(2 * chunk)
+            human(3 * chunk)
         )));
     }
     if size > MAX_FILE_SIZE {

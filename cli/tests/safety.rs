@@ -1023,6 +1023,17 @@ fn smaller_edges() {
     assert!(!s.join("nowhere.cow").exists());
     fs::remove_file(s.join("v/X.cow")).unwrap();
 
+    // A COW of 2 chunks (header + metadata area, no room for data) is refused, 3 are taken.
+    let e = refused(
+        d,
+        &v,
+        &["snapshot", "v", "--name", "t", "--size", "8K"],
+        REFUSED,
+    );
+    assert!(e.contains("at least 3 chunks"), "{e}");
+    ok(d, &["snapshot", "v", "--name", "t", "--size", "12K"]);
+    ok(d, &["-q", "remove", "v/t"]);
+
     // Sizes: not sector-aligned, 2^64-1, too large for a file.
     let e = fails_with(d, &["create", "w", "--size", "1000"], REFUSED);
     assert!(e.contains("512-byte sectors"), "{e}");
