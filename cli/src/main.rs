@@ -147,7 +147,9 @@ fn byte_arg(s: &str) -> Result<u8, String> {
     long_about = "LVM-like copy-on-write snapshots of image files, byte-compatible with dm-snapshot.\n\n\
 A managed volume is a directory holding the origin image (origin.img), one COW image per snapshot \
 (<name>.cow, in the kernel's persistent format) and a manifest (cowsnap.json). Address the origin as \
-DIR and a snapshot as DIR/NAME. Sizes take LVM suffixes: 512M, 4K, 1G, +64M; a plain number is bytes."
+DIR and a snapshot as DIR/NAME. Sizes take LVM suffixes: 512M, 4K, 1G, +64M; a plain number is bytes.",
+    after_long_help = "Exit codes: 0 done; 2 usage error; 3 refused, nothing changed (or: done, but a \
+snapshot was lost on the way, printed as a warning); 4 I/O error or corrupt data."
 )]
 struct Cli {
     /// No progress bars and no informational messages.

@@ -1129,6 +1129,12 @@ fn exit_codes_are_distinct() {
     // 4: I/O or corruption.
     fs::write(s.join("v/cowsnap.json"), b"{").unwrap();
     fails_with(d, &["lvs", "v"], IO);
+    // And `--help` says so.
+    let help = ok_str(d, &["--help"]);
+    assert!(
+        help.contains("Exit codes: 0 done; 2 usage error; 3 refused"),
+        "{help}"
+    );
 }
 
 #[test]
