@@ -993,6 +993,53 @@ fn failures_leave_nothing_and_leftovers_are_reported() {
     assert!(err.is_empty(), "{err}");
 }
 
+#[test]
+fn a_snapshot_killed_while_reserving_leaves_a_reported_orphan() {
+    if !is_root("kill -9 during snapshot (tmpfs)") {
+        return;
+    }
+    // tmpfs allocates pages: reserving 1.5 GiB takes long enough to be interrupted.
+    let t = Tmpfs::new("kill9", "2g");
+    let d = t.path();
+    ok(d, &["create", "v", "--size", "1M"]);
+    let before = manifest(d);
+    let mut child = bin()
+        .current_dir(d)
+        .args(["-q", "snapshot", "v", "--name", "big", "--size", "1536M"])
+        .spawn()
+        .unwrap();
+    let cow = t.join("v/big.cow");
+    let start = Instant::now();
+    while !cow.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let st = child.wait().unwrap();
+    if st.success() {
+        eprintln!("SKIPPED kill -9 check: the snapshot finished before the kill");
+        return;
+    }
+    assert!(cow.exists(), "no COW file seen");
+    assert_eq!(manifest(d), before, "the manifest changed");
+    let (doc, err) = lvs_doc(d);
+    assert_eq!(doc["leftovers"], serde_json::json!(["big.cow"]));
+    assert!(err.contains("big.cow"), "{err}");
+    // The volume works; the name is taken until the orphan is moved away.
+    ok(
+        d,
+        &["write", "v", "--offset", "0", "--fill", "1", "--len", "4K"],
+    );
+    let e = refused(
+        d,
+        &t.join("v"),
+        &["snapshot", "v", "--name", "big", "--size", "1M"],
+        REFUSED,
+    );
+    assert!(e.contains("big.cow already exists"), "{e}");
+    fs::remove_file(&cow).unwrap();
+    ok(d, &["snapshot", "v", "--name", "big", "--size", "1M"]);
+}
+
 // ---- 12. Smaller ones. ----
 
 #[test]
