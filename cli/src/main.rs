@@ -7,10 +7,12 @@ mod files;
 mod managed;
 mod manifest;
 mod mount;
+mod output;
 mod progress;
 mod raw;
 mod request;
 mod size;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +91,17 @@ impl CliError {
             kind: ErrorKind::Degraded,
             msg: m.into(),
         }
+    }
+
+    /// An operation refused before anything was changed (an output that is an input, a device too
+    /// small, a hostile script...). Kept apart so that it can get its own exit code.
+    pub fn refused(m: impl Into<String>) -> Self {
+        CliError(m.into())
+    }
+
+    /// Data that does not match what it should be (a verify mismatch, a damaged sums file).
+    pub fn corrupt(m: impl Into<String>) -> Self {
+        CliError(m.into())
     }
 
     /// A core error with what was being done.
@@ -243,12 +256,31 @@ enum Command {
         #[arg(short = 'L', long, value_parser = size_delta_arg, allow_hyphen_values = true)]
         size: size::SizeArg,
     },
-    /// Copy a snapshot's whole image to a file (sparse where the image is zero).
+    /// Copy a snapshot's whole image to a file (sparse where the image is zero) or onto a block
+    /// device, with a checksum sidecar (OUT.sums) for `cowsnap verify`.
     Backup {
         /// DIR/NAME.
         target: PathBuf,
-        /// Output file.
+        /// Output file, block device (written in place, like dd of=), or character device.
         out: PathBuf,
+        /// Where to write the checksums (default: OUT.sums beside a file output; none for devices).
+        #[arg(long, conflicts_with = "no_sums")]
+        sums: Option<PathBuf>,
+        /// Write no checksum sidecar.
+        #[arg(long)]
+        no_sums: bool,
+    },
+    /// Check a snapshot (DIR/NAME) or an image (--image) against the checksums `backup` wrote.
+    Verify {
+        /// DIR/NAME of a managed snapshot.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        target: Option<PathBuf>,
+        /// An image file or device instead of a snapshot (e.g. the backup itself).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The checksum file (written by `cowsnap backup`).
+        #[arg(long)]
+        sums: PathBuf,
     },
     /// Describe a dm-snapshot COW device or image without changing it.
     Inspect {
@@ -366,7 +398,28 @@ fn run(cli: Cli) -> CliResult {
             )),
         },
         Command::Extend { target, size } => managed::extend(&target, size, q),
-        Command::Backup { target, out } => managed::backup(&target, &out, q),
+        Command::Backup {
+            target,
+            out,
+            sums,
+            no_sums,
+        } => {
+            let sums = match (sums, no_sums) {
+                (_, true) => verify::SumsTo::Nowhere,
+                (Some(p), false) => verify::SumsTo::Path(p),
+                (None, false) => verify::SumsTo::Beside,
+            };
+            managed::backup(&target, &out, sums, q)
+        }
+        Command::Verify {
+            target,
+            image,
+            sums,
+        } => match (target, image) {
+            (Some(t), None) => verify::verify_snapshot(&t, &sums, q),
+            (None, Some(i)) => verify::verify_image(&i, &sums, q),
+            _ => Err(CliError::msg("verify takes either DIR/NAME or --image")),
+        },
         Command::Inspect {
             cow,
             json,

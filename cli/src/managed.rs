@@ -11,7 +11,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cowsnap_core::replay::parse_store;
@@ -478,7 +477,8 @@ pub fn exec_ro(v: &Opened, req: &Request, io: &mut Io) -> CliResult {
             len,
             out,
         } => exec_read(v, snap.as_deref(), *offset, *len, out.as_deref(), io),
-        Request::Backup { snap, out } => exec_backup(v, snap, out, io),
+        Request::Backup { snap, out, sums } => exec_backup(v, snap, out, sums, io),
+        Request::Verify { snap, sums } => crate::verify::exec_verify(v, snap, sums, io),
         _ => Err(CliError::msg(
             "internal error: a writing command on a read-only volume",
         )),
@@ -647,10 +647,20 @@ pub fn extend(target: &Path, size: SizeArg, quiet: bool) -> CliResult {
     dispatch(&dir, Request::Extend { snap, size }, quiet)
 }
 
-pub fn backup(target: &Path, out: &Path, quiet: bool) -> CliResult {
+pub fn backup(target: &Path, out: &Path, sums: crate::verify::SumsTo, quiet: bool) -> CliResult {
     let (dir, snap) = resolve_snapshot(target)?;
     let out = absolute(out)?;
-    dispatch(&dir, Request::Backup { snap, out }, quiet)
+    let sums = match sums {
+        crate::verify::SumsTo::Path(p) => crate::verify::SumsTo::Path(absolute(&p)?),
+        s => s,
+    };
+    dispatch(&dir, Request::Backup { snap, out, sums }, quiet)
+}
+
+pub fn verify(target: &Path, sums: &Path, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    let sums = absolute(sums)?;
+    dispatch(&dir, Request::Verify { snap, sums }, quiet)
 }
 
 pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult {
@@ -1221,17 +1231,10 @@ fn exec_read(
     let bar = Progress::new(0, "", true, true);
     match out {
         Some(p) => {
-            let tmp = tmp_path(p);
-            let f = File::create(&tmp).map_err(io_err(&tmp))?;
-            let r = copy_out(v, id, offset, len, &bar, |at, b| {
-                f.write_all_at(b, at).map_err(io_err(&tmp))
+            let guard = crate::output::Guard::volume(&v.dir, &v.manifest, io.mountpoint)?;
+            crate::output::write_image(p, len, &guard, |sink| {
+                copy_out(v, id, offset, len, &bar, sink)
             })
-            .and_then(|()| f.sync_all().map_err(io_err(&tmp)))
-            .and_then(|()| fs::rename(&tmp, p).map_err(io_err(p)));
-            if r.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            r
         }
         None => {
             copy_out(v, id, offset, len, &bar, |_, b| {
@@ -1347,50 +1350,33 @@ fn exec_extend(v: &mut Opened, name: &str, size: SizeArg, io: &mut Io) -> CliRes
     Ok(())
 }
 
-/// `out` with a `.cowsnap-tmp` suffix, for write-then-rename.
-pub fn tmp_path(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".cowsnap-tmp");
-    PathBuf::from(s)
-}
-
-fn exec_backup(v: &Opened, name: &str, out: &Path, io: &mut Io) -> CliResult {
+fn exec_backup(
+    v: &Opened,
+    name: &str,
+    out: &Path,
+    sums: &crate::verify::SumsTo,
+    io: &mut Io,
+) -> CliResult {
     let id = v.id(name)?;
     let len = v.vol.len();
+    let guard = crate::output::Guard::volume(&v.dir, &v.manifest, io.mountpoint)?;
     let bar = Progress::new(len, &format!("backup {name}"), true, io.quiet);
-    let r = write_image(out, len, |sink| copy_out(v, Some(id), 0, len, &bar, sink));
+    let r = crate::verify::write_backup(out, sums, len, &guard, |sink| {
+        copy_out(v, Some(id), 0, len, &bar, sink)
+    });
     bar.finish();
-    r?;
+    let sums = r?;
     if !io.quiet {
-        outln!(io, "backed up {name} ({}) to {}", human(len), out.display());
+        match sums {
+            Some(s) => outln!(
+                io,
+                "backed up {name} ({}) to {} (checksums: {})",
+                human(len),
+                out.display(),
+                s.display()
+            ),
+            None => outln!(io, "backed up {name} ({}) to {}", human(len), out.display()),
+        }
     }
     Ok(())
-}
-
-/// Writes a `len`-byte image to `out` through a temporary file, sparse where the data is zero.
-pub fn write_image(
-    out: &Path,
-    len: u64,
-    fill: impl FnOnce(&mut dyn FnMut(u64, &[u8]) -> CliResult) -> CliResult,
-) -> CliResult {
-    let tmp = tmp_path(out);
-    let f = File::create(&tmp).map_err(io_err(&tmp))?;
-    let r = f
-        .set_len(len)
-        .map_err(io_err(&tmp))
-        .and_then(|()| {
-            fill(&mut |at, b| {
-                if b.iter().all(|&x| x == 0) {
-                    Ok(())
-                } else {
-                    f.write_all_at(b, at).map_err(io_err(&tmp))
-                }
-            })
-        })
-        .and_then(|()| f.sync_all().map_err(io_err(&tmp)))
-        .and_then(|()| fs::rename(&tmp, out).map_err(io_err(out)));
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
 }

@@ -1,17 +1,19 @@
 //! Commands on raw dm-snapshot devices or images (no manifest): inspect, export, offline merge, and
 //! the replay of operation scripts.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use cowsnap_core::replay::{replay as core_replay, Script};
+use cowsnap_core::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
 use cowsnap_core::store::persistent::{inspect as core_inspect, Geometry, Scan, SNAP_MAGIC};
 use cowsnap_core::{
     BlockDevice, Error, FileDevice, SnapshotOptions, SnapshotState, SnapshotStatus, Volume,
 };
 use serde_json::json;
 
-use crate::managed::write_image;
+use crate::manifest::check_name;
+use crate::output::{aliases, entry_of, write_image, Guard, Target, TempFile};
 use crate::progress::Progress;
 use crate::size::human;
 use crate::{CliError, CliResult};
@@ -159,7 +161,26 @@ fn activate(
     Ok((vol, id))
 }
 
+/// Refuses an origin and a COW that are one file: the COW would be read (merge: written) as the
+/// origin's copy of itself.
+fn distinct(origin: &Path, cow: &Path) -> CliResult {
+    if aliases(origin, cow) {
+        return Err(CliError::refused(format!(
+            "refusing to use {} as the COW of {}: they are the same file",
+            cow.display(),
+            origin.display()
+        )));
+    }
+    Ok(())
+}
+
 pub fn export(origin: &Path, cow: &Path, out: &Path, quiet: bool) -> CliResult {
+    distinct(origin, cow)?;
+    let mut guard = Guard::new();
+    guard.input(origin, "the --origin input");
+    guard.input(cow, "the --cow input");
+    guard.volume_of(origin);
+    guard.volume_of(cow);
     let o = open(origin, false)?;
     let c = open(cow, false)?;
     scan(&c, cow)?;
@@ -174,7 +195,7 @@ pub fn export(origin: &Path, cow: &Path, out: &Path, quiet: bool) -> CliResult {
     let len = vol.len();
     let bar = Progress::new(len, "export", true, quiet);
     let mut buf = vec![0u8; len.min(STEP) as usize];
-    let r = write_image(out, len, |sink| {
+    let r = write_image(out, len, &guard, |sink| {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(STEP) as usize;
@@ -200,6 +221,7 @@ pub fn export(origin: &Path, cow: &Path, out: &Path, quiet: bool) -> CliResult {
 }
 
 pub fn merge(origin: &Path, cow: &Path, quiet: bool) -> CliResult {
+    distinct(origin, cow)?;
     let o = open(origin, true)?;
     let c = open(cow, true)?;
     scan(&c, cow)?;
@@ -226,37 +248,127 @@ pub fn merge(origin: &Path, cow: &Path, quiet: bool) -> CliResult {
     Ok(())
 }
 
+/// Largest origin or COW a replayed script may declare. Outputs are sparse files, but replay reads
+/// every snapshot image through once to write it, so the limit bounds the time a script can take.
+pub const MAX_REPLAY_DEVICE: u64 = 64 << 30;
+/// Largest script file read.
+const MAX_SCRIPT: u64 = 64 << 20;
+
+/// Checks a script before anything is created: names usable as file names (the rules of managed
+/// snapshot names: no `/`, no leading `.`, so no `..` and no absolute path), sizes within limits.
+fn check_script(s: &Script) -> CliResult {
+    let bad = |m: String| Err(CliError::refused(format!("refusing the script: {m}")));
+    if s.origin_size == 0 || s.origin_size > MAX_REPLAY_DEVICE {
+        return bad(format!(
+            "origin_size {} is outside 1..{} bytes ({})",
+            s.origin_size,
+            MAX_REPLAY_DEVICE,
+            human(MAX_REPLAY_DEVICE)
+        ));
+    }
+    for d in &s.snapshots {
+        check_name(&d.name).or_else(bad)?;
+        if d.cow_size > MAX_REPLAY_DEVICE {
+            return bad(format!(
+                "snapshot {}: cow_size {} is above {} bytes ({})",
+                d.name,
+                d.cow_size,
+                MAX_REPLAY_DEVICE,
+                human(MAX_REPLAY_DEVICE)
+            ));
+        }
+    }
+    cowsnap_core::replay::check(s).or_else(|e| bad(e.to_string()))
+}
+
+/// The replay's devices: temporary files beside the outputs they become.
+struct FileDevices {
+    /// Outputs not yet created, by file name.
+    plan: BTreeMap<String, Target>,
+    /// Created, by file name.
+    made: BTreeMap<String, TempFile>,
+    /// Why the last device could not be made (the core only carries its own error type).
+    failure: Option<CliError>,
+}
+
+impl FileDevices {
+    fn make(&mut self, file: String, size: u64) -> cowsnap_core::Result<Box<dyn BlockDevice>> {
+        let made = self
+            .plan
+            .remove(&file)
+            .ok_or_else(|| CliError::msg(format!("internal error: no output planned for {file}")))
+            .and_then(|t| t.into_temp(size))
+            .and_then(|t| {
+                let f = t
+                    .file
+                    .try_clone()
+                    .map_err(|e| CliError::msg(format!("{}: {e}", t.tmp.display())))?;
+                let dev =
+                    FileDevice::from_file(f).map_err(|e| CliError::core(t.tmp.display(), e))?;
+                Ok((t, dev))
+            });
+        match made {
+            Ok((t, dev)) => {
+                self.made.insert(file, t);
+                Ok(Box::new(dev))
+            }
+            Err(e) => {
+                let m = e.0.clone();
+                self.failure = Some(e);
+                Err(Error::Io(m))
+            }
+        }
+    }
+}
+
+impl ReplayDevices for FileDevices {
+    fn origin(&mut self, size: u64) -> cowsnap_core::Result<Box<dyn BlockDevice>> {
+        self.make("origin.img".into(), size)
+    }
+    fn cow(&mut self, name: &str, size: u64) -> cowsnap_core::Result<Box<dyn BlockDevice>> {
+        self.make(format!("{name}.cow"), size)
+    }
+}
+
+/// The directories `create_dir_all(dir)` would create, outermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    v.reverse();
+    v
+}
+
 pub fn replay(script: &Path, out_dir: &Path, quiet: bool) -> CliResult {
+    let size = fs::metadata(script)
+        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", script.display())))?
+        .len();
+    if size > MAX_SCRIPT {
+        return Err(CliError::refused(format!(
+            "refusing the script {}: {} is above the limit of {}",
+            script.display(),
+            human(size),
+            human(MAX_SCRIPT)
+        )));
+    }
     let text = fs::read_to_string(script)
         .map_err(|e| CliError::msg(format!("cannot read {}: {e}", script.display())))?;
     let s: Script = serde_json::from_str(&text)
         .map_err(|e| CliError::msg(format!("bad script {}: {e}", script.display())))?;
-    let r = core_replay(&s)
-        .map_err(|e| CliError::core(format!("replay of {}", script.display()), e))?;
+    check_script(&s)?;
+    // Created only once the script is known good; removed again if the replay fails.
+    let created = missing_dirs(out_dir);
     fs::create_dir_all(out_dir)
         .map_err(|e| CliError::msg(format!("cannot create {}: {e}", out_dir.display())))?;
-    let put = |name: String, data: &[u8]| {
-        let p = out_dir.join(name);
-        fs::write(&p, data).map_err(|e| CliError::msg(format!("cannot write {}: {e}", p.display())))
-    };
-    put("origin.img".into(), &r.origin)?;
-    let mut status = serde_json::Map::new();
-    for snap in &r.snapshots {
-        put(format!("{}.cow", snap.name), &snap.cow)?;
-        if let Some(img) = &snap.image {
-            put(format!("{}.img", snap.name), img)?;
+    let r = replay_into(&s, script, out_dir);
+    if r.is_err() {
+        for d in created.iter().rev() {
+            let _ = fs::remove_dir(d);
         }
-        status.insert(snap.name.clone(), json!(snap.status));
     }
-    let doc = json!({"status": status, "errors": r.errors});
-    put(
-        "status.json".into(),
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        )
-        .as_bytes(),
-    )?;
+    r?;
     if !quiet {
         println!(
             "replayed {} ({} ops) into {}",
@@ -266,4 +378,165 @@ pub fn replay(script: &Path, out_dir: &Path, quiet: bool) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// Runs the script on sparse temporary files in `out_dir` and puts them in place when all went well.
+fn replay_into(s: &Script, script: &Path, out_dir: &Path) -> CliResult {
+    // Every output is classified before anything is written: regular files (or new ones) only, none
+    // the script itself, no two the same.
+    let mut guard = Guard::new();
+    guard.input(script, "the script");
+    let mut names = vec!["origin.img".to_string(), "status.json".to_string()];
+    for d in &s.snapshots {
+        names.push(format!("{}.cow", d.name));
+        names.push(format!("{}.img", d.name));
+    }
+    let mut plan = BTreeMap::new();
+    let mut entries = Vec::new();
+    for n in names {
+        let t = Target::classify(&out_dir.join(&n), 0, &guard)?;
+        if t.kind() != crate::output::Kind::Replace {
+            return Err(CliError::refused(format!(
+                "refusing to write {}: replay writes regular files only",
+                out_dir.join(&n).display()
+            )));
+        }
+        let e = entry_of(&t)?;
+        if entries.contains(&e) {
+            return Err(CliError::refused(format!(
+                "refusing to write {}: it is the same file as another output of this replay",
+                out_dir.join(&n).display()
+            )));
+        }
+        entries.push(e);
+        plan.insert(n, t);
+    }
+    let mut devs = FileDevices {
+        plan,
+        made: BTreeMap::new(),
+        failure: None,
+    };
+    let run = match replay_on(s, &mut devs) {
+        Ok(run) => run,
+        Err(e) => {
+            return Err(devs
+                .failure
+                .take()
+                .unwrap_or_else(|| CliError::core(format!("replay of {}", script.display()), e)))
+        }
+    };
+    let mut vol = run.volume;
+    let mut errors = run.errors;
+    vol.flush()
+        .map_err(|e| CliError::core(format!("replay of {}", script.display()), e))?;
+    let mut status = serde_json::Map::new();
+    let mut pending = Vec::new();
+    for (name, snap) in run.snapshots {
+        let st = match snap {
+            RunSnapshot::Live(id) => {
+                let file = format!("{name}.img");
+                let t = devs.plan.remove(&file).ok_or_else(|| {
+                    CliError::msg(format!("internal error: no output planned for {file}"))
+                })?;
+                let origin = devs.made.get("origin.img").map(|t| &t.file);
+                match write_snapshot_image(&vol, id, t, origin)? {
+                    Some(p) => pending.push(p),
+                    None => errors.push(format!("READ-ERR {name}")),
+                }
+                vol.snapshot_status(id)?.dm_status()
+            }
+            RunSnapshot::Gone { mut cow, status } => {
+                cow.flush()
+                    .map_err(|e| CliError::core(format!("{name}.cow"), e))?;
+                status
+            }
+        };
+        status.insert(name, json!(st));
+    }
+    let doc = json!({"status": status, "errors": errors});
+    let text = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    );
+    let t = devs
+        .plan
+        .remove("status.json")
+        .ok_or_else(|| CliError::msg("internal error: no output planned for status.json"))?;
+    let mut w = t.open(text.len() as u64)?;
+    w.write_at(0, text.as_bytes())?;
+    pending.push(w.finish()?);
+    // Everything durable first, then in place.
+    for t in devs.made.values() {
+        t.sync()?;
+    }
+    for (_, t) in std::mem::take(&mut devs.made) {
+        t.commit()?;
+    }
+    for p in pending {
+        p.commit()?;
+    }
+    Ok(())
+}
+
+/// True when `f` holds no data in `[at, at + n)`: a hole, which reads as zeros.
+fn is_hole(f: &std::fs::File, at: u64, n: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(at) else {
+        return false;
+    };
+    // SAFETY: lseek on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
+    if r < 0 {
+        // ENXIO: no data at or after `at`.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    r as u64 >= at.saturating_add(n)
+}
+
+/// Writes a snapshot's image (sparse) to its planned output; `None` when the snapshot is invalid
+/// (the kernel refuses to read it: `READ-ERR`). Ranges where the origin file is a hole and the
+/// snapshot has no exception are zero, and are skipped without reading (a 16 GiB sparse origin
+/// is not read through).
+fn write_snapshot_image(
+    vol: &Volume,
+    id: cowsnap_core::SnapshotId,
+    t: Target,
+    origin: Option<&std::fs::File>,
+) -> CliResult<Option<crate::output::Pending>> {
+    let len = vol.len();
+    let chunk = vol.snapshot_status(id)?.chunk_bytes.max(1);
+    let mut copied: Vec<u64> = vol.snapshot_exceptions(id)?.iter().map(|e| e.old).collect();
+    copied.sort_unstable();
+    let zero = |at: u64, n: u64| {
+        let (first, last) = (at / chunk, (at + n - 1) / chunk);
+        let i = copied.partition_point(|&c| c < first);
+        origin.is_some_and(|f| is_hole(f, at, n)) && copied.get(i).is_none_or(|&c| c > last)
+    };
+    let mut buf = vec![0u8; len.min(STEP) as usize];
+    let mut target = Some(t);
+    let mut w = None;
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(STEP) as usize;
+        if at > 0 && zero(at, n as u64) {
+            at += n as u64;
+            continue;
+        }
+        match vol.snapshot_read_at(id, at, &mut buf[..n]) {
+            Ok(()) => {}
+            Err(Error::SnapshotInvalid) if at == 0 => return Ok(None),
+            Err(e) => return Err(CliError::core(format!("snapshot read at {at}"), e)),
+        }
+        if let Some(t) = target.take() {
+            w = Some(t.open(len)?);
+        }
+        if let Some(w) = w.as_mut() {
+            w.write_at(at, &buf[..n])?;
+        }
+        at += n as u64;
+    }
+    match w {
+        Some(w) => Ok(Some(w.finish()?)),
+        None => Ok(None),
+    }
 }

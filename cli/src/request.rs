@@ -60,6 +60,12 @@ pub enum Request {
     Backup {
         snap: String,
         out: PathBuf,
+        #[serde(default)]
+        sums: crate::verify::SumsTo,
+    },
+    Verify {
+        snap: String,
+        sums: PathBuf,
     },
 }
 
@@ -75,7 +81,10 @@ impl Request {
     pub fn writes(&self) -> bool {
         !matches!(
             self,
-            Request::Lvs { .. } | Request::Read { .. } | Request::Backup { .. }
+            Request::Lvs { .. }
+                | Request::Read { .. }
+                | Request::Backup { .. }
+                | Request::Verify { .. }
         )
     }
 }

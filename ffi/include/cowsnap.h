@@ -445,7 +445,8 @@ cowsnap_result cowsnap_snapshot_merge(struct cowsnap_volume *vol,
  * the size, returns `BUFFER_TOO_SMALL` with `*out_needed` set and nothing copied (the COW may grow
  * between two calls if autoextend is on: retry). `buf` is borrowed for the call.
  * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `BUFFER_TOO_SMALL`, `IO`. Works on invalid snapshots.
- * Thread-safety: runs in parallel with reads.
+ * Thread-safety: commits the volume's waiting writes under the write lock first, then copies
+ * under the read lock (in parallel with reads).
  */
 cowsnap_result cowsnap_snapshot_export_cow(struct cowsnap_volume *vol,
                                            uint32_t id,
@@ -589,6 +590,12 @@ cowsnap_result cowsnap_volume_write(struct cowsnap_volume *vol,
 
 /**
  * Makes everything written so far durable (origin and every COW file: `fsync`). A no-op for memory.
+ *
+ * Origin writes that needed copies into snapshots return before those copies' records are durable
+ * (group commit): they wait in memory, reads see them, and they reach the origin device once
+ * their records are committed — on this call, when 8 MiB wait, or after at most 200 ms from a
+ * background thread. So a write costs no `fsync` unless you ask for one here; an error of a
+ * background commit is reported by the next flush.
  *
  * Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread (takes the write lock).
  */

@@ -462,7 +462,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
 /// the size, returns `BUFFER_TOO_SMALL` with `*out_needed` set and nothing copied (the COW may grow
 /// between two calls if autoextend is on: retry). `buf` is borrowed for the call.
 /// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `BUFFER_TOO_SMALL`, `IO`. Works on invalid snapshots.
-/// Thread-safety: runs in parallel with reads.
+/// Thread-safety: commits the volume's waiting writes under the write lock first, then copies
+/// under the read lock (in parallel with reads).
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
     vol: *mut cowsnap_volume,
@@ -476,6 +477,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
         let v = unsafe { volume(vol) }?;
         // SAFETY: out-parameter contract.
         let out_needed = unsafe { out(out_needed, "out_needed") }?;
+        // Exceptions waiting for a group commit go to the COW first, so the image names them.
+        v.write()?.commit()?;
         let g = v.read()?;
         let cow = g.snapshot_cow(SnapshotId(id))?;
         let size = usize::try_from(cow.len())

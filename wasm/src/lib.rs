@@ -504,6 +504,8 @@ impl Volume {
     /// The origin device's bytes (pair it with `exportCow()` images for `fromImages`).
     #[wasm_bindgen(js_name = originImage)]
     pub fn origin_image(&self) -> Result<Vec<u8>, JsValue> {
+        // Writes waiting for a group commit go to the devices first.
+        with_mut(&self.inner, |v| v.commit())?;
         let v = self.inner.try_borrow().map_err(|_| busy())?;
         device_bytes(v.origin())
     }
@@ -677,6 +679,7 @@ impl Snapshot {
     /// The COW device's bytes: for a persistent store, a dm-snapshot image the kernel can load.
     #[wasm_bindgen(js_name = exportCow)]
     pub fn export_cow(&self) -> Result<Vec<u8>, JsValue> {
+        with_mut(&self.vol, |v| v.commit())?;
         let v = self.vol.try_borrow().map_err(|_| busy())?;
         device_bytes(v.snapshot_cow(self.id).map_err(core_err)?)
     }
