@@ -96,12 +96,18 @@ impl CliError {
     /// An operation refused before anything was changed (an output that is an input, a device too
     /// small, a hostile script...). Kept apart so that it can get its own exit code.
     pub fn refused(m: impl Into<String>) -> Self {
-        CliError(m.into())
+        CliError {
+            kind: ErrorKind::Refused,
+            msg: m.into(),
+        }
     }
 
     /// Data that does not match what it should be (a verify mismatch, a damaged sums file).
     pub fn corrupt(m: impl Into<String>) -> Self {
-        CliError(m.into())
+        CliError {
+            kind: ErrorKind::Io,
+            msg: m.into(),
+        }
     }
 
     /// A core error with what was being done.
