@@ -1173,7 +1173,22 @@ fn exit_codes_are_distinct() {
     );
     fails_with(d, &["read", "v", "--offset", "1M", "--len", "1"], REFUSED);
     fails_with(d, &["create", "v", "--size", "1M"], REFUSED);
-    // 4: I/O or corruption.
+    // 4: I/O or corruption (here: a verify mismatch after a snapshot write).
+    ok(d, &["-q", "snapshot", "v", "--name", "s", "--size", "64K"]);
+    ok(d, &["-q", "backup", "v/s", "b.img"]);
+    ok(
+        d,
+        &[
+            "-q", "write", "v/s", "--offset", "0", "--fill", "7", "--len", "4K",
+        ],
+    );
+    let o = run(d, &["verify", "v/s", "--sums", "b.img.sums"]);
+    assert_eq!(
+        o.status.code(),
+        Some(IO),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     fs::write(s.join("v/cowsnap.json"), b"{").unwrap();
     fails_with(d, &["lvs", "v"], IO);
     // And `--help` says so.
