@@ -313,7 +313,7 @@ impl FileDevices {
                 Ok(Box::new(dev))
             }
             Err(e) => {
-                let m = e.0.clone();
+                let m = e.msg.clone();
                 self.failure = Some(e);
                 Err(Error::Io(m))
             }
