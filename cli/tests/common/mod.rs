@@ -109,11 +109,11 @@ impl Drop for Scratch {
     }
 }
 
-/// `$COWSNAP_SHARED/vectors`, default `<repo>/../shared/vectors`.
+/// `$COWSNAP_SHARED/vectors`, default the repository's copy `<repo>/tests/shared/vectors`.
 pub fn vectors() -> PathBuf {
     let shared = std::env::var_os("COWSNAP_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/shared"));
     let v = shared.join("vectors");
     assert!(
         v.join("scripts").is_dir(),
