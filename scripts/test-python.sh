@@ -61,6 +61,7 @@ for f in rust/Cargo.toml rust/Cargo.lock rust/core/Cargo.toml rust/core/src/lib.
   grep -q "^cowsnap-[^/]*/$f\$" <<<"$listing" || { say "the sdist lacks $f"; exit 1; }
 done
 if grep -q '/target/' <<<"$listing"; then say "the sdist holds a cargo target/ folder"; exit 1; fi
+if grep -qE '\.(so|a|dylib)$' <<<"$listing"; then say "the sdist holds a built library"; exit 1; fi
 for l in LICENSE-MIT LICENSE-APACHE; do
   cmp -s "$l" "bindings/python/$l" || { say "bindings/python/$l differs from the root $l"; exit 1; }
 done

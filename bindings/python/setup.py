@@ -111,8 +111,17 @@ setup(
             "cowsnap.libcowsnap",
             path=str(ROOT / "ffi" / "Cargo.toml"),
             binding=Binding.NoBinding,
-            # Symbols stripped by cargo itself (also when cross-building: no host `strip` involved).
-            args=["--config", 'profile.release.strip="symbols"'],
+            # Symbols stripped by cargo itself (also when cross-building: no host `strip` involved);
+            # LTO and one codegen unit for a smaller library (this build only: the workspace's
+            # release profile stays as it is).
+            args=[
+                "--config",
+                'profile.release.strip="symbols"',
+                "--config",
+                "profile.release.lto=true",
+                "--config",
+                "profile.release.codegen-units=1",
+            ],
             strip=Strip.No,
             py_limited_api=False,
         )
