@@ -2,7 +2,7 @@
 # The one command that runs every test of cowsnap, on a fresh machine or an old one.
 # It installs what the tests need when it is missing (rust targets and tools, Python and npm packages,
 # Debian packages), then runs each component's suite. Usage: ./test.sh [component...]
-# Components: rust, wasm-build (no_std check), then whatever scripts/test-*.sh exist.
+# Components: lint, no_std, rust, package, then whatever scripts/test-*.sh exist.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
@@ -33,6 +33,13 @@ fi
 if want rust; then
   step "cargo test (workspace)"
   cargo test --workspace
+fi
+
+if want package; then
+  step "cargo publish --dry-run (every publishable crate); the packaged core passes its own tests"
+  cargo publish --workspace --dry-run --allow-dirty -q
+  core_pkg=$(find target/package -maxdepth 1 -type d -name 'cowsnap-core-*' | head -1)
+  (cd "$core_pkg" && cargo test -q --target-dir "$ROOT/target/package-test")
 fi
 
 # Each front end owns a script: scripts/test-<name>.sh (installs its own tools, runs its suite).
