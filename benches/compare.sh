@@ -7,7 +7,7 @@
 #   give that round's ratios (cowsnap/floor, ...); the table shows min/median/max of each ratio over the
 #   rounds. Times include everything the caller waits for (the final flush, qemu-io's start-up); nothing
 #   is subtracted or clamped. The issue-14 target of each ratio is checked against its minimum ("every
-#   round") and its median. Full run: 5 rounds, about 5 minutes. --smoke: tiny sizes, 2 rounds, seconds;
+#   round") and its median. Full run: 5 rounds, about 4 minutes. --smoke: tiny sizes, 2 rounds, seconds;
 #   its figures mean nothing (it checks that every case runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,14 +25,17 @@ while [ $# -gt 0 ]; do
 done
 
 if [ $SMOKE = 1 ]; then
-  ORIGIN_MIB=16; NF_OPS=256; DUR_OPS=16; SEQ_NF_OPS=32; SEQ_DUR_OPS=8; MERGE_CHUNKS=256
+  ORIGIN_MIB=16; NF_OPS=256; DUR_OPS=16; DUR_SLICES=2; SEQ_NF_OPS=32; SEQ_DUR_OPS=8; MERGE_CHUNKS=256
   ACT_EXC=4096; ACT_ORIGIN_CHUNKS=16384; LVS_EXC=10000; LVS_ORIGIN_CHUNKS=16384
 else
   ORIGIN_MIB=256       # origin of the write cases (4 KiB chunks)
-  NF_OPS=8192          # random 4 KiB first writes without per-request flush (32 MiB)
-  DUR_OPS=256          # random 4 KiB durable first writes (1 MiB; each costs >= 2 flushes)
-  SEQ_NF_OPS=512       # sequential 64 KiB without per-request flush (32 MiB)
-  SEQ_DUR_OPS=64       # sequential 64 KiB durable (4 MiB)
+  # Requests per run; the no-flush cases run twice per round, the durable ones DUR_SLICES times,
+  # interleaved with the other engines (flush latency here swings 30x within seconds).
+  NF_OPS=4096          # random 4 KiB first writes without per-request flush (16 MiB)
+  DUR_OPS=64           # random 4 KiB durable first writes (256 KiB; each costs >= 2 flushes)
+  DUR_SLICES=6
+  SEQ_NF_OPS=256       # sequential 64 KiB without per-request flush (16 MiB)
+  SEQ_DUR_OPS=16       # sequential 64 KiB durable (1 MiB)
   MERGE_CHUNKS=8192    # exceptions merged back (32 MiB; a multiple of 256)
   ACT_EXC=1048576; ACT_ORIGIN_CHUNKS=4194304      # activation: 1 M random exceptions, 16 GiB origin
   LVS_EXC=10000000; LVS_ORIGIN_CHUNKS=16777216    # `cowsnap lvs`: 10 M random exceptions, 64 GiB origin
@@ -62,7 +65,7 @@ gcc -O2 -Wall -Wextra -Werror -I"$REPO/ffi/include" "$REPO/benches/c/bench.c" \
 now() { date +%s.%N; }
 # Dirty data of the previous run must not land in the next one's timed span.
 settle() { sync -f "$WORK"; }
-mibs() { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN { printf "%.3f", b / (t1 - t0) / 1048576 }'; }
+span() { awk -v t0="$1" -v t1="$2" -v b="$3" 'BEGIN { printf "%.6f %d\n", t1 - t0, b }'; }   # T0 T1 BYTES
 
 # ---- fixtures (untimed) --------------------------------------------------------------------------
 "$BENCH" prefill "$WORK/origin.img" "$ORIGIN_MIB"
@@ -89,10 +92,12 @@ LVS=$WORK/lvs
 
 # ---- one measured run per call; each prints MiB/s (or seconds) ------------------------------------
 declare -A V   # V[round:case:engine]
+LOG=$DIR/compare-last.tsv   # every timed run: round, slice, case, engine, seconds, bytes
+printf 'round\tslice\tcase\tengine\tseconds\tbytes\n' >"$LOG"
 
 write_run() { # ENGINE MODE PATTERN THREADS OPS SNAPS
   settle
-  "$BENCH" write "$1" "$WORK" "$WORK/origin.img" "$2" "$3" "$4" "$5" "$6" | awk '{ print $1 }'
+  "$BENCH" write "$1" "$WORK" "$WORK/origin.img" "$2" "$3" "$4" "$5" "$6" | awk '{ print $2, $3 }'
 }
 
 qemu_run() { # MODE PATTERN OPS: a new internal snapshot, then the same requests through qemu-io
@@ -106,7 +111,7 @@ qemu_run() { # MODE PATTERN OPS: a new internal snapshot, then the same requests
   qemu-io -f qcow2 -t "$cache" "$QCOW" <"$WORK/qemu-$2-$3.cmds" >"$out" 2>&1
   t1=$(now)
   if grep -qiE 'error|fail|invalid' "$out"; then echo "compare.sh: qemu-io: $(grep -iE 'error|fail|invalid' "$out" | head -1)" >&2; exit 1; fi
-  mibs $(($3 * len)) "$t0" "$t1"
+  span "$t0" "$t1" $(($3 * len))
 }
 
 merge_run() { # ENGINE PATTERN
@@ -116,18 +121,18 @@ merge_run() { # ENGINE PATTERN
     t0=$(now)
     dd if="$WORK/dd-src.img" of="$WORK/dd-dst.img" bs=1M count="$DD_MIB" conv=notrunc,fdatasync status=none
     t1=$(now)
-    mibs $((MERGE_CHUNKS * 4096)) "$t0" "$t1"
+    span "$t0" "$t1" $((MERGE_CHUNKS * 4096))
     return
   fi
   "$BENCH" merge-prep "$WORK/merge.img" "$WORK/merge.cow" "$2" "$MERGE_CHUNKS"
   settle
   if [ "$1" = c-merge ]; then
-    "$BENCH" merge "$WORK/merge.img" "$WORK/merge.cow" | awk '{ print $1 }'
+    "$BENCH" merge "$WORK/merge.img" "$WORK/merge.cow" | awk '{ print $2, $3 }'
   else
     t0=$(now)
     "$CLI" -q merge --origin "$WORK/merge.img" --cow "$WORK/merge.cow"
     t1=$(now)
-    mibs $((MERGE_CHUNKS * 4096)) "$t0" "$t1"
+    span "$t0" "$t1" $((MERGE_CHUNKS * 4096))
   fi
   rm -f "$WORK/merge.cow"
 }
@@ -135,24 +140,37 @@ merge_run() { # ENGINE PATTERN
 act_run() { # ENGINE: seconds
   local t0 t1
   case $1 in
-    activate) "$BENCH" activate "$WORK/act.img" "$WORK/act.cow" | awk '{ print $1 }' ;;
-    pread) "$BENCH" pread-meta "$WORK/act.cow" "$ACT_EXC" | awk '{ print $1 }' ;;
+    activate) "$BENCH" activate "$WORK/act.img" "$WORK/act.cow" | awk '{ print $1, 0 }' ;;
+    pread) "$BENCH" pread-meta "$WORK/act.cow" "$ACT_EXC" | awk '{ print $1, 0 }' ;;
     lvs)
       t0=$(now); "$CLI" -q lvs "$LVS" >/dev/null; t1=$(now)
-      awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }' ;;
+      span "$t0" "$t1" 0 ;;
   esac
 }
 
-# One case: ENGINES rotated by the round number, each measured by "$@ ENGINE".
-measure() { # ROUND CASE "ENGINE..." RUNNER ARGS... (runner called as RUNNER ENGINE ARGS...)
-  local round=$1 key=$2 runner=$4 i n e
+# One case: SLICES times each of ENGINES (every runner prints "SECONDS BYTES"), in an order rotated
+# by round and slice, so that every engine sees the machine's drift alike; V gets MiB/s over all
+# slices (or mean seconds when the runner moves no bytes).
+measure() { # ROUND CASE "ENGINE..." SLICES RUNNER ARGS... (runner called as RUNNER ENGINE ARGS...)
+  local round=$1 key=$2 slices=$4 runner=$5 i n e s out secs bytes
   local -a engines
+  local -A tsum bsum
   read -r -a engines <<<"$3"
-  shift 4
+  shift 5
   n=${#engines[@]}
-  for ((i = 0; i < n; i++)); do
-    e=${engines[$(((i + round) % n))]}
-    V[$round:$key:$e]=$("$runner" "$e" "$@")
+  for ((s = 0; s < slices; s++)); do
+    for ((i = 0; i < n; i++)); do
+      e=${engines[$(((i + round + s) % n))]}
+      out=$("$runner" "$e" "$@")
+      read -r secs bytes <<<"$out"
+      tsum[$e]=$(awk -v a="${tsum[$e]:-0}" -v b="$secs" 'BEGIN { printf "%.6f", a + b }')
+      bsum[$e]=$((${bsum[$e]:-0} + bytes))
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$key" "$e" "$secs" "$bytes" >>"$LOG"
+    done
+  done
+  for e in "${engines[@]}"; do
+    V[$round:$key:$e]=$(awk -v t="${tsum[$e]}" -v b="${bsum[$e]}" -v n="$slices" \
+      'BEGIN { if (b > 0) printf "%.4f", b / t / 1048576; else printf "%.6f", t / n }')
   done
 }
 
@@ -168,20 +186,20 @@ w() { # ENGINE MODE PATTERN THREADS OPS
 START=$(date +%s)
 for ((r = 0; r < ROUNDS; r++)); do
   echo "round $((r + 1))/$ROUNDS ($(($(date +%s) - START)) s)" >&2
-  measure $r nf-rand4k-1 "raw floor cowsnap qcow2" w nf rand4k 1 "$NF_OPS"
-  measure $r nf-rand4k-2 "raw floor cowsnap" w nf rand4k 2 "$NF_OPS"
-  measure $r nf-rand4k-4 "raw floor cowsnap" w nf rand4k 4 "$NF_OPS"
-  measure $r dur-rand4k-1 "raw floor cowsnap qcow2" w dur rand4k 1 "$DUR_OPS"
-  measure $r dur-rand4k-2 "raw floor cowsnap" w dur rand4k 2 "$DUR_OPS"
-  measure $r dur-rand4k-4 "raw floor cowsnap" w dur rand4k 4 "$DUR_OPS"
-  measure $r nf-seq64k-1 "raw floor cowsnap qcow2" w nf seq64k 1 "$SEQ_NF_OPS"
-  measure $r dur-seq64k-1 "raw floor cowsnap qcow2" w dur seq64k 1 "$SEQ_DUR_OPS"
-  measure $r snaps-nf "cowsnap cowsnap4" w nf rand4k 1 "$NF_OPS"
-  measure $r snaps-dur "cowsnap cowsnap4" w dur rand4k 1 "$DUR_OPS"
-  measure $r merge-scattered "c-merge cli-merge dd" merge_run scattered
-  measure $r merge-sequential "c-merge cli-merge dd" merge_run sequential
-  measure $r activation "activate pread" act_run
-  measure $r lvs "lvs" act_run
+  measure $r nf-rand4k-1 "raw floor cowsnap qcow2" 2 w nf rand4k 1 "$NF_OPS"
+  measure $r nf-rand4k-2 "raw floor cowsnap" 2 w nf rand4k 2 "$NF_OPS"
+  measure $r nf-rand4k-4 "raw floor cowsnap" 2 w nf rand4k 4 "$NF_OPS"
+  measure $r dur-rand4k-1 "raw floor cowsnap qcow2" "$DUR_SLICES" w dur rand4k 1 "$DUR_OPS"
+  measure $r dur-rand4k-2 "raw floor cowsnap" "$DUR_SLICES" w dur rand4k 2 "$DUR_OPS"
+  measure $r dur-rand4k-4 "raw floor cowsnap" "$DUR_SLICES" w dur rand4k 4 "$DUR_OPS"
+  measure $r nf-seq64k-1 "raw floor cowsnap qcow2" 2 w nf seq64k 1 "$SEQ_NF_OPS"
+  measure $r dur-seq64k-1 "raw floor cowsnap qcow2" "$DUR_SLICES" w dur seq64k 1 "$SEQ_DUR_OPS"
+  measure $r snaps-nf "cowsnap cowsnap4" 2 w nf rand4k 1 "$NF_OPS"
+  measure $r snaps-dur "cowsnap cowsnap4" "$DUR_SLICES" w dur rand4k 1 "$DUR_OPS"
+  measure $r merge-scattered "c-merge cli-merge dd" 1 merge_run scattered
+  measure $r merge-sequential "c-merge cli-merge dd" 1 merge_run sequential
+  measure $r activation "activate pread" 3 act_run
+  measure $r lvs "lvs" 1 act_run
 done
 ELAPSED=$(($(date +%s) - START))
 
@@ -229,9 +247,9 @@ echo
 echo "cowsnap benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "$(uname -srm), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $FSTYPE in $DIR"
 echo "$(qemu-img --version | head -1); $ROUNDS interleaved rounds in ${ELAPSED} s; 4 KiB chunks and qcow2 clusters"
-echo "sizes: origin ${ORIGIN_MIB} MiB; random 4 KiB: $NF_OPS requests (no flush), $DUR_OPS (durable);" \
-  "sequential 64 KiB: $SEQ_NF_OPS / $SEQ_DUR_OPS; merge $MERGE_CHUNKS chunks; activation $ACT_EXC exceptions;" \
-  "lvs $LVS_EXC exceptions"
+echo "requests per run (runs per engine and round): random 4 KiB $NF_OPS (2) without flush, $DUR_OPS ($DUR_SLICES) durable;" \
+  "sequential 64 KiB $SEQ_NF_OPS (2) / $SEQ_DUR_OPS ($DUR_SLICES); origin ${ORIGIN_MIB} MiB; merge $MERGE_CHUNKS chunks (1);" \
+  "activation $ACT_EXC exceptions (3); lvs $LVS_EXC exceptions (1); per-run log: $LOG"
 [ $SMOKE = 1 ] && echo "SMOKE RUN: tiny sizes, the figures mean nothing"
 echo
 echo "Ratios (each round's figures divided, then min/median/max over the rounds):"
