@@ -20,6 +20,8 @@
  *   bench activate ORIGIN COW               seconds for cowsnap_volume_open_file
  *   bench pread-meta COW EXCEPTIONS         seconds to pread the COW's metadata areas (the I/O floor
  *       of activation)
+ *   bench create ORIGIN COW                 seconds for cowsnap_snapshot_create (64 MiB file COW) on
+ *       an existing origin file (sparse: creation must not depend on the origin's size)
  *
  * The floor (per request): pread the old chunk(s) of the origin, pwrite them to the next free place
  * of a second file, then pwrite the new data. Durable: fdatasync the copy before the new data is
@@ -318,7 +320,7 @@ static int cmd_merge_prep(const char *origin, const char *cow, const char *patte
     cowsnap_volume *vol;
     check(cowsnap_volume_open_file(origin, NULL, 0, &vol), "cowsnap_volume_open_file");
     unlink(cow);
-    cowsnap_snapshot_options o;
+    struct cowsnap_snapshot_options o;
     check(cowsnap_snapshot_options_init(&o), "options_init");
     o.chunk_size = CHUNK;
     o.cow_size = (chunks + chunks / 256 + 8) * CHUNK;
@@ -431,6 +433,27 @@ static int cmd_pread_meta(const char *cow, uint64_t n) {
     return 0;
 }
 
+/* ---- snapshot creation -------------------------------------------------------------------- */
+
+static int cmd_create(const char *origin, const char *cow) {
+    cowsnap_volume *vol;
+    check(cowsnap_volume_open_file(origin, NULL, 0, &vol), "cowsnap_volume_open_file");
+    unlink(cow);
+    struct cowsnap_snapshot_options o;
+    check(cowsnap_snapshot_options_init(&o), "options_init");
+    o.chunk_size = CHUNK;
+    o.cow_size = 64u << 20;
+    o.cow_path = cow;
+    uint32_t id;
+    double t0 = now();
+    check(cowsnap_snapshot_create(vol, &o, &id), "cowsnap_snapshot_create");
+    double secs = now() - t0;
+    cowsnap_volume_free(vol);
+    unlink(cow);
+    printf("%.6f 0\n", secs);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "prefill")) return cmd_prefill(argv[2], parse_u64(argv[3]));
     if (argc == 10 && !strcmp(argv[1], "write")) return cmd_write(argv + 2);
@@ -442,6 +465,7 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "craft-cow"))
         return cmd_craft_cow(argv[2], parse_u64(argv[3]), parse_u64(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "activate")) return cmd_activate(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "create")) return cmd_create(argv[2], argv[3]);
     if (argc == 4 && !strcmp(argv[1], "pread-meta")) return cmd_pread_meta(argv[2], parse_u64(argv[3]));
     fprintf(stderr, "usage: see the comment at the top of benches/c/bench.c\n");
     return 2;
