@@ -7,7 +7,7 @@
 #   give that round's ratios (cowsnap/floor, ...); the table shows min/median/max of each ratio over the
 #   rounds. Times include everything the caller waits for (the final flush, qemu-io's start-up); nothing
 #   is subtracted or clamped. The issue-14 target of each ratio is checked against its minimum ("every
-#   round") and its median. Full run: 5 rounds, 3 to 8 minutes
+#   round") and its median. Full run: 5 rounds, 2 to 8 minutes
 #   (depending on the load of the machine). --smoke: tiny sizes, 2 rounds, seconds;
 #   its figures mean nothing (it checks that every case runs).
 set -euo pipefail
