@@ -291,6 +291,7 @@ pub fn exec_ro(v: &Opened, req: &Request, io: &mut Io) -> CliResult {
         } => exec_read(v, snap.as_deref(), *offset, *len, out.as_deref(), io),
         Request::Backup { snap, out, sums } => exec_backup(v, snap, out, sums, io),
         Request::Verify { snap, sums } => crate::verify::exec_verify(v, snap, sums, io),
+        Request::BackupTo { snap, to } => crate::backupstore::exec_backup(v, snap, to, io),
         _ => Err(CliError::msg(
             "internal error: a writing command on a read-only volume",
         )),
@@ -467,6 +468,12 @@ pub fn backup(target: &Path, out: &Path, sums: crate::verify::SumsTo, quiet: boo
         s => s,
     };
     dispatch(&dir, Request::Backup { snap, out, sums }, quiet)
+}
+
+/// `backup DIR/NAME --to URL`.
+pub fn backup_to(target: &Path, to: crate::backupstore::BackupTo, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    dispatch(&dir, Request::BackupTo { snap, to }, quiet)
 }
 
 pub fn verify(target: &Path, sums: &Path, quiet: bool) -> CliResult {
