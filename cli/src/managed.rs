@@ -556,6 +556,20 @@ fn parse_autoextend(s: &str) -> CliResult<Option<AutoextendSpec>> {
     Ok(Some(spec))
 }
 
+/// A snapshot's unique id: a hash of where, what and when (nanoseconds) it was made.
+fn new_uid(dir: &Path, name: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!(
+        "{}:{name}:{}:{}",
+        dir.display(),
+        t.as_nanos(),
+        std::process::id()
+    );
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
+}
+
 fn exec_snapshot(
     v: &mut Opened,
     name: &str,
@@ -587,6 +601,7 @@ fn exec_snapshot(
         store: store.to_ascii_uppercase(),
         chunk_size: chunk,
         autoextend,
+        uid: Some(new_uid(&v.dir, name)),
     };
     let opts = entry_options(&entry)?;
     if size < 2 * chunk {

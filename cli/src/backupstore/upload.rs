@@ -62,6 +62,15 @@ fn file_key(p: &Path) -> CliResult<String> {
     Ok(format!("{}:{}:{born}", m.dev(), m.ino()))
 }
 
+/// What identifies a snapshot: its uid (older manifests have none: then its COW file's identity,
+/// weaker, as an inode number can be reused).
+fn snapshot_key(v: &Opened, e: &crate::manifest::SnapshotEntry) -> CliResult<String> {
+    match &e.uid {
+        Some(u) => Ok(format!("uid:{u}")),
+        None => file_key(&v.dir.join(&e.cow)),
+    }
+}
+
 /// The data extents of a regular file (`SEEK_DATA`/`SEEK_HOLE`), or `None` when the file system
 /// cannot tell (then everything is read).
 fn data_extents(p: &Path, len: u64) -> Option<Vec<(u64, u64)>> {
@@ -188,7 +197,7 @@ pub fn exec_backup(v: &Opened, name: &str, a: &BackupTo, io: &mut Io) -> CliResu
     }
     let size = v.vol.len();
     let entry = &v.manifest.snapshots[v.index(name)?];
-    let snapshot_key = file_key(&v.dir.join(&entry.cow))?;
+    let snapshot_key = snapshot_key(v, entry)?;
     let origin = v.dir.join(&v.manifest.origin);
     let canon = std::fs::canonicalize(&v.dir).unwrap_or_else(|_| v.dir.clone());
     let volume_key = format!("{}@{}", canon.display(), file_key(&origin)?);
@@ -364,7 +373,7 @@ fn base_of(
             m.snapshot
         )));
     };
-    if file_key(&v.dir.join(&v.manifest.snapshots[i].cow))? != m.snapshot_key {
+    if snapshot_key(v, &v.manifest.snapshots[i])? != m.snapshot_key {
         return Err(refuse(format!(
             "snapshot {} is not the one that backup was made of (removed and made again?)",
             m.snapshot
