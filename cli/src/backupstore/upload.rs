@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cowsnap_core::{SnapshotId, SnapshotState};
+use futures::TryStreamExt;
 use object_store::{ObjectStore, PutPayload};
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -36,6 +37,9 @@ use crate::{CliError, CliResult};
 /// Default bytes per block object: the snapshot's chunk size, but at least this (per-object
 /// request costs dominate below it; above it one changed chunk re-uploads more).
 pub const DEFAULT_BLOCK: u64 = 256 << 10;
+
+/// Backups of this many blocks or more list the stored objects once instead of asking for each.
+const LIST_FROM_BLOCKS: u64 = 1000;
 
 /// Test hook: abort the process (as `kill -9` would) after this many uploads.
 const ABORT_AFTER_PUTS: &str = "COWSNAP_TEST_ABORT_AFTER_PUTS";
@@ -157,13 +161,16 @@ async fn put_block(
     store: Arc<dyn ObjectStore>,
     path: object_store::path::Path,
     data: Vec<u8>,
+    look_first: bool,
     up: Arc<Uploads>,
     abort_after: Option<u64>,
 ) -> Result<(), String> {
-    match store.head(&path).await {
-        Ok(_) => return Ok(()),
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(format!("looking for {path}: {e}")),
+    if look_first {
+        match store.head(&path).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(format!("looking for {path}: {e}")),
+        }
     }
     let stored = tokio::task::spawn_blocking(move || objects::encode(&data))
         .await
@@ -428,8 +435,22 @@ fn upload(
     let abort_after = std::env::var(ABORT_AFTER_PUTS)
         .ok()
         .and_then(|s| s.parse().ok());
-    let mut entries = Vec::new();
+    // Which objects exist: for a large backup, one listing of the store (a page holds 1000
+    // names) instead of one HEAD request per block; for a small one, HEAD each.
+    let blocks: u64 = ranges.iter().map(|&(a, b)| b - a).sum();
     let mut seen: HashSet<Hash> = HashSet::new();
+    let listed = blocks >= LIST_FROM_BLOCKS;
+    if listed {
+        let names: Vec<object_store::ObjectMeta> = rt
+            .block_on(loc.store.list(Some(&loc.chunks_dir())).try_collect())
+            .map_err(store_err("listing the stored objects"))?;
+        seen.extend(
+            names
+                .iter()
+                .filter_map(|m| m.location.filename().and_then(objects::parse_hex)),
+        );
+    }
+    let mut entries = Vec::new();
     let mut buf = vec![0u8; block as usize];
     let mut read = 0u64;
     'all: for &(first, end) in ranges {
@@ -459,6 +480,7 @@ fn upload(
                 loc.store.clone(),
                 loc.chunk(&h),
                 data.to_vec(),
+                !listed,
                 up.clone(),
                 abort_after,
             );
