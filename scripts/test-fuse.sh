@@ -332,7 +332,11 @@ if want mariadb; then
     cat "$WORK/$n.err"; fail "mariadb $n did not start"
   }
   sql() { mariadb --no-defaults --socket="$WORK/$1.sock" -u root -N -B -e "$2"; }
-  start_db db1 "$D/mysql" 33061
+  # Free loopback ports (another suite on this machine may hold fixed ones).
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  PORT1=$(free_port); PORT2=$(free_port)
+  while [ "$PORT2" = "$PORT1" ]; do PORT2=$(free_port); done
+  start_db db1 "$D/mysql" "$PORT1"
   sql db1 "CREATE DATABASE app; CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, k INT, payload VARCHAR(200)) ENGINE=InnoDB;
            INSERT INTO app.t (k, payload) VALUES (0, REPEAT(MD5(RAND()), 6));"
   for _ in $(seq 16); do sql db1 "INSERT INTO app.t (k, payload) SELECT k + 1, REPEAT(MD5(RAND()), 6) FROM app.t;"; done
@@ -380,8 +384,8 @@ if want mariadb; then
   cow -q remove "$V/backup"
   [ ! -e "$M/backup" ] || fail "snapshot file still there after remove"
 
-  say "mariadb: second server on the copy (127.0.0.1:33062): InnoDB recovery, CHECK TABLE, row count"
-  start_db db2 "$COPY" 33062
+  say "mariadb: second server on the copy (127.0.0.1:$PORT2): InnoDB recovery, CHECK TABLE, row count"
+  start_db db2 "$COPY" "$PORT2"
   check=$(sql db2 "CHECK TABLE app.t" | awk '{print $3, $4}' | tail -1)
   [ "$check" = "status OK" ] || fail "CHECK TABLE on the copy: $check"
   got=$(sql db2 "SELECT COUNT(*) FROM app.t")

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-export COWSNAP_SHARED=${COWSNAP_SHARED:-$ROOT/../shared}
+export COWSNAP_SHARED=${COWSNAP_SHARED:-$ROOT/tests/shared}
 say() { printf '[wasm] %s\n' "$*"; }
 
 # 1. Tools.

@@ -4,6 +4,7 @@
 //! (`inspect`, `export`, `merge --origin --cow`) work on images copied off a real LVM/dm system.
 
 mod backupstore;
+mod files;
 mod managed;
 mod manifest;
 mod mount;
@@ -19,35 +20,121 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// An error for the user: one line, already explained.
+/// What kind of failure an error is; it decides the exit code (see the table in `cli/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operation was refused: bad state, conflict, exists, invalid snapshot, bad argument
+    /// value. Nothing was changed. Exit code 3.
+    Refused,
+    /// The command did what was asked but something was lost on the way (an origin write that
+    /// invalidated a full snapshot). Exit code 3, printed as a warning.
+    Degraded,
+    /// An I/O error from the host, or corrupt data / metadata. Exit code 4.
+    Io,
+}
+
+impl ErrorKind {
+    /// The process exit code. 2 is clap's usage error; 1 stays unused so that scripts can tell
+    /// these apart from a crash of an older version.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Refused | ErrorKind::Degraded => 3,
+            ErrorKind::Io => 4,
+        }
+    }
+
+    /// One character on the mount daemon's wire (`E` frames start with it).
+    pub fn tag(self) -> u8 {
+        match self {
+            ErrorKind::Refused => b'R',
+            ErrorKind::Degraded => b'D',
+            ErrorKind::Io => b'I',
+        }
+    }
+
+    pub fn from_tag(t: u8) -> Option<Self> {
+        match t {
+            b'R' => Some(ErrorKind::Refused),
+            b'D' => Some(ErrorKind::Degraded),
+            b'I' => Some(ErrorKind::Io),
+            _ => None,
+        }
+    }
+}
+
+/// An error for the user: one line, already explained, and its kind.
 #[derive(Debug)]
-pub struct CliError(pub String);
+pub struct CliError {
+    pub kind: ErrorKind,
+    pub msg: String,
+}
 
 impl CliError {
+    /// A refused operation (the default: most messages say why something is not done).
     pub fn msg(m: impl Into<String>) -> Self {
-        CliError(m.into())
+        CliError {
+            kind: ErrorKind::Refused,
+            msg: m.into(),
+        }
+    }
+
+    /// A host I/O error or corrupt data.
+    pub fn io(m: impl Into<String>) -> Self {
+        CliError {
+            kind: ErrorKind::Io,
+            msg: m.into(),
+        }
+    }
+
+    /// Done, but with a loss the user must hear about.
+    pub fn degraded(m: impl Into<String>) -> Self {
+        CliError {
+            kind: ErrorKind::Degraded,
+            msg: m.into(),
+        }
     }
 
     /// An operation refused before anything was changed (an output that is an input, a device too
     /// small, a hostile script...). Kept apart so that it can get its own exit code.
     pub fn refused(m: impl Into<String>) -> Self {
-        CliError(m.into())
+        CliError {
+            kind: ErrorKind::Refused,
+            msg: m.into(),
+        }
     }
 
     /// Data that does not match what it should be (a verify mismatch, a damaged sums file).
     pub fn corrupt(m: impl Into<String>) -> Self {
-        CliError(m.into())
+        CliError {
+            kind: ErrorKind::Io,
+            msg: m.into(),
+        }
     }
 
     /// A core error with what was being done.
     pub fn core(context: impl std::fmt::Display, e: cowsnap_core::Error) -> Self {
-        CliError(format!("{context}: {e}"))
+        CliError {
+            kind: core_kind(&e),
+            msg: format!("{context}: {e}"),
+        }
+    }
+}
+
+/// I/O and corruption are kind `Io`; everything else the core refuses is a refused operation.
+fn core_kind(e: &cowsnap_core::Error) -> ErrorKind {
+    use cowsnap_core::ErrorCode as C;
+    match e.code() {
+        C::Io | C::CorruptMetadata => ErrorKind::Io,
+        _ => ErrorKind::Refused,
     }
 }
 
 impl From<cowsnap_core::Error> for CliError {
     fn from(e: cowsnap_core::Error) -> Self {
-        CliError(e.to_string())
+        CliError {
+            kind: core_kind(&e),
+            msg: e.to_string(),
+        }
     }
 }
 
@@ -80,7 +167,9 @@ fn byte_arg(s: &str) -> Result<u8, String> {
     long_about = "LVM-like copy-on-write snapshots of image files, byte-compatible with dm-snapshot.\n\n\
 A managed volume is a directory holding the origin image (origin.img), one COW image per snapshot \
 (<name>.cow, in the kernel's persistent format) and a manifest (cowsnap.json). Address the origin as \
-DIR and a snapshot as DIR/NAME. Sizes take LVM suffixes: 512M, 4K, 1G, +64M; a plain number is bytes."
+DIR and a snapshot as DIR/NAME. Sizes take LVM suffixes: 512M, 4K, 1G, +64M; a plain number is bytes.",
+    after_long_help = "Exit codes: 0 done; 2 usage error; 3 refused, nothing changed (or: done, but a \
+snapshot was lost on the way, printed as a warning); 4 I/O error or corrupt data."
 )]
 struct Cli {
     /// No progress bars and no informational messages.
@@ -150,6 +239,9 @@ enum Command {
     Remove {
         /// DIR/NAME.
         target: PathBuf,
+        /// Also drop a broken snapshot (missing or corrupt COW) from the manifest.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Merge a snapshot into its origin (like `lvconvert --merge`), or, with --origin and --cow,
     /// merge a kernel COW device into its origin image offline. Both are resumable.
@@ -328,7 +420,7 @@ fn run(cli: Cli) -> CliResult {
             len,
             out,
         } => managed::read(&target, offset, len, out.as_deref(), q),
-        Command::Remove { target } => managed::remove(&target, q),
+        Command::Remove { target, force } => managed::remove(&target, force, q),
         Command::Merge {
             target,
             origin,
@@ -423,10 +515,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError(m)) => {
+        Err(e) => {
             // One line, always.
-            eprintln!("cowsnap: error: {}", m.replace('\n', " "));
-            ExitCode::FAILURE
+            let label = match e.kind {
+                ErrorKind::Degraded => "warning",
+                _ => "error",
+            };
+            eprintln!("cowsnap: {label}: {}", e.msg.replace('\n', " "));
+            ExitCode::from(e.kind.exit_code())
         }
     }
 }

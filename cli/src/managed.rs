@@ -3,23 +3,30 @@
 //! Activating a volume = the origin as a [`FileDevice`] + `activate_snapshot` for every COW listed in
 //! the manifest (with its overflow mode and autoextend policy), so every origin write preserves the
 //! chunks of every snapshot. Commands that change anything hold an exclusive lock on the directory.
+//!
+//! A snapshot whose COW cannot be activated (missing, corrupt, a symbolic link, the same file as
+//! another...) is *broken*: listed with the reason, every command on the origin's reads and on the
+//! other snapshots goes on, but origin writes and merges are refused (its COW could not follow
+//! them) until `remove --force` drops it. A COW the manifest knows is never formatted.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use cowsnap_core::replay::parse_store;
+use cowsnap_core::store::persistent::{Header, SNAP_MAGIC};
 use cowsnap_core::{
-    Autoextend, BlockDevice, ChunkSize, FileDevice, SnapshotId, SnapshotOptions, SnapshotState,
-    StoreKind, Volume,
+    Autoextend, ChunkSize, FileDevice, SnapshotId, SnapshotOptions, SnapshotState, StoreKind,
+    Volume,
 };
 use serde_json::json;
 
+use crate::files::{self, FileId, MAX_FILE_SIZE};
 use crate::manifest::{check_name, AutoextendSpec, Manifest, SnapshotEntry, VolumeLock};
 use crate::progress::Progress;
 use crate::request::Request;
 use crate::size::{human, SizeArg};
-use crate::{CliError, CliResult};
+use crate::{CliError, CliResult, ErrorKind};
 
 /// `println!` to a command's output (stdout here, the client's stdout when run by the mount daemon).
 macro_rules! outln {
@@ -32,14 +39,27 @@ macro_rules! outln {
 const STEP: u64 = 1 << 20;
 /// Origin image file name.
 const ORIGIN_FILE: &str = "origin.img";
+/// File names (suffixes) only cowsnap makes in a volume directory: found as leftovers when the
+/// manifest does not know them.
+const COW_SUFFIX: &str = ".cow";
+const TMP_SUFFIX: &str = ".cowsnap-tmp";
+
+/// Why a snapshot of the manifest could not be activated.
+#[derive(Debug, Clone)]
+pub struct Broken {
+    pub kind: ErrorKind,
+    pub reason: String,
+}
 
 /// An activated managed volume, locked.
 pub struct Opened {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub vol: Volume,
-    /// Snapshot ids, in manifest order.
-    pub ids: Vec<SnapshotId>,
+    /// Snapshot ids, in manifest order; `None` for a broken snapshot.
+    pub ids: Vec<Option<SnapshotId>>,
+    /// Why each broken snapshot is broken (manifest order; `None` when active).
+    pub broken: Vec<Option<Broken>>,
     writable: bool,
     _lock: VolumeLock,
 }
@@ -62,12 +82,14 @@ pub fn resolve(path: &Path) -> CliResult<Target> {
             snap: None,
         });
     }
-    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
-        let parent = if parent.as_os_str().is_empty() {
+    let parent = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
             Path::new(".")
         } else {
-            parent
-        };
+            p
+        }
+    });
+    if let (Some(parent), Some(name)) = (parent, path.file_name()) {
         if has_manifest(parent) {
             let name = name
                 .to_str()
@@ -78,16 +100,18 @@ pub fn resolve(path: &Path) -> CliResult<Target> {
             });
         }
     }
-    let dir = if path.is_dir() {
-        path
-    } else {
-        path.parent().unwrap_or(path)
-    };
-    Err(CliError::msg(format!(
-        "{} is not a cowsnap volume: missing manifest {}",
-        path.display(),
-        Manifest::path(dir).display()
-    )))
+    // Name what is actually missing: the directory itself, or (for DIR/NAME) a missing DIR.
+    if !path.exists() {
+        if let Some(p) = parent.filter(|p| !p.exists()) {
+            return Err(CliError::msg(format!(
+                "no such volume directory: {}",
+                p.display()
+            )));
+        }
+    }
+    Err(Manifest::load(path)
+        .err()
+        .unwrap_or_else(|| CliError::msg(format!("{} is not a cowsnap volume", path.display()))))
 }
 
 /// Resolves `DIR/NAME`, refusing a bare volume.
@@ -127,6 +151,35 @@ fn entry_options(e: &SnapshotEntry) -> CliResult<SnapshotOptions> {
     })
 }
 
+/// Checks a known snapshot's COW header before the core sees it: a zero magic is corruption here
+/// (only `snapshot` formats a COW), and the chunk size must be the one the manifest recorded.
+fn check_header(e: &SnapshotEntry, cow: &FileDevice) -> CliResult {
+    let corrupt =
+        |why: String| CliError::io(format!("snapshot {}: corrupt COW {}: {why}", e.name, e.cow));
+    let h = Header::read(cow).map_err(|err| corrupt(err.to_string()))?;
+    if h.magic == 0 {
+        return Err(corrupt(
+            "its header is zeroed (magic 0): the file was overwritten or truncated; cowsnap never \
+             re-formats a snapshot it knows"
+                .into(),
+        ));
+    }
+    if h.magic != SNAP_MAGIC {
+        return Err(corrupt(format!(
+            "bad magic {:#010x}, not a dm-snapshot COW",
+            h.magic
+        )));
+    }
+    let bytes = u64::from(h.chunk_sectors) * 512;
+    if bytes != e.chunk_size {
+        return Err(corrupt(format!(
+            "header chunk size is {} sectors ({bytes} bytes) but the manifest records {} bytes",
+            h.chunk_sectors, e.chunk_size
+        )));
+    }
+    Ok(())
+}
+
 impl Opened {
     /// Activates the volume in `dir` under `lock` (exclusive when `writable`); finishes an
     /// interrupted merge first.
@@ -145,28 +198,75 @@ impl Opened {
             manifest = Manifest::load(dir)?;
             writable = true;
         }
-        let origin_path = dir.join(&manifest.origin);
-        let origin = crate::raw::open(&origin_path, writable)?;
-        let mut vol = Volume::new(origin);
-        let mut ids = Vec::new();
+        let origin = files::open_member(dir, &manifest.origin, writable, "origin")?;
+        let mut record_size = false;
+        match manifest.origin_size {
+            Some(n) if n != origin.len => {
+                return Err(CliError::io(format!(
+                    "origin {} is {} bytes but the manifest records {n}: it was truncated or grown \
+                     outside cowsnap; refusing the volume (every snapshot's size and contents \
+                     depend on it)",
+                    dir.join(&manifest.origin).display(),
+                    origin.len
+                )))
+            }
+            Some(_) => {}
+            None => record_size = writable,
+        }
+        let origin_id = origin.id;
+        let dev = FileDevice::from_file(origin.file)
+            .map_err(|e| CliError::core(dir.join(&manifest.origin).display(), e))?;
+        let mut vol = Volume::new(dev);
+        let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
+        let (mut ids, mut broken) = (Vec::new(), Vec::new());
         for e in &manifest.snapshots {
-            let opts = entry_options(e)?;
-            let p = dir.join(&e.cow);
-            let cow = crate::raw::open(&p, writable)?;
-            let id = vol.activate_snapshot(cow, opts).map_err(|err| {
-                CliError::core(format!("snapshot {} ({})", e.name, p.display()), err)
-            })?;
-            ids.push(id);
+            match activate(&mut vol, dir, e, writable, &mut seen) {
+                Ok(id) => {
+                    ids.push(Some(id));
+                    broken.push(None);
+                }
+                Err(err) => {
+                    ids.push(None);
+                    broken.push(Some(Broken {
+                        kind: err.kind,
+                        reason: err.msg,
+                    }));
+                }
+            }
         }
         let mut me = Opened {
             dir: dir.to_path_buf(),
             manifest,
             vol,
             ids,
+            broken,
             writable,
             _lock: lock,
         };
+        if record_size {
+            me.manifest.origin_size = Some(me.vol.len());
+            me.manifest.save(dir)?;
+        }
+        if writable {
+            // Only ever written under this exclusive lock: a leftover is debris of a killed save.
+            let _ = fs::remove_file(dir.join(crate::manifest::MANIFEST_TMP));
+        }
         if let Some(name) = me.manifest.merging.clone() {
+            if let Err(blocked) = me.check_origin_writable(&format!("resuming the merge of {name}"))
+            {
+                // The merge would change the origin behind a broken snapshot's back: not resumed
+                // (every command still opens, so `remove --force` can drop the broken one). The
+                // origin shows the merging snapshot, as during any merge (in memory only, nothing
+                // is written); origin writes stay refused while the snapshot is broken.
+                if let Ok(id) = me.id(&name) {
+                    let _ = me.vol.merge_begin(id);
+                }
+                // (A writing command says it itself if it needs the origin; one line only.)
+                if !asked_writable {
+                    eprintln!("cowsnap: warning: {}", blocked.msg);
+                }
+                return Ok(me);
+            }
             if !quiet {
                 eprintln!("cowsnap: resuming the interrupted merge of {name}");
             }
@@ -179,7 +279,7 @@ impl Opened {
                 eprintln!(
                     "cowsnap: warning: the interrupted merge of {name} could not be finished ({}); \
                      showing the volume as it is, the merge stays recorded",
-                    e.0
+                    e.msg
                 );
             }
         }
@@ -200,8 +300,56 @@ impl Opened {
             })
     }
 
+    /// The id of an active snapshot; a broken one is an error saying why and what to do.
     pub fn id(&self, name: &str) -> CliResult<SnapshotId> {
-        Ok(self.ids[self.index(name)?])
+        let i = self.index(name)?;
+        match (self.ids[i], &self.broken[i]) {
+            (Some(id), _) => Ok(id),
+            (None, b) => {
+                let b = b.clone().unwrap_or(Broken {
+                    kind: ErrorKind::Io,
+                    reason: "not activated".into(),
+                });
+                Err(CliError {
+                    kind: b.kind,
+                    msg: format!(
+                        "snapshot {name} is broken: {}; drop it with `cowsnap remove --force {}`",
+                        b.reason,
+                        self.dir.join(name).display()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Active snapshots: (manifest entry, id).
+    pub fn active(&self) -> impl Iterator<Item = (&SnapshotEntry, SnapshotId)> {
+        self.manifest
+            .snapshots
+            .iter()
+            .zip(&self.ids)
+            .filter_map(|(e, id)| id.map(|id| (e, id)))
+    }
+
+    /// Refuses to change the origin while a snapshot is broken: its COW could not preserve the
+    /// chunks being overwritten, so the snapshot would silently stop being a snapshot.
+    pub fn check_origin_writable(&self, what: &str) -> CliResult {
+        let first = self
+            .manifest
+            .snapshots
+            .iter()
+            .zip(&self.broken)
+            .find_map(|(e, b)| b.as_ref().map(|b| (e, b)));
+        match first {
+            None => Ok(()),
+            Some((e, b)) => Err(CliError::msg(format!(
+                "{what} refused: snapshot {} is broken ({}) and its COW could not be kept up to \
+                 date with the origin; drop it first with `cowsnap remove --force {}`",
+                e.name,
+                b.reason,
+                self.dir.join(&e.name).display()
+            ))),
+        }
     }
 
     fn volume_name(&self) -> String {
@@ -212,18 +360,31 @@ impl Opened {
             .unwrap_or_else(|| "origin".into())
     }
 
-    /// Drops a snapshot from the manifest (atomically) and deletes its COW file.
+    /// Drops a snapshot from the manifest (atomically) and deletes its COW file (only a file named
+    /// in the volume directory itself, never following a link).
     fn forget(&mut self, name: &str) -> CliResult {
         let i = self.index(name)?;
         let e = self.manifest.snapshots.remove(i);
         self.ids.remove(i);
+        self.broken.remove(i);
         if self.manifest.merging.as_deref() == Some(name) {
             self.manifest.merging = None;
         }
         self.manifest.save(&self.dir)?;
+        // A name outside the directory, or one the manifest still uses (a broken entry naming the
+        // origin or another snapshot's COW), is only dropped from the manifest.
+        let in_use =
+            self.manifest.origin == e.cow || self.manifest.snapshots.iter().any(|s| s.cow == e.cow);
+        if files::check_plain_name(&e.cow).is_err() || in_use {
+            return Ok(());
+        }
         let p = self.dir.join(&e.cow);
-        fs::remove_file(&p)
-            .map_err(|err| CliError::msg(format!("cannot remove {}: {err}", p.display())))
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() || m.file_type().is_symlink() => fs::remove_file(&p)
+                .map_err(|err| CliError::io(format!("cannot remove {}: {err}", p.display()))),
+            // Missing already, or something we never made (a directory, a device node): leave it.
+            _ => Ok(()),
+        }
     }
 
     /// Runs (or resumes) the merge of `name` to the end, then forgets the snapshot.
@@ -249,6 +410,33 @@ impl Opened {
     pub fn target_len(&self) -> u64 {
         self.vol.len()
     }
+}
+
+/// Opens, checks and activates one snapshot of the manifest. `seen` holds the identities of the
+/// files already in use (origin and COWs): the core refuses a repeated device too, but here the
+/// message can name both files.
+fn activate(
+    vol: &mut Volume,
+    dir: &Path,
+    e: &SnapshotEntry,
+    writable: bool,
+    seen: &mut Vec<(FileId, String)>,
+) -> CliResult<SnapshotId> {
+    let what = format!("snapshot {}'s COW", e.name);
+    let f = files::open_member(dir, &e.cow, writable, &what)?;
+    if let Some((_, other)) = seen.iter().find(|(id, _)| *id == f.id) {
+        return Err(CliError::msg(format!(
+            "{what} {} is the same file as {other} (a hard link or a second name of one file): \
+             two devices on one file would corrupt both",
+            e.cow
+        )));
+    }
+    seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
+    let cow = FileDevice::from_file(f.file).map_err(|err| CliError::core(&what, err))?;
+    check_header(e, &cow)?;
+    let opts = entry_options(e)?;
+    vol.activate_snapshot(cow, opts)
+        .map_err(|err| CliError::core(format!("snapshot {} ({})", e.name, e.cow), err))
 }
 
 /// What a mounted volume (`cowsnap mount`) needs to know about commands it runs for clients.
@@ -331,7 +519,7 @@ pub fn exec(v: &mut Opened, req: &Request, io: &mut Io) -> CliResult {
             *len,
             io,
         ),
-        Request::Remove { snap } => exec_remove(v, snap, io),
+        Request::Remove { snap, force } => exec_remove(v, snap, *force, io),
         Request::Merge { snap } => exec_merge(v, snap, io),
         Request::Extend { snap, size } => exec_extend(v, snap, *size, io),
         _ => exec_ro(v, req, io),
@@ -445,9 +633,9 @@ pub fn read(target: &Path, offset: u64, len: u64, out: Option<&Path>, quiet: boo
     dispatch(&t.dir, req, quiet)
 }
 
-pub fn remove(target: &Path, quiet: bool) -> CliResult {
+pub fn remove(target: &Path, force: bool, quiet: bool) -> CliResult {
     let (dir, snap) = resolve_snapshot(target)?;
-    dispatch(&dir, Request::Remove { snap }, quiet)
+    dispatch(&dir, Request::Remove { snap, force }, quiet)
 }
 
 pub fn merge(target: &Path, quiet: bool) -> CliResult {
@@ -487,15 +675,23 @@ pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult 
     if size == 0 {
         return Err(CliError::msg("--size must be greater than 0"));
     }
+    if size > MAX_FILE_SIZE {
+        return Err(files::too_large(size));
+    }
+    if size % 512 != 0 {
+        return Err(CliError::msg(format!(
+            "origin size {size} bytes is not a whole number of 512-byte sectors"
+        )));
+    }
     if has_manifest(dir) {
         return Err(CliError::msg(format!(
             "{} is already a cowsnap volume",
             dir.display()
         )));
     }
-    if dir.exists() {
+    let made_dir = if dir.exists() {
         let empty = fs::read_dir(dir)
-            .map_err(|e| CliError::msg(format!("cannot read {}: {e}", dir.display())))?
+            .map_err(|e| CliError::io(format!("cannot read {}: {e}", dir.display())))?
             .next()
             .is_none();
         if !empty {
@@ -504,19 +700,47 @@ pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult 
                 dir.display()
             )));
         }
+        false
     } else {
         fs::create_dir_all(dir)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| CliError::io(format!("cannot create {}: {e}", dir.display())))?;
+        true
+    };
+    let r = create_in(dir, size, chunk_size, quiet);
+    if r.is_err() {
+        // Leave the directory as it was: our files go, and the directory if we made it.
+        for f in [
+            ORIGIN_FILE,
+            crate::manifest::MANIFEST_TMP,
+            crate::manifest::LOCK,
+            crate::manifest::WRITER_GATE,
+        ] {
+            let _ = fs::remove_file(dir.join(f));
+        }
+        if made_dir {
+            let _ = fs::remove_dir(dir);
+        }
     }
+    r
+}
+
+fn create_in(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult {
     let _lock = VolumeLock::acquire(dir, true, quiet)?;
     let origin = dir.join(ORIGIN_FILE);
-    let mut dev =
-        FileDevice::create(&origin, size).map_err(|e| CliError::core(origin.display(), e))?;
-    dev.flush()
-        .map_err(|e| CliError::core(origin.display(), e))?;
+    // Sparse, like a thin LV: the origin's space is taken as it is written.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&origin)
+        .map_err(io_err(&origin))?;
+    f.set_len(size)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(&origin))?;
     let m = Manifest {
         format: crate::manifest::FORMAT,
         origin: ORIGIN_FILE.into(),
+        origin_size: Some(size),
         chunk_size,
         snapshots: Vec::new(),
         merging: None,
@@ -604,30 +828,45 @@ fn exec_snapshot(
         uid: Some(new_uid(&v.dir, name)),
     };
     let opts = entry_options(&entry)?;
-    if size < 2 * chunk {
+    // As lvcreate (and the C API): a COW that cannot hold one data chunk is invalid at the first
+    // origin write.
+    if size < 3 * chunk {
         return Err(CliError::msg(format!(
-            "COW size {} is too small: a snapshot needs at least 2 chunks ({}) for its header and \
-             first metadata area",
+            "COW size {} is too small: a snapshot needs at least 3 chunks ({}) for its header, \
+             first metadata area and one data chunk",
             human(size),
-            human(2 * chunk)
+            human(3 * chunk)
         )));
     }
+    if size > MAX_FILE_SIZE {
+        return Err(files::too_large(size));
+    }
     let path = v.dir.join(&entry.cow);
-    let cow = FileDevice::create(&path, size).map_err(|e| CliError::core(path.display(), e))?;
+    // The whole COW is allocated now (as LVM allocates a snapshot's extents): a full host disk can
+    // then never invalidate this snapshot. Refuses an existing file of that name.
+    let cow = files::create_reserved(&v.dir, &entry.cow, size, &format!("snapshot {name}'s COW"))?;
+    let undo = |v: &mut Opened, id: Option<SnapshotId>, e: CliError| {
+        if let Some(id) = id {
+            let _ = v.vol.delete_snapshot(id);
+        }
+        let _ = fs::remove_file(&path);
+        Err(e)
+    };
     let made = v
         .vol
         .create_snapshot(cow, opts)
         .map_err(|e| CliError::core(format!("snapshot {name}"), e));
     let id = match made {
         Ok(id) => id,
-        Err(e) => {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
+        Err(e) => return undo(v, None, e),
     };
-    v.ids.push(id);
     v.manifest.snapshots.push(entry);
-    v.manifest.save(&v.dir)?;
+    if let Err(e) = v.manifest.save(&v.dir) {
+        v.manifest.snapshots.pop();
+        return undo(v, Some(id), e);
+    }
+    v.ids.push(Some(id));
+    v.broken.push(None);
     if !io.quiet {
         outln!(
             io,
@@ -653,7 +892,7 @@ struct Row {
 
 fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
     let vname = v.volume_name();
-    let merging = v.ids.iter().any(|&id| {
+    let merging = v.active().any(|(_, id)| {
         v.vol
             .snapshot_status(id)
             .is_ok_and(|s| s.state == SnapshotState::Merging)
@@ -674,7 +913,39 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
             None => json!({"file": v.manifest.origin}),
         },
     }];
-    for (e, &id) in v.manifest.snapshots.iter().zip(&v.ids) {
+    for (i, e) in v.manifest.snapshots.iter().enumerate() {
+        let Some(id) = v.ids[i] else {
+            let why = v.broken[i]
+                .as_ref()
+                .map(|b| b.reason.clone())
+                .unwrap_or_default();
+            if !io.quiet {
+                eprintln!("cowsnap: warning: snapshot {} is broken: {why}", e.name);
+            }
+            // The file's size, if there is a file of that name at all.
+            let size = files::check_plain_name(&e.cow)
+                .ok()
+                .and_then(|()| fs::symlink_metadata(v.dir.join(&e.cow)).ok())
+                .filter(|m| m.is_file())
+                .map_or(0, |m| m.len());
+            rows.push(Row {
+                name: e.name.clone(),
+                // Inactive ('-' state) with an unknown health ('X'), as lvs shows an LV it
+                // cannot activate.
+                attr: "swi---s-X-".into(),
+                size,
+                origin: vname.clone(),
+                data: None,
+                extra: json!({
+                    "file": e.cow,
+                    "state": "broken",
+                    "store": e.store,
+                    "chunk_size": e.chunk_size,
+                    "broken": why,
+                }),
+            });
+            continue;
+        };
         let st = v
             .vol
             .snapshot_status(id)
@@ -694,8 +965,26 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
                 "exceptions": st.exceptions,
                 "dm_status": st.dm_status(),
                 "autoextend": e.autoextend.map(|a| format!("{}:{}", a.threshold_percent, a.extend_percent)),
+                "broken": null,
             }),
         });
+    }
+    for (name, n) in names_outside(v) {
+        if !io.quiet {
+            eprintln!(
+                "cowsnap: warning: {name} has {n} hard link(s) outside this volume (another \
+                 volume's file, a `cp -al` copy): that other name changes with every write here"
+            );
+        }
+    }
+    let debris = leftovers(&v.dir, &v.manifest);
+    if !debris.is_empty() && !io.quiet {
+        eprintln!(
+            "cowsnap: warning: {} holds files left by an interrupted command, not in the manifest: \
+             {} (cowsnap does not delete them: check and remove them by hand)",
+            v.dir.display(),
+            debris.join(", ")
+        );
     }
     if as_json {
         let lv: Vec<serde_json::Value> = rows
@@ -715,7 +1004,15 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
                 o
             })
             .collect();
-        let doc = json!({"report": [{"lv": lv}]});
+        let outside: serde_json::Map<String, serde_json::Value> = names_outside(v)
+            .into_iter()
+            .map(|(n, c)| (n, json!(c)))
+            .collect();
+        let doc = json!({
+            "report": [{"lv": lv}],
+            "leftovers": debris,
+            "hard_links_outside": outside,
+        });
         outln!(
             io,
             "{}",
@@ -754,8 +1051,50 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
     Ok(())
 }
 
+/// The volume's files (origin and COWs) with hard links the manifest does not account for, and how
+/// many. Reported by `lvs`, not refused: a hard-link copy of a volume must not lock it out.
+fn names_outside(v: &Opened) -> Vec<(String, u64)> {
+    let files: Vec<&str> = std::iter::once(v.manifest.origin.as_str())
+        .chain(v.manifest.snapshots.iter().map(|e| e.cow.as_str()))
+        .collect();
+    let ids: Vec<Option<(FileId, u64)>> = files
+        .iter()
+        .map(|n| files::identity_of(&v.dir, n))
+        .collect();
+    let mut out = Vec::new();
+    for (i, (name, id)) in files.iter().zip(&ids).enumerate() {
+        let Some((id, links)) = *id else { continue };
+        let inside = ids.iter().flatten().filter(|(o, _)| *o == id).count() as u64;
+        // Once per file, at its first name.
+        let first = ids.iter().position(|x| x.is_some_and(|(o, _)| o == id)) == Some(i);
+        if first && links > inside {
+            out.push((name.to_string(), links - inside));
+        }
+    }
+    out
+}
+
+/// Files in the volume directory with names only cowsnap makes (`*.cow`, `*.cowsnap-tmp`, the
+/// manifest's temporary file) that the manifest does not list: debris of a killed command.
+pub fn leftovers(dir: &Path, m: &Manifest) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            (n.ends_with(COW_SUFFIX) && !m.snapshots.iter().any(|s| s.cow == *n))
+                || n.ends_with(TMP_SUFFIX)
+                || n == crate::manifest::MANIFEST_TMP
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn io_err(what: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
-    move |e| CliError::msg(format!("{}: {e}", what.display()))
+    move |e| CliError::io(format!("{}: {e}", what.display()))
 }
 
 fn check_range(offset: u64, len: u64, size: u64) -> CliResult {
@@ -787,8 +1126,13 @@ fn exec_write(
         None => None,
     };
     let id = snap.map(|n| v.id(n)).transpose()?;
+    if id.is_none() {
+        v.check_origin_writable("writing the origin")?;
+    }
     check_range(offset, len, v.target_len())?;
     let label = snap.unwrap_or("origin").to_string();
+    // Which snapshots are valid now: a write that invalidates one (a full COW) must say so.
+    let valid_before = valid_snapshots(v);
     let mut buf = vec![fill.unwrap_or(0); len.min(STEP) as usize];
     let mut done = 0u64;
     while done < len {
@@ -806,10 +1150,12 @@ fn exec_write(
             // What was written so far stays written (as with a failed dd); make it durable.
             let _ = v.vol.flush();
             io.changed(id);
-            return Err(CliError::core(
-                format!("write to {label} at offset {}", offset + done),
-                e,
-            ));
+            let mut err =
+                CliError::core(format!("write to {label} at offset {}", offset + done), e);
+            if let Some(lost) = lost_snapshots(v, &valid_before) {
+                err.msg.push_str(&format!("; {lost}"));
+            }
+            return Err(err);
         }
         done += n as u64;
     }
@@ -818,7 +1164,46 @@ fn exec_write(
     if !io.quiet {
         outln!(io, "wrote {len} bytes at offset {offset} of {label}");
     }
-    Ok(())
+    match lost_snapshots(v, &valid_before) {
+        Some(lost) => Err(CliError::degraded(format!(
+            "wrote {len} bytes at offset {offset} of {label}, but {lost}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Names of the active snapshots that are not invalid.
+fn valid_snapshots(v: &Opened) -> Vec<(String, SnapshotId)> {
+    v.active()
+        .filter(|(_, id)| {
+            v.vol
+                .snapshot_status(*id)
+                .is_ok_and(|s| s.state != SnapshotState::Invalid)
+        })
+        .map(|(e, id)| (e.name.clone(), id))
+        .collect()
+}
+
+/// "snapshot s1 was invalidated ..." for the snapshots of `before` that are invalid now.
+fn lost_snapshots(v: &Opened, before: &[(String, SnapshotId)]) -> Option<String> {
+    let lost: Vec<&str> = before
+        .iter()
+        .filter(|(_, id)| {
+            v.vol
+                .snapshot_status(*id)
+                .is_ok_and(|s| s.state == SnapshotState::Invalid)
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if lost.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "snapshot {} was invalidated by this write (its COW is full): its data is lost; remove it \
+         (cowsnap remove {}) and give snapshots more room (extend, --autoextend)",
+        lost.join(", "),
+        v.dir.join(lost[0]).display()
+    ))
 }
 
 /// Reads `[offset, offset+len)` of the origin (`None`) or a snapshot into `sink`, in steps.
@@ -886,7 +1271,21 @@ fn exec_read(
     }
 }
 
-fn exec_remove(v: &mut Opened, name: &str, io: &mut Io) -> CliResult {
+fn exec_remove(v: &mut Opened, name: &str, force: bool, io: &mut Io) -> CliResult {
+    let i = v.index(name)?;
+    if v.ids[i].is_none() {
+        if !force {
+            // Say why, and how to drop it.
+            return Err(CliError::msg(
+                v.id(name).err().map(|e| e.msg).unwrap_or_default(),
+            ));
+        }
+        v.forget(name)?;
+        if !io.quiet {
+            outln!(io, "removed broken snapshot {name} from the manifest");
+        }
+        return Ok(());
+    }
     let id = v.id(name)?;
     if let Some(m) = io.mount {
         m.check_removable(id, name)?;
@@ -914,6 +1313,7 @@ fn exec_merge(v: &mut Opened, name: &str, io: &mut Io) -> CliResult {
             mp.display()
         )));
     }
+    v.check_origin_writable(&format!("merging {name}"))?;
     // Refuse before recording anything (an invalid snapshot cannot be merged).
     v.vol
         .merge_begin(id)
@@ -934,11 +1334,32 @@ fn exec_merge(v: &mut Opened, name: &str, io: &mut Io) -> CliResult {
 
 fn exec_extend(v: &mut Opened, name: &str, size: SizeArg, io: &mut Io) -> CliResult {
     let id = v.id(name)?;
+    let i = v.index(name)?;
     let cur = v.vol.snapshot_cow(id)?.len();
-    let new = size.apply(cur).map_err(CliError::msg)?;
-    v.vol
-        .extend_snapshot(id, new)
-        .map_err(|e| CliError::core(format!("extend {name}"), e))?;
+    let new = size
+        .apply(cur)
+        .map_err(|e| CliError::msg(format!("extend {name}: {e}")))?;
+    if new > MAX_FILE_SIZE {
+        return Err(files::too_large(new));
+    }
+    if new < cur {
+        return Err(CliError::msg(format!(
+            "extend {name}: {} is smaller than the COW's {}: a COW cannot shrink",
+            human(new),
+            human(cur)
+        )));
+    }
+    // The core's FileDevice reserves the added range (the COW keeps its size if it cannot).
+    v.vol.extend_snapshot(id, new).map_err(|e| {
+        CliError::core(
+            format!(
+                "extend {name}: cannot reserve {} more for its COW {}",
+                human(new - cur),
+                v.dir.join(&v.manifest.snapshots[i].cow).display()
+            ),
+            e,
+        )
+    })?;
     v.flush()?;
     if !io.quiet {
         outln!(

@@ -101,7 +101,9 @@ fn try_connect(dir: &Path) -> CliResult<Option<UnixStream>> {
 /// The mount process's socket when the volume is mounted, else the volume lock (waiting for it while
 /// another command holds it, and saying so unless `quiet`).
 pub fn connect_or_lock(dir: &Path, exclusive: bool, quiet: bool) -> CliResult<Access> {
-    let mut said = false;
+    // Held until we are in: a waiting writer keeps new readers out (writer preference).
+    let gate = crate::manifest::Gate::enter(dir, exclusive, quiet)?;
+    let mut said = gate.said;
     loop {
         if let Some(s) = try_connect(dir)? {
             return Ok(Access::Remote(s));
@@ -174,7 +176,7 @@ fn node(v: &Opened, ino: u64) -> Option<Node> {
         ORIGIN => Some(Node::Origin),
         i if i >= SNAP_BASE => {
             let id = SnapshotId(u32::try_from(i - SNAP_BASE).ok()?);
-            v.ids.contains(&id).then_some(Node::Snap(id))
+            v.ids.contains(&Some(id)).then_some(Node::Snap(id))
         }
         _ => None,
     }
@@ -251,7 +253,7 @@ impl Filesystem for CowFs {
         let v = self.st.read();
         let n = match name.to_str() {
             Some("origin") => Some(Node::Origin),
-            Some(s) => v.index(s).ok().map(|i| Node::Snap(v.ids[i])),
+            Some(s) => v.index(s).ok().and_then(|i| v.ids[i]).map(Node::Snap),
             None => None,
         };
         match n {
@@ -456,8 +458,8 @@ impl Filesystem for CowFs {
         // The engine's flush: origin and every COW with unflushed writes.
         match self.st.write().flush() {
             Ok(()) => reply.ok(),
-            Err(CliError(m)) => {
-                eprintln!("cowsnap mount: fsync of inode {}: {m}", ino.0);
+            Err(e) => {
+                eprintln!("cowsnap mount: fsync of inode {}: {}", ino.0, e.msg);
                 reply.error(Errno::EIO)
             }
         }
@@ -491,7 +493,7 @@ impl Filesystem for CowFs {
             (ROOT, FileType::Directory, "..".into()),
             (ORIGIN, FileType::RegularFile, "origin".into()),
         ];
-        for (e, &id) in v.manifest.snapshots.iter().zip(&v.ids) {
+        for (e, id) in v.active() {
             entries.push((snap_ino(id), FileType::RegularFile, e.name.clone()));
         }
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
@@ -598,7 +600,7 @@ fn serve_client(st: &State, stream: UnixStream) {
     let mut w = &stream;
     let _ = match result {
         Ok(()) => request::write_frame(&mut w, TAG_OK, &[]),
-        Err(CliError(m)) => request::write_frame(&mut w, TAG_ERR, m.as_bytes()),
+        Err(e) => request::write_frame(&mut w, TAG_ERR, &request::error_payload(&e)),
     };
 }
 
@@ -710,7 +712,7 @@ pub fn mount(dir: &Path, mnt: &Path, opts: &MountOpts, quiet: bool) -> CliResult
         }
     }
     if !opts.daemon {
-        return serve(&dir, &mnt, opts, quiet, None);
+        return serve(&dir, &mnt, opts, quiet, None).0;
     }
     // Fork before any thread exists; the parent returns once the child has mounted (or failed).
     let mut fds = [0 as libc::c_int; 2];
@@ -735,11 +737,15 @@ pub fn mount(dir: &Path, mnt: &Path, opts: &MountOpts, quiet: bool) -> CliResult
         drop(rd);
         // SAFETY: a new session, so that the daemon outlives the terminal.
         unsafe { libc::setsid() };
-        let code = match serve(&dir, &mnt, opts, quiet, Some(wr)) {
+        let (r, told) = serve(&dir, &mnt, opts, quiet, Some(wr));
+        let code = match r {
             Ok(()) => 0,
-            Err(CliError(m)) => {
-                eprintln!("cowsnap: error: {m}");
-                1
+            Err(e) => {
+                // An error the parent received through the pipe is printed there, once.
+                if !told {
+                    eprintln!("cowsnap: error: {}", e.msg);
+                }
+                e.kind.exit_code() as i32
             }
         };
         std::process::exit(code);
@@ -764,28 +770,29 @@ pub fn mount(dir: &Path, mnt: &Path, opts: &MountOpts, quiet: bool) -> CliResult
             let mut status = 0;
             // SAFETY: reaping our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            Err(CliError(match msg.trim() {
-                "" => "the mount process exited during start-up".to_string(),
-                m => m.to_string(),
-            }))
+            Err(match msg.trim() {
+                "" => CliError::io("the mount process exited during start-up"),
+                m => request::parse_error_payload(m.as_bytes()),
+            })
         }
     }
 }
 
 /// Opens the volume, mounts it and serves until it is unmounted. `ready` (daemon mode) receives
-/// `OK` once mounted, or the error.
+/// `OK` once mounted, or the error; the flag says whether an error went to `ready`.
 fn serve(
     dir: &Path,
     mnt: &Path,
     opts: &MountOpts,
     quiet: bool,
     mut ready: Option<File>,
-) -> CliResult {
+) -> (CliResult, bool) {
     let r = serve_inner(dir, mnt, opts, quiet, &mut ready);
-    if let (Err(CliError(m)), Some(w)) = (&r, ready.as_mut()) {
-        let _ = w.write_all(m.as_bytes());
+    let mut told = false;
+    if let (Err(e), Some(w)) = (&r, ready.as_mut()) {
+        told = w.write_all(&request::error_payload(e)).is_ok();
     }
-    r
+    (r, told)
 }
 
 fn serve_inner(
@@ -806,6 +813,8 @@ fn serve_inner(
         }));
     };
     let v = Opened::open_locked(dir, true, quiet, lock)?;
+    // The files of the mount would let the origin be written behind a broken snapshot's back.
+    v.check_origin_writable("mounting the volume")?;
     // A client that goes away must not kill the mount process.
     // SAFETY: setting the disposition of SIGPIPE to ignore.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };

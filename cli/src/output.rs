@@ -245,7 +245,7 @@ fn split(path: &Path) -> CliResult<(PathBuf, OsString)> {
 }
 
 fn io_msg(p: &Path, e: std::io::Error) -> CliError {
-    CliError::msg(format!("{}: {e}", p.display()))
+    CliError::io(format!("{}: {e}", p.display()))
 }
 
 /// True when `a` and `b` are the same existing file (or the same block device, or a loop device

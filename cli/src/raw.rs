@@ -26,14 +26,14 @@ pub(crate) fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
         .read(true)
         .write(writable)
         .open(path)
-        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| CliError::io(format!("cannot open {}: {e}", path.display())))?;
     FileDevice::from_file(f).map_err(|e| CliError::core(path.display(), e))
 }
 
 /// Reads and checks a COW's header and metadata, refusing corrupt or foreign devices with the reason.
 fn scan(cow: &dyn BlockDevice, path: &Path) -> CliResult<Scan> {
     core_inspect(cow, None).map_err(|e| match e {
-        Error::Corrupt(_) => CliError::msg(format!(
+        Error::Corrupt(_) => CliError::corrupt(format!(
             "{}: not a usable dm-snapshot persistent COW: {e}",
             path.display()
         )),
@@ -152,7 +152,7 @@ fn activate(
     let id = vol
         .activate_snapshot(cow, SnapshotOptions::default())
         .map_err(|e| match e {
-            Error::Corrupt(_) => CliError::msg(format!(
+            Error::Corrupt(_) => CliError::corrupt(format!(
                 "{}: not a usable dm-snapshot persistent COW: {e}",
                 cow_path.display()
             )),
@@ -302,7 +302,7 @@ impl FileDevices {
                 let f = t
                     .file
                     .try_clone()
-                    .map_err(|e| CliError::msg(format!("{}: {e}", t.tmp.display())))?;
+                    .map_err(|e| CliError::io(format!("{}: {e}", t.tmp.display())))?;
                 let dev =
                     FileDevice::from_file(f).map_err(|e| CliError::core(t.tmp.display(), e))?;
                 Ok((t, dev))
@@ -313,7 +313,7 @@ impl FileDevices {
                 Ok(Box::new(dev))
             }
             Err(e) => {
-                let m = e.0.clone();
+                let m = e.msg.clone();
                 self.failure = Some(e);
                 Err(Error::Io(m))
             }
@@ -343,7 +343,7 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
 
 pub fn replay(script: &Path, out_dir: &Path, quiet: bool) -> CliResult {
     let size = fs::metadata(script)
-        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", script.display())))?
+        .map_err(|e| CliError::io(format!("cannot read {}: {e}", script.display())))?
         .len();
     if size > MAX_SCRIPT {
         return Err(CliError::refused(format!(
@@ -354,14 +354,14 @@ pub fn replay(script: &Path, out_dir: &Path, quiet: bool) -> CliResult {
         )));
     }
     let text = fs::read_to_string(script)
-        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", script.display())))?;
+        .map_err(|e| CliError::io(format!("cannot read {}: {e}", script.display())))?;
     let s: Script = serde_json::from_str(&text)
         .map_err(|e| CliError::msg(format!("bad script {}: {e}", script.display())))?;
     check_script(&s)?;
     // Created only once the script is known good; removed again if the replay fails.
     let created = missing_dirs(out_dir);
     fs::create_dir_all(out_dir)
-        .map_err(|e| CliError::msg(format!("cannot create {}: {e}", out_dir.display())))?;
+        .map_err(|e| CliError::io(format!("cannot create {}: {e}", out_dir.display())))?;
     let r = replay_into(&s, script, out_dir);
     if r.is_err() {
         for d in created.iter().rev() {

@@ -3,7 +3,8 @@
 //!
 //! Wire format on the socket (one connection per command): the client sends one frame `R` holding the
 //! JSON request; the server answers with any number of `O` frames (bytes for the client's stdout) and
-//! exactly one final frame, `K` (success) or `E` (one-line error message). A frame is a tag byte, a
+//! exactly one final frame, `K` (success) or `E` (the error kind's tag byte, `R`, `D` or `I`, then a
+//! one-line message). A frame is a tag byte, a
 //! big-endian u32 length and that many bytes.
 
 use std::fs::File;
@@ -45,6 +46,9 @@ pub enum Request {
     },
     Remove {
         snap: String,
+        /// Drop a broken snapshot from the manifest.
+        #[serde(default)]
+        force: bool,
     },
     Merge {
         snap: String,
@@ -247,6 +251,24 @@ impl Read for FrameReader<'_> {
     }
 }
 
+/// The payload of an `E` frame: the error kind's tag byte, then the one-line message.
+pub fn error_payload(e: &CliError) -> Vec<u8> {
+    let mut v = vec![e.kind.tag()];
+    v.extend_from_slice(e.msg.as_bytes());
+    v
+}
+
+/// Reads an `E` frame's payload back into an error (a payload without a known tag is refused).
+pub fn parse_error_payload(b: &[u8]) -> CliError {
+    match b.split_first() {
+        Some((&t, rest)) if crate::ErrorKind::from_tag(t).is_some() => CliError {
+            kind: crate::ErrorKind::from_tag(t).unwrap_or(crate::ErrorKind::Refused),
+            msg: String::from_utf8_lossy(rest).into_owned(),
+        },
+        _ => CliError::msg(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
 /// Client side: sends `req` to the mount daemon on `stream`, copies its output to stdout, and returns
 /// its result.
 pub fn call(
@@ -294,7 +316,7 @@ pub fn call(
             }
             Some((TAG_ERR, b)) => {
                 let _ = out.flush();
-                return Err(CliError(String::from_utf8_lossy(&b).into_owned()));
+                return Err(parse_error_payload(&b));
             }
             Some((t, _)) => {
                 return Err(CliError::msg(format!(

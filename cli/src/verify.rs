@@ -279,7 +279,7 @@ const MAX_LINE: u64 = 80;
 impl SumsReader {
     fn open(path: &Path) -> CliResult<Self> {
         let f = File::open(path)
-            .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| CliError::io(format!("cannot read {}: {e}", path.display())))?;
         let regular = f.metadata().map(|m| m.is_file()).unwrap_or(true);
         let mut r = SumsReader {
             path: path.to_path_buf(),
@@ -419,11 +419,11 @@ fn compare(
     for &b in bad.iter().take(SHOWN) {
         let end = ((b + 1) * BLOCK).min(size);
         writeln!(out, "mismatch: block {b}, bytes {}..{end}", b * BLOCK)
-            .map_err(|e| CliError::msg(format!("stdout: {e}")))?;
+            .map_err(|e| CliError::io(format!("stdout: {e}")))?;
     }
     if bad.len() > SHOWN {
         writeln!(out, "... and {} more", bad.len() - SHOWN)
-            .map_err(|e| CliError::msg(format!("stdout: {e}")))?;
+            .map_err(|e| CliError::io(format!("stdout: {e}")))?;
     }
     Err(CliError::corrupt(format!(
         "{label} does not match {}: {} of {} blocks differ, the first at byte {}",
@@ -451,7 +451,7 @@ pub fn exec_verify(v: &Opened, name: &str, sums: &Path, io: &mut Io) -> CliResul
             blocks_of(size),
             sums.display()
         )
-        .map_err(|e| CliError::msg(format!("stdout: {e}")))?;
+        .map_err(|e| CliError::io(format!("stdout: {e}")))?;
     }
     Ok(())
 }
@@ -463,13 +463,13 @@ pub fn verify_snapshot(target: &Path, sums: &Path, quiet: bool) -> CliResult {
 /// `verify --image IMG --sums FILE`: a file must be exactly the size listed; a device at least.
 pub fn verify_image(image: &Path, sums: &Path, quiet: bool) -> CliResult {
     let mut f = File::open(image)
-        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", image.display())))?;
+        .map_err(|e| CliError::io(format!("cannot open {}: {e}", image.display())))?;
     let meta = f
         .metadata()
-        .map_err(|e| CliError::msg(format!("{}: {e}", image.display())))?;
+        .map_err(|e| CliError::io(format!("{}: {e}", image.display())))?;
     let mut size = f
         .seek(SeekFrom::End(0))
-        .map_err(|e| CliError::msg(format!("{}: {e}", image.display())))?;
+        .map_err(|e| CliError::io(format!("{}: {e}", image.display())))?;
     if !meta.is_file() {
         // A device holds the image in its first bytes (backup writes it like dd).
         let listed = SumsReader::open(sums)?.size;
@@ -487,7 +487,7 @@ pub fn verify_image(image: &Path, sums: &Path, quiet: bool) -> CliResult {
     let mut out = stdout.lock();
     compare(&label, size, sums, &mut out, |at, b| {
         f.read_exact_at(b, at)
-            .map_err(|e| CliError::msg(format!("{label}: read at offset {at}: {e}")))
+            .map_err(|e| CliError::io(format!("{label}: read at offset {at}: {e}")))
     })?;
     if !quiet {
         println!(

@@ -179,11 +179,20 @@ impl S3 {
         String::from_utf8(o.stdout).unwrap()
     }
 
-    /// Runs, expects exit 1 without a panic; returns stderr.
+    /// Runs, expects a refusal (exit 3, nothing changed) without a panic; returns stderr.
     fn fails(&self, cwd: &Path, args: &[&str]) -> String {
+        self.fails_with(3, cwd, args)
+    }
+
+    /// Runs, expects damaged or missing data found (exit 4); returns stderr.
+    fn damaged(&self, cwd: &Path, args: &[&str]) -> String {
+        self.fails_with(4, cwd, args)
+    }
+
+    fn fails_with(&self, code: i32, cwd: &Path, args: &[&str]) -> String {
         let o = self.run(cwd, args, &[]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(1), "cowsnap {args:?}: {err}");
+        assert_eq!(o.status.code(), Some(code), "cowsnap {args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains("cowsnap: error: "), "{err}");
         err
@@ -545,12 +554,12 @@ fn damaged_swapped_or_deleted_objects_are_found_and_never_restored() {
     let mid = bad.len() / 2;
     bad[mid] ^= 1;
     s3.put(&keys[0], &bad);
-    let err = s3.fails(d, &["backups", "verify", &url]);
+    let err = s3.damaged(d, &["backups", "verify", &url]);
     assert!(
         err.contains(&keys[0]["x/".len()..]) && err.contains("damaged"),
         "{err}"
     );
-    let err = s3.fails(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
+    let err = s3.damaged(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
     assert!(err.contains("damaged"), "{err}");
     assert!(!d.join("r.img").exists() && !d.join("r.img.cowsnap-tmp").exists());
     s3.put(&keys[0], &good0);
@@ -558,20 +567,20 @@ fn damaged_swapped_or_deleted_objects_are_found_and_never_restored() {
 
     // Another block's valid object under this name: it decompresses, but is not these bytes.
     s3.put(&keys[0], &s3.get(&keys[1]));
-    let err = s3.fails(d, &["backups", "verify", &url]);
+    let err = s3.damaged(d, &["backups", "verify", &url]);
     assert!(err.contains("does not match"), "{err}");
-    s3.fails(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
+    s3.damaged(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
     assert!(!d.join("r.img").exists());
     s3.put(&keys[0], &good0);
 
     // A deleted object; restore into a volume leaves no volume.
     s3.delete(&keys[2]);
-    let err = s3.fails(d, &["backups", "verify", &url]);
+    let err = s3.damaged(d, &["backups", "verify", &url]);
     assert!(err.contains("missing"), "{err}");
-    let err = s3.fails(d, &["restore", &url, "--id", &b, "--volume", "w"]);
+    let err = s3.damaged(d, &["restore", &url, "--id", &b, "--volume", "w"]);
     assert!(err.contains("missing"), "{err}");
     assert!(!d.join("w").exists());
-    s3.fails(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
+    s3.damaged(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
     assert!(!d.join("r.img").exists());
 
     // A damaged manifest: list, verify, restore and prune refuse; prune deletes nothing.
@@ -582,10 +591,10 @@ fn damaged_swapped_or_deleted_objects_are_found_and_never_restored() {
     bad[mid] ^= 0x10;
     s3.put(&m, &bad);
     let before = s3.keys("x/");
-    s3.fails(d, &["backups", "list", &url]);
-    s3.fails(d, &["backups", "verify", &url]);
-    s3.fails(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
-    s3.fails(
+    s3.damaged(d, &["backups", "list", &url]);
+    s3.damaged(d, &["backups", "verify", &url]);
+    s3.damaged(d, &["restore", &url, "--id", &b, "--out", "r.img"]);
+    s3.damaged(
         d,
         &["backups", "prune", &url, "--keep", "1", "--grace", "0"],
     );
@@ -808,7 +817,7 @@ fn file_urls_work_the_same() {
     std::fs::remove_file(&obj).unwrap();
     let o = run(d, &["backups", "verify", &url]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(
         err.contains("missing") && err.contains("verify failed"),
         "{err}"

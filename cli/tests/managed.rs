@@ -191,10 +191,14 @@ fn extend_and_autoextend() {
             "70:20",
         ],
     );
-    ok(
+    // Snapshot `a` (256 KiB, no autoextend) cannot hold 1 MiB of changes: the write is done, and
+    // says that `a` was lost (exit code 3).
+    let e = fails_with(
         d,
         &["write", "v", "--offset", "0", "--fill", "1", "--len", "1M"],
+        3,
     );
+    assert!(e.contains("snapshot a was invalidated"), "{e}");
     let rows = lvs(d, "v");
     let b = row(&rows, "b");
     assert_eq!(b["lv_attr"], "swi-a-s---");
@@ -242,10 +246,13 @@ fn overflow_invalidates_snapshot() {
     ok(d, &["create", "v", "--size", "1M"]);
     // Header + area + 2 data chunks.
     ok(d, &["snapshot", "v", "--name", "a", "--size", "16K"]);
-    ok(
+    let e = fails_with(
         d,
         &["write", "v", "--offset", "0", "--fill", "9", "--len", "64K"],
+        3,
     );
+    assert!(e.starts_with("cowsnap: warning: wrote 65536 bytes"), "{e}");
+    assert!(e.contains("snapshot a was invalidated"), "{e}");
     let rows = lvs(d, "v");
     assert_eq!(row(&rows, "a")["lv_attr"], "swi-I-s---");
     assert_eq!(row(&rows, "a")["data_percent"], "");
@@ -388,7 +395,7 @@ fn error_paths() {
     let d = s.path();
     // Missing manifest.
     let e = fails(d, &["lvs", "nowhere"]);
-    assert!(e.contains("missing manifest"), "{e}");
+    assert!(e.contains("no such volume directory: nowhere"), "{e}");
     fs::create_dir(s.join("plain")).unwrap();
     let e = fails(d, &["read", "plain", "--offset", "0", "--len", "1"]);
     assert!(e.contains("missing manifest"), "{e}");
@@ -469,7 +476,10 @@ fn error_paths() {
         &["write", "v", "--offset", "0", "--fill", "1", "--len", "1"],
     );
     assert!(e.contains("snapshot t") && e.contains("magic"), "{e}");
-    fails(d, &["read", "v", "--offset", "0", "--len", "1"]);
+    // The broken snapshot does not lock out the origin's readers; it is itself unreadable.
+    assert_eq!(ok(d, &["read", "v", "--offset", "0", "--len", "1"]), [0]);
+    let e = fails_with(d, &["read", "v/t", "--offset", "0", "--len", "1"], 4);
+    assert!(e.contains("snapshot t is broken"), "{e}");
     assert_eq!(
         fs::read(s.join("v/origin.img")).unwrap()[0],
         0,

@@ -5,13 +5,13 @@
 //! is what makes copy-on-write slow for callers that never asked for durability; so origin writes
 //! whose chunks were just copied wait here, reads see them, and one commit releases many.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-/// Non-overlapping byte ranges of new origin data, by start offset.
+/// Non-overlapping, non-touching byte ranges of new origin data, sorted by start offset. A sorted
+/// vector rather than a tree: writes mostly append, and the wasm build stays small.
 #[derive(Debug, Default)]
 pub(crate) struct HeldWrites {
-    ranges: BTreeMap<u64, Vec<u8>>,
+    ranges: Vec<(u64, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -25,49 +25,47 @@ impl HeldWrites {
         self.bytes
     }
 
+    /// Index of the first range that ends at or after `offset` (could overlap or touch it).
+    fn first_reaching(&self, offset: u64) -> usize {
+        self.ranges
+            .partition_point(|(s, v)| s + (v.len() as u64) < offset)
+    }
+
     /// Holds `data` at `offset`, over whatever was held there (ranges that overlap or touch it are
     /// merged into one).
     pub(crate) fn hold(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
-        let mut start = offset;
-        let mut stop = end;
-        // Ranges that overlap or touch [offset, end): the one starting at or before `offset`, and
-        // every one starting inside.
-        let mut absorbed: Vec<(u64, Vec<u8>)> = Vec::new();
-        if let Some((&s, v)) = self.ranges.range(..=offset).next_back() {
-            if s + v.len() as u64 >= offset {
-                absorbed.push((s, Vec::new()));
-            }
+        let i = self.first_reaching(offset);
+        // Ranges i..j overlap or touch [offset, end).
+        let j = i + self.ranges[i..].partition_point(|(s, _)| *s <= end);
+        if j == i {
+            self.ranges.insert(i, (offset, data.to_vec()));
+            self.bytes += data.len();
+            return;
         }
-        for (&s, _) in self.ranges.range(offset..=end) {
-            if absorbed.first().map(|a| a.0) != Some(s) {
-                absorbed.push((s, Vec::new()));
-            }
-        }
-        for a in &mut absorbed {
-            let v = self.ranges.remove(&a.0).unwrap_or_default();
-            self.bytes -= v.len();
-            start = start.min(a.0);
-            stop = stop.max(a.0 + v.len() as u64);
-            a.1 = v;
-        }
-        let mut merged = if absorbed.len() == 1 && absorbed[0].0 == start {
-            // Common case (sequential appends): grow the one buffer in place.
-            let mut v = core::mem::take(&mut absorbed[0].1);
-            v.resize((stop - start) as usize, 0);
-            absorbed.clear();
-            v
-        } else {
-            alloc::vec![0u8; (stop - start) as usize]
+        let start = self.ranges[i].0.min(offset);
+        let stop = {
+            let (s, v) = &self.ranges[j - 1];
+            (s + v.len() as u64).max(end)
         };
-        for (s, v) in &absorbed {
+        // Grow the first range's buffer in place when it starts the merged range (appends).
+        let mut merged = if self.ranges[i].0 == start {
+            core::mem::take(&mut self.ranges[i].1)
+        } else {
+            Vec::new()
+        };
+        let kept = merged.len();
+        self.bytes -= kept;
+        merged.resize((stop - start) as usize, 0);
+        for (s, v) in self.ranges.drain(i..j) {
+            self.bytes -= v.len();
             let o = (s - start) as usize;
-            merged[o..o + v.len()].copy_from_slice(v);
+            merged[o..o + v.len()].copy_from_slice(&v);
         }
         let o = (offset - start) as usize;
         merged[o..o + data.len()].copy_from_slice(data);
         self.bytes += merged.len();
-        self.ranges.insert(start, merged);
+        self.ranges.insert(i, (start, merged));
     }
 
     /// Copies the held bytes that fall in `[offset, offset + buf.len())` over `buf`.
@@ -76,13 +74,11 @@ impl HeldWrites {
             return;
         }
         let end = offset + buf.len() as u64;
-        let first = self
-            .ranges
-            .range(..=offset)
-            .next_back()
-            .map_or(offset, |(&s, _)| s);
-        for (&s, v) in self.ranges.range(first..end) {
-            let (a, b) = (s.max(offset), (s + v.len() as u64).min(end));
+        for (s, v) in &self.ranges[self.first_reaching(offset)..] {
+            if *s >= end {
+                break;
+            }
+            let (a, b) = ((*s).max(offset), (s + v.len() as u64).min(end));
             if a < b {
                 buf[(a - offset) as usize..(b - offset) as usize]
                     .copy_from_slice(&v[(a - s) as usize..(b - s) as usize]);
@@ -93,22 +89,22 @@ impl HeldWrites {
     /// The held ranges, in offset order.
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.ranges.iter().map(|(&s, v)| (s, v.as_slice()))
+        self.ranges.iter().map(|(s, v)| (*s, v.as_slice()))
     }
 
     /// The first held range.
     pub(crate) fn first(&self) -> Option<(u64, &[u8])> {
-        self.ranges.iter().next().map(|(&s, v)| (s, v.as_slice()))
+        self.ranges.first().map(|(s, v)| (*s, v.as_slice()))
     }
 
-    /// Forgets the range starting at `start` (it reached the device).
-    pub(crate) fn release(&mut self, start: u64) {
-        if let Some(v) = self.ranges.remove(&start) {
+    /// Forgets the first range (it reached the device).
+    pub(crate) fn release_first(&mut self) {
+        if !self.ranges.is_empty() {
+            let (_, v) = self.ranges.remove(0);
             self.bytes -= v.len();
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,6 +94,9 @@ pub(crate) struct Snapshot {
     /// yet committed to the store. Origin writes that depend on them are held by the volume until
     /// [`Snapshot::commit_deferred`] made them durable.
     pub(crate) uncommitted: Vec<Exception>,
+    /// Where each origin write's records start in `uncommitted`: a group commit that would
+    /// overflow keeps the writes before the one that overflows, as per-write commits would.
+    uncommitted_writes: Vec<usize>,
     scratch: Vec<u8>,
 }
 
@@ -180,6 +183,7 @@ impl Snapshot {
             merge_total: 0,
             dirty: false,
             uncommitted: Vec::new(),
+            uncommitted_writes: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -256,6 +260,7 @@ impl Snapshot {
         self.state = SnapshotState::Invalid;
         self.table.clear();
         self.uncommitted.clear();
+        self.uncommitted_writes.clear();
         self.store.invalidate(&mut *self.cow)
     }
 
@@ -363,7 +368,9 @@ impl Snapshot {
                 Ok(None) => {
                     // Overflow. Records copied earlier go out first, as the kernel (which
                     // committed each as it went) would have them on disk under the invalid header.
-                    let _ = self.commit_deferred();
+                    if crate::volume::GROUP_COMMIT {
+                        let _ = self.commit_deferred();
+                    }
                     return self.invalidate();
                 }
                 Err(e) => return Err(self.release(&pending, e)),
@@ -385,6 +392,7 @@ impl Snapshot {
             for e in &pending {
                 self.table.insert(e.old, e.new);
             }
+            self.uncommitted_writes.push(self.uncommitted.len());
             self.uncommitted.extend_from_slice(&pending);
             return Ok(());
         }
@@ -405,12 +413,33 @@ impl Snapshot {
         if self.uncommitted.is_empty() {
             return Ok(());
         }
+        let capacity = self.store.commit_capacity(self.cow.len());
+        if self.uncommitted.len() as u64 > capacity {
+            // The metadata would run past the COW: the write whose records cross that point
+            // overflows the snapshot. Those before it are committed first, so the COW ends as
+            // the kernel's (committing each write on its own) would.
+            let cut = self
+                .uncommitted_writes
+                .iter()
+                .rev()
+                .find(|&&start| start as u64 <= capacity)
+                .copied()
+                .unwrap_or(0);
+            self.uncommitted.truncate(cut);
+            self.uncommitted_writes.retain(|&s| s < cut);
+            if !self.uncommitted.is_empty() {
+                self.commit_deferred()?;
+            }
+            return self.invalidate();
+        }
         let records = core::mem::take(&mut self.uncommitted);
+        let writes = core::mem::take(&mut self.uncommitted_writes);
         match self.commit(&records, false) {
             Ok(_) => Ok(()), // committed, or overflowed (invalidated: nothing depends on it now)
             Err(e) => {
                 if self.state != SnapshotState::Invalid {
                     self.uncommitted = records;
+                    self.uncommitted_writes = writes;
                 }
                 Err(e)
             }
@@ -645,9 +674,9 @@ impl Snapshot {
         origin: &mut dyn BlockDevice,
         records: &[Exception],
     ) -> Result<()> {
-        let mut sorted = records.to_vec();
-        sorted.sort_unstable_by_key(|e| e.old);
-        let runs = Self::record_runs(self.chunk(), origin.len(), &sorted);
+        // Area order: allocation order, mostly ascending, so runs still coalesce (and no sort
+        // routine lands in the small wasm build).
+        let runs = Self::record_runs(self.chunk(), origin.len(), records);
         // Same copy routine, the other way round: COW → origin.
         let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
         match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {

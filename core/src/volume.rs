@@ -15,6 +15,10 @@ use crate::status::{SnapshotState, SnapshotStatus};
 /// Largest origin range read once for several snapshots (beyond it each snapshot reads for itself).
 const SHARED_READ_MAX: u64 = 4 << 20;
 
+/// Group commit exists in `std` builds only: it saves device flushes, and the `no_std` (wasm)
+/// build's memory devices have none to save, so there it would only cost code size.
+pub(crate) const GROUP_COMMIT: bool = cfg!(feature = "std");
+
 /// Default bound of the group commit: origin bytes held (and records waiting) before a commit.
 pub const DEFAULT_COMMIT_BYTES: usize = 8 << 20;
 /// Most origin bytes one merge step copies back (one origin flush and one commit per step).
@@ -172,6 +176,9 @@ impl Volume {
     /// commit tries again (a snapshot whose store could not take its records back is invalidated,
     /// and the error says so once).
     pub fn commit(&mut self) -> Result<()> {
+        if !GROUP_COMMIT {
+            return Ok(());
+        }
         let mut first_err = None;
         for s in self.snapshots.values_mut() {
             if let Err(e) = s.commit_deferred() {
@@ -190,7 +197,7 @@ impl Volume {
         while let Some((start, data)) = held.first() {
             *origin_dirty = true;
             device::write(&mut **origin, start, data)?;
-            held.release(start);
+            held.release_first();
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -320,7 +327,9 @@ impl Volume {
         }
         // The COW handed back holds every record it was given, as if each had been committed at
         // once (a failure here does not stop the delete).
-        let _ = self.snap_mut(id)?.commit_deferred();
+        if GROUP_COMMIT {
+            let _ = self.snap_mut(id)?.commit_deferred();
+        }
         let s = self
             .snapshots
             .remove(&id)
@@ -356,20 +365,22 @@ impl Volume {
         if let Some(id) = self.merging() {
             return self.write_during_merge(id, offset, data);
         }
-        // Commit before taking more, so that a failed commit refuses this write whole.
-        if self.held.bytes() >= self.commit_bytes || self.uncommitted_records() >= COMMIT_RECORDS {
+        let group = GROUP_COMMIT && self.commit_bytes > 0;
+        // Commit before taking more, so that a failed commit refuses this write whole (and, not
+        // grouping, so that nothing waiting lands after this write).
+        if GROUP_COMMIT
+            && (self.held.bytes() >= self.commit_bytes
+                || self.uncommitted_records() >= COMMIT_RECORDS
+                || (!group && !self.held.is_empty()))
+        {
             self.commit()?;
         }
-        self.preserve_all(offset, data.len() as u64, None, true)?;
-        if self.held.is_empty() && self.uncommitted_records() == 0 {
+        self.preserve_all(offset, data.len() as u64, None, group)?;
+        if !group || (self.held.is_empty() && self.uncommitted_records() == 0) {
             self.origin_dirty = true;
             return device::write(&mut *self.origin, offset, data);
         }
         self.held.hold(offset, data);
-        if self.commit_bytes == 0 {
-            // No grouping asked for: this write's own commit, its error its own.
-            return self.commit();
-        }
         Ok(())
     }
 
@@ -590,10 +601,12 @@ impl Volume {
         // one group, before the origin changes.
         let ranges = self.snap(id)?.origin_ranges(&records, self.len());
         for &(start, len) in &ranges {
-            self.preserve_all(start, len, Some(id), true)?;
+            self.preserve_all(start, len, Some(id), GROUP_COMMIT)?;
         }
-        for (_, s) in self.snapshots.iter_mut().filter(|(&o, _)| o != id) {
-            s.commit_deferred()?;
+        if GROUP_COMMIT {
+            for (_, s) in self.snapshots.iter_mut().filter(|(&o, _)| o != id) {
+                s.commit_deferred()?;
+            }
         }
         let origin = &mut *self.origin;
         let s = self

@@ -45,6 +45,9 @@ impl BlockDevice for Counted {
 
 const ORIGIN: usize = 4 << 20;
 const COW: usize = 2 << 20;
+/// COW sizes for the property test: roomy, and ending right at a metadata area's edge (the
+/// filling record's next area does not fit), and one chunk past it.
+const COW_SIZES: [usize; 4] = [COW, 258 * 4096, 259 * 4096, 515 * 4096];
 
 fn opts(chunk: u64) -> SnapshotOptions {
     SnapshotOptions {
@@ -57,7 +60,7 @@ fn opts(chunk: u64) -> SnapshotOptions {
 enum Op {
     Write(u64, u16, u8),
     Flush,
-    Snapshot,
+    Snapshot(usize),
     SnapWrite(usize, u64, u8),
     Delete(usize),
 }
@@ -66,7 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..ORIGIN as u64 - 70_000, 1..65_000u16, any::<u8>()).prop_map(|(o, l, b)| Op::Write(o, l, b)),
         1 => Just(Op::Flush),
-        1 => Just(Op::Snapshot),
+        1 => (0..COW_SIZES.len()).prop_map(Op::Snapshot),
         1 => (0..4usize, 0..ORIGIN as u64 - 512, any::<u8>()).prop_map(|(i, o, b)| Op::SnapWrite(i, o, b)),
         1 => (0..4usize).prop_map(Op::Delete),
     ]
@@ -90,12 +93,12 @@ fn run(ops: &[Op], commit_bytes: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
                 reads.push(buf);
             }
             Op::Flush => vol.flush().unwrap(),
-            Op::Snapshot if ids.len() < 3 => {
-                let cow = Counted::new(COW);
+            Op::Snapshot(size) if ids.len() < 3 => {
+                let cow = Counted::new(COW_SIZES[size]);
                 ids.push(Some(vol.create_snapshot(cow.clone(), opts(4096)).unwrap()));
                 devs.push(cow);
             }
-            Op::Snapshot => {}
+            Op::Snapshot(_) => {}
             Op::SnapWrite(i, o, b) => {
                 if let Some(Some(id)) = ids.get(i) {
                     let _ = vol.snapshot_write_at(*id, o, &[b; 512]);
@@ -120,7 +123,7 @@ fn run(ops: &[Op], commit_bytes: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Grouped or not, the same reads at every step and the same bytes on every device at the end
     /// (so the kernel vectors, replayed one commit per write, still match byte for byte).
@@ -190,4 +193,34 @@ fn a_dropped_volume_writes_what_was_waiting() {
     let mut b = [1u8; 4];
     again.snapshot_read_at(s, 4096, &mut b).unwrap();
     assert_eq!(b, [0; 4]);
+}
+
+/// A COW that ends where a metadata area would start overflows on the record that fills the area
+/// before it; grouped, the writes before the overflowing one are committed, as one by one.
+#[test]
+fn overflow_at_an_area_edge_leaves_the_bytes_of_per_write_commits() {
+    for write_chunks in [1u64, 3, 16] {
+        let run = |commit_bytes: usize| {
+            let origin = Counted::new(ORIGIN);
+            let cow = Counted::new(258 * 4096);
+            let mut vol = Volume::new(origin.clone());
+            vol.set_commit_bytes(commit_bytes);
+            let s = vol.create_snapshot(cow.clone(), opts(4096)).unwrap();
+            let mut c = 0;
+            while c < 300 {
+                vol.write_at(c * 4096, &vec![c as u8; (write_chunks * 4096) as usize])
+                    .unwrap();
+                c += write_chunks;
+            }
+            vol.flush().unwrap();
+            let state = vol.snapshot_status(s).unwrap().state;
+            (origin.bytes(), cow.bytes(), state)
+        };
+        let (o1, c1, s1) = run(0);
+        let (o2, c2, s2) = run(64 << 20);
+        assert_eq!(s1, cowsnap_core::SnapshotState::Invalid);
+        assert_eq!(s1, s2);
+        assert!(o1 == o2, "{write_chunks}-chunk writes: origins differ");
+        assert!(c1 == c2, "{write_chunks}-chunk writes: COWs differ");
+    }
 }

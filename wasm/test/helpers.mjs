@@ -7,8 +7,9 @@ export const HERE = dirname(fileURLToPath(import.meta.url));
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
-/** Where shared/ is: $COWSNAP_SHARED (set by scripts/test-wasm.sh), else next to the repo. */
-export const SHARED = process.env.COWSNAP_SHARED ? resolve(process.env.COWSNAP_SHARED) : join(HERE, '../../../shared');
+/** Where the shared vector set is: $COWSNAP_SHARED (set by scripts/test-wasm.sh), else the
+ * repository's own copy (tests/shared). */
+export const SHARED = process.env.COWSNAP_SHARED ? resolve(process.env.COWSNAP_SHARED) : join(HERE, '../../tests/shared');
 
 /** Asserts that `fn` throws an instance of `ctor` whose `code` is `code`. */
 export function throwsCode(fn, code, ctor = Error, msgPart) {

@@ -109,5 +109,5 @@ impl Location {
 
 /// An object store error with what was being done.
 pub fn store_err(what: impl std::fmt::Display) -> impl Fn(object_store::Error) -> CliError {
-    move |e| CliError::msg(format!("{what}: {e}"))
+    move |e| CliError::io(format!("{what}: {e}"))
 }

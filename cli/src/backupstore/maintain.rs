@@ -50,7 +50,7 @@ fn manifests(
     for id in ids {
         match read_manifest(rt, loc, id) {
             Ok(m) => good.push(m),
-            Err(e) => bad.push((id.clone(), e.0)),
+            Err(e) => bad.push((id.clone(), e.msg)),
         }
     }
     Ok((good, bad))

@@ -102,7 +102,7 @@ fn runtime() -> CliResult<Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError::msg(format!("cannot start the I/O runtime: {e}")))
+        .map_err(|e| CliError::io(format!("cannot start the I/O runtime: {e}")))
 }
 
 /// Reads and checks the manifest of backup `id`.
@@ -116,7 +116,7 @@ fn read_manifest(rt: &Runtime, loc: &Location, id: &str) -> CliResult<Manifest> 
                 "no backup {id} in {} (see `cowsnap backups list {}`)",
                 loc.shown, loc.shown
             )),
-            e => CliError::msg(format!("reading backup {id}: {e}")),
+            e => CliError::io(format!("reading backup {id}: {e}")),
         })?;
     Manifest::decode(id, &stored)
         .map_err(|e| CliError::corrupt(format!("the manifest of backup {id} is damaged: {e}")))

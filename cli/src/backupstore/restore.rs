@@ -34,7 +34,7 @@ async fn fetch(loc: &Location, m: &Manifest, b: u64, h: Hash) -> CliResult<Vec<u
         object_store::Error::NotFound { .. } => {
             CliError::corrupt(format!("{} is missing from the store", what()))
         }
-        e => CliError::msg(format!("{}: {e}", what())),
+        e => CliError::io(format!("{}: {e}", what())),
     })?;
     let want = m.block_len(b) as usize;
     let data = objects::decode(&h, &stored, want)
@@ -154,13 +154,13 @@ fn to_volume(
         let f = OpenOptions::new()
             .write(true)
             .open(&origin)
-            .map_err(|e| CliError::msg(format!("{}: {e}", origin.display())))?;
+            .map_err(|e| CliError::io(format!("{}: {e}", origin.display())))?;
         stream_blocks(rt, loc, m, jobs, false, bar, |at, b| {
             f.write_all_at(b, at)
-                .map_err(|e| CliError::msg(format!("{}: {e}", origin.display())))
+                .map_err(|e| CliError::io(format!("{}: {e}", origin.display())))
         })?;
         f.sync_all()
-            .map_err(|e| CliError::msg(format!("{}: {e}", origin.display())))
+            .map_err(|e| CliError::io(format!("{}: {e}", origin.display())))
     })();
     if r.is_err() {
         // Nothing half-restored stays behind: the volume did not exist before this command.
@@ -168,7 +168,9 @@ fn to_volume(
             for f in [
                 "origin.img",
                 crate::manifest::MANIFEST,
+                crate::manifest::MANIFEST_TMP,
                 crate::manifest::LOCK,
+                crate::manifest::WRITER_GATE,
             ] {
                 let _ = std::fs::remove_file(dir.join(f));
             }

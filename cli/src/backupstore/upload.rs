@@ -56,7 +56,7 @@ pub struct BackupTo {
 
 /// What identifies a file: a snapshot's COW removed and made again under the same name is another.
 fn file_key(p: &Path) -> CliResult<String> {
-    let m = std::fs::metadata(p).map_err(|e| CliError::msg(format!("{}: {e}", p.display())))?;
+    let m = std::fs::metadata(p).map_err(|e| CliError::io(format!("{}: {e}", p.display())))?;
     let born = m
         .created()
         .ok()
@@ -386,7 +386,8 @@ fn base_of(
             m.snapshot
         )));
     }
-    Ok((m, v.ids[i]))
+    let id = v.id(&m.snapshot)?;
+    Ok((m, id))
 }
 
 fn wait_for_prune(rt: &Runtime, loc: &Location, lock: &mut Lock, quiet: bool) -> CliResult {
@@ -499,7 +500,7 @@ fn upload(
         .map_err(|e| CliError::msg(e.to_string()))?
         .forget();
     if let Some(e) = up.error.lock().ok().and_then(|g| g.clone()) {
-        return Err(CliError::msg(format!("backup not made: {e}")));
+        return Err(CliError::io(format!("backup not made: {e}")));
     }
     Ok((entries, read, up))
 }

@@ -56,6 +56,9 @@ pub trait ExceptionStore: Send + Sync {
     fn chunk_size(&self) -> ChunkSize;
     /// Reserves the next COW chunk for a new exception; `None` when the COW (of `cow_len` bytes) is full.
     fn prepare(&mut self, cow_len: u64) -> Option<u64>;
+    /// How many more records can be committed before a commit fails for want of room on a COW of
+    /// `cow_len` bytes (persistent: the metadata area after a full one must fit).
+    fn commit_capacity(&self, cow_len: u64) -> u64;
     /// Takes back every chunk handed out since (and including) `first`, which no record names:
     /// their copy failed, or their commit failed before any record reached the device.
     fn unprepare(&mut self, first: u64);

@@ -304,6 +304,20 @@ impl ExceptionStore for PersistentStore {
         self.skip_metadata();
         Some(c)
     }
+    fn commit_capacity(&self, cow_len: u64) -> u64 {
+        // The record that fills area `a` needs area `a + 1` zeroed, so it lies inside the device.
+        // With `last` the last area that fits, areas current..last-1 take every record, `last`
+        // all but one (its filling record fails).
+        let epa = self.geo.exceptions_per_area();
+        let cow_chunks = self.geo.chunk.whole_chunks_in(cow_len);
+        if cow_chunks <= self.geo.area_location(self.current_area) {
+            return 0;
+        }
+        let last = (cow_chunks - 2) / (epa + 1); // area_location(last) <= cow_chunks - 1
+        ((last - self.current_area + 1) * epa)
+            .saturating_sub(self.area.len() as u64)
+            .saturating_sub(1)
+    }
     fn unprepare(&mut self, first: u64) {
         self.next_free = self.next_free.min(first);
     }

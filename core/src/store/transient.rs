@@ -46,6 +46,9 @@ impl ExceptionStore for TransientStore {
         self.next_free += 1;
         Some(self.next_free - 1)
     }
+    fn commit_capacity(&self, _cow_len: u64) -> u64 {
+        u64::MAX
+    }
     fn unprepare(&mut self, first: u64) {
         self.next_free = self.next_free.min(first);
     }
