@@ -640,6 +640,17 @@ fn killed_then_resumed(tag: &str, block: u64, blocks: u64) {
         ids_listed(&s3, d, &url).is_empty(),
         "a killed backup is visible"
     );
+    let err = s3.fails(
+        d,
+        &[
+            "backups",
+            "verify",
+            &url,
+            "--id",
+            "20000101-000000-000-00000000",
+        ],
+    );
+    assert!(err.contains("no backup"), "{err}");
     let stored = s3.keys("k/chunks/").len() as u64;
     assert!(
         (40..blocks).contains(&stored),

@@ -123,14 +123,11 @@ pub fn verify(url: &str, id: Option<&str>, jobs: usize, quiet: bool) -> CliResul
     }
     let loc = Location::open(url, false)?;
     let rt = runtime()?;
-    let ids = match id {
-        Some(i) => {
-            catalog::check_id(i).map_err(CliError::msg)?;
-            vec![i.to_string()]
-        }
-        None => backup_ids(&rt, &loc)?,
+    let (ms, bad) = match id {
+        // One backup: a missing one is refused, a damaged manifest fails as damaged.
+        Some(i) => (vec![read_manifest(&rt, &loc, i)?], Vec::new()),
+        None => manifests(&rt, &loc, &backup_ids(&rt, &loc)?)?,
     };
-    let (ms, bad) = manifests(&rt, &loc, &ids)?;
     // Each object once, with the largest block it stands for (its bound when decompressing) and
     // the backups that need it.
     let mut need: HashMap<Hash, (u64, Vec<usize>)> = HashMap::new();
