@@ -691,24 +691,35 @@ impl Volume {
     /// difference. The two may have different chunk sizes; the order of the arguments does not
     /// change the answer.
     pub fn changed_between(&self, older: SnapshotId, newer: SnapshotId) -> Result<Vec<(u64, u64)>> {
-        let len = self.len();
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for id in [older, newer] {
-            let cs = self.snap(id)?.chunk().bytes();
-            for (c, n) in self.changed_chunks(id)? {
-                let start = c.saturating_mul(cs).min(len);
-                let end = (c.saturating_add(n)).saturating_mul(cs).min(len);
-                if end > start {
-                    ranges.push((start, end - start));
-                }
+        let (a, b) = (self.changed_bytes(older)?, self.changed_bytes(newer)?);
+        // Both lists are sorted: merge them (no sort, which would cost the wasm build kilobytes).
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = if j == b.len() || (i < a.len() && a[i].0 <= b[j].0) {
+                i += 1;
+                a[i - 1]
+            } else {
+                j += 1;
+                b[j - 1]
+            };
+            match out.last_mut() {
+                Some((s, m)) if next.0 <= *s + *m => *m = (*m).max(next.0 + next.1 - *s),
+                _ => out.push(next),
             }
         }
-        ranges.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (start, n) in ranges {
-            match out.last_mut() {
-                Some((s, m)) if start <= *s + *m => *m = (*m).max(start + n - *s),
-                _ => out.push((start, n)),
+        Ok(out)
+    }
+
+    /// [`Volume::changed_chunks`] as byte ranges within the origin.
+    fn changed_bytes(&self, id: SnapshotId) -> Result<Vec<(u64, u64)>> {
+        let (len, cs) = (self.len(), self.snap(id)?.chunk().bytes());
+        let mut out = Vec::new();
+        for (c, n) in self.changed_chunks(id)? {
+            let start = c.saturating_mul(cs).min(len);
+            let end = c.saturating_add(n).saturating_mul(cs).min(len);
+            if end > start {
+                out.push((start, end - start));
             }
         }
         Ok(out)
