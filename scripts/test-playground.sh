@@ -40,7 +40,13 @@ fi
 
 # 3. The npm package's browser build (the wasm engineer's build script makes it).
 built() { compgen -G "$PKG/*.js" >/dev/null && compgen -G "$PKG/*.wasm" >/dev/null; }
-if [ "${COWSNAP_REBUILD_WASM:-0}" = 1 ] || ! built; then
+# A build older than any engine or binding source is stale: rebuild it.
+stale() {
+  local w
+  w=$(compgen -G "$PKG/*.wasm" | head -1)
+  [ -n "$(find core/src wasm/src wasm/js wasm/Cargo.toml core/Cargo.toml -newer "$w" -print -quit 2>/dev/null)" ]
+}
+if [ "${COWSNAP_REBUILD_WASM:-0}" = 1 ] || ! built || stale; then
   build=""
   for b in wasm/build.sh scripts/build-wasm.sh; do
     [ -f "$b" ] && { build=$b; break; }

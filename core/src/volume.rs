@@ -588,7 +588,19 @@ impl Volume {
         }
         let cs = self.snap(id)?.chunk();
         let max = (MERGE_STEP_BYTES / cs.bytes()).max(1) as usize;
-        let records = self.snap_mut(id)?.merge_next(max)?;
+        let mut records = self.snap_mut(id)?.merge_next(max)?;
+        if !GROUP_COMMIT {
+            // The small build merges the kernel's way, one trailing run per step (what the
+            // playground shows step by step); its memory devices have no flush to save.
+            let last = records.last().copied();
+            let run = records
+                .iter()
+                .rev()
+                .zip(0u64..)
+                .take_while(|(e, i)| last.is_some_and(|l| e.old + i == l.old && e.new + i == l.new))
+                .count();
+            records.drain(..records.len() - run);
+        }
         if records.is_empty() {
             if !self.snap(id)?.table.is_empty() {
                 return Err(Error::corrupt(
