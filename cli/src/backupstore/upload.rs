@@ -442,14 +442,15 @@ fn upload(
     let mut seen: HashSet<Hash> = HashSet::new();
     let listed = blocks >= LIST_FROM_BLOCKS;
     if listed {
-        let names: Vec<object_store::ObjectMeta> = rt
-            .block_on(loc.store.list(Some(&loc.chunks_dir())).try_collect())
-            .map_err(store_err("listing the stored objects"))?;
-        seen.extend(
-            names
-                .iter()
-                .filter_map(|m| m.location.filename().and_then(objects::parse_hex)),
-        );
+        // Streamed: only the 32-byte names are kept, not the listing's metadata.
+        let dir = loc.chunks_dir();
+        rt.block_on(loc.store.list(Some(&dir)).try_for_each(|m| {
+            if let Some(h) = m.location.filename().and_then(objects::parse_hex) {
+                seen.insert(h);
+            }
+            futures::future::ready(Ok(()))
+        }))
+        .map_err(store_err("listing the stored objects"))?;
     }
     let mut entries = Vec::new();
     let mut buf = vec![0u8; block as usize];
