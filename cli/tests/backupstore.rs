@@ -848,3 +848,49 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A block device is written in place, zeros included (a device is not sparse: the hole of the
+/// volume must overwrite what the device held), and the bytes past the image are left alone.
+#[test]
+fn restore_onto_a_block_device_writes_every_byte() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped (loop devices): needs root");
+        return;
+    }
+    let s = Scratch::new("restore-blk");
+    let d = s.path();
+    let url = format!("file://{}", d.join("store").display());
+    volume(d, "v", 11);
+    snapshot(d, "v", "s");
+    let id = json(&ok_str(d, &["backup", "v/s", "--to", &url, "--json"]))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = d.join("disk");
+    std::fs::write(&disk, vec![0x5a; (VOL + MIB) as usize]).unwrap();
+    let o = Command::new("losetup")
+        .args(["-f", "--show", disk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        eprintln!(
+            "skipped (loop devices): losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        return;
+    }
+    let dev = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let r = run(d, &["-q", "restore", &url, "--id", &id, "--out", &dev]);
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let got = std::fs::read(&disk).unwrap();
+    assert!(
+        got[..VOL as usize] == image(d, "v/s")[..],
+        "image on the device"
+    );
+    assert!(
+        got[VOL as usize..].iter().all(|&b| b == 0x5a),
+        "past the image"
+    );
+}
