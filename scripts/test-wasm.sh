@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Tests of the `cowsnap` npm package (wasm/): builds it (wasm/build.sh), packs it, installs the tarball
-# into a scratch folder (wasm/pkg/scratch/) and runs there, against the installed package:
-#   node --test (API, error paths, kernel vectors, package shape and size budget)  and  tsc --noEmit.
+# with publint and attw (arethetypeswrong: types for import and require), installs the tarball into a
+# scratch folder (wasm/pkg/scratch/) and runs there, against the installed package:
+#   node --test (API, error paths, kernel vectors, package shape and size budget)  and  tsc --noEmit
+#   (ESM and CommonJS usage files).
 # Installs what is missing: the wasm32 target, wasm-bindgen-cli at the crate's exact version, node/npm
-# (apt-get), binaryen and typescript (npm). Idempotent; about a minute when everything is installed.
+# (apt-get), binaryen + publint + @arethetypeswrong/cli (npm ci in wasm/tools/, pinned by its lockfile)
+# and typescript (npm). Idempotent; about a minute when everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,16 +32,36 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 node -e 'if (+process.versions.node.split(".")[0] < 18) { console.error("node >= 18 needed"); process.exit(1); }'
 
+TOOLS=$ROOT/wasm/tools/node_modules/.bin
+if [ ! -x "$TOOLS/wasm-opt" ] || [ ! -x "$TOOLS/publint" ] || [ ! -x "$TOOLS/attw" ]; then
+  say "npm ci in wasm/tools/ (binaryen, publint, @arethetypeswrong/cli)"
+  (cd wasm/tools && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # 2. Build and pack.
 bash wasm/build.sh
 TGZ=$(ls wasm/pkg/cowsnap-*.tgz)
+
+# 3. The package's shape, as the registry's users' tools see it. Both must print no problem.
+say "publint (package.json, exports, files)"
+out=$("$TOOLS/publint" --strict wasm/pkg/npm 2>&1) || { echo "$out" >&2; exit 1; }
+echo "$out" | tail -1
+echo "$out" | grep -q 'All good!' || { echo "$out" >&2; say "publint has remarks"; exit 1; }
+# attw (strict profile: node10, node16 from CJS and from ESM, bundler) on the main entry point.
+# `cowsnap/web` is the browser build, an ES module by design (CommonJS reaches it with import()):
+# checked under the esm-only profile. `cowsnap/web/cowsnap_bg.wasm` is an asset (for bundlers'
+# URL imports), not a module with types: not an attw entry point.
+say "attw --pack (arethetypeswrong)"
+(cd wasm/pkg/npm && "$TOOLS/attw" --pack . --format table-flipped \
+  --exclude-entrypoints ./web ./web/cowsnap_bg.wasm)
+(cd wasm/pkg/npm && "$TOOLS/attw" --pack . --format table-flipped --entrypoints ./web --profile esm-only)
 
 # The Rust replayer (`cowsnap replay`, core/src/replay.rs) for the JS-vs-Rust replay test.
 say "cargo build -p cowsnap-cli (the Rust replayer the JS replay is compared with)"
 cargo build -q -p cowsnap-cli
 export COWSNAP_CLI=$ROOT/target/debug/cowsnap COWSNAP_ROOT=$ROOT
 
-# 3. Install the tarball into a scratch folder, as a user would.
+# 4. Install the tarball into a scratch folder, as a user would.
 SCRATCH=$ROOT/wasm/pkg/scratch
 mkdir -p "$SCRATCH"
 cd "$SCRATCH"
@@ -56,7 +79,7 @@ test -f node_modules/cowsnap/package.json
 rm -rf test
 cp -r "$ROOT/wasm/test" test
 
-# 4. The tests.
+# 5. The tests.
 say "node --test (against the installed package)"
 node --test --test-reporter=spec test/*.test.mjs
 say "tsc --noEmit over a typed usage file"

@@ -3,7 +3,9 @@
 #   wasm/pkg/node/            wasm-bindgen --target nodejs (CommonJS) + wasm-opt -Oz
 #   wasm/pkg/web/             wasm-bindgen --target web (ES module, `await init()`) + wasm-opt -Oz
 #                             (the browser playground serves this folder: import init from '.../cowsnap.js')
-#   wasm/pkg/npm/             the package as published (package.json, index.d.ts, node/, web/, README)
+#   wasm/pkg/npm/             the package as published: package.json, index.d.mts (types for `import`),
+#                             index.d.cts (for `require`), node/ (glue only), web/ (glue + the one
+#                             cowsnap_bg.wasm, which node/ loads too), README.md, LICENSE-MIT, LICENSE-APACHE
 #   wasm/pkg/cowsnap-X.tgz    `npm pack` of wasm/pkg/npm/
 # Everything under wasm/pkg/ is build output (git-ignored).
 #
@@ -36,9 +38,10 @@ say "cargo build (wasm32-unknown-unknown, release, no_std core)"
 WASM=$ROOT/target/wasm32-unknown-unknown/release/cowsnap_wasm.wasm
 
 # 2. wasm-opt from npm (binaryen.js: no binary download).
+#    The same folder holds publint and attw (scripts/test-wasm.sh): one `npm ci` installs them all.
 if [ ! -x "$HERE/tools/node_modules/.bin/wasm-opt" ]; then
-  say "installing binaryen (wasm-opt) with npm into wasm/tools/"
-  (cd "$HERE/tools" && npm install --no-audit --no-fund --loglevel=error)
+  say "installing binaryen (wasm-opt), publint, attw with npm into wasm/tools/"
+  (cd "$HERE/tools" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 WASM_OPT=$HERE/tools/node_modules/.bin/wasm-opt
 # Features rustc enables by default for wasm32-unknown-unknown; wasm-opt must accept and keep them.
@@ -58,21 +61,30 @@ for target in nodejs web; do
 done
 say "cowsnap_bg.wasm: $(wc -c <"$PKG/web/cowsnap_bg.wasm") bytes after wasm-opt -Oz (before: $(wc -c <"$WASM"))"
 
-# 4. The npm package: our package.json (version from Cargo.toml), hand-written types, both builds.
+# 4. The npm package: our package.json (version from Cargo.toml), the hand-written types, both glues.
+#    The two builds' .wasm files are the same bytes (checked here), so the package ships one, in web/
+#    (where the browser glue fetches it by default), and the Node.js glue reads it from there.
+cmp -s "$PKG/node/cowsnap_bg.wasm" "$PKG/web/cowsnap_bg.wasm" || {
+  echo "[wasm build] the nodejs and web builds' .wasm differ: the package cannot ship one" >&2; exit 1; }
 version=$(cd "$ROOT" && cargo pkgid -p cowsnap-wasm | sed 's/.*[#@]//')
 NPM=$PKG/npm
 rm -rf "$NPM"
-mkdir -p "$NPM"
-cp -r "$PKG/node" "$NPM/node"
-cp -r "$PKG/web" "$NPM/web"
-rm -f "$NPM"/{node,web}/{.gitignore,package.json,cowsnap.d.ts,cowsnap_bg.wasm.d.ts}
+mkdir -p "$NPM/node" "$NPM/web"
+cp "$PKG/web/cowsnap.js" "$PKG/web/cowsnap_bg.wasm" "$NPM/web/"
+sed 's|`${__dirname}/cowsnap_bg.wasm`|`${__dirname}/../web/cowsnap_bg.wasm`|' "$PKG/node/cowsnap.js" >"$NPM/node/cowsnap.js"
+grep -q '/../web/cowsnap_bg.wasm' "$NPM/node/cowsnap.js" || {
+  echo "[wasm build] wasm-bindgen's nodejs glue no longer loads \${__dirname}/cowsnap_bg.wasm: update build.sh" >&2; exit 1; }
+cat "$HERE/js/node-init.cjs" >>"$NPM/node/cowsnap.js"
 cp "$HERE/js/node.mjs" "$NPM/node/index.mjs"
-cp "$HERE/js/index.d.ts" "$NPM/index.d.ts"
-cp "$HERE/README.md" "$NPM/README.md"
+# Types: one source (js/index.d.ts) plus the loader functions of each kind of module.
+cat "$HERE/js/index.d.ts" "$HERE/js/loader-esm.d.ts" >"$NPM/index.d.mts"
+cat "$HERE/js/index.d.ts" "$HERE/js/loader-cjs.d.ts" >"$NPM/index.d.cts"
+cp "$HERE/README.md" "$ROOT/LICENSE-MIT" "$ROOT/LICENSE-APACHE" "$NPM/"
 sed "s/\"version\": \"0.0.0\"/\"version\": \"$version\"/" "$HERE/js/package.json" >"$NPM/package.json"
-# wasm-bindgen marks its output folders as ES modules or not with their own package.json; node/ is CJS.
+# The package is "type": "module"; node/ holds CommonJS (wasm-bindgen's nodejs glue). web/'s own
+# package.json serves resolvers that ignore `exports` (TypeScript's node10): `cowsnap/web` -> its types.
 printf '{ "type": "commonjs" }\n' >"$NPM/node/package.json"
-printf '{ "type": "module" }\n' >"$NPM/web/package.json"
+printf '{ "type": "module", "main": "cowsnap.js", "types": "../index.d.mts" }\n' >"$NPM/web/package.json"
 
 if [ "$pack" = 1 ]; then
   rm -f "$PKG"/cowsnap-*.tgz

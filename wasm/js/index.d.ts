@@ -1,5 +1,6 @@
 // Types of the `cowsnap` npm package (hand-written: wasm-bindgen types every checked argument as `any`).
-// The same declarations cover the Node.js build (`node/`) and the browser build (`web/`).
+// wasm/build.sh appends loader-esm.d.ts (-> index.d.mts, for `import`, Node.js and browser) or
+// loader-cjs.d.ts (-> index.d.cts, for `require`) to this file: the classes are the same in both.
 
 /** Stable error codes, shared with the C API and Python (`error.code`). */
 export type ErrorCode =
@@ -181,14 +182,3 @@ export function version(): string;
 
 /** Every error code with its number in the C API: `{ OK: 0, OUT_OF_RANGE: -1, ... }`. */
 export function errorCodes(): Record<ErrorCode | 'OK', number>;
-
-/**
- * Loads the WebAssembly module. Required once before anything else in the browser build; in
- * Node.js the module is loaded on import and this resolves at once. `input` (browser only) is what
- * wasm-bindgen's `init` takes: `{ module_or_path }` with a URL, `Response`, bytes or
- * `WebAssembly.Module` of `cowsnap_bg.wasm` (default: fetched next to `cowsnap.js`).
- */
-export default function init(input?: unknown): Promise<unknown>;
-
-/** Synchronous `init` from the module's bytes (`{ module }`, browser) or nothing (Node.js). */
-export function initSync(module?: unknown): unknown;

@@ -1,10 +1,11 @@
 // The installed package as a whole: its files and size budget, its entry points (ESM and CommonJS in
-// Node.js, the browser build), and the hand-written index.d.ts against what the module really exports.
+// Node.js, the browser build), and the hand-written types (index.d.mts for `import`, index.d.cts for
+// `require`) against what each kind of module really exports.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import * as esm from 'cowsnap';
 import { KiB, MiB, text, assertBytesEqual } from './helpers.mjs';
 
@@ -15,22 +16,38 @@ const pkg = JSON.parse(readFileSync(join(PKG_DIR, 'package.json'), 'utf8'));
 /** Size budget of the optimised module (issue: at most 150 KiB after wasm-opt -Oz). */
 const WASM_BUDGET = 150 * KiB;
 
-test('package.json: name, exports for node and browser, types', () => {
+/** Every file of the installed package, relative to its folder. */
+function packageFiles(dir = PKG_DIR) {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? packageFiles(join(dir, e.name)) : [relative(PKG_DIR, join(dir, e.name))],
+  );
+}
+
+test('package.json: name, exports for node (import, require) and browser, types for each', () => {
   assert.equal(pkg.name, 'cowsnap');
   assert.match(pkg.version, /^\d+\.\d+\.\d+/);
-  assert.equal(pkg.types, './index.d.ts');
+  assert.equal(pkg.license, 'MIT OR Apache-2.0');
+  assert.ok(pkg.repository?.url, 'repository');
+  assert.equal(pkg.sideEffects, false);
+  assert.equal(pkg.main, './node/cowsnap.js');
+  assert.equal(pkg.types, './index.d.cts', 'top-level types describe `main` (CommonJS)');
   const root = pkg.exports['.'];
-  assert.equal(root.types, './index.d.ts');
-  assert.equal(root.node.import, './node/index.mjs');
-  assert.equal(root.node.require, './node/cowsnap.js');
-  assert.equal(root.browser, './web/cowsnap.js');
-  for (const f of ['index.d.ts', 'node/index.mjs', 'node/cowsnap.js', 'node/cowsnap_bg.wasm', 'web/cowsnap.js', 'web/cowsnap_bg.wasm', 'README.md']) {
+  assert.deepEqual(root.node.import, { types: './index.d.mts', default: './node/index.mjs' });
+  assert.deepEqual(root.node.require, { types: './index.d.cts', default: './node/cowsnap.js' });
+  assert.equal(root.types, './index.d.mts');
+  assert.equal(root.default, './web/cowsnap.js');
+  for (const f of ['index.d.mts', 'index.d.cts', 'node/index.mjs', 'node/cowsnap.js', 'web/cowsnap.js', 'web/cowsnap_bg.wasm', 'README.md', 'LICENSE-MIT', 'LICENSE-APACHE']) {
     assert.ok(statSync(join(PKG_DIR, f)).size > 0, f);
   }
 });
 
-test(`wasm size budget: each .wasm <= ${WASM_BUDGET} bytes`, () => {
-  for (const f of ['node/cowsnap_bg.wasm', 'web/cowsnap_bg.wasm']) {
+test('one .wasm in the package (the node and web glue load the same file)', () => {
+  const wasm = packageFiles().filter((f) => f.endsWith('.wasm'));
+  assert.deepEqual(wasm, ['web/cowsnap_bg.wasm']);
+});
+
+test(`wasm size budget: the .wasm <= ${WASM_BUDGET} bytes`, () => {
+  for (const f of ['web/cowsnap_bg.wasm']) {
     const n = statSync(join(PKG_DIR, f)).size;
     console.log(`${f}: ${n} bytes (${(n / KiB).toFixed(1)} KiB)`);
     assert.ok(n <= WASM_BUDGET, `${f} is ${n} bytes, over the ${WASM_BUDGET}-byte budget`);
@@ -38,10 +55,16 @@ test(`wasm size budget: each .wasm <= ${WASM_BUDGET} bytes`, () => {
   }
 });
 
-test('CommonJS require gives the same classes', () => {
+test('CommonJS require gives the same classes, and the init functions its types declare', async () => {
   const cjs = require('cowsnap');
   assert.equal(cjs.Volume, esm.Volume, 'one module instance for import and require');
   assert.equal(typeof cjs.version, 'function');
+  assert.equal(typeof cjs.init, 'function');
+  assert.equal(typeof cjs.initSync, 'function');
+  assert.equal(esm.default, cjs.init, 'import default is the same init');
+  assert.equal(await cjs.init(), cjs);
+  assert.equal(cjs.initSync(), cjs);
+  assert.equal(cjs.Volume.memory(4096).size, 4096);
 });
 
 test('the browser build (--target web) works with init() and writes the same COW bytes', async () => {
@@ -84,23 +107,32 @@ function declaredMembers(dts, cls) {
   return { inst, stat };
 }
 
-test('index.d.ts declares exactly what the module exports', () => {
-  const dts = readFileSync(join(PKG_DIR, 'index.d.ts'), 'utf8');
-  const fns = [...dts.matchAll(/^export (?:default )?function (\w+)/gm)].map((m) => m[1]);
-  for (const f of fns) {
-    const name = f === 'init' ? 'default' : f;
-    assert.equal(typeof esm[name], 'function', `declared function ${f}`);
-  }
-  const runtimeExports = Object.keys(esm).filter((k) => k !== 'default');
+/** Checks a declaration file against a module namespace: every declared function, every export. */
+function checkDeclarations(file, mod, defaultName) {
+  const dts = readFileSync(join(PKG_DIR, file), 'utf8');
+  const fns = [...dts.matchAll(/^export (default )?function (\w+)/gm)].map((m) => (m[1] ? 'default' : m[2]));
+  if (defaultName) assert.ok(fns.includes('default'), `${file}: a default export`);
+  else assert.ok(!fns.includes('default'), `${file}: no default export (CommonJS has none)`);
+  for (const f of fns) assert.equal(typeof mod[f], 'function', `${file}: declared function ${f}`);
+  const runtimeExports = Object.keys(mod).filter((k) => k !== 'default');
   for (const k of runtimeExports) {
-    assert.ok(fns.includes(k) || new RegExp(`export class ${k} `).test(dts), `export ${k} is declared`);
+    assert.ok(fns.includes(k) || new RegExp(`export class ${k} `).test(dts), `${file}: export ${k} is declared`);
   }
   for (const cls of ['Volume', 'Snapshot']) {
-    const C = esm[cls];
+    const C = mod[cls];
     const { inst, stat } = declaredMembers(dts, cls);
     const protoNames = new Set(Object.getOwnPropertyNames(C.prototype).filter((n) => n !== 'constructor' && !n.startsWith('__')));
     const staticNames = new Set(Object.getOwnPropertyNames(C).filter((n) => typeof C[n] === 'function' && !n.startsWith('__')));
-    assert.deepEqual([...inst].sort(), [...protoNames].sort(), `${cls} instance members`);
-    assert.deepEqual([...stat].sort(), [...staticNames].sort(), `${cls} static members`);
+    assert.deepEqual([...inst].sort(), [...protoNames].sort(), `${file}: ${cls} instance members`);
+    assert.deepEqual([...stat].sort(), [...staticNames].sort(), `${file}: ${cls} static members`);
   }
+}
+
+test('index.d.mts declares exactly what `import` gives (Node.js and the browser build)', async () => {
+  checkDeclarations('index.d.mts', esm, 'init');
+  checkDeclarations('index.d.mts', await import('cowsnap/web'), 'init');
+});
+
+test('index.d.cts declares exactly what `require` gives', () => {
+  checkDeclarations('index.d.cts', require('cowsnap'), null);
 });

@@ -38,7 +38,18 @@ from .errors import (
     error_class,
 )
 
-__version__ = "0.1.0"
+def _package_version() -> str:
+    # One version source: the Cargo workspace's, which the build writes into the package metadata
+    # (and into the library: a source tree used without installing reports the library's).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(__name__)
+    except PackageNotFoundError:
+        return library_version()
+
+
+__version__ = _package_version()
 
 __all__ = [
     "Volume",
