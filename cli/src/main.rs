@@ -3,6 +3,7 @@
 //! Managed volumes are directories (origin image, COW images, `cowsnap.json` manifest); raw commands
 //! (`inspect`, `export`, `merge --origin --cow`) work on images copied off a real LVM/dm system.
 
+mod backupstore;
 mod files;
 mod managed;
 mod manifest;
@@ -264,17 +265,45 @@ enum Command {
     },
     /// Copy a snapshot's whole image to a file (sparse where the image is zero) or onto a block
     /// device, with a checksum sidecar (OUT.sums) for `cowsnap verify`.
+    ///
+    /// With --to URL instead of OUT: a backup to object storage (s3://bucket/prefix or
+    /// file:///path), incremental with --base ID; prints the new backup's id.
     Backup {
         /// DIR/NAME.
         target: PathBuf,
         /// Output file, block device (written in place, like dd of=), or character device.
-        out: PathBuf,
+        #[arg(required_unless_present = "to", conflicts_with = "to")]
+        out: Option<PathBuf>,
         /// Where to write the checksums (default: OUT.sums beside a file output; none for devices).
-        #[arg(long, conflicts_with = "no_sums")]
+        #[arg(long, conflicts_with_all = ["no_sums", "to"])]
         sums: Option<PathBuf>,
         /// Write no checksum sidecar.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to")]
         no_sums: bool,
+        /// Back up to this object store instead: s3://bucket/prefix (AWS_* environment) or
+        /// file:///path.
+        #[arg(long)]
+        to: Option<String>,
+        /// Incremental against this earlier backup (of an older snapshot of this volume, still
+        /// present): only the chunks its exception table names are read and uploaded.
+        #[arg(long, requires = "to")]
+        base: Option<String>,
+        /// With --to: print one JSON object (id, bytes_read, bytes_uploaded, chunks, seconds...).
+        #[arg(long, requires = "to")]
+        json: bool,
+        /// With --to: bytes per block object (default: the chunk size, at least 256K).
+        #[arg(long, value_parser = size_arg, requires = "to")]
+        block_size: Option<u64>,
+        /// With --to: objects uploaded at once.
+        #[arg(long, default_value_t = backupstore::DEFAULT_JOBS, requires = "to")]
+        jobs: usize,
+    },
+    /// Restore a backup from object storage to a file, a block device or a new volume.
+    Restore(backupstore::RestoreArgs),
+    /// The backups in an object store: list, verify, prune.
+    Backups {
+        #[command(subcommand)]
+        cmd: backupstore::BackupsCmd,
     },
     /// Check a snapshot (DIR/NAME) or an image (--image) against the checksums `backup` wrote.
     Verify {
@@ -406,10 +435,32 @@ fn run(cli: Cli) -> CliResult {
         Command::Extend { target, size } => managed::extend(&target, size, q),
         Command::Backup {
             target,
+            to: Some(to),
+            base,
+            json,
+            block_size,
+            jobs,
+            ..
+        } => {
+            let a = backupstore::BackupTo {
+                to,
+                base,
+                json,
+                block_size,
+                jobs,
+            };
+            managed::backup_to(&target, a, q)
+        }
+        Command::Restore(a) => backupstore::restore(&a, q),
+        Command::Backups { cmd } => backupstore::backups(&cmd, q),
+        Command::Backup {
+            target,
             out,
             sums,
             no_sums,
+            ..
         } => {
+            let out = out.ok_or_else(|| CliError::msg("backup needs OUT or --to URL"))?;
             let sums = match (sums, no_sums) {
                 (_, true) => verify::SumsTo::Nowhere,
                 (Some(p), false) => verify::SumsTo::Path(p),

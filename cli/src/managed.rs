@@ -479,6 +479,7 @@ pub fn exec_ro(v: &Opened, req: &Request, io: &mut Io) -> CliResult {
         } => exec_read(v, snap.as_deref(), *offset, *len, out.as_deref(), io),
         Request::Backup { snap, out, sums } => exec_backup(v, snap, out, sums, io),
         Request::Verify { snap, sums } => crate::verify::exec_verify(v, snap, sums, io),
+        Request::BackupTo { snap, to } => crate::backupstore::exec_backup(v, snap, to, io),
         _ => Err(CliError::msg(
             "internal error: a writing command on a read-only volume",
         )),
@@ -657,6 +658,12 @@ pub fn backup(target: &Path, out: &Path, sums: crate::verify::SumsTo, quiet: boo
     dispatch(&dir, Request::Backup { snap, out, sums }, quiet)
 }
 
+/// `backup DIR/NAME --to URL`.
+pub fn backup_to(target: &Path, to: crate::backupstore::BackupTo, quiet: bool) -> CliResult {
+    let (dir, snap) = resolve_snapshot(target)?;
+    dispatch(&dir, Request::BackupTo { snap, to }, quiet)
+}
+
 pub fn verify(target: &Path, sums: &Path, quiet: bool) -> CliResult {
     let (dir, snap) = resolve_snapshot(target)?;
     let sums = absolute(sums)?;
@@ -773,6 +780,20 @@ fn parse_autoextend(s: &str) -> CliResult<Option<AutoextendSpec>> {
     Ok(Some(spec))
 }
 
+/// A snapshot's unique id: a hash of where, what and when (nanoseconds) it was made.
+fn new_uid(dir: &Path, name: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!(
+        "{}:{name}:{}:{}",
+        dir.display(),
+        t.as_nanos(),
+        std::process::id()
+    );
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
+}
+
 fn exec_snapshot(
     v: &mut Opened,
     name: &str,
@@ -804,6 +825,7 @@ fn exec_snapshot(
         store: store.to_ascii_uppercase(),
         chunk_size: chunk,
         autoextend,
+        uid: Some(new_uid(&v.dir, name)),
     };
     let opts = entry_options(&entry)?;
     // As lvcreate (and the C API): a COW that cannot hold one data chunk is invalid at the first

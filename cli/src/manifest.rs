@@ -40,6 +40,11 @@ pub struct SnapshotEntry {
     pub chunk_size: u64,
     #[serde(default)]
     pub autoextend: Option<AutoextendSpec>,
+    /// Unique to this snapshot (a snapshot removed and made again under its name gets another):
+    /// an incremental backup checks that its base's snapshot is still the same one. Absent in
+    /// manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// The manifest: everything needed to activate the volume.

@@ -67,6 +67,11 @@ pub enum Request {
         snap: String,
         sums: PathBuf,
     },
+    /// `backup --to URL`: to object storage.
+    BackupTo {
+        snap: String,
+        to: crate::backupstore::BackupTo,
+    },
 }
 
 /// What the client sends: the request and its `--quiet`.
@@ -84,6 +89,7 @@ impl Request {
             Request::Lvs { .. }
                 | Request::Read { .. }
                 | Request::Backup { .. }
+                | Request::BackupTo { .. }
                 | Request::Verify { .. }
         )
     }

@@ -308,6 +308,20 @@ typedef int32_t (*cowsnap_merge_progress_cb)(void *user_data,
                                              uint64_t total,
                                              bool done);
 
+/**
+ * A byte range of the origin (`cowsnap_snapshot_changed_ranges`).
+ */
+struct cowsnap_range {
+  /**
+   * First byte.
+   */
+  uint64_t offset;
+  /**
+   * Bytes (never 0).
+   */
+  uint64_t length;
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -478,6 +492,27 @@ cowsnap_result cowsnap_snapshot_set_autoextend(struct cowsnap_volume *vol,
                                                uint32_t id,
                                                uint32_t threshold_percent,
                                                uint32_t extend_percent);
+
+/**
+ * The byte ranges of the origin where snapshots `older` and `newer` may differ (for incremental
+ * backups: read only these), sorted, disjoint and merged: the union of both snapshots' exception
+ * keys, in their chunk sizes. With `older == newer`, where that snapshot may differ from the current
+ * origin. Stores the number of ranges in `*out_count` and, when `ranges` is not NULL, copies them to
+ * `ranges[0..capacity]`.
+ *
+ * Call with `ranges = NULL, capacity = 0` to learn the count. If `capacity` is smaller, returns
+ * `BUFFER_TOO_SMALL` with `*out_count` set and nothing copied (the count grows as the origin is
+ * written: retry). `ranges` is borrowed for the call.
+ * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `SNAPSHOT_INVALID` (an invalid snapshot lost its
+ * table: its answer would be wrong), `MERGING`, `BUFFER_TOO_SMALL`.
+ * Thread-safety: runs in parallel with reads.
+ */
+cowsnap_result cowsnap_snapshot_changed_ranges(struct cowsnap_volume *vol,
+                                               uint32_t older,
+                                               uint32_t newer,
+                                               struct cowsnap_range *ranges,
+                                               size_t capacity,
+                                               size_t *out_count);
 
 /**
  * Creates a volume whose origin is `size` bytes of zero-filled memory.

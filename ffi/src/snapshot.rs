@@ -571,3 +571,64 @@ pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
         Ok(())
     })
 }
+
+/// A byte range of the origin (`cowsnap_snapshot_changed_ranges`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct cowsnap_range {
+    /// First byte.
+    pub offset: u64,
+    /// Bytes (never 0).
+    pub length: u64,
+}
+
+/// The byte ranges of the origin where snapshots `older` and `newer` may differ (for incremental
+/// backups: read only these), sorted, disjoint and merged: the union of both snapshots' exception
+/// keys, in their chunk sizes. With `older == newer`, where that snapshot may differ from the current
+/// origin. Stores the number of ranges in `*out_count` and, when `ranges` is not NULL, copies them to
+/// `ranges[0..capacity]`.
+///
+/// Call with `ranges = NULL, capacity = 0` to learn the count. If `capacity` is smaller, returns
+/// `BUFFER_TOO_SMALL` with `*out_count` set and nothing copied (the count grows as the origin is
+/// written: retry). `ranges` is borrowed for the call.
+/// Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT`, `SNAPSHOT_INVALID` (an invalid snapshot lost its
+/// table: its answer would be wrong), `MERGING`, `BUFFER_TOO_SMALL`.
+/// Thread-safety: runs in parallel with reads.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_changed_ranges(
+    vol: *mut cowsnap_volume,
+    older: u32,
+    newer: u32,
+    ranges: *mut cowsnap_range,
+    capacity: usize,
+    out_count: *mut usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_changed_ranges", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: out-parameter contract.
+        let out_count = unsafe { out(out_count, "out_count") }?;
+        let list = v
+            .read()?
+            .changed_between(SnapshotId(older), SnapshotId(newer))?;
+        *out_count = list.len();
+        if ranges.is_null() {
+            return if capacity == 0 {
+                Ok(())
+            } else {
+                Err(Failure::null("ranges"))
+            };
+        }
+        if capacity < list.len() {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("{} ranges do not fit in {capacity}", list.len()),
+            ));
+        }
+        for (i, &(offset, length)) in list.iter().enumerate() {
+            // SAFETY: `ranges` has room for `capacity` >= list.len() entries by contract.
+            unsafe { *ranges.add(i) = cowsnap_range { offset, length } };
+        }
+        Ok(())
+    })
+}

@@ -478,6 +478,41 @@ static void test_file_backup(void) {
   free(chk);
 }
 
+/* Changed ranges: where two snapshots (or one and the origin) may differ, sorted and merged. */
+static void test_changed_ranges(void) {
+  cowsnap_volume *v = NULL;
+  uint32_t old_id, new_id;
+  struct cowsnap_range r[4];
+  size_t n = 99;
+  uint8_t byte = 0x5a;
+  cowsnap_snapshot_options o = mem_opts(256 * 1024);
+
+  OK(cowsnap_volume_create_mem(MiB, &v));
+  OK(cowsnap_snapshot_create(v, &o, &old_id));
+  OK(cowsnap_snapshot_changed_ranges(v, old_id, old_id, NULL, 0, &n));
+  EXPECT(n == 0);
+  OK(cowsnap_volume_write(v, 3 * CHUNK + 1, &byte, 1));
+  OK(cowsnap_volume_write(v, 4 * CHUNK, &byte, 1)); /* chunks 3 and 4: one range */
+  OK(cowsnap_volume_write(v, 9 * CHUNK, &byte, 1));
+  OK(cowsnap_snapshot_create(v, &o, &new_id));
+  OK(cowsnap_snapshot_write(v, new_id, 20 * CHUNK, &byte, 1)); /* the newer snapshot itself */
+  OK(cowsnap_snapshot_changed_ranges(v, old_id, old_id, NULL, 0, &n));
+  EXPECT(n == 2);
+  ERR(cowsnap_snapshot_changed_ranges(v, old_id, new_id, r, 1, &n), COWSNAP_ERR_BUFFER_TOO_SMALL,
+      "do not fit");
+  EXPECT(n == 3);
+  OK(cowsnap_snapshot_changed_ranges(v, old_id, new_id, r, 4, &n));
+  EXPECT(n == 3);
+  EXPECT(r[0].offset == 3 * CHUNK && r[0].length == 2 * CHUNK);
+  EXPECT(r[1].offset == 9 * CHUNK && r[1].length == CHUNK);
+  EXPECT(r[2].offset == 20 * CHUNK && r[2].length == CHUNK);
+  ERR(cowsnap_snapshot_changed_ranges(v, old_id, 77, r, 4, &n), COWSNAP_ERR_UNKNOWN_SNAPSHOT, "77");
+  ERR(cowsnap_snapshot_changed_ranges(v, old_id, new_id, NULL, 4, &n), COWSNAP_ERR_NULL_POINTER,
+      "ranges");
+  ERR(cowsnap_snapshot_changed_ranges(NULL, 0, 0, NULL, 0, &n), COWSNAP_ERR_NULL_POINTER, "vol is NULL");
+  cowsnap_volume_free(v);
+}
+
 int main(int argc, char **argv) {
   snprintf(dir, sizeof dir, "%s", argc > 1 ? argv[1] : ".");
   test_version_and_names();
@@ -485,5 +520,6 @@ int main(int argc, char **argv) {
   test_merge();
   test_error_paths();
   test_file_backup();
+  test_changed_ranges();
   return finish("test_api");
 }

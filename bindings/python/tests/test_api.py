@@ -219,3 +219,26 @@ def test_cowsnap_library_env_overrides_the_packaged_library(tmp_path: Path) -> N
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "ImportError" in out.stderr and "COWSNAP_LIBRARY" in out.stderr and "missing.so" in out.stderr
+
+
+def test_changed_ranges_name_every_difference() -> None:
+    with cowsnap.Volume.memory(4 * MiB) as vol:
+        vol.write(0, b"\x11" * (4 * MiB))
+        old = vol.snapshot(cow_size=2 * MiB, chunk_size=4096)
+        assert old.changed_ranges() == []
+        vol.write(10 * 4096 + 5, b"x")  # chunk 10
+        vol.write(255 * 4096, b"y" * (2 * 4096))  # chunks 255..256, across a table window
+        new = vol.snapshot(cow_size=2 * MiB, chunk_size=65536)
+        new.write(3 * 65536, b"z")  # a write to the newer snapshot itself: chunk 3 of 64 KiB
+        assert old.changed_ranges() == [(10 * 4096, 4096), (255 * 4096, 2 * 4096)]
+        between = new.changed_ranges(old)
+        assert between == [(10 * 4096, 4096), (3 * 65536, 65536), (255 * 4096, 2 * 4096)]
+        # Outside the ranges the two snapshots read the same.
+        a, b = old.read(0, 4 * MiB), new.read(0, 4 * MiB)
+        inside = bytearray(4 * MiB)
+        for off, n in between:
+            inside[off : off + n] = b"\x01" * n
+        assert all(a[i] == b[i] for i in range(0, 4 * MiB, 512) if not inside[i])
+        assert a != b
+        with pytest.raises(TypeError):
+            new.changed_ranges(42)  # type: ignore[arg-type]

@@ -64,6 +64,8 @@ def ctype_of(decl: str):
         return ctypes.POINTER(_lib.SnapshotOptions)
     if t == "cowsnap_snapshot_status*":
         return ctypes.POINTER(_lib.SnapshotStatusC)
+    if t == "cowsnap_range*":
+        return ctypes.POINTER(_lib.RangeC)
     if t.endswith("*"):
         return ctypes.POINTER(C_TYPES[t[:-1]])
     return C_TYPES[t]
@@ -99,7 +101,12 @@ def struct_fields(text: str, name: str) -> List[Tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "cname,cls", [("cowsnap_snapshot_options", _lib.SnapshotOptions), ("cowsnap_snapshot_status", _lib.SnapshotStatusC)]
+    "cname,cls",
+    [
+        ("cowsnap_snapshot_options", _lib.SnapshotOptions),
+        ("cowsnap_snapshot_status", _lib.SnapshotStatusC),
+        ("cowsnap_range", _lib.RangeC),
+    ],
 )
 def test_structs_match(header: str, cname: str, cls: type) -> None:
     fields = struct_fields(header, cname)

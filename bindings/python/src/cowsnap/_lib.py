@@ -45,6 +45,12 @@ class SnapshotOptions(ctypes.Structure):
     ]
 
 
+class RangeC(ctypes.Structure):
+    """``cowsnap_range``."""
+
+    _fields_ = [("offset", ctypes.c_uint64), ("length", ctypes.c_uint64)]
+
+
 class SnapshotStatusC(ctypes.Structure):
     """``cowsnap_snapshot_status``."""
 
@@ -110,6 +116,17 @@ _SIGNATURES = {
     "cowsnap_snapshot_export_cow": (
         c_result,
         [c_volume_p, ctypes.c_uint32, c_buf, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    "cowsnap_snapshot_changed_ranges": (
+        c_result,
+        [
+            c_volume_p,
+            ctypes.c_uint32,
+            ctypes.c_uint32,
+            ctypes.POINTER(RangeC),
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+        ],
     ),
 }
 

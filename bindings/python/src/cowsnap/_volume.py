@@ -514,6 +514,29 @@ class Snapshot:
             check(_lib.LIB.cowsnap_snapshot_status(ptr, self._id, ctypes.byref(st)))
         return _status_from_c(st)
 
+    def changed_ranges(self, older: Optional["Snapshot"] = None) -> List[Tuple[int, int]]:
+        """Byte ranges ``(offset, length)`` of the origin, sorted and merged, outside which this
+        snapshot reads exactly as the current origin does; with ``older`` (an older snapshot of the
+        same volume), outside which the two snapshots read the same: what an incremental backup
+        from ``older``'s backup must read. Raises ``SnapshotInvalid`` for an invalid snapshot (its
+        table is gone) and ``Merging`` during a merge."""
+        if older is None:
+            other = self._id
+        elif isinstance(older, Snapshot) and older._vol is self._vol:
+            other = older._id
+        else:
+            raise TypeError("older must be a Snapshot of the same Volume")
+        n = ctypes.c_size_t()
+        with _Using(self._vol._h) as ptr:
+            while True:  # the list may grow between the two calls (origin writes): retry
+                check(_lib.LIB.cowsnap_snapshot_changed_ranges(ptr, other, self._id, None, 0, ctypes.byref(n)))
+                arr = (_lib.RangeC * max(n.value, 1))()
+                r = _lib.LIB.cowsnap_snapshot_changed_ranges(ptr, other, self._id, arr, n.value, ctypes.byref(n))
+                if r != BufferTooSmall.code:
+                    check(r)
+                    break
+        return [(arr[i].offset, arr[i].length) for i in range(n.value)]
+
     def export_cow(self) -> bytes:
         """The COW device's bytes: for a persistent snapshot, the dm-snapshot on-disk format the Linux
         kernel reads (e.g. ``dd`` it onto an LVM ``-cow`` device)."""
