@@ -268,6 +268,21 @@ impl ExceptionTable {
         Some(r.new_chunk() + k)
     }
 
+    /// Builds the table of `exceptions` given in strictly increasing origin-chunk order, in one
+    /// pass: the table [`insert`](Self::insert) builds from the same exceptions in any order (runs
+    /// joined the same way), without its per-record probe and sorted insertion. `None` where
+    /// `insert` would refuse a record: an origin chunk that repeats (or comes out of order), or a
+    /// COW chunk not below [`MAX_COW_CHUNKS`].
+    pub fn from_sorted(exceptions: impl IntoIterator<Item = Exception>) -> Option<Self> {
+        let mut b = Builder::new(0);
+        for e in exceptions {
+            if !b.push(e.old, e.new) {
+                return None;
+            }
+        }
+        Some(b.finish())
+    }
+
     /// Drops every exception.
     pub fn clear(&mut self) {
         *self = Self::default();
@@ -295,6 +310,136 @@ impl ExceptionTable {
                 new: r.new + i,
             })
         })
+    }
+}
+
+impl PartialEq for ExceptionTable {
+    /// Same exceptions, in the same runs (however the tables were built or how much they reserved).
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.runs().eq(other.runs())
+    }
+}
+
+impl Eq for ExceptionTable {}
+
+/// Bulk loading: builds a table from exceptions sorted by origin chunk. Each window's runs are
+/// assembled in a scratch vector and moved into their slot once, with exactly the room they need,
+/// and the slot array is sized up front when the number of windows is known: no probe per record,
+/// no shifting of sorted runs, no regrowth.
+pub(crate) struct Builder {
+    table: ExceptionTable,
+    /// The window being assembled (`EMPTY` before the first record) and its runs so far.
+    window: u64,
+    runs: Vec<Packed>,
+    last: Option<u64>,
+}
+
+impl Builder {
+    /// A builder for about `windows` windows (0 when unknown: the slots grow as they fill).
+    pub(crate) fn new(windows: usize) -> Self {
+        let mut table = ExceptionTable::new();
+        if windows > 0 {
+            // The smallest power of two that keeps the load factor of `slot_for_insert` (≤ 3/4).
+            let cap = (windows * 4).div_ceil(3).next_power_of_two().max(16);
+            table.slots = alloc::vec![Slot::FREE; cap];
+        }
+        Builder {
+            table,
+            window: EMPTY,
+            runs: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Adds `old → new`; false (and nothing added) unless `old` is above every origin chunk added
+    /// so far and `new` is below [`MAX_COW_CHUNKS`].
+    pub(crate) fn push(&mut self, old: u64, new: u64) -> bool {
+        if new >= MAX_COW_CHUNKS || self.last.is_some_and(|l| old <= l) {
+            return false;
+        }
+        self.last = Some(old);
+        let window = old >> WINDOW_BITS;
+        if window != self.window {
+            self.close_window();
+            self.window = window;
+        }
+        let off = old & (WINDOW - 1);
+        match self.runs.last_mut() {
+            // Joins the previous run exactly when `insert` would have joined them.
+            Some(p) if p.end() == off && p.new_chunk() + p.len() == new => {
+                *p = Packed::new(p.new_chunk(), p.off(), p.len() + 1)
+            }
+            _ => self.runs.push(Packed::new(new, off, 1)),
+        }
+        self.table.count += 1;
+        true
+    }
+
+    /// Moves the window being assembled into its slot.
+    fn close_window(&mut self) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let t = &mut self.table;
+        if (t.windows + 1) * 4 > t.slots.len() * 3 {
+            t.grow();
+        }
+        // Windows arrive once each (origin chunks increase): the first free slot is its slot.
+        let mask = t.slots.len() - 1;
+        let mut i = hash(self.window, t.slots.len()) & mask;
+        while t.slots[i].key != EMPTY {
+            i = (i + 1) & mask;
+        }
+        let mut runs = Vec::with_capacity(self.runs.len());
+        runs.extend_from_slice(&self.runs);
+        t.slots[i] = Slot {
+            key: self.window,
+            runs,
+        };
+        t.windows += 1;
+        self.runs.clear();
+    }
+
+    pub(crate) fn finish(mut self) -> ExceptionTable {
+        self.close_window();
+        self.table
+    }
+}
+
+/// Sorts `keys` by bits `lo..hi` (an LSD radix sort: stable, a few linear passes of at most 11
+/// bits each). Bulk activation sorts packed `(origin chunk, COW chunk)` records with it; one sort
+/// for every caller keeps the no_std build small.
+pub(crate) fn sort_by_bits(keys: &mut Vec<u64>, lo: u32, hi: u32) {
+    debug_assert!(lo <= hi && hi <= 64);
+    let bits = hi - lo;
+    if bits == 0 || keys.len() < 2 {
+        return;
+    }
+    let passes = bits.div_ceil(11);
+    let digit = bits.div_ceil(passes);
+    let mut counts = alloc::vec![0usize; 1 << digit];
+    let mut other = alloc::vec![0u64; keys.len()];
+    let mut shift = lo;
+    while shift < hi {
+        let width = digit.min(hi - shift);
+        let mask = (1u64 << width) - 1;
+        counts[..1 << width].fill(0);
+        for &k in keys.iter() {
+            counts[((k >> shift) & mask) as usize] += 1;
+        }
+        let mut at = 0;
+        for c in &mut counts[..1 << width] {
+            let n = *c;
+            *c = at;
+            at += n;
+        }
+        for &k in keys.iter() {
+            let d = ((k >> shift) & mask) as usize;
+            other[counts[d]] = k;
+            counts[d] += 1;
+        }
+        core::mem::swap(keys, &mut other);
+        shift += width;
     }
 }
 
@@ -363,6 +508,63 @@ mod tests {
             let all: Vec<_> = t.iter().map(|e| (e.old, e.new)).collect();
             let want: Vec<_> = m.into_iter().collect();
             prop_assert_eq!(all, want);
+        }
+
+        /// The bulk builder gives the table `insert` gives, whatever the order `insert` saw, and
+        /// refuses exactly what `insert` refuses (a repeated origin chunk, a COW chunk too large).
+        #[test]
+        fn bulk_built_table_is_the_inserted_one(
+            recs in proptest::collection::vec((0u64..1200, 0u64..1200, 0u8..20), 0..900),
+        ) {
+            // Bias towards runs (consecutive chunks on both sides, across window borders too) and
+            // sprinkle COW chunks at and beyond the limit.
+            let recs: Vec<Exception> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (old, new, kind))| match kind {
+                    0..=7 => Exception { old: i as u64 + 200, new: i as u64 + 7 },
+                    8 => Exception { old, new: MAX_COW_CHUNKS - 1 + new % 2 },
+                    _ => Exception { old, new },
+                })
+                .collect();
+            let mut t = ExceptionTable::new();
+            let inserted = recs.iter().all(|e| t.insert(e.old, e.new));
+            let mut sorted = recs.clone();
+            sorted.sort_by_key(|e| e.old); // stable, like the radix sort of activation
+            let bulk = ExceptionTable::from_sorted(sorted.iter().copied());
+            prop_assert_eq!(bulk.is_some(), inserted);
+            if let Some(b) = bulk {
+                prop_assert_eq!(&b, &t);
+                prop_assert_eq!(b.len(), t.len());
+                prop_assert_eq!(b.run_count(), t.run_count());
+                for c in 0..1500 {
+                    prop_assert_eq!(b.lookup(c), t.lookup(c));
+                    prop_assert_eq!(b.run_from(c), t.run_from(c));
+                    prop_assert_eq!(b.next_mapped(c, c + 300), t.next_mapped(c, c + 300));
+                }
+                // A bulk-built table keeps working as an ordinary one.
+                let (mut b, mut t) = (b, t);
+                for e in recs.iter().step_by(3) {
+                    prop_assert_eq!(b.remove(e.old), t.remove(e.old));
+                    prop_assert_eq!(b.insert(e.old + 1, e.new + 1), t.insert(e.old + 1, e.new + 1));
+                }
+                prop_assert_eq!(b, t);
+            }
+        }
+
+        #[test]
+        fn radix_sort_sorts_by_the_bit_range(
+            keys in proptest::collection::vec(any::<u64>(), 0..3000),
+            lo in 0u32..64,
+            width in 0u32..40,
+        ) {
+            let hi = (lo + width).min(64);
+            let field = |k: u64| if hi == lo { 0 } else { (k >> lo) & (u64::MAX >> (64 - (hi - lo))) };
+            let mut got = keys.clone();
+            sort_by_bits(&mut got, lo, hi);
+            let mut want = keys;
+            want.sort_by_key(|&k| field(k)); // stable
+            prop_assert_eq!(got, want);
         }
     }
 }
