@@ -274,7 +274,7 @@ impl ExceptionTable {
     /// `insert` would refuse a record: an origin chunk that repeats (or comes out of order), or a
     /// COW chunk not below [`MAX_COW_CHUNKS`].
     pub fn from_sorted(exceptions: impl IntoIterator<Item = Exception>) -> Option<Self> {
-        let mut b = Builder::new(0);
+        let mut b = Builder::new();
         for e in exceptions {
             if !b.push(e.old, e.new) {
                 return None;
@@ -323,31 +323,31 @@ impl PartialEq for ExceptionTable {
 impl Eq for ExceptionTable {}
 
 /// Bulk loading: builds a table from exceptions sorted by origin chunk. Each window's runs are
-/// assembled in a scratch vector and moved into their slot once, with exactly the room they need,
-/// and the slot array is sized up front when the number of windows is known: no probe per record,
+/// assembled in a scratch vector and given exactly the room they need; the windows are placed in a
+/// slot array sized once for all of them, a batch at a time (the slots of a batch are touched first,
+/// so that their cache misses overlap instead of coming one after the other). No probe per record,
 /// no shifting of sorted runs, no regrowth.
 pub(crate) struct Builder {
-    table: ExceptionTable,
+    /// Finished windows, in window order.
+    done: Vec<Slot>,
     /// The window being assembled (`EMPTY` before the first record) and its runs so far.
     window: u64,
     runs: Vec<Packed>,
     last: Option<u64>,
+    count: u64,
 }
 
+/// Windows placed per batch by [`Builder::finish`].
+const PLACE_BATCH: usize = 16;
+
 impl Builder {
-    /// A builder for about `windows` windows (0 when unknown: the slots grow as they fill).
-    pub(crate) fn new(windows: usize) -> Self {
-        let mut table = ExceptionTable::new();
-        if windows > 0 {
-            // The smallest power of two that keeps the load factor of `slot_for_insert` (≤ 3/4).
-            let cap = (windows * 4).div_ceil(3).next_power_of_two().max(16);
-            table.slots = alloc::vec![Slot::FREE; cap];
-        }
+    pub(crate) fn new() -> Self {
         Builder {
-            table,
+            done: Vec::new(),
             window: EMPTY,
             runs: Vec::new(),
             last: None,
+            count: 0,
         }
     }
 
@@ -371,75 +371,157 @@ impl Builder {
             }
             _ => self.runs.push(Packed::new(new, off, 1)),
         }
-        self.table.count += 1;
+        self.count += 1;
         true
     }
 
-    /// Moves the window being assembled into its slot.
     fn close_window(&mut self) {
         if self.runs.is_empty() {
             return;
         }
-        let t = &mut self.table;
-        if (t.windows + 1) * 4 > t.slots.len() * 3 {
-            t.grow();
-        }
-        // Windows arrive once each (origin chunks increase): the first free slot is its slot.
-        let mask = t.slots.len() - 1;
-        let mut i = hash(self.window, t.slots.len()) & mask;
-        while t.slots[i].key != EMPTY {
-            i = (i + 1) & mask;
-        }
         let mut runs = Vec::with_capacity(self.runs.len());
         runs.extend_from_slice(&self.runs);
-        t.slots[i] = Slot {
+        self.done.push(Slot {
             key: self.window,
             runs,
-        };
-        t.windows += 1;
+        });
         self.runs.clear();
     }
 
     pub(crate) fn finish(mut self) -> ExceptionTable {
         self.close_window();
-        self.table
+        let windows = self.done.len();
+        let mut t = ExceptionTable {
+            slots: Vec::new(),
+            windows,
+            count: self.count,
+        };
+        if windows == 0 {
+            return t;
+        }
+        // The smallest power of two that keeps the load factor of `slot_for_insert` (≤ 3/4).
+        let cap = (windows * 4).div_ceil(3).next_power_of_two().max(16);
+        t.slots = alloc::vec![Slot::FREE; cap];
+        let mask = cap - 1;
+        let mut done = self.done.into_iter();
+        loop {
+            let batch: Vec<Slot> = done.by_ref().take(PLACE_BATCH).collect();
+            if batch.is_empty() {
+                return t;
+            }
+            // Independent loads of every home slot of the batch: the memory system fetches them
+            // together.
+            let mut home = [0usize; PLACE_BATCH];
+            let mut free = 0;
+            for (h, s) in home.iter_mut().zip(&batch) {
+                *h = hash(s.key, cap) & mask;
+                free += usize::from(t.slots[*h].key == EMPTY);
+            }
+            core::hint::black_box(free);
+            for (mut i, s) in home.into_iter().zip(batch) {
+                // Each window comes once: the first free slot of its probe sequence is its slot.
+                while t.slots[i].key != EMPTY {
+                    i = (i + 1) & mask;
+                }
+                t.slots[i] = s;
+            }
+        }
     }
 }
 
-/// Sorts `keys` by bits `lo..hi` (an LSD radix sort: stable, a few linear passes of at most 11
-/// bits each). Bulk activation sorts packed `(origin chunk, COW chunk)` records with it; one sort
-/// for every caller keeps the no_std build small.
-pub(crate) fn sort_by_bits(keys: &mut Vec<u64>, lo: u32, hi: u32) {
+/// Calls `f` with `keys` sorted by bits `lo..hi` (stably), a piece at a time, in order, until `f`
+/// returns false (then returns false).
+///
+/// Large inputs take one stable scatter by the top bits into buckets small enough for the cache
+/// (`keys` is freed then), and each bucket is sorted by the remaining bits in place, with a small
+/// scratch buffer, and handed to `f`: two trips through memory instead of one per digit, and 8
+/// bytes per key at a time. Bulk activation sorts packed `(origin chunk, COW chunk)` records with
+/// it; one sort for every caller keeps the no_std build small.
+pub(crate) fn for_each_sorted(
+    mut keys: Vec<u64>,
+    lo: u32,
+    hi: u32,
+    f: &mut dyn FnMut(&[u64]) -> bool,
+) -> bool {
+    const TOP: u32 = 8;
+    let bits = hi - lo;
+    let mut scratch = Vec::new();
+    if bits <= TOP || keys.len() <= 1 << 16 {
+        sort_by_bits(&mut keys, lo, hi, &mut scratch);
+        return f(&keys);
+    }
+    let shift = hi - TOP;
+    let mask = (1u64 << TOP) - 1;
+    let mut starts = alloc::vec![0usize; (1 << TOP) + 1];
+    for &k in keys.iter() {
+        starts[((k >> shift) & mask) as usize + 1] += 1;
+    }
+    for d in 1..starts.len() {
+        starts[d] += starts[d - 1];
+    }
+    let mut next = starts.clone();
+    let mut buckets = alloc::vec![0u64; keys.len()];
+    for &k in keys.iter() {
+        let d = ((k >> shift) & mask) as usize;
+        buckets[next[d]] = k;
+        next[d] += 1;
+    }
+    drop(keys);
+    for d in 0..1 << TOP {
+        let bucket = &mut buckets[starts[d]..starts[d + 1]];
+        if bucket.is_empty() {
+            continue;
+        }
+        sort_by_bits(bucket, lo, shift, &mut scratch);
+        if !f(bucket) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sorts `keys` by bits `lo..hi` with an LSD radix sort (stable; a few linear passes of at most
+/// 11 bits each, 8 for inputs that fit in the cache), using `scratch` as the second buffer.
+pub(crate) fn sort_by_bits(keys: &mut [u64], lo: u32, hi: u32, scratch: &mut Vec<u64>) {
     debug_assert!(lo <= hi && hi <= 64);
     let bits = hi - lo;
     if bits == 0 || keys.len() < 2 {
         return;
     }
-    let passes = bits.div_ceil(11);
+    let max_digit = if keys.len() <= 1 << 14 { 8 } else { 11 };
+    let passes = bits.div_ceil(max_digit);
     let digit = bits.div_ceil(passes);
-    let mut counts = alloc::vec![0usize; 1 << digit];
-    let mut other = alloc::vec![0u64; keys.len()];
+    let mut counts = [0usize; 1 << 11];
+    scratch.clear();
+    scratch.resize(keys.len(), 0);
+    let (mut from, mut to): (&mut [u64], &mut [u64]) = (keys, scratch);
     let mut shift = lo;
+    let mut in_scratch = false;
     while shift < hi {
         let width = digit.min(hi - shift);
         let mask = (1u64 << width) - 1;
-        counts[..1 << width].fill(0);
-        for &k in keys.iter() {
+        let counts = &mut counts[..1 << width];
+        counts.fill(0);
+        for &k in from.iter() {
             counts[((k >> shift) & mask) as usize] += 1;
         }
         let mut at = 0;
-        for c in &mut counts[..1 << width] {
+        for c in counts.iter_mut() {
             let n = *c;
             *c = at;
             at += n;
         }
-        for &k in keys.iter() {
+        for &k in from.iter() {
             let d = ((k >> shift) & mask) as usize;
-            other[counts[d]] = k;
+            to[counts[d]] = k;
             counts[d] += 1;
         }
-        core::mem::swap(keys, &mut other);
+        core::mem::swap(&mut from, &mut to);
+        in_scratch = !in_scratch;
         shift += width;
+    }
+    if in_scratch {
+        to.copy_from_slice(from);
     }
 }
 
@@ -560,11 +642,36 @@ mod tests {
         ) {
             let hi = (lo + width).min(64);
             let field = |k: u64| if hi == lo { 0 } else { (k >> lo) & (u64::MAX >> (64 - (hi - lo))) };
-            let mut got = keys.clone();
-            sort_by_bits(&mut got, lo, hi);
-            let mut want = keys;
+            let mut want = keys.clone();
             want.sort_by_key(|&k| field(k)); // stable
-            prop_assert_eq!(got, want);
+            let mut got = keys.clone();
+            sort_by_bits(&mut got, lo, hi, &mut Vec::new());
+            prop_assert_eq!(&got, &want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The bucketed sort (inputs beyond 2^16 keys) hands over the stably sorted keys, in order.
+        #[test]
+        fn bucketed_sort_hands_over_sorted_pieces(
+            keys in proptest::collection::vec(any::<u64>(), 1..2000),
+            lo in 0u32..40,
+            width in 0u32..30,
+        ) {
+            let hi = (lo + width).min(64);
+            let field = |k: u64| if hi == lo { 0 } else { (k >> lo) & (u64::MAX >> (64 - (hi - lo))) };
+            let big: Vec<u64> = keys.iter().cycle().take(70_000).copied().collect();
+            let mut want = big.clone();
+            want.sort_by_key(|&k| field(k));
+            let mut pieces = Vec::new();
+            let whole = for_each_sorted(big, lo, hi, &mut |p| {
+                pieces.extend_from_slice(p);
+                true
+            });
+            prop_assert!(whole);
+            prop_assert_eq!(pieces, want);
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{sort_by_bits, Builder, Exception, ExceptionTable, MAX_COW_CHUNKS};
+use crate::exception::{for_each_sorted, Builder, Exception, ExceptionTable, MAX_COW_CHUNKS};
 use crate::status::{SnapshotState, SnapshotStatus};
 
 /// Header magic, "SnAp" on disk.
@@ -416,42 +416,40 @@ impl ExceptionStore for PersistentStore {
 
 /// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
 fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
-    let mut out = Vec::new();
-    let mut buf = area_buffer(max);
-    read_records_into(cow, at, max, &mut buf, &mut out)?;
-    Ok(out)
+    let mut buf = Vec::new();
+    let n = read_area(cow, at, max, &mut buf)?;
+    Ok(parse(&buf[..n * EXCEPTION_RECORD_BYTES as usize]).collect())
 }
 
-/// A buffer for reading an area of `max` records in [`AREA_IO`] pieces.
-fn area_buffer(max: u64) -> Vec<u8> {
-    vec![0u8; (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize]
-}
-
-/// [`read_records`] into `out` (cleared first), reusing `buf`.
-fn read_records_into(
-    cow: &dyn BlockDevice,
-    at: u64,
-    max: u64,
-    buf: &mut [u8],
-    out: &mut Vec<Exception>,
-) -> Result<()> {
-    out.clear();
-    let mut i = 0u64;
-    while i < max {
-        let n = (max - i).min(buf.len() as u64 / EXCEPTION_RECORD_BYTES);
-        let b = &mut buf[..(n * EXCEPTION_RECORD_BYTES) as usize];
-        device::read(cow, at + i * EXCEPTION_RECORD_BYTES, b)?;
-        for rec in b.chunks_exact(EXCEPTION_RECORD_BYTES as usize) {
-            let old = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-            let new = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-            if new == 0 {
-                return Ok(());
-            }
-            out.push(Exception { old, new });
+/// Reads the records of the area at byte `at` (at most `max`) into `buf`, in pieces of at most
+/// [`AREA_IO`], until the piece that holds the end marker; returns how many records precede it.
+fn read_area(cow: &dyn BlockDevice, at: u64, max: u64, buf: &mut Vec<u8>) -> Result<usize> {
+    let rec = EXCEPTION_RECORD_BYTES as usize;
+    let piece = (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize / rec;
+    let mut i = 0usize;
+    while (i as u64) < max {
+        let n = (max as usize - i).min(piece);
+        if buf.len() < (i + n) * rec {
+            buf.resize((i + n) * rec, 0);
+        }
+        let b = &mut buf[i * rec..(i + n) * rec];
+        device::read(cow, at + (i * rec) as u64, b)?;
+        if let Some(end) = b.chunks_exact(rec).position(|r| r[8..16] == [0; 8]) {
+            return Ok(i + end);
         }
         i += n;
     }
-    Ok(())
+    Ok(i)
+}
+
+/// The records in `bytes` (whole records, no end marker among them).
+fn parse(bytes: &[u8]) -> impl Iterator<Item = Exception> + '_ {
+    bytes
+        .chunks_exact(EXCEPTION_RECORD_BYTES as usize)
+        .map(|r| Exception {
+            old: u64::from_le_bytes(r[0..8].try_into().expect("8 bytes")),
+            new: u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")),
+        })
 }
 
 /// `chunk % (epa + 1) == 1` with a multiplication instead of a division per record: `epa + 1` is
@@ -540,8 +538,7 @@ fn scan(
     // kernel-written store name strictly increasing chunks (allocation order), which proves there
     // is no repeat at no cost; anything else is checked by sorting.
     let mut increasing = true;
-    let mut buf = area_buffer(epa);
-    let mut recs = Vec::new();
+    let mut buf = Vec::new();
     loop {
         let area = out.areas;
         let loc = geo.area_location(area);
@@ -551,12 +548,14 @@ fn scan(
             ));
             return Err(first_error(&keys, new_bits, epa, e));
         }
-        if let Err(e) = read_records_into(cow, chunk.offset_of(loc), epa, &mut buf, &mut recs) {
-            return Err(first_error(&keys, new_bits, epa, e));
-        }
+        let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
+            Ok(n) => n,
+            Err(e) => return Err(first_error(&keys, new_bits, epa, e)),
+        };
         out.areas += 1;
-        keys.reserve(recs.len());
-        for (i, r) in recs.iter().enumerate() {
+        let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
+        keys.reserve(n);
+        for (i, r) in parse(bytes).enumerate() {
             if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
                 let e = Error::corrupt(format!(
                     "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
@@ -587,24 +586,41 @@ fn scan(
             out.max_new = out.max_new.max(r.new);
         }
         if keep_all {
-            out.records.extend_from_slice(&recs);
+            out.records.extend(parse(bytes));
         }
-        if recs.len() as u64 != epa {
+        if n as u64 != epa {
+            out.last_area = parse(bytes).collect();
             break;
         }
     }
     out.exceptions = keys.len() as u64;
-    out.last_area = recs;
 
     let old_bits = 64 - max_old.leading_zeros();
-    sort_by_bits(&mut keys, new_bits, new_bits + old_bits);
-    if keys
-        .windows(2)
-        .any(|w| w[0] >> new_bits == w[1] >> new_bits)
-    {
+    let mut builder = table.is_some().then(Builder::new);
+    let mut prev = None;
+    // Kept for the check of COW chunks named twice (only needed when they do not increase).
+    let mut again = Vec::new();
+    let unique = for_each_sorted(keys, new_bits, new_bits + old_bits, &mut |sorted| {
+        if !increasing {
+            again.extend_from_slice(sorted);
+        }
+        for &k in sorted {
+            let old = k >> new_bits;
+            if prev == Some(old) {
+                return false;
+            }
+            prev = Some(old);
+            if let Some(b) = builder.as_mut() {
+                let pushed = b.push(old, k & new_mask);
+                debug_assert!(pushed, "increasing, and below MAX_COW_CHUNKS");
+            }
+        }
+        true
+    });
+    if !unique {
         // An origin chunk repeats. The sort lost the disk order that says which record to name:
         // read again record by record.
-        drop(keys);
+        drop((builder, again));
         let mut t = ExceptionTable::new();
         return match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
             Err(e) => Err(e),
@@ -612,23 +628,11 @@ fn scan(
             Ok(_) => Err(Error::corrupt("an origin chunk appears twice")),
         };
     }
-    if let Some(table) = table {
-        let mut windows = 0;
-        let mut last = u64::MAX;
-        for &k in &keys {
-            let w = k >> new_bits >> 8;
-            windows += usize::from(w != last);
-            last = w;
-        }
-        let mut b = Builder::new(windows);
-        for &k in &keys {
-            let pushed = b.push(k >> new_bits, k & new_mask);
-            debug_assert!(pushed, "sorted, unique, and below MAX_COW_CHUNKS");
-        }
+    if let (Some(table), Some(b)) = (table, builder) {
         *table = b.finish();
     }
     if !increasing {
-        if let Some(new) = chunk_named_twice(keys, new_bits, old_bits) {
+        if let Some(new) = chunk_named_twice(again, new_bits, old_bits) {
             return Err(Error::corrupt(format!(
                 "COW chunk {new} is named by two records"
             )));
@@ -657,17 +661,15 @@ fn first_error(keys: &[u64], new_bits: u32, epa: u64, error: Error) -> Error {
 }
 
 /// The COW chunk that two records name, if any: `keys` are the records packed by origin chunk
-/// (`old << new_bits | new`), sorted, with no origin chunk twice. Named as the record-by-record
-/// check names it: walking the records by origin chunk and remembering each COW chunk, the first
-/// one met again. (That check remembered only COW chunks whose origin chunk is below
-/// [`MAX_COW_CHUNKS`]: a record beyond it is not a first sighting.)
+/// (`old << new_bits | new`), with no origin chunk twice. Named as the record-by-record check names
+/// it: walking the records by origin chunk and remembering each COW chunk, the first one met
+/// again. (That check remembered only COW chunks whose origin chunk is below [`MAX_COW_CHUNKS`]: a
+/// record beyond it is not a first sighting.)
 fn chunk_named_twice(mut keys: Vec<u64>, new_bits: u32, old_bits: u32) -> Option<u64> {
     let new_mask = (1u64 << new_bits) - 1;
     for k in keys.iter_mut() {
         *k = (*k & new_mask) << old_bits | *k >> new_bits;
     }
-    // Stable: records naming one COW chunk stay in origin-chunk order.
-    sort_by_bits(&mut keys, old_bits, old_bits + new_bits);
     let old_mask = if old_bits == 0 {
         0
     } else {
@@ -675,25 +677,25 @@ fn chunk_named_twice(mut keys: Vec<u64>, new_bits: u32, old_bits: u32) -> Option
     };
     // (origin chunk where a COW chunk is met again, that COW chunk)
     let mut found: Option<(u64, u64)> = None;
-    let mut start = 0;
-    while start < keys.len() {
-        let new = keys[start] >> old_bits;
-        let len = keys[start..]
-            .iter()
-            .take_while(|&&k| k >> old_bits == new)
-            .count();
-        let group = &keys[start..start + len];
-        start += len;
-        let Some(first) = group.iter().position(|k| k & old_mask < MAX_COW_CHUNKS) else {
-            continue;
-        };
-        if let Some(again) = group.get(first + 1) {
-            let at = again & old_mask;
-            if found.map_or(true, |(f, _)| at < f) {
-                found = Some((at, new));
+    // The COW chunk of the records being walked, and whether it was remembered (met again).
+    let (mut current, mut remembered, mut met) = (None, false, false);
+    // By COW chunk, then by origin chunk.
+    for_each_sorted(keys, 0, old_bits + new_bits, &mut |sorted| {
+        for &k in sorted {
+            let (new, old) = (k >> old_bits, k & old_mask);
+            if current != Some(new) {
+                (current, remembered, met) = (Some(new), false, false);
             }
+            if remembered && !met {
+                met = true;
+                if found.map_or(true, |(at, _)| old < at) {
+                    found = Some((old, new));
+                }
+            }
+            remembered |= old < MAX_COW_CHUNKS;
         }
-    }
+        true
+    });
     found.map(|(_, new)| new)
 }
 
@@ -859,7 +861,7 @@ pub fn for_each_record<E: From<Error>>(
     }
     let geo = Geometry { chunk: scan.chunk };
     let epa = geo.exceptions_per_area();
-    let mut buf = area_buffer(epa);
+    let mut buf = vec![0u8; (epa * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize];
     let mut left = scan.exceptions;
     for area in 0..scan.areas {
         let at = scan.chunk.offset_of(geo.area_location(area));
@@ -1132,6 +1134,47 @@ mod tests {
             let dev = image(&recs, 40, true);
             let (bulk, each) = both(&dev, u64::MAX, false);
             assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+        }
+    }
+
+    #[test]
+    fn large_stores_as_record_by_record() {
+        // Beyond 2^16 records the sort goes through buckets: same answers, across bucket borders.
+        let n = 70_000u64;
+        let prime = 1_000_003u64;
+        let kernel: Vec<Exception> = (0..n)
+            .map(|p| Exception {
+                old: p * 7919 % prime,
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        let cow_chunks = loc(n / EPA) + 1 + n % EPA;
+        let mut repeat = kernel.clone();
+        repeat[69_000].old = repeat[123].old;
+        repeat[50_000].old = repeat[40_000].old;
+        let mut named_twice = kernel.clone();
+        named_twice.swap(10, 60_000);
+        named_twice[65_000].new = named_twice[3].new;
+        let mut swapped = kernel.clone();
+        swapped.swap(10, 60_000);
+        let named = alloc::format!("COW chunk {} is named by two records", loc(0) + 4);
+        let cases = [
+            (kernel, None),
+            (
+                repeat,
+                Some("record 80 of area 195: origin chunk 759052 appears twice"),
+            ),
+            (named_twice, Some(named.as_str())),
+            (swapped, None),
+        ];
+        for (recs, want) in cases {
+            let dev = image(&recs, cow_chunks, true);
+            let (bulk, each) = both(&dev, prime, false);
+            assert!(same(&bulk, &each), "{:?} {:?}", bulk.err(), each.err());
+            match want {
+                None => assert_eq!(bulk.unwrap().1.len(), n),
+                Some(m) => assert_eq!(bulk.err(), Some(Error::corrupt(m))),
+            }
         }
     }
 
