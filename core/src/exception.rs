@@ -429,55 +429,101 @@ impl Builder {
     }
 }
 
-/// Calls `f` with `keys` sorted by bits `lo..hi` (stably), a piece at a time, in order, until `f`
-/// returns false (then returns false).
+/// Sorts `u64` keys by their bits from `lo` up (the *field*), as they come: each key goes straight
+/// into one of 256 buckets by the field's top bits, and [`Sorter::for_each_sorted`] then sorts one
+/// bucket at a time by the remaining bits (in place, in the cache) and hands it over, freeing it
+/// after. No second array of all keys, one trip through memory, and memory given back while the
+/// caller builds from the sorted keys.
 ///
-/// Large inputs take one stable scatter by the top bits into buckets small enough for the cache
-/// (`keys` is freed then), and each bucket is sorted by the remaining bits in place, with a small
-/// scratch buffer, and handed to `f`: two trips through memory instead of one per digit, and 8
-/// bytes per key at a time. Bulk activation sorts packed `(origin chunk, COW chunk)` records with
-/// it; one sort for every caller keeps the no_std build small.
-pub(crate) fn for_each_sorted(
-    mut keys: Vec<u64>,
+/// The field's range need not be known: when a key's field outgrows the buckets, the buckets are
+/// merged by neighbouring pairs (or more) and cover a range twice (or more) as large. Keys with
+/// equal fields always stay in one bucket in arrival order, so the sort is stable.
+///
+/// Bulk activation sorts packed `(origin chunk, COW chunk)` records with it; one sort for every
+/// caller keeps the no_std build small.
+pub(crate) struct Sorter {
     lo: u32,
-    hi: u32,
-    f: &mut dyn FnMut(&[u64]) -> bool,
-) -> bool {
-    const TOP: u32 = 8;
-    let bits = hi - lo;
-    let mut scratch = Vec::new();
-    if bits <= TOP || keys.len() <= 1 << 16 {
-        sort_by_bits(&mut keys, lo, hi, &mut scratch);
-        return f(&keys);
-    }
-    let shift = hi - TOP;
-    let mask = (1u64 << TOP) - 1;
-    let mut starts = alloc::vec![0usize; (1 << TOP) + 1];
-    for &k in keys.iter() {
-        starts[((k >> shift) & mask) as usize + 1] += 1;
-    }
-    for d in 1..starts.len() {
-        starts[d] += starts[d - 1];
-    }
-    let mut next = starts.clone();
-    let mut buckets = alloc::vec![0u64; keys.len()];
-    for &k in keys.iter() {
-        let d = ((k >> shift) & mask) as usize;
-        buckets[next[d]] = k;
-        next[d] += 1;
-    }
-    drop(keys);
-    for d in 0..1 << TOP {
-        let bucket = &mut buckets[starts[d]..starts[d + 1]];
-        if bucket.is_empty() {
-            continue;
-        }
-        sort_by_bits(bucket, lo, shift, &mut scratch);
-        if !f(bucket) {
-            return false;
+    /// Bucket of a key: `(key >> lo) >> shift`.
+    shift: u32,
+    buckets: Vec<Vec<u64>>,
+    len: usize,
+}
+
+const BUCKET_BITS: u32 = 8;
+
+impl Sorter {
+    /// A sorter by bits `lo..`, expecting fields below `2^bits` (a hint: larger ones are taken).
+    pub(crate) fn new(lo: u32, bits: u32) -> Self {
+        Sorter {
+            lo,
+            shift: bits.saturating_sub(BUCKET_BITS),
+            buckets: (0..1 << BUCKET_BITS).map(|_| Vec::new()).collect(),
+            len: 0,
         }
     }
-    true
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn push(&mut self, key: u64) {
+        let field = key >> self.lo;
+        let mut b = field >> self.shift;
+        if b >> BUCKET_BITS != 0 {
+            self.widen(64 - field.leading_zeros());
+            b = field >> self.shift;
+        }
+        self.buckets[b as usize].push(key);
+        self.len += 1;
+    }
+
+    /// Makes the buckets cover fields of `bits` bits.
+    fn widen(&mut self, bits: u32) {
+        let shift = bits - BUCKET_BITS;
+        let k = shift - self.shift;
+        for j in 1..self.buckets.len() {
+            let to = j >> k;
+            if to != j {
+                let mut moved = core::mem::take(&mut self.buckets[j]);
+                self.buckets[to].append(&mut moved);
+            }
+        }
+        self.shift = shift;
+    }
+
+    /// Sorts one bucket by the bits of the field below the bucket's range that vary.
+    fn sort_bucket(&self, bucket: &mut [u64], scratch: &mut Vec<u64>) {
+        let any = bucket.iter().fold(0, |a, k| a | k >> self.lo);
+        let bits = self.shift.min(64 - any.leading_zeros());
+        sort_by_bits(bucket, self.lo, self.lo + bits, scratch);
+    }
+
+    /// True when two keys so far have the same field (for error paths: sorts a copy).
+    pub(crate) fn has_equal_fields(&self) -> bool {
+        let mut scratch = Vec::new();
+        self.buckets.iter().any(|b| {
+            let mut b = b.clone();
+            self.sort_bucket(&mut b, &mut scratch);
+            b.windows(2).any(|w| w[0] >> self.lo == w[1] >> self.lo)
+        })
+    }
+
+    /// Calls `f` with the keys sorted by field (stably), a bucket at a time, in order, until `f`
+    /// returns false (then returns false).
+    pub(crate) fn for_each_sorted(mut self, f: &mut dyn FnMut(&[u64]) -> bool) -> bool {
+        let mut scratch = Vec::new();
+        for i in 0..self.buckets.len() {
+            let mut bucket = core::mem::take(&mut self.buckets[i]);
+            if bucket.is_empty() {
+                continue;
+            }
+            self.sort_bucket(&mut bucket, &mut scratch);
+            if !f(&bucket) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Sorts `keys` by bits `lo..hi` with an LSD radix sort (stable; a few linear passes of at most
@@ -651,22 +697,30 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// The bucketed sort (inputs beyond 2^16 keys) hands over the stably sorted keys, in order.
+        /// The bucket sorter hands over the stably sorted keys, in order, whatever range it was
+        /// told to expect (too small: it widens as keys come).
         #[test]
-        fn bucketed_sort_hands_over_sorted_pieces(
-            keys in proptest::collection::vec(any::<u64>(), 1..2000),
+        fn sorter_hands_over_sorted_buckets(
+            keys in proptest::collection::vec(any::<u64>(), 0..3000),
             lo in 0u32..40,
-            width in 0u32..30,
+            hint in 0u32..64,
+            spread in 1u32..64,
         ) {
-            let hi = (lo + width).min(64);
-            let field = |k: u64| if hi == lo { 0 } else { (k >> lo) & (u64::MAX >> (64 - (hi - lo))) };
-            let big: Vec<u64> = keys.iter().cycle().take(70_000).copied().collect();
-            let mut want = big.clone();
-            want.sort_by_key(|&k| field(k));
+            let keys: Vec<u64> = keys.into_iter().map(|k| k >> (64 - spread)).collect();
+            let mut want = keys.clone();
+            want.sort_by_key(|&k| k >> lo); // stable
+            let mut s = Sorter::new(lo, hint);
+            for &k in &keys {
+                s.push(k);
+            }
+            prop_assert_eq!(s.len(), keys.len());
+            let mut fields: Vec<u64> = keys.iter().map(|k| k >> lo).collect();
+            fields.sort_unstable();
+            prop_assert_eq!(s.has_equal_fields(), fields.windows(2).any(|w| w[0] == w[1]));
             let mut pieces = Vec::new();
-            let whole = for_each_sorted(big, lo, hi, &mut |p| {
+            let whole = s.for_each_sorted(&mut |p| {
                 pieces.extend_from_slice(p);
                 true
             });

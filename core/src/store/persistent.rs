@@ -13,7 +13,7 @@ use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{for_each_sorted, Builder, Exception, ExceptionTable, MAX_COW_CHUNKS};
+use crate::exception::{Builder, Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
 use crate::status::{SnapshotState, SnapshotStatus};
 
 /// Header magic, "SnAp" on disk.
@@ -488,12 +488,13 @@ impl MetadataChunks {
 /// a metadata chunk, at an origin chunk beyond `origin_chunks`, or repeating an origin chunk is
 /// reported as corruption instead of being served.
 ///
-/// The records are loaded in bulk: each is checked on its own as it is read and kept packed in a
-/// `u64` (`old << new_bits | new`); then one radix sort by origin chunk finds repeats (adjacent
-/// equal keys) and feeds the table builder in order, with no hash probe or sorted insertion per
-/// record. The result and every error message are those of the record-by-record check
-/// ([`scan_each`]): when the bulk load finds a problem, the record that the record-by-record check
-/// names is looked for exactly (see [`first_error`]).
+/// The records are loaded in bulk: each is checked on its own as it is read and goes, packed in a
+/// `u64` (`old << new_bits | new`), into a [`Sorter`] by origin chunk; the sorted keys then show
+/// repeats (adjacent equal origin chunks) and feed the table builder in order, with no hash probe
+/// or sorted insertion per record. The result and every error message are those of the
+/// record-by-record check ([`scan_each`]): when the bulk load meets a problem after a repeated
+/// origin chunk, or finds one, the store is read again record by record to name the record that
+/// check names (the bulk load does not keep the disk order).
 fn scan(
     cow: &dyn BlockDevice,
     header: Header,
@@ -532,8 +533,28 @@ fn scan(
     // Every COW chunk a record may name fits in `new_bits` bits; origin chunks get the rest.
     let new_bits = 64 - (cow_chunks.min(MAX_COW_CHUNKS) - 1).leading_zeros();
     let new_mask = (1u64 << new_bits) - 1;
-    let mut keys: Vec<u64> = Vec::new();
+    // Fields beyond the origin bound are refused before they are sorted; without a bound
+    // (inspect), the sorter widens as origin chunks come.
+    let old_hint = if origin_chunks == u64::MAX {
+        16
+    } else {
+        64 - origin_chunks.saturating_sub(1).leading_zeros()
+    };
+    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits));
     let mut max_old = 0u64;
+    // What the record-by-record check reports when the bulk load meets `error`: a repeated
+    // origin chunk before it comes first.
+    let first_error = |keys: &Sorter, error: Error| -> Error {
+        if !keys.has_equal_fields() {
+            return error;
+        }
+        let mut t = ExceptionTable::new();
+        match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
+            Err(e) => e,
+            // Only if the device changed between the two reads.
+            Ok(_) => error,
+        }
+    };
     // Two records naming the same COW chunk would make two origin chunks share data. Records of a
     // kernel-written store name strictly increasing chunks (allocation order), which proves there
     // is no repeat at no cost; anything else is checked by sorting.
@@ -546,29 +567,28 @@ fn scan(
             let e = Error::corrupt(format!(
                 "metadata area {area} (chunk {loc}) lies past the end of the COW device"
             ));
-            return Err(first_error(&keys, new_bits, epa, e));
+            return Err(first_error(&keys, e));
         }
         let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
             Ok(n) => n,
-            Err(e) => return Err(first_error(&keys, new_bits, epa, e)),
+            Err(e) => return Err(first_error(&keys, e)),
         };
         out.areas += 1;
         let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
-        keys.reserve(n);
         for (i, r) in parse(bytes).enumerate() {
             if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
                 let e = Error::corrupt(format!(
                     "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
                     r.new
                 ));
-                return Err(first_error(&keys, new_bits, epa, e));
+                return Err(first_error(&keys, e));
             }
             if r.old >= origin_chunks {
                 let e = Error::corrupt(format!(
                     "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
                     r.old
                 ));
-                return Err(first_error(&keys, new_bits, epa, e));
+                return Err(first_error(&keys, e));
             }
             if r.old >> (64 - new_bits) != 0 {
                 // An origin chunk too large to pack (only without an origin bound, on a damaged
@@ -600,7 +620,7 @@ fn scan(
     let mut prev = None;
     // Kept for the check of COW chunks named twice (only needed when they do not increase).
     let mut again = Vec::new();
-    let unique = for_each_sorted(keys, new_bits, new_bits + old_bits, &mut |sorted| {
+    let unique = keys.for_each_sorted(&mut |sorted| {
         if !increasing {
             again.extend_from_slice(sorted);
         }
@@ -632,7 +652,7 @@ fn scan(
         *table = b.finish();
     }
     if !increasing {
-        if let Some(new) = chunk_named_twice(again, new_bits, old_bits) {
+        if let Some(new) = chunk_named_twice(&again, new_bits, old_bits) {
             return Err(Error::corrupt(format!(
                 "COW chunk {new} is named by two records"
             )));
@@ -641,34 +661,16 @@ fn scan(
     Ok(out)
 }
 
-/// The error the record-by-record check reports when the bulk load meets `error` after the
-/// records `keys` (packed, in disk order, every area before the current one full): a repeated
-/// origin chunk among them comes first, as it would have been found first.
-fn first_error(keys: &[u64], new_bits: u32, epa: u64, error: Error) -> Error {
-    let mut t = ExceptionTable::new();
-    for (p, &k) in keys.iter().enumerate() {
-        let old = k >> new_bits;
-        if !t.insert(old, k & ((1 << new_bits) - 1)) {
-            let p = p as u64;
-            return Error::corrupt(format!(
-                "record {} of area {}: origin chunk {old} appears twice",
-                p % epa,
-                p / epa
-            ));
-        }
-    }
-    error
-}
-
 /// The COW chunk that two records name, if any: `keys` are the records packed by origin chunk
 /// (`old << new_bits | new`), with no origin chunk twice. Named as the record-by-record check names
 /// it: walking the records by origin chunk and remembering each COW chunk, the first one met
 /// again. (That check remembered only COW chunks whose origin chunk is below [`MAX_COW_CHUNKS`]: a
 /// record beyond it is not a first sighting.)
-fn chunk_named_twice(mut keys: Vec<u64>, new_bits: u32, old_bits: u32) -> Option<u64> {
+fn chunk_named_twice(keys: &[u64], new_bits: u32, old_bits: u32) -> Option<u64> {
     let new_mask = (1u64 << new_bits) - 1;
-    for k in keys.iter_mut() {
-        *k = (*k & new_mask) << old_bits | *k >> new_bits;
+    let mut by_new = Sorter::new(0, old_bits + new_bits);
+    for k in keys {
+        by_new.push((k & new_mask) << old_bits | k >> new_bits);
     }
     let old_mask = if old_bits == 0 {
         0
@@ -680,7 +682,7 @@ fn chunk_named_twice(mut keys: Vec<u64>, new_bits: u32, old_bits: u32) -> Option
     // The COW chunk of the records being walked, and whether it was remembered (met again).
     let (mut current, mut remembered, mut met) = (None, false, false);
     // By COW chunk, then by origin chunk.
-    for_each_sorted(keys, 0, old_bits + new_bits, &mut |sorted| {
+    by_new.for_each_sorted(&mut |sorted| {
         for &k in sorted {
             let (new, old) = (k >> old_bits, k & old_mask);
             if current != Some(new) {
