@@ -55,26 +55,42 @@ impl Packed {
     }
 }
 
-/// A window number (`EMPTY` when free) and its runs, sorted by offset. Windows emptied by merge
-/// keep their slot.
-#[derive(Clone)]
+/// A window number (`EMPTY` when free) and where its runs are: `runs[start..start + len]` of the
+/// table's run arena, sorted by offset, with room for `cap`. Windows emptied by merge keep their
+/// slot.
+#[derive(Clone, Copy)]
 struct Slot {
     key: u64,
-    runs: Vec<Packed>,
+    start: u64,
+    len: u16,
+    cap: u16,
 }
 
 impl Slot {
     const FREE: Slot = Slot {
         key: EMPTY,
-        runs: Vec::new(),
+        start: 0,
+        len: 0,
+        cap: 0,
     };
+
+    fn range(self) -> core::ops::Range<usize> {
+        self.start as usize..self.start as usize + usize::from(self.len)
+    }
 }
 
 /// Completed exceptions of one snapshot.
+///
+/// The runs of every window live in one arena vector (no allocation per window): a window that
+/// outgrows its room moves to the end of the arena with a quarter more, and the arena is
+/// compacted when more than half of it is such left-behind room.
 #[derive(Clone, Default)]
 pub struct ExceptionTable {
-    /// Open addressing, linear probing. Key and runs share a slot (one cache line per probe).
+    /// Open addressing, linear probing.
     slots: Vec<Slot>,
+    runs: Vec<Packed>,
+    /// Arena entries no window uses (left behind by moves).
+    garbage: usize,
     windows: usize,
     count: u64,
 }
@@ -106,7 +122,11 @@ impl ExceptionTable {
 
     /// Number of runs the table stores.
     pub fn run_count(&self) -> usize {
-        self.slots.iter().map(|s| s.runs.len()).sum()
+        self.slots.iter().map(|s| usize::from(s.len)).sum()
+    }
+
+    fn window_runs(&self, slot: usize) -> &[Packed] {
+        &self.runs[self.slots[slot].range()]
     }
 
     fn slot_of(&self, window: u64) -> Option<usize> {
@@ -136,7 +156,10 @@ impl ExceptionTable {
         while self.slots[i].key != EMPTY {
             i = (i + 1) & mask;
         }
-        self.slots[i].key = window;
+        self.slots[i] = Slot {
+            key: window,
+            ..Slot::FREE
+        };
         self.windows += 1;
         i
     }
@@ -153,11 +176,54 @@ impl ExceptionTable {
         }
     }
 
+    /// Inserts `run` at index `i` of window `slot`, moving the window to the end of the arena
+    /// (with a quarter more room) when it is full.
+    fn insert_run(&mut self, slot: usize, i: usize, run: Packed) {
+        let s = self.slots[slot];
+        if s.len == s.cap {
+            // Grow by a quarter: a few moves more, a lot less slack.
+            let cap = (s.cap + (s.cap / 4).max(1)).min(WINDOW as u16);
+            let start = self.runs.len();
+            self.runs.extend_from_within(s.range());
+            self.runs.resize(start + usize::from(cap), Packed(0));
+            self.garbage += usize::from(s.cap);
+            self.slots[slot].start = start as u64;
+            self.slots[slot].cap = cap;
+        }
+        let r = self.slots[slot].range();
+        self.runs.copy_within(r.start + i..r.end, r.start + i + 1);
+        self.runs[r.start + i] = run;
+        self.slots[slot].len += 1;
+        if self.garbage > 1024 && self.garbage * 2 > self.runs.len() {
+            self.compact();
+        }
+    }
+
+    /// Removes index `i` of window `slot` (its room stays the window's).
+    fn remove_run(&mut self, slot: usize, i: usize) {
+        let r = self.slots[slot].range();
+        self.runs.copy_within(r.start + i + 1..r.end, r.start + i);
+        self.slots[slot].len -= 1;
+    }
+
+    /// Copies every window's room into a fresh arena, dropping what moves left behind.
+    fn compact(&mut self) {
+        let mut runs = Vec::with_capacity(self.runs.len() - self.garbage);
+        for s in self.slots.iter_mut().filter(|s| s.key != EMPTY) {
+            let start = runs.len();
+            runs.extend_from_slice(&self.runs[s.range()]);
+            runs.resize(start + usize::from(s.cap), Packed(0));
+            s.start = start as u64;
+        }
+        self.runs = runs;
+        self.garbage = 0;
+    }
+
     /// The run of `old`'s window that covers it: (slot, index in the window, run).
     fn find(&self, old: u64) -> Option<(usize, usize, Packed)> {
         let slot = self.slot_of(old >> WINDOW_BITS)?;
         let off = old & (WINDOW - 1);
-        let runs = &self.slots[slot].runs;
+        let runs = self.window_runs(slot);
         let i = runs.partition_point(|r| r.off() <= off).checked_sub(1)?;
         let r = runs[i];
         (off < r.end()).then_some((slot, i, r))
@@ -185,7 +251,7 @@ impl ExceptionTable {
         let last_window = end.saturating_sub(1) >> WINDOW_BITS;
         while old < end && w <= last_window {
             if let Some(slot) = self.slot_of(w) {
-                let runs = &self.slots[slot].runs;
+                let runs = self.window_runs(slot);
                 let i = runs.partition_point(|r| r.end() <= from);
                 if let Some(r) = runs.get(i) {
                     let c = (w << WINDOW_BITS) + r.off().max(from);
@@ -206,7 +272,8 @@ impl ExceptionTable {
         }
         let slot = self.slot_for_insert(old >> WINDOW_BITS);
         let off = old & (WINDOW - 1);
-        let runs = &mut self.slots[slot].runs;
+        let base = self.slots[slot].start as usize;
+        let runs = self.window_runs(slot);
         let i = runs.partition_point(|r| r.off() < off);
         let joins_prev = i > 0 && {
             let p = runs[i - 1];
@@ -218,24 +285,19 @@ impl ExceptionTable {
         match (joins_prev, joins_next) {
             (true, true) => {
                 let (p, n) = (runs[i - 1], runs[i]);
-                runs[i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1 + n.len());
-                runs.remove(i);
+                self.runs[base + i - 1] =
+                    Packed::new(p.new_chunk(), p.off(), p.len() + 1 + n.len());
+                self.remove_run(slot, i);
             }
             (true, false) => {
                 let p = runs[i - 1];
-                runs[i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1);
+                self.runs[base + i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1);
             }
             (false, true) => {
                 let n = runs[i];
-                runs[i] = Packed::new(new, off, n.len() + 1);
+                self.runs[base + i] = Packed::new(new, off, n.len() + 1);
             }
-            (false, false) => {
-                if runs.len() == runs.capacity() {
-                    // Grow by a quarter: a few reallocations more, a lot less slack.
-                    runs.reserve_exact((runs.len() / 4).max(1));
-                }
-                runs.insert(i, Packed::new(new, off, 1));
-            }
+            (false, false) => self.insert_run(slot, i, Packed::new(new, off, 1)),
         }
         self.count += 1;
         true
@@ -246,7 +308,7 @@ impl ExceptionTable {
         let (slot, i, r) = self.find(old)?;
         let off = old & (WINDOW - 1);
         let k = off - r.off();
-        let runs = &mut self.slots[slot].runs;
+        let base = self.slots[slot].start as usize;
         let mut parts = [None, None];
         if k > 0 {
             parts[0] = Some(Packed::new(r.new_chunk(), r.off(), k));
@@ -255,13 +317,11 @@ impl ExceptionTable {
             parts[1] = Some(Packed::new(r.new_chunk() + k + 1, off + 1, r.len() - k - 1));
         }
         match parts {
-            [None, None] => {
-                runs.remove(i);
-            }
-            [Some(a), None] | [None, Some(a)] => runs[i] = a,
+            [None, None] => self.remove_run(slot, i),
+            [Some(a), None] | [None, Some(a)] => self.runs[base + i] = a,
             [Some(a), Some(b)] => {
-                runs[i] = a;
-                runs.insert(i + 1, b);
+                self.runs[base + i] = a;
+                self.insert_run(slot, i + 1, b);
             }
         }
         self.count -= 1;
@@ -294,7 +354,7 @@ impl ExceptionTable {
         slots.sort_unstable_by_key(|s| s.key);
         slots.into_iter().flat_map(move |s| {
             let base = s.key << WINDOW_BITS;
-            s.runs.iter().map(move |r| Run {
+            self.runs[s.range()].iter().map(move |r| Run {
                 old: base + r.off(),
                 new: r.new_chunk(),
                 len: r.len(),
@@ -322,17 +382,18 @@ impl PartialEq for ExceptionTable {
 
 impl Eq for ExceptionTable {}
 
-/// Bulk loading: builds a table from exceptions sorted by origin chunk. Each window's runs are
-/// assembled in a scratch vector and given exactly the room they need; the windows are placed in a
-/// slot array sized once for all of them, a batch at a time (the slots of a batch are touched first,
-/// so that their cache misses overlap instead of coming one after the other). No probe per record,
-/// no shifting of sorted runs, no regrowth.
+/// Bulk loading: builds a table from exceptions sorted by origin chunk. Runs go straight into the
+/// table's arena, each window exactly as large as it needs; the windows are then placed in a slot
+/// array sized once for all of them, a batch at a time (the slots of a batch are touched first,
+/// so that their cache misses overlap instead of coming one after the other). No allocation or
+/// probe per record or window, no shifting of sorted runs, no regrowth.
 pub(crate) struct Builder {
     /// Finished windows, in window order.
     done: Vec<Slot>,
-    /// The window being assembled (`EMPTY` before the first record) and its runs so far.
-    window: u64,
     runs: Vec<Packed>,
+    /// The window being assembled (`EMPTY` before the first record) and where its runs start.
+    window: u64,
+    start: usize,
     last: Option<u64>,
     count: u64,
 }
@@ -344,8 +405,9 @@ impl Builder {
     pub(crate) fn new() -> Self {
         Builder {
             done: Vec::new(),
-            window: EMPTY,
             runs: Vec::new(),
+            window: EMPTY,
+            start: 0,
             last: None,
             count: 0,
         }
@@ -353,6 +415,7 @@ impl Builder {
 
     /// Adds `old → new`; false (and nothing added) unless `old` is above every origin chunk added
     /// so far and `new` is below [`MAX_COW_CHUNKS`].
+    #[inline]
     pub(crate) fn push(&mut self, old: u64, new: u64) -> bool {
         if new >= MAX_COW_CHUNKS || self.last.is_some_and(|l| old <= l) {
             return false;
@@ -364,7 +427,7 @@ impl Builder {
             self.window = window;
         }
         let off = old & (WINDOW - 1);
-        match self.runs.last_mut() {
+        match self.runs[self.start..].last_mut() {
             // Joins the previous run exactly when `insert` would have joined them.
             Some(p) if p.end() == off && p.new_chunk() + p.len() == new => {
                 *p = Packed::new(p.new_chunk(), p.off(), p.len() + 1)
@@ -376,23 +439,27 @@ impl Builder {
     }
 
     fn close_window(&mut self) {
-        if self.runs.is_empty() {
+        let len = self.runs.len() - self.start;
+        if len == 0 {
             return;
         }
-        let mut runs = Vec::with_capacity(self.runs.len());
-        runs.extend_from_slice(&self.runs);
         self.done.push(Slot {
             key: self.window,
-            runs,
+            start: self.start as u64,
+            len: len as u16,
+            cap: len as u16,
         });
-        self.runs.clear();
+        self.start = self.runs.len();
     }
 
     pub(crate) fn finish(mut self) -> ExceptionTable {
         self.close_window();
+        self.runs.shrink_to_fit();
         let windows = self.done.len();
         let mut t = ExceptionTable {
             slots: Vec::new(),
+            runs: self.runs,
+            garbage: 0,
             windows,
             count: self.count,
         };
@@ -403,29 +470,26 @@ impl Builder {
         let cap = (windows * 4).div_ceil(3).next_power_of_two().max(16);
         t.slots = alloc::vec![Slot::FREE; cap];
         let mask = cap - 1;
-        let mut done = self.done.into_iter();
-        loop {
-            let batch: Vec<Slot> = done.by_ref().take(PLACE_BATCH).collect();
-            if batch.is_empty() {
-                return t;
-            }
+        for batch in self.done.chunks(PLACE_BATCH) {
             // Independent loads of every home slot of the batch: the memory system fetches them
             // together.
             let mut home = [0usize; PLACE_BATCH];
             let mut free = 0;
-            for (h, s) in home.iter_mut().zip(&batch) {
+            for (h, s) in home.iter_mut().zip(batch) {
                 *h = hash(s.key, cap) & mask;
                 free += usize::from(t.slots[*h].key == EMPTY);
             }
             core::hint::black_box(free);
-            for (mut i, s) in home.into_iter().zip(batch) {
+            for (&h, s) in home.iter().zip(batch) {
                 // Each window comes once: the first free slot of its probe sequence is its slot.
+                let mut i = h;
                 while t.slots[i].key != EMPTY {
                     i = (i + 1) & mask;
                 }
-                t.slots[i] = s;
+                t.slots[i] = *s;
             }
         }
+        t
     }
 }
 
@@ -466,6 +530,7 @@ impl Sorter {
         self.len
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, key: u64) {
         let field = key >> self.lo;
         let mut b = field >> self.shift;
@@ -633,6 +698,33 @@ mod tests {
                     }
                 }
             }
+            let all: Vec<_> = t.iter().map(|e| (e.old, e.new)).collect();
+            let want: Vec<_> = m.into_iter().collect();
+            prop_assert_eq!(all, want);
+        }
+
+        /// Many windows growing and shrinking: windows move in the arena and the arena is
+        /// compacted, with nothing lost or changed.
+        #[test]
+        fn arena_moves_and_compaction_keep_every_exception(
+            ops in proptest::collection::vec((0u64..40_000, any::<bool>()), 2000..6000),
+        ) {
+            let mut t = ExceptionTable::new();
+            let mut m = BTreeMap::new();
+            let mut compactions = 0;
+            for (k, (old, ins)) in ops.into_iter().enumerate() {
+                // Mostly inserts, non-consecutive COW chunks (one run each).
+                let before = t.garbage;
+                if ins || k % 3 != 0 {
+                    let new = 3 * k as u64 + 1;
+                    prop_assert_eq!(t.insert(old, new), !m.contains_key(&old));
+                    m.entry(old).or_insert(new);
+                } else {
+                    prop_assert_eq!(t.remove(old), m.remove(&old));
+                }
+                compactions += usize::from(t.garbage < before);
+            }
+            prop_assert!(compactions > 0, "no compaction exercised");
             let all: Vec<_> = t.iter().map(|e| (e.old, e.new)).collect();
             let want: Vec<_> = m.into_iter().collect();
             prop_assert_eq!(all, want);

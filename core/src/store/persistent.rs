@@ -476,6 +476,7 @@ impl MetadataChunks {
     }
 
     /// Same as [`Geometry::is_metadata_chunk`].
+    #[inline]
     fn contains(&self, chunk: u64) -> bool {
         chunk == 0 || (chunk - 1).wrapping_mul(self.inverse) <= self.limit
     }
