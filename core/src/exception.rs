@@ -83,7 +83,7 @@ impl Slot {
 ///
 /// The runs of every window live in one arena vector (no allocation per window): a window that
 /// outgrows its room moves to the end of the arena with a quarter more, and the arena is
-/// compacted when more than half of it is such left-behind room.
+/// compacted when more than a quarter of it is such left-behind room.
 #[derive(Clone, Default)]
 pub struct ExceptionTable {
     /// Open addressing, linear probing.
@@ -184,6 +184,10 @@ impl ExceptionTable {
             // Grow by a quarter: a few moves more, a lot less slack.
             let cap = (s.cap + (s.cap / 4).max(1)).min(WINDOW as u16);
             let start = self.runs.len();
+            if self.runs.capacity() - start < usize::from(cap) {
+                // The arena grows by a quarter too (large reallocations only remap pages).
+                self.runs.reserve_exact((start / 4).max(usize::from(cap)));
+            }
             self.runs.extend_from_within(s.range());
             self.runs.resize(start + usize::from(cap), Packed(0));
             self.garbage += usize::from(s.cap);
@@ -194,7 +198,7 @@ impl ExceptionTable {
         self.runs.copy_within(r.start + i..r.end, r.start + i + 1);
         self.runs[r.start + i] = run;
         self.slots[slot].len += 1;
-        if self.garbage > 1024 && self.garbage * 2 > self.runs.len() {
+        if self.garbage > 1024 && self.garbage * 4 > self.runs.len() {
             self.compact();
         }
     }

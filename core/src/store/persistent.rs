@@ -565,10 +565,7 @@ fn scan(
         let area = out.areas;
         let loc = geo.area_location(area);
         if loc >= cow_chunks {
-            let e = Error::corrupt(format!(
-                "metadata area {area} (chunk {loc}) lies past the end of the COW device"
-            ));
-            return Err(first_error(&keys, e));
+            return Err(first_error(&keys, past_end(area, loc)));
         }
         let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
             Ok(n) => n,
@@ -577,18 +574,7 @@ fn scan(
         out.areas += 1;
         let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
         for (i, r) in parse(bytes).enumerate() {
-            if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
-                let e = Error::corrupt(format!(
-                    "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
-                    r.new
-                ));
-                return Err(first_error(&keys, e));
-            }
-            if r.old >= origin_chunks {
-                let e = Error::corrupt(format!(
-                    "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
-                    r.old
-                ));
+            if let Err(e) = check_record(r, i, area, cow_chunks, origin_chunks, &metadata) {
                 return Err(first_error(&keys, e));
             }
             if r.old >> (64 - new_bits) != 0 {
@@ -654,12 +640,44 @@ fn scan(
     }
     if !increasing {
         if let Some(new) = chunk_named_twice(&again, new_bits, old_bits) {
-            return Err(Error::corrupt(format!(
-                "COW chunk {new} is named by two records"
-            )));
+            return Err(named_twice(new));
         }
     }
     Ok(out)
+}
+
+/// The checks of one record that need no other record (record `i` of area `area`).
+fn check_record(
+    r: Exception,
+    i: usize,
+    area: u64,
+    cow_chunks: u64,
+    origin_chunks: u64,
+    metadata: &MetadataChunks,
+) -> Result<()> {
+    if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
+        return Err(Error::corrupt(format!(
+            "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
+            r.new
+        )));
+    }
+    if r.old >= origin_chunks {
+        return Err(Error::corrupt(format!(
+            "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
+            r.old
+        )));
+    }
+    Ok(())
+}
+
+fn past_end(area: u64, loc: u64) -> Error {
+    Error::corrupt(format!(
+        "metadata area {area} (chunk {loc}) lies past the end of the COW device"
+    ))
+}
+
+fn named_twice(new: u64) -> Error {
+    Error::corrupt(format!("COW chunk {new} is named by two records"))
 }
 
 /// The COW chunk that two records name, if any: `keys` are the records packed by origin chunk
@@ -732,30 +750,18 @@ fn scan_each(
         return Ok(out);
     }
     let epa = geo.exceptions_per_area();
+    let metadata = MetadataChunks::new(geo);
     let mut increasing = true;
     loop {
         let area = out.areas;
         let loc = geo.area_location(area);
         if loc >= cow_chunks {
-            return Err(Error::corrupt(format!(
-                "metadata area {area} (chunk {loc}) lies past the end of the COW device"
-            )));
+            return Err(past_end(area, loc));
         }
         let recs = read_records(cow, chunk.offset_of(loc), epa)?;
         out.areas += 1;
-        for (i, r) in recs.iter().enumerate() {
-            if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || geo.is_metadata_chunk(r.new) {
-                return Err(Error::corrupt(format!(
-                    "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
-                    r.new
-                )));
-            }
-            if r.old >= origin_chunks {
-                return Err(Error::corrupt(format!(
-                    "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
-                    r.old
-                )));
-            }
+        for (i, &r) in recs.iter().enumerate() {
+            check_record(r, i, area, cow_chunks, origin_chunks, &metadata)?;
             if !seen.insert(r.old, r.new) {
                 return Err(Error::corrupt(format!(
                     "record {i} of area {area}: origin chunk {} appears twice",
@@ -782,10 +788,7 @@ fn scan_each(
         let mut by_new = ExceptionTable::new();
         for e in seen.iter() {
             if by_new.lookup(e.new).is_some() {
-                return Err(Error::corrupt(format!(
-                    "COW chunk {} is named by two records",
-                    e.new
-                )));
+                return Err(named_twice(e.new));
             }
             by_new.insert(e.new, e.old);
         }
