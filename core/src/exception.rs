@@ -499,9 +499,9 @@ impl Builder {
 
 /// Sorts `u64` keys by their bits from `lo` up (the *field*), as they come: each key goes straight
 /// into one of 256 buckets by the field's top bits, and [`Sorter::for_each_sorted`] then sorts one
-/// bucket at a time by the remaining bits (in place, in the cache) and hands it over, freeing it
-/// after. No second array of all keys, one trip through memory, and memory given back while the
-/// caller builds from the sorted keys.
+/// bucket at a time by the remaining bits (in a buffer the size of one bucket, in the cache) and
+/// hands it over. No second array of all keys, one trip through memory, and each bucket's memory
+/// given back while the caller builds from the sorted keys.
 ///
 /// The field's range need not be known: when a key's field outgrows the buckets, the buckets are
 /// merged by neighbouring pairs (or more) and cover a range twice (or more) as large. Keys with
@@ -513,11 +513,51 @@ pub(crate) struct Sorter {
     lo: u32,
     /// Bucket of a key: `(key >> lo) >> shift`.
     shift: u32,
-    buckets: Vec<Vec<u64>>,
+    buckets: Vec<Bucket>,
     len: usize,
 }
 
 const BUCKET_BITS: u32 = 8;
+
+/// The keys of one bucket, in arrival order, in blocks allocated once each with room that doubles
+/// from block to block up to [`MAX_BLOCK`] keys: a growing bucket never copies its keys or leaves
+/// freed room behind in the allocator (which would keep memory that the table being built next
+/// cannot use).
+#[derive(Default)]
+struct Bucket {
+    blocks: Vec<Vec<u64>>,
+}
+
+const FIRST_BLOCK: usize = 64;
+const MAX_BLOCK: usize = 1 << 16;
+
+impl Bucket {
+    #[inline]
+    fn push(&mut self, key: u64) {
+        match self.blocks.last_mut() {
+            Some(b) if b.len() < b.capacity() => b.push(key),
+            _ => self.push_in_new_block(key),
+        }
+    }
+
+    fn push_in_new_block(&mut self, key: u64) {
+        let room = self
+            .blocks
+            .last()
+            .map_or(FIRST_BLOCK, |b| (b.capacity() * 2).min(MAX_BLOCK));
+        let mut b = Vec::with_capacity(room);
+        b.push(key);
+        self.blocks.push(b);
+    }
+
+    /// The keys, in arrival order, into `out` (cleared first); the blocks are freed as they go.
+    fn drain_into(&mut self, out: &mut Vec<u64>) {
+        out.clear();
+        for b in self.blocks.drain(..) {
+            out.extend_from_slice(&b);
+        }
+    }
+}
 
 impl Sorter {
     /// A sorter by bits `lo..`, expecting fields below `2^bits` (a hint: larger ones are taken).
@@ -525,7 +565,7 @@ impl Sorter {
         Sorter {
             lo,
             shift: bits.saturating_sub(BUCKET_BITS),
-            buckets: (0..1 << BUCKET_BITS).map(|_| Vec::new()).collect(),
+            buckets: (0..1 << BUCKET_BITS).map(|_| Bucket::default()).collect(),
             len: 0,
         }
     }
@@ -546,48 +586,52 @@ impl Sorter {
         self.len += 1;
     }
 
-    /// Makes the buckets cover fields of `bits` bits.
+    /// Makes the buckets cover fields of `bits` bits. (Keys with equal fields were in one bucket
+    /// and stay in one, in arrival order.)
     fn widen(&mut self, bits: u32) {
         let shift = bits - BUCKET_BITS;
         let k = shift - self.shift;
         for j in 1..self.buckets.len() {
             let to = j >> k;
             if to != j {
-                let mut moved = core::mem::take(&mut self.buckets[j]);
-                self.buckets[to].append(&mut moved);
+                let moved = core::mem::take(&mut self.buckets[j].blocks);
+                self.buckets[to].blocks.extend(moved);
             }
         }
         self.shift = shift;
     }
 
-    /// Sorts one bucket by the bits of the field below the bucket's range that vary.
-    fn sort_bucket(&self, bucket: &mut [u64], scratch: &mut Vec<u64>) {
-        let any = bucket.iter().fold(0, |a, k| a | k >> self.lo);
+    /// Sorts one bucket's keys by the bits of the field below the bucket's range that vary.
+    fn sort_bucket(&self, keys: &mut [u64], scratch: &mut Vec<u64>) {
+        let any = keys.iter().fold(0, |a, k| a | k >> self.lo);
         let bits = self.shift.min(64 - any.leading_zeros());
-        sort_by_bits(bucket, self.lo, self.lo + bits, scratch);
+        sort_by_bits(keys, self.lo, self.lo + bits, scratch);
     }
 
     /// True when two keys so far have the same field (for error paths: sorts a copy).
     pub(crate) fn has_equal_fields(&self) -> bool {
-        let mut scratch = Vec::new();
+        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
         self.buckets.iter().any(|b| {
-            let mut b = b.clone();
-            self.sort_bucket(&mut b, &mut scratch);
-            b.windows(2).any(|w| w[0] >> self.lo == w[1] >> self.lo)
+            keys.clear();
+            for block in &b.blocks {
+                keys.extend_from_slice(block);
+            }
+            self.sort_bucket(&mut keys, &mut scratch);
+            keys.windows(2).any(|w| w[0] >> self.lo == w[1] >> self.lo)
         })
     }
 
     /// Calls `f` with the keys sorted by field (stably), a bucket at a time, in order, until `f`
-    /// returns false (then returns false).
+    /// returns false (then returns false). Each bucket's memory is freed before `f` sees it.
     pub(crate) fn for_each_sorted(mut self, f: &mut dyn FnMut(&[u64]) -> bool) -> bool {
-        let mut scratch = Vec::new();
+        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
         for i in 0..self.buckets.len() {
-            let mut bucket = core::mem::take(&mut self.buckets[i]);
-            if bucket.is_empty() {
+            if self.buckets[i].blocks.is_empty() {
                 continue;
             }
-            self.sort_bucket(&mut bucket, &mut scratch);
-            if !f(&bucket) {
+            self.buckets[i].drain_into(&mut keys);
+            self.sort_bucket(&mut keys, &mut scratch);
+            if !f(&keys) {
                 return false;
             }
         }
