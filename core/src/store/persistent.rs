@@ -611,15 +611,19 @@ fn scan(
         if !increasing {
             again.extend_from_slice(sorted);
         }
-        for &k in sorted {
-            let old = k >> new_bits;
-            if prev == Some(old) {
-                return false;
-            }
-            prev = Some(old);
-            if let Some(b) = builder.as_mut() {
-                let pushed = b.push(old, k & new_mask);
-                debug_assert!(pushed, "increasing, and below MAX_COW_CHUNKS");
+        // A repeat is two equal origin chunks side by side, also across buckets.
+        let first = sorted[0] >> new_bits;
+        if prev == Some(first)
+            || sorted
+                .windows(2)
+                .any(|w| w[0] >> new_bits == w[1] >> new_bits)
+        {
+            return false;
+        }
+        prev = Some(sorted[sorted.len() - 1] >> new_bits);
+        if let Some(b) = builder.as_mut() {
+            for &k in sorted {
+                b.push_next(k >> new_bits, k & new_mask);
             }
         }
         true
@@ -647,6 +651,7 @@ fn scan(
 }
 
 /// The checks of one record that need no other record (record `i` of area `area`).
+#[inline]
 fn check_record(
     r: Exception,
     i: usize,
@@ -656,18 +661,26 @@ fn check_record(
     metadata: &MetadataChunks,
 ) -> Result<()> {
     if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
-        return Err(Error::corrupt(format!(
-            "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
-            r.new
-        )));
+        return Err(not_data(i, area, r.new));
     }
     if r.old >= origin_chunks {
-        return Err(Error::corrupt(format!(
-            "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
-            r.old
-        )));
+        return Err(beyond_origin(i, area, r.old, origin_chunks));
     }
     Ok(())
+}
+
+#[cold]
+fn not_data(i: usize, area: u64, new: u64) -> Error {
+    Error::corrupt(format!(
+        "record {i} of area {area}: COW chunk {new} is not a data chunk of this device"
+    ))
+}
+
+#[cold]
+fn beyond_origin(i: usize, area: u64, old: u64, origin_chunks: u64) -> Error {
+    Error::corrupt(format!(
+        "record {i} of area {area}: origin chunk {old} is beyond the origin ({origin_chunks} chunks)"
+    ))
 }
 
 fn past_end(area: u64, loc: u64) -> Error {
