@@ -5,8 +5,10 @@
 //! order as the kernel writes them; data chunks stay holes. `origin PATH ORIGIN_CHUNKS` makes a
 //! matching sparse origin. `bench COW ORIGIN ROUNDS` then runs interleaved rounds of (a) `pread` of
 //! every metadata area, exactly the bytes activation reads, and (b) `Volume::activate_snapshot` on
-//! file devices, and prints min/median/max of each and of their ratio per round (warm cache: the
-//! first round is a discarded warm-up).
+//! file devices, and prints min/median/max of each and of their ratio per round, in wall time and
+//! in this thread's CPU time (which other processes on a busy machine do not inflate). Warm cache:
+//! the first round is a discarded warm-up; the freed table is given back to the system between
+//! rounds (`malloc_trim`), so each activation starts like a fresh process.
 //!
 //! `cargo run --release -p cowsnap-core --example activation -- gen /var/tmp/c1m.cow 1048576`
 
