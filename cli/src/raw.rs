@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cowsnap_core::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
-use cowsnap_core::store::persistent::{inspect as core_inspect, Geometry, Scan, SNAP_MAGIC};
+use cowsnap_core::store::persistent::{for_each_record, survey, Geometry, Scan, SNAP_MAGIC};
 use cowsnap_core::{
-    BlockDevice, Error, FileDevice, SnapshotOptions, SnapshotState, SnapshotStatus, Volume,
+    BlockDevice, Error, Exception, FileDevice, SnapshotOptions, SnapshotState, SnapshotStatus,
+    Volume,
 };
 use serde_json::json;
 
@@ -30,9 +32,10 @@ pub(crate) fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
     FileDevice::from_file(f).map_err(|e| CliError::core(path.display(), e))
 }
 
-/// Reads and checks a COW's header and metadata, refusing corrupt or foreign devices with the reason.
+/// Reads and checks a COW's header and metadata (once, without keeping the records), refusing
+/// corrupt or foreign devices with the reason.
 fn scan(cow: &dyn BlockDevice, path: &Path) -> CliResult<Scan> {
-    core_inspect(cow, None).map_err(|e| match e {
+    survey(cow, None).map_err(|e| match e {
         Error::Corrupt(_) => CliError::corrupt(format!(
             "{}: not a usable dm-snapshot persistent COW: {e}",
             path.display()
@@ -41,46 +44,23 @@ fn scan(cow: &dyn BlockDevice, path: &Path) -> CliResult<Scan> {
     })
 }
 
-/// An origin that only has a size: lets the core compute a COW's status without the origin.
-struct SizeOnly(u64);
-
-impl BlockDevice for SizeOnly {
-    fn len(&self) -> u64 {
-        self.0
-    }
-    fn read_at(&self, _: u64, _: &mut [u8]) -> cowsnap_core::Result<()> {
-        Err(Error::Unsupported("inspect has no origin"))
-    }
-    fn write_at(&mut self, _: u64, _: &[u8]) -> cowsnap_core::Result<()> {
-        Err(Error::Unsupported("inspect has no origin"))
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        Ok(())
-    }
-}
-
+/// Describes a COW. One pass over the metadata checks it as activation does and gives the counts
+/// and the status (what activating it reports, computed from the same pass); `--exceptions` then
+/// streams the records area by area to the output, so memory stays bounded by one area whatever
+/// the number of records (the checks need about 16 bytes per record while they run).
 pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
     let cow = open(path, false)?;
     let cow_len = cow.len();
     let s = scan(&cow, path)?;
-    // Status through the core's own activation, on a read-only device and a size-only origin.
-    let origin_len = s
-        .records
-        .iter()
-        .map(|r| r.old + 1)
-        .max()
-        .unwrap_or(1)
-        .saturating_mul(s.chunk.bytes());
-    let mut vol = Volume::new(SizeOnly(origin_len));
-    let id = vol
-        .activate_snapshot(cow, SnapshotOptions::default())
-        .map_err(|e| CliError::core(path.display(), e))?;
-    let st: SnapshotStatus = vol.snapshot_status(id)?;
+    let st: SnapshotStatus = s.status(cow_len);
     let geo = Geometry { chunk: s.chunk };
     let h = s.header;
     let magic_ok = h.magic == SNAP_MAGIC;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let w = |e: std::io::Error| CliError::msg(format!("stdout: {e}"));
     if as_json {
-        let mut doc = json!({
+        let doc = json!({
             "file": path.display().to_string(),
             "size": cow_len,
             "header": {
@@ -93,7 +73,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
             "chunk_size": s.chunk.bytes(),
             "exceptions_per_area": geo.exceptions_per_area(),
             "areas": s.areas,
-            "exception_count": s.records.len(),
+            "exception_count": s.exceptions,
             "state": st.state.name(),
             "dm_status": st.dm_status(),
             "data_percent": st.data_percent(),
@@ -101,45 +81,96 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
             "total_sectors": st.total_sectors,
             "metadata_sectors": st.metadata_sectors,
         });
-        if list {
-            doc["exceptions"] = s.records.iter().map(|r| json!([r.old, r.new])).collect();
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if !list {
+            writeln!(out, "{text}").map_err(w)?;
+            return out.flush().map_err(w);
         }
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-        return Ok(());
+        // The document as serde_json prints it with a last member `"exceptions": [[old, new], ..]`,
+        // written record by record.
+        let body = text.strip_suffix("\n}").unwrap_or(&text);
+        write!(out, "{body},\n  \"exceptions\": [").map_err(w)?;
+        let mut first = true;
+        stream(&cow, &s, path, |r| {
+            let sep = if first { "" } else { "," };
+            first = false;
+            write!(
+                out,
+                "{sep}\n    [\n      {},\n      {}\n    ]",
+                r.old, r.new
+            )
+        })?;
+        let close = if first { "]" } else { "\n  ]" };
+        writeln!(out, "{close}\n}}").map_err(w)?;
+        return out.flush().map_err(w);
     }
-    println!("COW:            {} ({})", path.display(), human(cow_len));
-    println!(
-        "magic:          {:#010x}{}",
-        h.magic,
-        if magic_ok { " (SnAp)" } else { "" }
-    );
-    println!(
-        "valid:          {}{}",
-        h.valid,
-        if h.valid == 0 { " (invalidated)" } else { "" }
-    );
-    println!("version:        {}", h.version);
-    println!(
-        "chunk size:     {} sectors ({})",
-        h.chunk_sectors,
-        human(s.chunk.bytes())
-    );
-    println!("per area:       {} exceptions", geo.exceptions_per_area());
-    println!("areas:          {}", s.areas);
-    println!("exceptions:     {}", s.records.len());
-    println!("state:          {}", st.state.name());
-    match st.data_percent() {
-        Some(p) => println!("Data%:          {p:.2}"),
-        None => println!("Data%:          -"),
+    let mut lines = vec![
+        format!("COW:            {} ({})", path.display(), human(cow_len)),
+        format!(
+            "magic:          {:#010x}{}",
+            h.magic,
+            if magic_ok { " (SnAp)" } else { "" }
+        ),
+        format!(
+            "valid:          {}{}",
+            h.valid,
+            if h.valid == 0 { " (invalidated)" } else { "" }
+        ),
+        format!("version:        {}", h.version),
+        format!(
+            "chunk size:     {} sectors ({})",
+            h.chunk_sectors,
+            human(s.chunk.bytes())
+        ),
+        format!("per area:       {} exceptions", geo.exceptions_per_area()),
+        format!("areas:          {}", s.areas),
+        format!("exceptions:     {}", s.exceptions),
+        format!("state:          {}", st.state.name()),
+    ];
+    lines.push(match st.data_percent() {
+        Some(p) => format!("Data%:          {p:.2}"),
+        None => "Data%:          -".to_string(),
+    });
+    lines.push(format!("dm status:      {}", st.dm_status()));
+    for l in lines {
+        writeln!(out, "{l}").map_err(w)?;
     }
-    println!("dm status:      {}", st.dm_status());
     if list {
-        println!("exceptions (origin chunk -> COW chunk, on-disk order):");
-        for r in &s.records {
-            println!("  {} -> {}", r.old, r.new);
-        }
+        writeln!(
+            out,
+            "exceptions (origin chunk -> COW chunk, on-disk order):"
+        )
+        .map_err(w)?;
+        stream(&cow, &s, path, |r| {
+            writeln!(out, "  {} -> {}", r.old, r.new)
+        })?;
     }
-    Ok(())
+    out.flush().map_err(w)
+}
+
+/// Feeds `f` the records of the COW `s` describes, in on-disk order.
+fn stream(
+    cow: &dyn BlockDevice,
+    s: &Scan,
+    path: &Path,
+    mut f: impl FnMut(Exception) -> std::io::Result<()>,
+) -> CliResult {
+    for_each_record(cow, s, |r| f(r).map_err(Listing::Out)).map_err(|e| match e {
+        Listing::Out(e) => CliError::msg(format!("stdout: {e}")),
+        Listing::Core(e) => CliError::core(path.display(), e),
+    })
+}
+
+/// Why streaming records stopped.
+enum Listing {
+    Out(std::io::Error),
+    Core(Error),
+}
+
+impl From<Error> for Listing {
+    fn from(e: Error) -> Self {
+        Listing::Core(e)
+    }
 }
 
 /// Activates `cow` on `origin` and checks the snapshot can be read.

@@ -4,8 +4,12 @@
 //! window keeps *runs* of consecutive exceptions (`old..old+n` → `new..new+n`, n ≤ 256) so that a
 //! sequential workload costs a fraction of a byte per exception. A run is packed into one `u64`
 //! (48-bit COW chunk, 8-bit offset in the window, 8-bit length − 1), and a window's runs sit sorted
-//! in a small vector grown by a quarter at a time: about 8–14 bytes per exception for random
-//! workloads. Lookups are one hash probe plus a binary search of at most 256 runs: no scan.
+//! in its room of one arena shared by all windows, grown by a quarter at a time: about 11 bytes
+//! per exception for random workloads loaded at activation, 13–14 when inserted one by one.
+//! Lookups are one hash probe plus a binary search of at most 256 runs: no scan.
+//!
+//! Activation loads a table in bulk ([`ExceptionTable::from_sorted`], and a bucket sorter
+//! for records that come in disk order): sorted once, then built window by window.
 
 use alloc::vec::Vec;
 
@@ -55,26 +59,42 @@ impl Packed {
     }
 }
 
-/// A window number (`EMPTY` when free) and its runs, sorted by offset. Windows emptied by merge
-/// keep their slot.
-#[derive(Clone)]
+/// A window number (`EMPTY` when free) and where its runs are: `runs[start..start + len]` of the
+/// table's run arena, sorted by offset, with room for `cap`. Windows emptied by merge keep their
+/// slot.
+#[derive(Clone, Copy)]
 struct Slot {
     key: u64,
-    runs: Vec<Packed>,
+    start: u64,
+    len: u16,
+    cap: u16,
 }
 
 impl Slot {
     const FREE: Slot = Slot {
         key: EMPTY,
-        runs: Vec::new(),
+        start: 0,
+        len: 0,
+        cap: 0,
     };
+
+    fn range(self) -> core::ops::Range<usize> {
+        self.start as usize..self.start as usize + usize::from(self.len)
+    }
 }
 
 /// Completed exceptions of one snapshot.
+///
+/// The runs of every window live in one arena vector (no allocation per window): a window that
+/// outgrows its room moves to the end of the arena with a quarter more, and the arena is
+/// compacted when more than a quarter of it is such left-behind room.
 #[derive(Clone, Default)]
 pub struct ExceptionTable {
-    /// Open addressing, linear probing. Key and runs share a slot (one cache line per probe).
+    /// Open addressing, linear probing.
     slots: Vec<Slot>,
+    runs: Vec<Packed>,
+    /// Arena entries no window uses (left behind by moves).
+    garbage: usize,
     windows: usize,
     count: u64,
 }
@@ -106,7 +126,11 @@ impl ExceptionTable {
 
     /// Number of runs the table stores.
     pub fn run_count(&self) -> usize {
-        self.slots.iter().map(|s| s.runs.len()).sum()
+        self.slots.iter().map(|s| usize::from(s.len)).sum()
+    }
+
+    fn window_runs(&self, slot: usize) -> &[Packed] {
+        &self.runs[self.slots[slot].range()]
     }
 
     fn slot_of(&self, window: u64) -> Option<usize> {
@@ -136,7 +160,10 @@ impl ExceptionTable {
         while self.slots[i].key != EMPTY {
             i = (i + 1) & mask;
         }
-        self.slots[i].key = window;
+        self.slots[i] = Slot {
+            key: window,
+            ..Slot::FREE
+        };
         self.windows += 1;
         i
     }
@@ -153,11 +180,58 @@ impl ExceptionTable {
         }
     }
 
+    /// Inserts `run` at index `i` of window `slot`, moving the window to the end of the arena
+    /// (with a quarter more room) when it is full.
+    fn insert_run(&mut self, slot: usize, i: usize, run: Packed) {
+        let s = self.slots[slot];
+        if s.len == s.cap {
+            // Grow by a quarter: a few moves more, a lot less slack.
+            let cap = (s.cap + (s.cap / 4).max(1)).min(WINDOW as u16);
+            let start = self.runs.len();
+            if self.runs.capacity() - start < usize::from(cap) {
+                // The arena grows by a quarter too (large reallocations only remap pages).
+                self.runs.reserve_exact((start / 4).max(usize::from(cap)));
+            }
+            self.runs.extend_from_within(s.range());
+            self.runs.resize(start + usize::from(cap), Packed(0));
+            self.garbage += usize::from(s.cap);
+            self.slots[slot].start = start as u64;
+            self.slots[slot].cap = cap;
+        }
+        let r = self.slots[slot].range();
+        self.runs.copy_within(r.start + i..r.end, r.start + i + 1);
+        self.runs[r.start + i] = run;
+        self.slots[slot].len += 1;
+        if self.garbage > 1024 && self.garbage * 4 > self.runs.len() {
+            self.compact();
+        }
+    }
+
+    /// Removes index `i` of window `slot` (its room stays the window's).
+    fn remove_run(&mut self, slot: usize, i: usize) {
+        let r = self.slots[slot].range();
+        self.runs.copy_within(r.start + i + 1..r.end, r.start + i);
+        self.slots[slot].len -= 1;
+    }
+
+    /// Copies every window's room into a fresh arena, dropping what moves left behind.
+    fn compact(&mut self) {
+        let mut runs = Vec::with_capacity(self.runs.len() - self.garbage);
+        for s in self.slots.iter_mut().filter(|s| s.key != EMPTY) {
+            let start = runs.len();
+            runs.extend_from_slice(&self.runs[s.range()]);
+            runs.resize(start + usize::from(s.cap), Packed(0));
+            s.start = start as u64;
+        }
+        self.runs = runs;
+        self.garbage = 0;
+    }
+
     /// The run of `old`'s window that covers it: (slot, index in the window, run).
     fn find(&self, old: u64) -> Option<(usize, usize, Packed)> {
         let slot = self.slot_of(old >> WINDOW_BITS)?;
         let off = old & (WINDOW - 1);
-        let runs = &self.slots[slot].runs;
+        let runs = self.window_runs(slot);
         let i = runs.partition_point(|r| r.off() <= off).checked_sub(1)?;
         let r = runs[i];
         (off < r.end()).then_some((slot, i, r))
@@ -185,7 +259,7 @@ impl ExceptionTable {
         let last_window = end.saturating_sub(1) >> WINDOW_BITS;
         while old < end && w <= last_window {
             if let Some(slot) = self.slot_of(w) {
-                let runs = &self.slots[slot].runs;
+                let runs = self.window_runs(slot);
                 let i = runs.partition_point(|r| r.end() <= from);
                 if let Some(r) = runs.get(i) {
                     let c = (w << WINDOW_BITS) + r.off().max(from);
@@ -206,7 +280,8 @@ impl ExceptionTable {
         }
         let slot = self.slot_for_insert(old >> WINDOW_BITS);
         let off = old & (WINDOW - 1);
-        let runs = &mut self.slots[slot].runs;
+        let base = self.slots[slot].start as usize;
+        let runs = self.window_runs(slot);
         let i = runs.partition_point(|r| r.off() < off);
         let joins_prev = i > 0 && {
             let p = runs[i - 1];
@@ -218,24 +293,19 @@ impl ExceptionTable {
         match (joins_prev, joins_next) {
             (true, true) => {
                 let (p, n) = (runs[i - 1], runs[i]);
-                runs[i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1 + n.len());
-                runs.remove(i);
+                self.runs[base + i - 1] =
+                    Packed::new(p.new_chunk(), p.off(), p.len() + 1 + n.len());
+                self.remove_run(slot, i);
             }
             (true, false) => {
                 let p = runs[i - 1];
-                runs[i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1);
+                self.runs[base + i - 1] = Packed::new(p.new_chunk(), p.off(), p.len() + 1);
             }
             (false, true) => {
                 let n = runs[i];
-                runs[i] = Packed::new(new, off, n.len() + 1);
+                self.runs[base + i] = Packed::new(new, off, n.len() + 1);
             }
-            (false, false) => {
-                if runs.len() == runs.capacity() {
-                    // Grow by a quarter: a few reallocations more, a lot less slack.
-                    runs.reserve_exact((runs.len() / 4).max(1));
-                }
-                runs.insert(i, Packed::new(new, off, 1));
-            }
+            (false, false) => self.insert_run(slot, i, Packed::new(new, off, 1)),
         }
         self.count += 1;
         true
@@ -246,7 +316,7 @@ impl ExceptionTable {
         let (slot, i, r) = self.find(old)?;
         let off = old & (WINDOW - 1);
         let k = off - r.off();
-        let runs = &mut self.slots[slot].runs;
+        let base = self.slots[slot].start as usize;
         let mut parts = [None, None];
         if k > 0 {
             parts[0] = Some(Packed::new(r.new_chunk(), r.off(), k));
@@ -255,17 +325,30 @@ impl ExceptionTable {
             parts[1] = Some(Packed::new(r.new_chunk() + k + 1, off + 1, r.len() - k - 1));
         }
         match parts {
-            [None, None] => {
-                runs.remove(i);
-            }
-            [Some(a), None] | [None, Some(a)] => runs[i] = a,
+            [None, None] => self.remove_run(slot, i),
+            [Some(a), None] | [None, Some(a)] => self.runs[base + i] = a,
             [Some(a), Some(b)] => {
-                runs[i] = a;
-                runs.insert(i + 1, b);
+                self.runs[base + i] = a;
+                self.insert_run(slot, i + 1, b);
             }
         }
         self.count -= 1;
         Some(r.new_chunk() + k)
+    }
+
+    /// Builds the table of `exceptions` given in strictly increasing origin-chunk order, in one
+    /// pass: the table [`insert`](Self::insert) builds from the same exceptions in any order (runs
+    /// joined the same way), without its per-record probe and sorted insertion. `None` where
+    /// `insert` would refuse a record: an origin chunk that repeats (or comes out of order), or a
+    /// COW chunk not below [`MAX_COW_CHUNKS`].
+    pub fn from_sorted(exceptions: impl IntoIterator<Item = Exception>) -> Option<Self> {
+        let mut b = Builder::new();
+        for e in exceptions {
+            if !b.push(e.old, e.new) {
+                return None;
+            }
+        }
+        Some(b.finish())
     }
 
     /// Drops every exception.
@@ -279,7 +362,7 @@ impl ExceptionTable {
         slots.sort_unstable_by_key(|s| s.key);
         slots.into_iter().flat_map(move |s| {
             let base = s.key << WINDOW_BITS;
-            s.runs.iter().map(move |r| Run {
+            self.runs[s.range()].iter().map(move |r| Run {
                 old: base + r.off(),
                 new: r.new_chunk(),
                 len: r.len(),
@@ -295,6 +378,324 @@ impl ExceptionTable {
                 new: r.new + i,
             })
         })
+    }
+}
+
+impl PartialEq for ExceptionTable {
+    /// Same exceptions, in the same runs (however the tables were built or how much they reserved).
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.runs().eq(other.runs())
+    }
+}
+
+impl Eq for ExceptionTable {}
+
+/// Bulk loading: builds a table from exceptions sorted by origin chunk. Runs go straight into the
+/// table's arena, each window exactly as large as it needs; the windows are then placed in a slot
+/// array sized once for all of them, a batch at a time (the slots of a batch are touched first,
+/// so that their cache misses overlap instead of coming one after the other). No allocation or
+/// probe per record or window, no shifting of sorted runs, no regrowth.
+pub(crate) struct Builder {
+    /// Finished windows, in window order.
+    done: Vec<Slot>,
+    runs: Vec<Packed>,
+    /// The window being assembled (`EMPTY` before the first record) and where its runs start.
+    window: u64,
+    start: usize,
+    last: Option<u64>,
+    count: u64,
+}
+
+/// Windows placed per batch by [`Builder::finish`].
+const PLACE_BATCH: usize = 16;
+
+impl Builder {
+    pub(crate) fn new() -> Self {
+        Builder {
+            done: Vec::new(),
+            runs: Vec::new(),
+            window: EMPTY,
+            start: 0,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Adds `old → new`; false (and nothing added) unless `old` is above every origin chunk added
+    /// so far and `new` is below [`MAX_COW_CHUNKS`].
+    #[inline]
+    pub(crate) fn push(&mut self, old: u64, new: u64) -> bool {
+        if new >= MAX_COW_CHUNKS || self.last.is_some_and(|l| old <= l) {
+            return false;
+        }
+        self.push_next(old, new);
+        self.last = Some(old);
+        true
+    }
+
+    /// [`Builder::push`] for a caller that knows `old` is above every origin chunk added so far
+    /// and `new` below [`MAX_COW_CHUNKS`] (activation checked both).
+    #[inline]
+    pub(crate) fn push_next(&mut self, old: u64, new: u64) {
+        debug_assert!(new < MAX_COW_CHUNKS && self.last.map_or(true, |l| old > l));
+        let window = old >> WINDOW_BITS;
+        if window != self.window {
+            self.close_window();
+            self.window = window;
+        }
+        let off = old & (WINDOW - 1);
+        match self.runs[self.start..].last_mut() {
+            // Joins the previous run exactly when `insert` would have joined them.
+            Some(p) if p.end() == off && p.new_chunk() + p.len() == new => {
+                *p = Packed::new(p.new_chunk(), p.off(), p.len() + 1)
+            }
+            _ => self.runs.push(Packed::new(new, off, 1)),
+        }
+        self.count += 1;
+        if cfg!(debug_assertions) {
+            self.last = Some(old);
+        }
+    }
+
+    fn close_window(&mut self) {
+        let len = self.runs.len() - self.start;
+        if len == 0 {
+            return;
+        }
+        self.done.push(Slot {
+            key: self.window,
+            start: self.start as u64,
+            len: len as u16,
+            cap: len as u16,
+        });
+        self.start = self.runs.len();
+    }
+
+    pub(crate) fn finish(mut self) -> ExceptionTable {
+        self.close_window();
+        self.runs.shrink_to_fit();
+        let windows = self.done.len();
+        let mut t = ExceptionTable {
+            slots: Vec::new(),
+            runs: self.runs,
+            garbage: 0,
+            windows,
+            count: self.count,
+        };
+        if windows == 0 {
+            return t;
+        }
+        // The smallest power of two that keeps the load factor of `slot_for_insert` (≤ 3/4).
+        let cap = (windows * 4).div_ceil(3).next_power_of_two().max(16);
+        t.slots = alloc::vec![Slot::FREE; cap];
+        let mask = cap - 1;
+        for batch in self.done.chunks(PLACE_BATCH) {
+            // Independent loads of every home slot of the batch: the memory system fetches them
+            // together.
+            let mut home = [0usize; PLACE_BATCH];
+            let mut free = 0;
+            for (h, s) in home.iter_mut().zip(batch) {
+                *h = hash(s.key, cap) & mask;
+                free += usize::from(t.slots[*h].key == EMPTY);
+            }
+            core::hint::black_box(free);
+            for (&h, s) in home.iter().zip(batch) {
+                // Each window comes once: the first free slot of its probe sequence is its slot.
+                let mut i = h;
+                while t.slots[i].key != EMPTY {
+                    i = (i + 1) & mask;
+                }
+                t.slots[i] = *s;
+            }
+        }
+        t
+    }
+}
+
+/// Sorts `u64` keys by their bits from `lo` up (the *field*), as they come: each key goes straight
+/// into one of 256 buckets by the field's top bits, and [`Sorter::for_each_sorted`] then sorts one
+/// bucket at a time by the remaining bits (in a buffer the size of one bucket, in the cache) and
+/// hands it over. No second array of all keys, one trip through memory, and each bucket's memory
+/// given back while the caller builds from the sorted keys.
+///
+/// The field's range need not be known: when a key's field outgrows the buckets, the buckets are
+/// merged by neighbouring pairs (or more) and cover a range twice (or more) as large. Keys with
+/// equal fields always stay in one bucket in arrival order, so the sort is stable.
+///
+/// Bulk activation sorts packed `(origin chunk, COW chunk)` records with it; one sort for every
+/// caller keeps the no_std build small.
+pub(crate) struct Sorter {
+    lo: u32,
+    /// Bucket of a key: `(key >> lo) >> shift`.
+    shift: u32,
+    buckets: Vec<Bucket>,
+    len: usize,
+}
+
+const BUCKET_BITS: u32 = 8;
+
+/// The keys of one bucket, in arrival order, in blocks allocated once each with room that doubles
+/// from block to block up to [`MAX_BLOCK`] keys: a growing bucket never copies its keys or leaves
+/// freed room behind in the allocator (which would keep memory that the table being built next
+/// cannot use).
+#[derive(Default)]
+struct Bucket {
+    blocks: Vec<Vec<u64>>,
+}
+
+const FIRST_BLOCK: usize = 64;
+const MAX_BLOCK: usize = 1 << 16;
+
+impl Bucket {
+    #[inline]
+    fn push(&mut self, key: u64) {
+        match self.blocks.last_mut() {
+            Some(b) if b.len() < b.capacity() => b.push(key),
+            _ => self.push_in_new_block(key),
+        }
+    }
+
+    fn push_in_new_block(&mut self, key: u64) {
+        let room = self
+            .blocks
+            .last()
+            .map_or(FIRST_BLOCK, |b| (b.capacity() * 2).min(MAX_BLOCK));
+        let mut b = Vec::with_capacity(room);
+        b.push(key);
+        self.blocks.push(b);
+    }
+
+    /// The keys, in arrival order, into `out` (cleared first); the blocks are freed as they go.
+    fn drain_into(&mut self, out: &mut Vec<u64>) {
+        out.clear();
+        for b in self.blocks.drain(..) {
+            out.extend_from_slice(&b);
+        }
+    }
+}
+
+impl Sorter {
+    /// A sorter by bits `lo..`, expecting fields below `2^bits` (a hint: larger ones are taken).
+    pub(crate) fn new(lo: u32, bits: u32) -> Self {
+        Sorter {
+            lo,
+            shift: bits.saturating_sub(BUCKET_BITS),
+            buckets: (0..1 << BUCKET_BITS).map(|_| Bucket::default()).collect(),
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, key: u64) {
+        let field = key >> self.lo;
+        let mut b = field >> self.shift;
+        if b >> BUCKET_BITS != 0 {
+            self.widen(64 - field.leading_zeros());
+            b = field >> self.shift;
+        }
+        self.buckets[b as usize].push(key);
+        self.len += 1;
+    }
+
+    /// Makes the buckets cover fields of `bits` bits. (Keys with equal fields were in one bucket
+    /// and stay in one, in arrival order.)
+    fn widen(&mut self, bits: u32) {
+        let shift = bits - BUCKET_BITS;
+        let k = shift - self.shift;
+        for j in 1..self.buckets.len() {
+            let to = j >> k;
+            if to != j {
+                let moved = core::mem::take(&mut self.buckets[j].blocks);
+                self.buckets[to].blocks.extend(moved);
+            }
+        }
+        self.shift = shift;
+    }
+
+    /// Sorts one bucket's keys by the bits of the field below the bucket's range that vary.
+    fn sort_bucket(&self, keys: &mut [u64], scratch: &mut Vec<u64>) {
+        let any = keys.iter().fold(0, |a, k| a | k >> self.lo);
+        let bits = self.shift.min(64 - any.leading_zeros());
+        sort_by_bits(keys, self.lo, self.lo + bits, scratch);
+    }
+
+    /// True when two keys so far have the same field (for error paths: sorts a copy).
+    pub(crate) fn has_equal_fields(&self) -> bool {
+        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
+        self.buckets.iter().any(|b| {
+            keys.clear();
+            for block in &b.blocks {
+                keys.extend_from_slice(block);
+            }
+            self.sort_bucket(&mut keys, &mut scratch);
+            keys.windows(2).any(|w| w[0] >> self.lo == w[1] >> self.lo)
+        })
+    }
+
+    /// Calls `f` with the keys sorted by field (stably), a bucket at a time, in order, until `f`
+    /// returns false (then returns false). Each bucket's memory is freed before `f` sees it.
+    pub(crate) fn for_each_sorted(mut self, f: &mut dyn FnMut(&[u64]) -> bool) -> bool {
+        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
+        for i in 0..self.buckets.len() {
+            if self.buckets[i].blocks.is_empty() {
+                continue;
+            }
+            self.buckets[i].drain_into(&mut keys);
+            self.sort_bucket(&mut keys, &mut scratch);
+            if !f(&keys) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Sorts `keys` by bits `lo..hi` with an LSD radix sort (stable; a few linear passes of at most
+/// 11 bits each, 8 for inputs that fit in the cache), using `scratch` as the second buffer.
+pub(crate) fn sort_by_bits(keys: &mut [u64], lo: u32, hi: u32, scratch: &mut Vec<u64>) {
+    debug_assert!(lo <= hi && hi <= 64);
+    let bits = hi - lo;
+    if bits == 0 || keys.len() < 2 {
+        return;
+    }
+    let max_digit = if keys.len() <= 1 << 14 { 8 } else { 11 };
+    let passes = bits.div_ceil(max_digit);
+    let digit = bits.div_ceil(passes);
+    let mut counts = [0usize; 1 << 11];
+    scratch.clear();
+    scratch.resize(keys.len(), 0);
+    let (mut from, mut to): (&mut [u64], &mut [u64]) = (keys, scratch);
+    let mut shift = lo;
+    let mut in_scratch = false;
+    while shift < hi {
+        let width = digit.min(hi - shift);
+        let mask = (1u64 << width) - 1;
+        let counts = &mut counts[..1 << width];
+        counts.fill(0);
+        for &k in from.iter() {
+            counts[((k >> shift) & mask) as usize] += 1;
+        }
+        let mut at = 0;
+        for c in counts.iter_mut() {
+            let n = *c;
+            *c = at;
+            at += n;
+        }
+        for &k in from.iter() {
+            let d = ((k >> shift) & mask) as usize;
+            to[counts[d]] = k;
+            counts[d] += 1;
+        }
+        core::mem::swap(&mut from, &mut to);
+        in_scratch = !in_scratch;
+        shift += width;
+    }
+    if in_scratch {
+        to.copy_from_slice(from);
     }
 }
 
@@ -363,6 +764,123 @@ mod tests {
             let all: Vec<_> = t.iter().map(|e| (e.old, e.new)).collect();
             let want: Vec<_> = m.into_iter().collect();
             prop_assert_eq!(all, want);
+        }
+
+        /// Many windows growing and shrinking: windows move in the arena and the arena is
+        /// compacted, with nothing lost or changed.
+        #[test]
+        fn arena_moves_and_compaction_keep_every_exception(
+            ops in proptest::collection::vec((0u64..40_000, any::<bool>()), 2000..6000),
+        ) {
+            let mut t = ExceptionTable::new();
+            let mut m = BTreeMap::new();
+            let mut compactions = 0;
+            for (k, (old, ins)) in ops.into_iter().enumerate() {
+                // Mostly inserts, non-consecutive COW chunks (one run each).
+                let before = t.garbage;
+                if ins || k % 3 != 0 {
+                    let new = 3 * k as u64 + 1;
+                    prop_assert_eq!(t.insert(old, new), !m.contains_key(&old));
+                    m.entry(old).or_insert(new);
+                } else {
+                    prop_assert_eq!(t.remove(old), m.remove(&old));
+                }
+                compactions += usize::from(t.garbage < before);
+            }
+            prop_assert!(compactions > 0, "no compaction exercised");
+            let all: Vec<_> = t.iter().map(|e| (e.old, e.new)).collect();
+            let want: Vec<_> = m.into_iter().collect();
+            prop_assert_eq!(all, want);
+        }
+
+        /// The bulk builder gives the table `insert` gives, whatever the order `insert` saw, and
+        /// refuses exactly what `insert` refuses (a repeated origin chunk, a COW chunk too large).
+        #[test]
+        fn bulk_built_table_is_the_inserted_one(
+            recs in proptest::collection::vec((0u64..1200, 0u64..1200, 0u8..20), 0..900),
+        ) {
+            // Bias towards runs (consecutive chunks on both sides, across window borders too) and
+            // sprinkle COW chunks at and beyond the limit.
+            let recs: Vec<Exception> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (old, new, kind))| match kind {
+                    0..=7 => Exception { old: i as u64 + 200, new: i as u64 + 7 },
+                    8 => Exception { old, new: MAX_COW_CHUNKS - 1 + new % 2 },
+                    _ => Exception { old, new },
+                })
+                .collect();
+            let mut t = ExceptionTable::new();
+            let inserted = recs.iter().all(|e| t.insert(e.old, e.new));
+            let mut sorted = recs.clone();
+            sorted.sort_by_key(|e| e.old); // stable, like the radix sort of activation
+            let bulk = ExceptionTable::from_sorted(sorted.iter().copied());
+            prop_assert_eq!(bulk.is_some(), inserted);
+            if let Some(b) = bulk {
+                prop_assert_eq!(&b, &t);
+                prop_assert_eq!(b.len(), t.len());
+                prop_assert_eq!(b.run_count(), t.run_count());
+                for c in 0..1500 {
+                    prop_assert_eq!(b.lookup(c), t.lookup(c));
+                    prop_assert_eq!(b.run_from(c), t.run_from(c));
+                    prop_assert_eq!(b.next_mapped(c, c + 300), t.next_mapped(c, c + 300));
+                }
+                // A bulk-built table keeps working as an ordinary one.
+                let (mut b, mut t) = (b, t);
+                for e in recs.iter().step_by(3) {
+                    prop_assert_eq!(b.remove(e.old), t.remove(e.old));
+                    prop_assert_eq!(b.insert(e.old + 1, e.new + 1), t.insert(e.old + 1, e.new + 1));
+                }
+                prop_assert_eq!(b, t);
+            }
+        }
+
+        #[test]
+        fn radix_sort_sorts_by_the_bit_range(
+            keys in proptest::collection::vec(any::<u64>(), 0..3000),
+            lo in 0u32..64,
+            width in 0u32..40,
+        ) {
+            let hi = (lo + width).min(64);
+            let field = |k: u64| if hi == lo { 0 } else { (k >> lo) & (u64::MAX >> (64 - (hi - lo))) };
+            let mut want = keys.clone();
+            want.sort_by_key(|&k| field(k)); // stable
+            let mut got = keys.clone();
+            sort_by_bits(&mut got, lo, hi, &mut Vec::new());
+            prop_assert_eq!(&got, &want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The bucket sorter hands over the stably sorted keys, in order, whatever range it was
+        /// told to expect (too small: it widens as keys come).
+        #[test]
+        fn sorter_hands_over_sorted_buckets(
+            keys in proptest::collection::vec(any::<u64>(), 0..3000),
+            lo in 0u32..40,
+            hint in 0u32..64,
+            spread in 1u32..64,
+        ) {
+            let keys: Vec<u64> = keys.into_iter().map(|k| k >> (64 - spread)).collect();
+            let mut want = keys.clone();
+            want.sort_by_key(|&k| k >> lo); // stable
+            let mut s = Sorter::new(lo, hint);
+            for &k in &keys {
+                s.push(k);
+            }
+            prop_assert_eq!(s.len(), keys.len());
+            let mut fields: Vec<u64> = keys.iter().map(|k| k >> lo).collect();
+            fields.sort_unstable();
+            prop_assert_eq!(s.has_equal_fields(), fields.windows(2).any(|w| w[0] == w[1]));
+            let mut pieces = Vec::new();
+            let whole = s.for_each_sorted(&mut |p| {
+                pieces.extend_from_slice(p);
+                true
+            });
+            prop_assert!(whole);
+            prop_assert_eq!(pieces, want);
         }
     }
 }

@@ -13,7 +13,8 @@ use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{Exception, ExceptionTable, MAX_COW_CHUNKS};
+use crate::exception::{Builder, Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
+use crate::status::{SnapshotState, SnapshotStatus};
 
 /// Header magic, "SnAp" on disk.
 pub const SNAP_MAGIC: u32 = 0x7041_6E53;
@@ -203,19 +204,23 @@ impl PersistentStore {
             ));
         };
         let origin_chunks = origin_chunks_of(disk_chunk);
-        let scan = scan(cow, header, disk_chunk, origin_chunks, table, false)?;
-        let geo = Geometry { chunk: disk_chunk };
-        let mut store = Self::empty(geo);
-        if header.valid == 0 {
+        let scan = scan(cow, header, disk_chunk, origin_chunks, Some(table), false)?;
+        Ok(Self::from_scan(scan))
+    }
+
+    /// The store as activation leaves it after `scan`.
+    fn from_scan(scan: Scan) -> Self {
+        let mut store = Self::empty(Geometry { chunk: scan.chunk });
+        if scan.header.valid == 0 {
             store.valid = false;
-            return Ok(store);
+            return store;
         }
         store.current_area = scan.areas - 1;
         store.area = scan.last_area;
         store.area_on_disk = store.area.len();
         store.next_free = (scan.max_new + 1).max(2);
         store.skip_metadata();
-        Ok(store)
+        store
     }
 
     /// Whether the header says valid.
@@ -425,32 +430,333 @@ impl ExceptionStore for PersistentStore {
 
 /// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
 fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize];
-    let mut i = 0u64;
-    while i < max {
-        let n = (max - i).min(buf.len() as u64 / EXCEPTION_RECORD_BYTES);
-        let b = &mut buf[..(n * EXCEPTION_RECORD_BYTES) as usize];
-        device::read(cow, at + i * EXCEPTION_RECORD_BYTES, b)?;
-        for rec in b.chunks_exact(EXCEPTION_RECORD_BYTES as usize) {
-            let old = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
-            let new = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-            if new == 0 {
-                return Ok(out);
-            }
-            out.push(Exception { old, new });
+    let mut buf = Vec::new();
+    let n = read_area(cow, at, max, &mut buf)?;
+    Ok(parse(&buf[..n * EXCEPTION_RECORD_BYTES as usize]).collect())
+}
+
+/// Reads the records of the area at byte `at` (at most `max`) into `buf`, in pieces of at most
+/// [`AREA_IO`], until the piece that holds the end marker; returns how many records precede it.
+fn read_area(cow: &dyn BlockDevice, at: u64, max: u64, buf: &mut Vec<u8>) -> Result<usize> {
+    let rec = EXCEPTION_RECORD_BYTES as usize;
+    let piece = (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize / rec;
+    let mut i = 0usize;
+    while (i as u64) < max {
+        let n = (max as usize - i).min(piece);
+        if buf.len() < (i + n) * rec {
+            buf.resize((i + n) * rec, 0);
+        }
+        let b = &mut buf[i * rec..(i + n) * rec];
+        device::read(cow, at + (i * rec) as u64, b)?;
+        if let Some(end) = b.chunks_exact(rec).position(|r| r[8..16] == [0; 8]) {
+            return Ok(i + end);
         }
         i += n;
     }
-    Ok(out)
+    Ok(i)
 }
 
-/// Reads and checks every metadata area of a valid store, as activation does.
+/// The records in `bytes` (whole records, no end marker among them).
+fn parse(bytes: &[u8]) -> impl Iterator<Item = Exception> + '_ {
+    bytes
+        .chunks_exact(EXCEPTION_RECORD_BYTES as usize)
+        .map(|r| Exception {
+            old: u64::from_le_bytes(r[0..8].try_into().expect("8 bytes")),
+            new: u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")),
+        })
+}
+
+/// `chunk % (epa + 1) == 1` with a multiplication instead of a division per record: `epa + 1` is
+/// odd (`epa` is a power of two), so `x` is a multiple of it exactly when `x · inverse` (mod 2^64)
+/// is at most `u64::MAX / (epa + 1)`.
+struct MetadataChunks {
+    inverse: u64,
+    limit: u64,
+}
+
+impl MetadataChunks {
+    fn new(geo: Geometry) -> Self {
+        let d = geo.exceptions_per_area() + 1;
+        debug_assert!(d % 2 == 1);
+        // Newton's iteration doubles the correct low bits each step: 5 steps from 3 bits give 96.
+        let mut inverse = d;
+        for _ in 0..5 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(inverse)));
+        }
+        MetadataChunks {
+            inverse,
+            limit: u64::MAX / d,
+        }
+    }
+
+    /// Same as [`Geometry::is_metadata_chunk`].
+    #[inline]
+    fn contains(&self, chunk: u64) -> bool {
+        chunk == 0 || (chunk - 1).wrapping_mul(self.inverse) <= self.limit
+    }
+}
+
+/// Reads and checks every metadata area of a valid store, as activation does, and builds `table`
+/// (which must be empty) from the records.
 ///
 /// Stricter than the kernel (which trusts its records): a record pointing outside the COW device, at
 /// a metadata chunk, at an origin chunk beyond `origin_chunks`, or repeating an origin chunk is
 /// reported as corruption instead of being served.
+///
+/// The records are loaded in bulk: each is checked on its own as it is read and goes, packed in a
+/// `u64` (`old << new_bits | new`), into a [`Sorter`] by origin chunk; the sorted keys then show
+/// repeats (adjacent equal origin chunks) and feed the table builder in order, with no hash probe
+/// or sorted insertion per record. The result and every error message are those of the
+/// record-by-record check ([`scan_each`]): when the bulk load meets a problem after a repeated
+/// origin chunk, or finds one, the store is read again record by record to name the record that
+/// check names (the bulk load does not keep the disk order).
 fn scan(
+    cow: &dyn BlockDevice,
+    header: Header,
+    chunk: ChunkSize,
+    origin_chunks: u64,
+    table: Option<&mut ExceptionTable>,
+    keep_all: bool,
+) -> Result<Scan> {
+    if table.as_ref().is_some_and(|t| !t.is_empty()) {
+        // Records would have to be checked against what the table already holds: rare, keep it
+        // simple.
+        let table = table.expect("checked above");
+        return scan_each(cow, header, chunk, origin_chunks, table, keep_all);
+    }
+    if !cfg!(feature = "std") {
+        // The small (wasm) build loads record by record: its stores are small, and the bulk
+        // loader's sort and builder would cost it ~13 KB of its 150 KiB budget.
+        let mut own = ExceptionTable::new();
+        let table = table.unwrap_or(&mut own);
+        return scan_each(cow, header, chunk, origin_chunks, table, keep_all);
+    }
+    let geo = Geometry { chunk };
+    let cow_chunks = chunk.whole_chunks_in(cow.len());
+    if cow_chunks < 2 {
+        return Err(Error::corrupt(
+            "COW device too small for its header and first metadata area",
+        ));
+    }
+    let mut out = Scan {
+        header,
+        chunk,
+        records: Vec::new(),
+        exceptions: 0,
+        areas: 0,
+        last_area: Vec::new(),
+        max_new: 1,
+    };
+    if header.valid == 0 {
+        return Ok(out);
+    }
+    let epa = geo.exceptions_per_area();
+    let metadata = MetadataChunks::new(geo);
+    // Every COW chunk a record may name fits in `new_bits` bits; origin chunks get the rest.
+    let new_bits = 64 - (cow_chunks.min(MAX_COW_CHUNKS) - 1).leading_zeros();
+    let new_mask = (1u64 << new_bits) - 1;
+    // Fields beyond the origin bound are refused before they are sorted; without a bound
+    // (inspect), the sorter widens as origin chunks come.
+    let old_hint = if origin_chunks == u64::MAX {
+        16
+    } else {
+        64 - origin_chunks.saturating_sub(1).leading_zeros()
+    };
+    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits));
+    let mut max_old = 0u64;
+    // What the record-by-record check reports when the bulk load meets `error`: a repeated
+    // origin chunk before it comes first.
+    let first_error = |keys: &Sorter, error: Error| -> Error {
+        if !keys.has_equal_fields() {
+            return error;
+        }
+        let mut t = ExceptionTable::new();
+        match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
+            Err(e) => e,
+            // Only if the device changed between the two reads.
+            Ok(_) => error,
+        }
+    };
+    // Two records naming the same COW chunk would make two origin chunks share data. Records of a
+    // kernel-written store name strictly increasing chunks (allocation order), which proves there
+    // is no repeat at no cost; anything else is checked by sorting.
+    let mut increasing = true;
+    let mut buf = Vec::new();
+    loop {
+        let area = out.areas;
+        let loc = geo.area_location(area);
+        if loc >= cow_chunks {
+            return Err(first_error(&keys, past_end(area, loc)));
+        }
+        let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
+            Ok(n) => n,
+            Err(e) => return Err(first_error(&keys, e)),
+        };
+        out.areas += 1;
+        let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
+        for (i, r) in parse(bytes).enumerate() {
+            if let Err(e) = check_record(r, i, area, cow_chunks, origin_chunks, &metadata) {
+                return Err(first_error(&keys, e));
+            }
+            if r.old >> (64 - new_bits) != 0 {
+                // An origin chunk too large to pack (only without an origin bound, on a damaged
+                // device): check record by record.
+                drop(keys);
+                let mut own = ExceptionTable::new();
+                let t = table.unwrap_or(&mut own);
+                return scan_each(cow, header, chunk, origin_chunks, t, keep_all);
+            }
+            keys.push(r.old << new_bits | r.new);
+            max_old = max_old.max(r.old);
+            if keys.len() > 1 && r.new <= out.max_new {
+                increasing = false;
+            }
+            out.max_new = out.max_new.max(r.new);
+        }
+        if keep_all {
+            out.records.extend(parse(bytes));
+        }
+        if n as u64 != epa {
+            out.last_area = parse(bytes).collect();
+            break;
+        }
+    }
+    out.exceptions = keys.len() as u64;
+
+    let old_bits = 64 - max_old.leading_zeros();
+    let mut builder = table.is_some().then(Builder::new);
+    let mut prev = None;
+    // Kept for the check of COW chunks named twice (only needed when they do not increase).
+    let mut again = Vec::new();
+    let unique = keys.for_each_sorted(&mut |sorted| {
+        if !increasing {
+            again.extend_from_slice(sorted);
+        }
+        // A repeat is two equal origin chunks side by side, also across buckets.
+        let first = sorted[0] >> new_bits;
+        if prev == Some(first)
+            || sorted
+                .windows(2)
+                .any(|w| w[0] >> new_bits == w[1] >> new_bits)
+        {
+            return false;
+        }
+        prev = Some(sorted[sorted.len() - 1] >> new_bits);
+        if let Some(b) = builder.as_mut() {
+            for &k in sorted {
+                b.push_next(k >> new_bits, k & new_mask);
+            }
+        }
+        true
+    });
+    if !unique {
+        // An origin chunk repeats. The sort lost the disk order that says which record to name:
+        // read again record by record.
+        drop((builder, again));
+        let mut t = ExceptionTable::new();
+        return match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
+            Err(e) => Err(e),
+            // Only if the device changed between the two reads.
+            Ok(_) => Err(Error::corrupt("an origin chunk appears twice")),
+        };
+    }
+    if let (Some(table), Some(b)) = (table, builder) {
+        *table = b.finish();
+    }
+    if !increasing {
+        if let Some(new) = chunk_named_twice(&again, new_bits, old_bits) {
+            return Err(named_twice(new));
+        }
+    }
+    Ok(out)
+}
+
+/// The checks of one record that need no other record (record `i` of area `area`).
+#[inline]
+fn check_record(
+    r: Exception,
+    i: usize,
+    area: u64,
+    cow_chunks: u64,
+    origin_chunks: u64,
+    metadata: &MetadataChunks,
+) -> Result<()> {
+    if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || metadata.contains(r.new) {
+        return Err(not_data(i, area, r.new));
+    }
+    if r.old >= origin_chunks {
+        return Err(beyond_origin(i, area, r.old, origin_chunks));
+    }
+    Ok(())
+}
+
+#[cold]
+fn not_data(i: usize, area: u64, new: u64) -> Error {
+    Error::corrupt(format!(
+        "record {i} of area {area}: COW chunk {new} is not a data chunk of this device"
+    ))
+}
+
+#[cold]
+fn beyond_origin(i: usize, area: u64, old: u64, origin_chunks: u64) -> Error {
+    Error::corrupt(format!(
+        "record {i} of area {area}: origin chunk {old} is beyond the origin ({origin_chunks} chunks)"
+    ))
+}
+
+fn past_end(area: u64, loc: u64) -> Error {
+    Error::corrupt(format!(
+        "metadata area {area} (chunk {loc}) lies past the end of the COW device"
+    ))
+}
+
+fn named_twice(new: u64) -> Error {
+    Error::corrupt(format!("COW chunk {new} is named by two records"))
+}
+
+/// The COW chunk that two records name, if any: `keys` are the records packed by origin chunk
+/// (`old << new_bits | new`), with no origin chunk twice. Named as the record-by-record check names
+/// it: walking the records by origin chunk and remembering each COW chunk, the first one met
+/// again. (That check remembered only COW chunks whose origin chunk is below [`MAX_COW_CHUNKS`]: a
+/// record beyond it is not a first sighting.)
+fn chunk_named_twice(keys: &[u64], new_bits: u32, old_bits: u32) -> Option<u64> {
+    let new_mask = (1u64 << new_bits) - 1;
+    let mut by_new = Sorter::new(0, old_bits + new_bits);
+    for k in keys {
+        by_new.push((k & new_mask) << old_bits | k >> new_bits);
+    }
+    let old_mask = if old_bits == 0 {
+        0
+    } else {
+        u64::MAX >> (64 - old_bits)
+    };
+    // (origin chunk where a COW chunk is met again, that COW chunk)
+    let mut found: Option<(u64, u64)> = None;
+    // The COW chunk of the records being walked, and whether it was remembered (met again).
+    let (mut current, mut remembered, mut met) = (None, false, false);
+    // By COW chunk, then by origin chunk.
+    by_new.for_each_sorted(&mut |sorted| {
+        for &k in sorted {
+            let (new, old) = (k >> old_bits, k & old_mask);
+            if current != Some(new) {
+                (current, remembered, met) = (Some(new), false, false);
+            }
+            if remembered && !met {
+                met = true;
+                if found.map_or(true, |(at, _)| old < at) {
+                    found = Some((old, new));
+                }
+            }
+            remembered |= old < MAX_COW_CHUNKS;
+        }
+        true
+    });
+    found.map(|(_, new)| new)
+}
+
+/// The record-by-record check: what [`scan`] computes, one table insertion per record (the
+/// reference for the messages of corrupt stores, which it names in disk order).
+fn scan_each(
     cow: &dyn BlockDevice,
     header: Header,
     chunk: ChunkSize,
@@ -478,33 +784,18 @@ fn scan(
         return Ok(out);
     }
     let epa = geo.exceptions_per_area();
-    // Two records naming the same COW chunk would make two origin chunks share data. Records of a
-    // kernel-written store name strictly increasing chunks (allocation order), which proves there
-    // is no repeat at no cost; anything else is checked by sorting.
+    let metadata = MetadataChunks::new(geo);
     let mut increasing = true;
     loop {
         let area = out.areas;
         let loc = geo.area_location(area);
         if loc >= cow_chunks {
-            return Err(Error::corrupt(format!(
-                "metadata area {area} (chunk {loc}) lies past the end of the COW device"
-            )));
+            return Err(past_end(area, loc));
         }
         let recs = read_records(cow, chunk.offset_of(loc), epa)?;
         out.areas += 1;
-        for (i, r) in recs.iter().enumerate() {
-            if r.new >= cow_chunks || r.new >= MAX_COW_CHUNKS || geo.is_metadata_chunk(r.new) {
-                return Err(Error::corrupt(format!(
-                    "record {i} of area {area}: COW chunk {} is not a data chunk of this device",
-                    r.new
-                )));
-            }
-            if r.old >= origin_chunks {
-                return Err(Error::corrupt(format!(
-                    "record {i} of area {area}: origin chunk {} is beyond the origin ({origin_chunks} chunks)",
-                    r.old
-                )));
-            }
+        for (i, &r) in recs.iter().enumerate() {
+            check_record(r, i, area, cow_chunks, origin_chunks, &metadata)?;
             if !seen.insert(r.old, r.new) {
                 return Err(Error::corrupt(format!(
                     "record {i} of area {area}: origin chunk {} appears twice",
@@ -527,14 +818,11 @@ fn scan(
         }
     }
     if !increasing {
-        // A second table keyed by COW chunk finds a repeat (no sort: keeps the wasm build small).
+        // A second table keyed by COW chunk finds a repeat.
         let mut by_new = ExceptionTable::new();
         for e in seen.iter() {
             if by_new.lookup(e.new).is_some() {
-                return Err(Error::corrupt(format!(
-                    "COW chunk {} is named by two records",
-                    e.new
-                )));
+                return Err(named_twice(e.new));
             }
             by_new.insert(e.new, e.old);
         }
@@ -542,20 +830,414 @@ fn scan(
     Ok(out)
 }
 
+impl Scan {
+    /// COW space accounting of the store as activation leaves it (what `dmsetup status` shows
+    /// right after activation), for a COW of `cow_len` bytes.
+    pub fn usage(&self, cow_len: u64) -> Usage {
+        PersistentStore::from_scan(self.clone()).usage(cow_len, 0)
+    }
+
+    /// The status a snapshot activated on this store with default options reports, without
+    /// building its table (for inspection tools).
+    pub fn status(&self, cow_len: u64) -> SnapshotStatus {
+        let u = self.usage(cow_len);
+        SnapshotStatus {
+            state: if self.header.valid == 0 {
+                SnapshotState::Invalid
+            } else {
+                SnapshotState::Active
+            },
+            store: StoreKind::Persistent,
+            overflow_reporting: false,
+            chunk_bytes: self.chunk.bytes(),
+            sectors_allocated: u.allocated_sectors,
+            total_sectors: u.total_sectors,
+            metadata_sectors: u.metadata_sectors,
+            exceptions: self.exceptions,
+            merge_progress: None,
+        }
+    }
+}
+
 /// Reads a COW device without changing it: header, chunk size and (for a valid store) all records.
-/// For inspection tools; activation does the same checks.
+/// For inspection tools; activation does the same checks. See [`survey`] for large stores: this
+/// keeps every record in memory.
 pub fn inspect(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Scan> {
+    inspect_with(cow, origin_chunks, true)
+}
+
+/// [`inspect`] without keeping the records ([`Scan::records`] stays empty): one pass over the
+/// metadata with the checks of activation, no exception table; the records can then be streamed
+/// with [`for_each_record`].
+pub fn survey(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Scan> {
+    inspect_with(cow, origin_chunks, false)
+}
+
+fn inspect_with(cow: &dyn BlockDevice, origin_chunks: Option<u64>, keep_all: bool) -> Result<Scan> {
     let header = Header::read(cow)?;
     let chunk = header
         .validate()?
         .ok_or_else(|| Error::corrupt("magic is 0: the COW device was never activated"))?;
-    let mut table = ExceptionTable::new();
     scan(
         cow,
         header,
         chunk,
         origin_chunks.unwrap_or(u64::MAX),
-        &mut table,
-        true,
+        None,
+        keep_all,
     )
+}
+
+/// Calls `f` with every record of the store `scan` describes, in on-disk order, reading one piece
+/// of an area at a time: memory stays bounded however many records there are. Stops at the first
+/// error of `f` or of the device.
+pub fn for_each_record<E: From<Error>>(
+    cow: &dyn BlockDevice,
+    scan: &Scan,
+    mut f: impl FnMut(Exception) -> core::result::Result<(), E>,
+) -> core::result::Result<(), E> {
+    if scan.header.valid == 0 {
+        return Ok(());
+    }
+    let geo = Geometry { chunk: scan.chunk };
+    let epa = geo.exceptions_per_area();
+    let mut buf = vec![0u8; (epa * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize];
+    let mut left = scan.exceptions;
+    for area in 0..scan.areas {
+        let at = scan.chunk.offset_of(geo.area_location(area));
+        let mut i = 0;
+        while i < epa && left > 0 {
+            let n = (epa - i)
+                .min(buf.len() as u64 / EXCEPTION_RECORD_BYTES)
+                .min(left);
+            let b = &mut buf[..(n * EXCEPTION_RECORD_BYTES) as usize];
+            device::read(cow, at + i * EXCEPTION_RECORD_BYTES, b)?;
+            for rec in b.chunks_exact(EXCEPTION_RECORD_BYTES as usize) {
+                let old = u64::from_le_bytes(rec[0..8].try_into().expect("8 bytes"));
+                let new = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
+                if new == 0 {
+                    return Err(Error::corrupt("the COW device changed while it was read").into());
+                }
+                f(Exception { old, new })?;
+            }
+            i += n;
+            left -= n;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+    use alloc::string::ToString;
+    use proptest::prelude::*;
+
+    const CHUNK: u64 = 4096;
+    const EPA: u64 = CHUNK / EXCEPTION_RECORD_BYTES;
+
+    /// A device that fails every read reaching byte `fail_from`.
+    struct Faulty(MemDevice, u64);
+
+    impl BlockDevice for Faulty {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            if offset + buf.len() as u64 > self.1 {
+                return Err(Error::io("injected read error"));
+            }
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+            self.0.write_at(offset, buf)
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn loc(area: u64) -> u64 {
+        1 + area * (EPA + 1)
+    }
+
+    /// A COW image with `recs` written in areas as the kernel lays them out, `cow_chunks` long.
+    fn image(recs: &[Exception], cow_chunks: u64, valid: bool) -> MemDevice {
+        let mut d = MemDevice::new((cow_chunks * CHUNK) as usize);
+        let mut h = Header::new(ChunkSize::new(CHUNK).unwrap());
+        h.valid = u32::from(valid);
+        d.write_at(0, &h.to_bytes()).unwrap();
+        for (p, r) in recs.iter().enumerate() {
+            let p = p as u64;
+            let at = loc(p / EPA) * CHUNK + p % EPA * EXCEPTION_RECORD_BYTES;
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&r.old.to_le_bytes());
+            b[8..].copy_from_slice(&r.new.to_le_bytes());
+            if at + 16 <= d.len() {
+                d.write_at(at, &b).unwrap();
+            }
+        }
+        d
+    }
+
+    /// A store's records: origin chunks from `olds` (mapped into a few shapes), COW chunks in
+    /// allocation order, shuffled, or arbitrary.
+    fn records(olds: &[(u64, u64)], old_kind: u8, new_kind: u8, cow_chunks: u64) -> Vec<Exception> {
+        let mut recs: Vec<Exception> = olds
+            .iter()
+            .enumerate()
+            .map(|(p, &(o, n))| {
+                let p = p as u64;
+                let old = match old_kind {
+                    0 => o, // may repeat
+                    // distinct (37 is prime to 1009 and p < 1009), now and then the previous one again
+                    1 if o % 64 == 0 && p > 0 => (p - 1) * 37 % 1009,
+                    1 => p * 37 % 1009,
+                    2 => (MAX_COW_CHUNKS - 4 + o % 8) ^ (p << 20), // beyond 2^48 (inspect)
+                    _ => u64::MAX - o % 3 - p,                     // too wide to pack
+                };
+                let new = match new_kind {
+                    // allocation order, now and then the previous chunk again
+                    3 if o % 97 == 5 && p > 0 => loc((p - 1) / EPA) + 1 + (p - 1) % EPA,
+                    0 | 1 | 3 => loc(p / EPA) + 1 + p % EPA,
+                    _ => n % (cow_chunks + 3),
+                };
+                Exception { old, new }
+            })
+            .collect();
+        if new_kind == 1 && recs.len() > 1 {
+            // Out of allocation order, and now and then one COW chunk named twice.
+            let k = recs.len();
+            for i in (0..k).step_by(5) {
+                let j = (i * 7 + 3) % k;
+                let (a, b) = (recs[i].new, recs[j].new);
+                recs[i].new = b;
+                recs[j].new = if i % 3 == 0 { b } else { a };
+            }
+        }
+        recs
+    }
+
+    type Outcome = Result<(Scan, ExceptionTable)>;
+
+    /// The bulk scan and the record-by-record scan of `cow`.
+    fn both(cow: &dyn BlockDevice, origin_chunks: u64, keep_all: bool) -> (Outcome, Outcome) {
+        let header = Header::read(cow).unwrap();
+        let chunk = header.validate().unwrap().unwrap();
+        let mut t = ExceptionTable::new();
+        let bulk = scan(cow, header, chunk, origin_chunks, Some(&mut t), keep_all).map(|s| (s, t));
+        let mut t = ExceptionTable::new();
+        let each = scan_each(cow, header, chunk, origin_chunks, &mut t, keep_all).map(|s| (s, t));
+        (bulk, each)
+    }
+
+    fn same(a: &Outcome, b: &Outcome) -> bool {
+        match (a, b) {
+            (Ok((sa, ta)), Ok((sb, tb))) => {
+                alloc::format!("{sa:?}") == alloc::format!("{sb:?}") && ta == tb
+            }
+            (Err(ea), Err(eb)) => ea == eb,
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Bulk activation finds what the record-by-record check finds: the same table and store
+        /// state, or the same refusal with the same message (which record, which chunk), on
+        /// valid, damaged and unreadable stores alike.
+        #[test]
+        fn bulk_scan_is_the_record_by_record_scan(
+            olds in proptest::collection::vec((0u64..1500, any::<u64>()), 0..800),
+            old_kind in prop_oneof![2 => Just(0u8), 6 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+            new_kind in 0u8..4,
+            origin_chunks in prop_oneof![Just(u64::MAX), 1u64..2100],
+            slack in 0u64..8,
+            cut in prop_oneof![4 => Just(0u64), 1 => 0u64..300],
+            valid in prop_oneof![9 => Just(true), 1 => Just(false)],
+            fault in prop_oneof![4 => Just(None), 1 => (0u64..2_500_000).prop_map(Some)],
+            keep_all in any::<bool>(),
+        ) {
+            let n = olds.len() as u64;
+            let cow_chunks = (loc(n / EPA) + 1 + n % EPA + slack).saturating_sub(cut).max(2);
+            let recs = records(&olds, old_kind, new_kind, cow_chunks);
+            let dev = image(&recs, cow_chunks, valid);
+            let (bulk, each) = match fault {
+                None => both(&dev, origin_chunks, keep_all),
+                Some(f) => both(&Faulty(dev, f + CHUNK), origin_chunks, keep_all),
+            };
+            prop_assert!(same(&bulk, &each), "bulk {:?}\nrecord by record {:?}", bulk, each);
+        }
+
+        /// The status `inspect` derives from a survey is the status of the activated snapshot, and
+        /// streaming the records gives the records `inspect` keeps.
+        #[test]
+        fn survey_reports_what_activation_reports(
+            n in 0u64..900,
+            slack in 0u64..300,
+            valid in prop_oneof![5 => Just(true), 1 => Just(false)],
+        ) {
+            let olds: Vec<(u64, u64)> = (0..n).map(|_| (1, 0)).collect(); // distinct origin chunks
+            let cow_chunks = loc(n / EPA) + 1 + n % EPA + slack;
+            let recs = records(&olds, 1, 0, cow_chunks);
+            let dev = image(&recs, cow_chunks, valid);
+            let s = survey(&dev, None).unwrap();
+            prop_assert!(s.records.is_empty());
+            let full = inspect(&dev, None).unwrap();
+            let mut streamed = Vec::new();
+            for_each_record(&dev, &s, |e| {
+                streamed.push(e);
+                Ok::<(), Error>(())
+            })
+            .unwrap();
+            prop_assert_eq!(&streamed, &full.records);
+            let origin = MemDevice::new((4000 * CHUNK) as usize);
+            let mut vol = crate::Volume::new(origin);
+            let len = dev.len();
+            let id = vol.activate_snapshot(dev, crate::SnapshotOptions::default()).unwrap();
+            prop_assert_eq!(vol.snapshot_status(id).unwrap(), s.status(len));
+        }
+
+        #[test]
+        fn metadata_test_without_division(shift in 3u32..22, x in any::<u64>(), k in 0u64..1000) {
+            // Every chunk size a header may have: 8 sectors to 2^21.
+            let geo = Geometry { chunk: ChunkSize::from_disk_sectors(1 << shift).unwrap() };
+            let m = MetadataChunks::new(geo);
+            let d = geo.exceptions_per_area() + 1;
+            for c in [x, k, k * d, k * d + 1, k * d + 2, x / d * d + 1, 0, 1, u64::MAX] {
+                prop_assert_eq!(m.contains(c), geo.is_metadata_chunk(c), "chunk {}", c);
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeat_before_a_later_failure_is_what_is_reported() {
+        // Two full areas, the second repeating an origin chunk of the first; the third area is
+        // past the end of the COW (or unreadable): the repeat was met first, so it is named.
+        let recs: Vec<Exception> = (0..2 * EPA)
+            .map(|p| Exception {
+                old: if p == 300 { 7 } else { p },
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        let named = "record 44 of area 1: origin chunk 7 appears twice";
+        let short = image(&recs, loc(2), true);
+        let mut t = ExceptionTable::new();
+        let e = PersistentStore::open(&short, |_| 1000, &mut t).unwrap_err();
+        assert_eq!(e, Error::corrupt(named));
+        let long = image(&recs, loc(2) + 1, true);
+        let third = Faulty(long.clone(), loc(2) * CHUNK);
+        let e = PersistentStore::open(&third, |_| 1000, &mut t).unwrap_err();
+        assert_eq!(e, Error::corrupt(named));
+        // Without the repeat, the later failure itself.
+        let mut fine = recs.clone();
+        fine[300].old = 300;
+        let e = PersistentStore::open(&image(&fine, loc(2), true), |_| 1000, &mut t).unwrap_err();
+        assert_eq!(
+            e,
+            Error::corrupt("metadata area 2 (chunk 515) lies past the end of the COW device")
+        );
+        let third = Faulty(image(&fine, loc(2) + 1, true), loc(2) * CHUNK);
+        let e = PersistentStore::open(&third, |_| 1000, &mut t).unwrap_err();
+        assert_eq!(e, Error::io("injected read error"));
+        // And a record on a metadata chunk after the repeat: the repeat.
+        let mut meta = recs;
+        meta[400].new = loc(1);
+        let e =
+            PersistentStore::open(&image(&meta, loc(2) + 1, true), |_| 1000, &mut t).unwrap_err();
+        assert_eq!(e, Error::corrupt(named));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn cow_chunks_named_twice_beyond_2_48_as_record_by_record() {
+        // Without an origin bound (inspect), origin chunks may lie beyond 2^48; the record-by-record
+        // check remembers COW chunks only for origin chunks below it. Same answers here.
+        let big = MAX_COW_CHUNKS;
+        for (a, b, c) in [
+            (big + 1, big + 2, 3),
+            (3, big + 1, big + 2),
+            (big + 1, 3, big + 2),
+        ] {
+            let recs = [
+                Exception { old: a, new: 9 },
+                Exception { old: b, new: 9 },
+                Exception { old: c, new: 2 },
+                Exception { old: 5, new: 3 },
+                Exception {
+                    old: big + 9,
+                    new: 3,
+                },
+            ];
+            let dev = image(&recs, 40, true);
+            let (bulk, each) = both(&dev, u64::MAX, false);
+            assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+        }
+    }
+
+    #[test]
+    fn large_stores_as_record_by_record() {
+        // Beyond 2^16 records the sort goes through buckets: same answers, across bucket borders.
+        let n = 70_000u64;
+        let prime = 1_000_003u64;
+        let kernel: Vec<Exception> = (0..n)
+            .map(|p| Exception {
+                old: p * 7919 % prime,
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        let cow_chunks = loc(n / EPA) + 1 + n % EPA;
+        let mut repeat = kernel.clone();
+        repeat[69_000].old = repeat[123].old;
+        repeat[50_000].old = repeat[40_000].old;
+        let mut named_twice = kernel.clone();
+        named_twice.swap(10, 60_000);
+        named_twice[65_000].new = named_twice[3].new;
+        let mut swapped = kernel.clone();
+        swapped.swap(10, 60_000);
+        let named = alloc::format!("COW chunk {} is named by two records", loc(0) + 4);
+        let cases = [
+            (kernel, None),
+            (
+                repeat,
+                Some("record 80 of area 195: origin chunk 759052 appears twice"),
+            ),
+            (named_twice, Some(named.as_str())),
+            (swapped, None),
+        ];
+        for (recs, want) in cases {
+            let dev = image(&recs, cow_chunks, true);
+            let (bulk, each) = both(&dev, prime, false);
+            assert!(same(&bulk, &each), "{:?} {:?}", bulk.err(), each.err());
+            match want {
+                None => assert_eq!(bulk.unwrap().1.len(), n),
+                Some(m) => assert_eq!(bulk.err(), Some(Error::corrupt(m))),
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeat_is_named_in_disk_order_whatever_the_sort_did() {
+        // Origin chunk 5 repeats at record 300 (area 1), origin chunk 2 at record 400: the first
+        // repeat in disk order is named, though 2 sorts first.
+        let mut recs: Vec<Exception> = (0..500u64)
+            .map(|p| Exception {
+                old: 10 + p,
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        recs[0].old = 5;
+        recs[300].old = 5;
+        recs[1].old = 2;
+        recs[400].old = 2;
+        let dev = image(&recs, loc(2) + 1, true);
+        let mut t = ExceptionTable::new();
+        let e = PersistentStore::open(&dev, |_| 1000, &mut t).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            Error::corrupt("record 44 of area 1: origin chunk 5 appears twice").to_string()
+        );
+    }
 }
