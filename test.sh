@@ -36,11 +36,14 @@ if want rust; then
 fi
 
 if want package; then
-  step "cargo publish --dry-run (every publishable crate); the packaged core passes its own tests"
+  step "cargo publish --dry-run (every publishable crate); the packaged core builds and passes its own tests"
   for d in core cli ffi bindings/python; do
     for l in LICENSE-MIT LICENSE-APACHE; do cmp -s "$l" "$d/$l" || { echo "$d/$l differs from ./$l" >&2; exit 1; }; done
   done
-  cargo publish --workspace --dry-run --allow-dirty -q
+  # --no-verify: cargo treats the packaged cowsnap-core as an immutable registry crate and would
+  # reuse a stale build of it when verifying the crates above it; the core is verified below.
+  rm -rf target/package
+  cargo publish --workspace --dry-run --allow-dirty --no-verify -q
   core_pkg=$(find target/package -maxdepth 1 -type d -name 'cowsnap-core-*' | head -1)
   (cd "$core_pkg" && cargo test -q --target-dir "$ROOT/target/package-test")
 fi
