@@ -44,8 +44,14 @@ if want package; then
   # reuse a stale build of it when verifying the crates above it; the core is verified below.
   rm -rf target/package
   cargo publish --workspace --dry-run --allow-dirty --no-verify -q
-  core_pkg=$(find target/package -maxdepth 1 -type d -name 'cowsnap-core-*' | head -1)
-  (cd "$core_pkg" && cargo test -q --target-dir "$ROOT/target/package-test")
+  for c in core cli ffi; do
+    files=$(tar tzf "target/package/tmp-crate/cowsnap-$c-0.1.0.crate")
+    [[ $files == *LICENSE-APACHE* && $files == *LICENSE-MIT* ]] ||
+      { echo "cowsnap-$c: no license files in the package" >&2; exit 1; }
+  done
+  # Unpacked where cargo itself verifies packages (cargo keeps target/package out of the workspace).
+  tar xzmf target/package/tmp-crate/cowsnap-core-*.crate -C target/package  # m: fresh mtimes, so cargo rebuilds
+  (cd target/package/cowsnap-core-*/ && cargo test -q --target-dir "$ROOT/target/package-test")
 fi
 
 # Each front end owns a script: scripts/test-<name>.sh (installs its own tools, runs its suite).
