@@ -104,6 +104,12 @@ export interface ExceptionEntry {
   newChunk: number;
 }
 
+/** A byte range of the origin. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
 /**
  * An origin volume held in memory, and its snapshots. Offsets and sizes are byte counts given as
  * non-negative safe integers. Call `free()` (or use `using`) to release its memory at once; a
@@ -155,6 +161,12 @@ export class Snapshot {
   status(): SnapshotStatus;
   /** The exception table in origin-chunk order. */
   exceptions(): ExceptionEntry[];
+  /**
+   * Byte ranges, sorted and merged, outside which this snapshot reads as the current origin; given
+   * an older snapshot's id, outside which the two snapshots read the same (what an incremental
+   * backup reads). Throws `SNAPSHOT_INVALID` for an invalid snapshot, `MERGING` during a merge.
+   */
+  changedRanges(olderId?: number): ByteRange[];
   /** Removes the snapshot (like `lvremove`). */
   delete(): void;
   /**

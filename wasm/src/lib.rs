@@ -557,6 +557,12 @@ impl From<MergeProgress> for ProgressJs {
 }
 
 #[derive(Serialize)]
+struct RangeJs {
+    offset: f64,
+    length: f64,
+}
+
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ExceptionJs {
     old_chunk: f64,
@@ -634,6 +640,28 @@ impl Snapshot {
             .map(|e| ExceptionJs {
                 old_chunk: e.old as f64,
                 new_chunk: e.new as f64,
+            })
+            .collect();
+        to_js(&list)
+    }
+
+    /// Byte ranges `[{ offset, length }]` of the origin, sorted and merged, outside which this
+    /// snapshot reads exactly as the current origin; with `olderId` (the id of an older snapshot of
+    /// this volume), outside which the two snapshots read the same (what an incremental backup must
+    /// read). Throws `SNAPSHOT_INVALID` for an invalid snapshot, `MERGING` during a merge.
+    #[wasm_bindgen(js_name = changedRanges)]
+    pub fn changed_ranges(&self, older_id: JsValue) -> Result<JsValue, JsValue> {
+        let older = if is_absent(&older_id) {
+            self.id
+        } else {
+            SnapshotId(arg_u32(&older_id, "olderId")?)
+        };
+        let list = with(&self.vol, |v| v.changed_between(older, self.id))?;
+        let list: Vec<RangeJs> = list
+            .into_iter()
+            .map(|(offset, length)| RangeJs {
+                offset: offset as f64,
+                length: length as f64,
             })
             .collect();
         to_js(&list)

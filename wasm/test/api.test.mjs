@@ -334,3 +334,26 @@ test('free, Symbol.dispose, and snapshots outliving their volume handle', () => 
   snap.free();
   throwsCode(() => snap.status(), 'INVALID_ARGUMENT', Error, /Snapshot handle was freed/);
 });
+
+test('changedRanges names every chunk where snapshots may differ', () => {
+  const vol = Volume.memory(4 * MiB);
+  vol.write(0, bytes(4 * MiB, 0x11));
+  const old = vol.snapshot({ cowSize: 2 * MiB, chunkSize: 4096 });
+  assert.deepEqual(old.changedRanges(), []);
+  vol.write(10 * 4096 + 5, text('x'));
+  vol.write(255 * 4096, bytes(2 * 4096, 0x22)); // chunks 255..256, across a table window
+  const neu = vol.snapshot({ cowSize: 2 * MiB, chunkSize: 65536 });
+  neu.write(3 * 65536, text('z')); // a write to the newer snapshot itself
+  assert.deepEqual(old.changedRanges(), [
+    { offset: 10 * 4096, length: 4096 },
+    { offset: 255 * 4096, length: 2 * 4096 },
+  ]);
+  assert.deepEqual(neu.changedRanges(old.id), [
+    { offset: 10 * 4096, length: 4096 },
+    { offset: 3 * 65536, length: 65536 },
+    { offset: 255 * 4096, length: 2 * 4096 },
+  ]);
+  assert.throws(() => neu.changedRanges('x'), TypeError);
+  throwsCode(() => neu.changedRanges(999), 'UNKNOWN_SNAPSHOT');
+  vol.free();
+});

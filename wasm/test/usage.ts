@@ -8,6 +8,7 @@ import init, {
   errorCodes,
   type SnapshotStatus,
   type ExceptionEntry,
+  type ByteRange,
   type MergeProgress,
   type CowsnapError,
   type ErrorCode,
@@ -32,6 +33,8 @@ export async function main(): Promise<number> {
   const state: 'active' | 'overflow' | 'invalid' | 'merging' = st.state;
   const ex: ExceptionEntry[] = snap.exceptions();
   const first: number | undefined = ex[0]?.oldChunk;
+  const changed: ByteRange[] = snap.changedRanges();
+  const since: number | undefined = snap.changedRanges(snap.id)[0]?.offset;
   snap.setAutoextend(null);
   snap.extend(512 * 1024);
   const cow: Uint8Array = snap.exportCow();
@@ -67,5 +70,5 @@ export async function main(): Promise<number> {
   // @ts-expect-error the size is read-only
   vol.size = 1;
 
-  return size + (pct ?? 0) + (first ?? 0) + id + v.length + Object.keys(codes).length + state.length + bad.length;
+  return size + (pct ?? 0) + (first ?? 0) + changed.length + (since ?? 0) + id + v.length + Object.keys(codes).length + state.length + bad.length;
 }
