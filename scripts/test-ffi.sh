@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SHARED=${COWSNAP_SHARED:-$ROOT/tests/shared}
+SHARED=$ROOT/tests/shared
 
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc)

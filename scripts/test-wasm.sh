@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-export COWSNAP_SHARED=${COWSNAP_SHARED:-$ROOT/tests/shared}
+# The tests run from a scratch copy of the package: tell them where the repository's vectors are.
+export COWSNAP_VECTORS_ROOT=$ROOT/tests/shared
 say() { printf '[wasm] %s\n' "$*"; }
 
 # 1. Tools.

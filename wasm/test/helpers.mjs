@@ -7,9 +7,9 @@ export const HERE = dirname(fileURLToPath(import.meta.url));
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
-/** Where the shared vector set is: $COWSNAP_SHARED (set by scripts/test-wasm.sh), else the
- * repository's own copy (tests/shared). */
-export const SHARED = process.env.COWSNAP_SHARED ? resolve(process.env.COWSNAP_SHARED) : join(HERE, '../../tests/shared');
+/** The repository's copy of the shared vector set (tests/shared); scripts/test-wasm.sh says where
+ * it is, since the tests run from a scratch copy of the package. */
+export const SHARED = process.env.COWSNAP_VECTORS_ROOT ? resolve(process.env.COWSNAP_VECTORS_ROOT) : join(HERE, '../../tests/shared');
 
 /** Asserts that `fn` throws an instance of `ctor` whose `code` is `code`. */
 export function throwsCode(fn, code, ctor = Error, msgPart) {

@@ -17,7 +17,7 @@ import cowsnap
 
 SECTOR = 512
 REPO = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("COWSNAP_SHARED") or REPO / "tests" / "shared")
+SHARED = REPO / "tests" / "shared"
 KERNEL_SETS = [SHARED / "vectors" / "kernel", REPO / "tests" / "vectors" / "kernel"]
 
 
@@ -124,7 +124,7 @@ def gunzip(p: Path) -> bytes:
 
 def test_vectors_present() -> None:
     shared = sorted(p.stem for p in (SHARED / "vectors" / "scripts").glob("*.json"))
-    assert len(shared) >= 6, f"expected the shared scripts in {SHARED / 'vectors' / 'scripts'} (set COWSNAP_SHARED)"
+    assert len(shared) >= 6, f"expected the shared scripts in {SHARED / 'vectors' / 'scripts'}"
     kernel = {p.name for p in kernel_dirs()}
     missing = [n for n in shared if n not in kernel]
     assert not missing, f"scripts without kernel images: {missing}"

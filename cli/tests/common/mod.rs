@@ -109,15 +109,12 @@ impl Drop for Scratch {
     }
 }
 
-/// `$COWSNAP_SHARED/vectors`, default the repository's copy `<repo>/tests/shared/vectors`.
+/// The repository's copy of the shared vectors, `<repo>/tests/shared/vectors`.
 pub fn vectors() -> PathBuf {
-    let shared = std::env::var_os("COWSNAP_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/shared"));
-    let v = shared.join("vectors");
+    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/shared/vectors");
     assert!(
         v.join("scripts").is_dir(),
-        "test vectors not found at {} (set COWSNAP_SHARED)",
+        "test vectors not found at {}",
         v.display()
     );
     v

@@ -4,13 +4,10 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-/// The shared vector set: `COWSNAP_SHARED`, else the copy in the repository (`tests/shared`), so a
-/// clone alone passes.
+/// The shared vector set, as copied into the repository (`tests/shared`): a clone alone passes, and
+/// nothing outside the repository is read.
 pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("COWSNAP_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/shared"),
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/shared")
 }
 
 /// Reads a gzip file.

@@ -20,7 +20,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..', '..', '..');
 const ART = process.env.PLAYGROUND_ARTIFACTS || join(ROOT, 'artifacts', 'playground');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const KERNEL = join(process.env.COWSNAP_SHARED || join(ROOT, 'tests', 'shared'), 'vectors', 'kernel');
+const KERNEL = join(ROOT, 'tests', 'shared', 'vectors', 'kernel');
 
 let srv, ctx, page, profile, dlDir;
 const external = [];
