@@ -92,17 +92,25 @@ impl HeldWrites {
         self.ranges.iter().map(|(s, v)| (*s, v.as_slice()))
     }
 
-    /// The first held range.
-    pub(crate) fn first(&self) -> Option<(u64, &[u8])> {
-        self.ranges.first().map(|(s, v)| (*s, v.as_slice()))
-    }
-
-    /// Forgets the first range (it reached the device).
-    pub(crate) fn release_first(&mut self) {
-        if !self.ranges.is_empty() {
-            let (_, v) = self.ranges.remove(0);
+    /// Hands every held range to `write`, in offset order, forgetting those it took; stops at its
+    /// first error, keeping that range and the ones after it.
+    pub(crate) fn release<E>(
+        &mut self,
+        mut write: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut done = 0;
+        let mut result = Ok(());
+        for (s, v) in &self.ranges {
+            if let Err(e) = write(*s, v) {
+                result = Err(e);
+                break;
+            }
+            done += 1;
+        }
+        for (_, v) in self.ranges.drain(..done) {
             self.bytes -= v.len();
         }
+        result
     }
 }
 #[cfg(test)]
@@ -142,5 +150,32 @@ mod tests {
                 last_end = Some(s + v.len() as u64);
             }
         }
+    }
+
+    /// A failing write keeps its range and every later one; the earlier ones are gone.
+    #[test]
+    fn release_stops_at_the_first_failure() {
+        let mut h = HeldWrites::default();
+        for off in [0u64, 100, 200] {
+            h.hold(off, &[1; 10]);
+        }
+        let mut seen = alloc::vec::Vec::new();
+        let r = h.release(|s, d| {
+            if s == 100 {
+                return Err(());
+            }
+            seen.push((s, d.len()));
+            Ok(())
+        });
+        assert_eq!(r, Err(()));
+        assert_eq!(seen, [(0, 10)]);
+        assert_eq!(h.bytes(), 20);
+        assert_eq!(
+            h.iter().map(|(s, _)| s).collect::<alloc::vec::Vec<_>>(),
+            [100, 200]
+        );
+        assert_eq!(h.release(|_, _| Ok::<(), ()>(())), Ok(()));
+        assert!(h.is_empty());
+        assert_eq!(h.bytes(), 0);
     }
 }

@@ -194,11 +194,10 @@ impl Volume {
             origin_dirty,
             ..
         } = self;
-        while let Some((start, data)) = held.first() {
+        held.release(|start, data| {
             *origin_dirty = true;
-            device::write(&mut **origin, start, data)?;
-            held.release_first();
-        }
+            device::write(&mut **origin, start, data)
+        })?;
         first_err.map_or(Ok(()), Err)
     }
 

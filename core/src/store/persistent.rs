@@ -496,6 +496,27 @@ impl MetadataChunks {
     }
 }
 
+impl Scan {
+    /// What both scans start from: nothing read yet, the device checked to hold a header and
+    /// the first metadata area.
+    fn start(header: Header, chunk: ChunkSize, cow_chunks: u64) -> Result<Self> {
+        if cow_chunks < 2 {
+            return Err(Error::corrupt(
+                "COW device too small for its header and first metadata area",
+            ));
+        }
+        Ok(Scan {
+            header,
+            chunk,
+            records: Vec::new(),
+            exceptions: 0,
+            areas: 0,
+            last_area: Vec::new(),
+            max_new: 1,
+        })
+    }
+}
+
 /// Reads and checks every metadata area of a valid store, as activation does, and builds `table`
 /// (which must be empty) from the records.
 ///
@@ -533,20 +554,7 @@ fn scan(
     }
     let geo = Geometry { chunk };
     let cow_chunks = chunk.whole_chunks_in(cow.len());
-    if cow_chunks < 2 {
-        return Err(Error::corrupt(
-            "COW device too small for its header and first metadata area",
-        ));
-    }
-    let mut out = Scan {
-        header,
-        chunk,
-        records: Vec::new(),
-        exceptions: 0,
-        areas: 0,
-        last_area: Vec::new(),
-        max_new: 1,
-    };
+    let mut out = Scan::start(header, chunk, cow_chunks)?;
     if header.valid == 0 {
         return Ok(out);
     }
@@ -766,20 +774,7 @@ fn scan_each(
 ) -> Result<Scan> {
     let geo = Geometry { chunk };
     let cow_chunks = chunk.whole_chunks_in(cow.len());
-    if cow_chunks < 2 {
-        return Err(Error::corrupt(
-            "COW device too small for its header and first metadata area",
-        ));
-    }
-    let mut out = Scan {
-        header,
-        chunk,
-        records: Vec::new(),
-        exceptions: 0,
-        areas: 0,
-        last_area: Vec::new(),
-        max_new: 1,
-    };
+    let mut out = Scan::start(header, chunk, cow_chunks)?;
     if header.valid == 0 {
         return Ok(out);
     }
