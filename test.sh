@@ -20,6 +20,8 @@ if want lint; then
   cargo fmt --all -- --check
   step "cargo clippy"
   cargo clippy --workspace --all-targets -- -D warnings
+  step "cargo doc (every crate, warnings are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 fi
 
 if want no_std; then

@@ -287,7 +287,7 @@ struct cowsnap_snapshot_status {
    */
   double data_percent;
   /**
-   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
    */
   char dm_status[64];
   /**

@@ -2,8 +2,8 @@
 //!
 //! Translation only: every function checks its pointers, takes the volume's lock, calls
 //! `cowsnap_core` and turns the outcome into a `cowsnap_result` code plus a thread-local message.
-//! Every exported function wraps its body in [`ffi_guard!`] (a test checks it), so a panic can never
-//! unwind into C.
+//! Every exported function wraps its body in `ffi_guard!` (in `guard.rs`; a test checks it), so a panic
+//! can never unwind into C.
 #![allow(non_camel_case_types)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // Every export's doc states its pointer contract (valid or NULL, borrowed for the call) in C terms.

@@ -101,7 +101,7 @@ pub struct cowsnap_snapshot_status {
     pub merge_total: u64,
     /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
     pub data_percent: f64,
-    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
     pub dm_status: [c_char; 64],
     /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
     pub lvs_attr: [c_char; 16],
