@@ -41,7 +41,9 @@ pub trait BlockDevice: Send + Sync {
 /// (the same for every path, symlink or hard link that names the file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceId {
+    /// `st_dev`: the file system (or device) the file lives on.
     pub dev: u64,
+    /// `st_ino`: the file's inode number on that file system.
     pub ino: u64,
 }
 

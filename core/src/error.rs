@@ -10,9 +10,19 @@ use core::fmt;
 #[non_exhaustive]
 pub enum Error {
     /// I/O outside the device (or snapshot) bounds. Nothing was read or written.
-    OutOfRange { offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// Size of the device or snapshot, in bytes.
+        size: u64,
+    },
     /// A chunk size that is not a power of two number of sectors in the accepted range.
-    BadChunkSize { bytes: u64 },
+    BadChunkSize {
+        /// The size asked for, in bytes.
+        bytes: u64,
+    },
     /// An argument that makes no sense (a zero-length COW, a bad policy...).
     InvalidArgument(&'static str),
     /// The snapshot has been invalidated (COW overflow or an I/O error); its data is gone for good.
@@ -39,20 +49,35 @@ pub enum Error {
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// Success.
     Ok = 0,
+    /// [`Error::OutOfRange`].
     OutOfRange = -1,
+    /// [`Error::BadChunkSize`].
     BadChunkSize = -2,
+    /// [`Error::InvalidArgument`].
     InvalidArgument = -3,
+    /// [`Error::SnapshotInvalid`].
     SnapshotInvalid = -4,
+    /// [`Error::SnapshotOverflow`].
     SnapshotOverflow = -5,
+    /// [`Error::NoSpace`] (front ends also use it for out of memory).
     NoSpace = -6,
+    /// [`Error::UnknownSnapshot`].
     UnknownSnapshot = -7,
+    /// [`Error::Corrupt`].
     CorruptMetadata = -8,
+    /// [`Error::Io`].
     Io = -9,
+    /// [`Error::Merging`].
     Merging = -10,
+    /// [`Error::Unsupported`].
     Unsupported = -11,
+    /// Front ends only: a required pointer or handle was NULL.
     NullPointer = -12,
+    /// Front ends only: an internal bug, caught before it crossed the boundary.
     Panic = -13,
+    /// Front ends only: the caller's buffer is too small; the size needed is reported.
     BufferTooSmall = -14,
 }
 

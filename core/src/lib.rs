@@ -16,7 +16,6 @@
 #![no_std]
 #![deny(unsafe_code)] // one audited exception: `posix_fallocate` in `device::file::reserve`
 #![warn(missing_docs)]
-#![allow(missing_docs)] // fields of plain-data structs are documented on the struct
 
 extern crate alloc;
 #[cfg(feature = "std")]

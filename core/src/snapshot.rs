@@ -71,9 +71,13 @@ impl Autoextend {
 /// How to create a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SnapshotOptions {
+    /// The unit of copy-on-write (`lvcreate --chunksize`).
     pub chunk_size: ChunkSize,
+    /// Where the exception records live: on the COW device (`P`, `PO`) or in memory (`N`).
     pub store: StoreKind,
+    /// What a snapshot write does when the COW is full (`P` invalidates, `PO` reports).
     pub overflow: OverflowMode,
+    /// Grow the COW before it fills up (LVM's `snapshot_autoextend_*`); `None`: never.
     pub autoextend: Option<Autoextend>,
 }
 

@@ -33,10 +33,13 @@ impl SnapshotState {
 /// A snapshot's status, with the numbers `dmsetup status` prints.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotStatus {
+    /// Where the snapshot is in its life cycle.
     pub state: SnapshotState,
+    /// Its exception store.
     pub store: StoreKind,
     /// True for `PO`: snapshot-write overflow is reported instead of invalidating.
     pub overflow_reporting: bool,
+    /// Chunk size in bytes.
     pub chunk_bytes: u64,
     /// Sectors handed out (header and metadata included).
     pub sectors_allocated: u64,

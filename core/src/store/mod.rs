@@ -5,7 +5,7 @@
 //! [`persistent`] (the on-disk format, `P`/`PO`) and [`transient`] (`N`, memory only).
 
 pub mod persistent;
-pub mod transient;
+pub(crate) mod transient;
 
 use alloc::vec::Vec;
 
@@ -37,19 +37,21 @@ pub struct Usage {
 
 /// A commit that did not complete.
 #[derive(Debug)]
-pub struct CommitFailure {
+pub(crate) struct CommitFailure {
     /// What the device said.
-    pub error: crate::Error,
+    pub(crate) error: crate::Error,
     /// True when the store forgot the records and is as before the call: what reached the disk of
     /// them names chunks that hold the right data and are never handed out again in this session.
     /// False when the store is unusable and the snapshot must be invalidated.
-    pub undone: bool,
+    pub(crate) undone: bool,
     /// True when no record reached the device, so the records' chunks can be handed out again.
-    pub reusable: bool,
+    pub(crate) reusable: bool,
 }
 
-/// What a snapshot needs from its exception store.
-pub trait ExceptionStore: Send + Sync {
+/// What a snapshot needs from its exception store. Internal: the two stores are dm's, and the
+/// snapshot code relies on their exact behaviour (records, flushes, undo), so no other store can be
+/// plugged in.
+pub(crate) trait ExceptionStore: Send + Sync {
     /// Transient or persistent.
     fn kind(&self) -> StoreKind;
     /// The store's chunk size.
