@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use cowsnap_core::replay::parse_store;
+use cowsnap_core::store::parse_store;
 use cowsnap_core::store::persistent::{Header, SNAP_MAGIC};
 use cowsnap_core::{
     Autoextend, ChunkSize, FileDevice, SnapshotId, SnapshotOptions, SnapshotState, StoreKind,

@@ -6,8 +6,8 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cowsnap_core::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
 use cowsnap_core::store::persistent::{for_each_record, survey, Geometry, Scan, SNAP_MAGIC};
+use cowsnap_core::testkit::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
 use cowsnap_core::{
     BlockDevice, Error, Exception, FileDevice, SnapshotOptions, SnapshotState, SnapshotStatus,
     Volume,
@@ -309,7 +309,7 @@ fn check_script(s: &Script) -> CliResult {
             ));
         }
     }
-    cowsnap_core::replay::check(s).or_else(|e| bad(e.to_string()))
+    cowsnap_core::testkit::replay::check(s).or_else(|e| bad(e.to_string()))
 }
 
 /// The replay's devices: temporary files beside the outputs they become.

@@ -25,13 +25,12 @@ pub mod chunk;
 pub mod device;
 pub mod error;
 pub mod exception;
-#[doc(hidden)]
-pub mod fuzzing;
 mod held;
-pub mod replay;
 pub mod snapshot;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod volume;
 
 pub use chunk::{ChunkSize, SECTOR_SIZE};

@@ -4,8 +4,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use cowsnap_core::fuzzing::activate_and_read;
 use cowsnap_core::store::persistent::{Header, SNAP_MAGIC};
+use cowsnap_core::testkit::fuzzing::activate_and_read;
 
 /// Counts this thread's live heap bytes and their peak, so a test can bound what one call allocates.
 struct Counting;

@@ -12,7 +12,7 @@ use cowsnap_core::{
 use proptest::prelude::*;
 
 mod common;
-use common::NoGrow;
+use common::no_grow;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -239,7 +239,7 @@ impl Harness {
                 let id = if growable {
                     self.vol.create_snapshot(mem, opts).unwrap()
                 } else {
-                    self.vol.create_snapshot(NoGrow(mem, false), opts).unwrap()
+                    self.vol.create_snapshot(no_grow(mem, false), opts).unwrap()
                 };
                 self.snaps.push(ModelSnap {
                     id,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{first_diff, gunzip, shared_dir};
-use cowsnap_core::replay::{replay, Script};
+use cowsnap_core::testkit::replay::{replay, Script};
 use cowsnap_core::{Error, MemDevice, SnapshotOptions, Volume};
 
 /// Kernel image folders: the shared ones, and cowsnap's own (`tests/vectors/kernel`, made with the
@@ -102,10 +102,10 @@ fn kernel_images_activate_and_read_back_exactly() {
             let img_path = dir.join(format!("{}.img.gz", decl.name));
             let mut vol = Volume::new(MemDevice::from_vec(gunzip(&dir.join("origin.img.gz"))));
             let merged = script.ops.iter().any(
-                |op| matches!(op, cowsnap_core::replay::Op::Merge { name } if *name == decl.name),
+                |op| matches!(op, cowsnap_core::testkit::replay::Op::Merge { name } if *name == decl.name),
             );
             let deleted = script.ops.iter().any(
-                |op| matches!(op, cowsnap_core::replay::Op::Delete { name } if *name == decl.name),
+                |op| matches!(op, cowsnap_core::testkit::replay::Op::Delete { name } if *name == decl.name),
             );
             let id = vol
                 .activate_snapshot(

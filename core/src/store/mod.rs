@@ -11,8 +11,9 @@ use alloc::vec::Vec;
 
 use crate::chunk::ChunkSize;
 use crate::device::BlockDevice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exception::Exception;
+use crate::snapshot::OverflowMode;
 
 /// Which store a snapshot uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -22,6 +23,17 @@ pub enum StoreKind {
     /// dm's `P` (and `PO` with [`crate::OverflowMode::Report`]): the kernel's on-disk format.
     #[default]
     Persistent,
+}
+
+/// Parses dm's store letters, as `dmsetup table` and LVM write them: `P` (persistent), `PO`
+/// (persistent, overflow reported) or `N` (transient), case-insensitive.
+pub fn parse_store(letters: &str) -> Result<(StoreKind, OverflowMode)> {
+    match letters.to_ascii_uppercase().as_str() {
+        "P" => Ok((StoreKind::Persistent, OverflowMode::Invalidate)),
+        "PO" => Ok((StoreKind::Persistent, OverflowMode::Report)),
+        "N" => Ok((StoreKind::Transient, OverflowMode::Invalidate)),
+        _ => Err(Error::InvalidArgument("store must be P, PO or N")),
+    }
 }
 
 /// COW space accounting, in sectors, as `dmsetup status` reports it.

@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{BlockDevice, MemDevice};
 use crate::error::{Error, Result};
-use crate::snapshot::{OverflowMode, SnapshotOptions};
-use crate::store::StoreKind;
+use crate::snapshot::SnapshotOptions;
+use crate::store::parse_store;
 use crate::volume::{SnapshotId, Volume};
 
 /// How the origin starts.
@@ -152,16 +152,6 @@ impl ScriptSnapshot {
             overflow,
             autoextend: None,
         })
-    }
-}
-
-/// Parses a dm store letter: `P`, `PO` or `N` (case-insensitive).
-pub fn parse_store(s: &str) -> Result<(StoreKind, OverflowMode)> {
-    match s.to_ascii_uppercase().as_str() {
-        "P" => Ok((StoreKind::Persistent, OverflowMode::Invalidate)),
-        "PO" => Ok((StoreKind::Persistent, OverflowMode::Report)),
-        "N" => Ok((StoreKind::Transient, OverflowMode::Invalidate)),
-        _ => Err(Error::InvalidArgument("store must be P, PO or N")),
     }
 }
 
