@@ -51,7 +51,8 @@ if want package; then
   done
   # Unpacked where cargo itself verifies packages (cargo keeps target/package out of the workspace).
   tar xzmf target/package/tmp-crate/cowsnap-core-*.crate -C target/package  # m: fresh mtimes, so cargo rebuilds
-  (cd target/package/cowsnap-core-*/ && cargo test -q --target-dir "$ROOT/target/package-test")
+  # --features testkit: the tests' shared devices (a path dev-dependency, which packaging drops).
+  (cd target/package/cowsnap-core-*/ && cargo test -q --features testkit --target-dir "$ROOT/target/package-test")
 fi
 
 # Each front end owns a script: scripts/test-<name>.sh (installs its own tools, runs its suite).
