@@ -103,6 +103,10 @@ for t in test_api test_files test_stress test_vectors; do
 done
 g++ -std=c++17 -Wall -Wextra -Werror "${CFLAGS_PC[@]}" tests/c/test_cpp.cpp "${LIBS_PC[@]}" \
   -Wl,-rpath,"$LIB" -o "$OUT/test_cpp"
+# A program built against the first header (frozen in tests/c/compat; the library's header must not
+# be on the include path), linked against today's library: the old structs keep working.
+gcc -std=c99 -Wall -Wextra -Werror -g -Itests/c/compat tests/c/compat/test_v0.c -L"$LIB" -lcowsnap \
+  -Wl,-rpath,"$LIB" -o "$OUT/test_v0"
 # The dynamic tests must depend on the versioned SONAME, the static ones on no libcowsnap at all.
 readelf -d "$OUT/test_api-dynamic" | grep -q "NEEDED.*\[$SONAME\]" || {
   echo "test-ffi: test_api-dynamic does not need $SONAME" >&2; exit 1; }
@@ -113,6 +117,8 @@ fi
 KERNEL_COW="$SHARED/vectors/kernel/basic-4k/s0.cow.gz"
 gzip -dc "$KERNEL_COW" > "$OUT/kernel-basic-4k-s0.cow"
 
+# (Lost in db5464d, which left every "under valgrind" run without valgrind.)
+VG=(valgrind -q --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all --error-exitcode=1)
 run() { # name, command...
   local name=$1; shift
   local t0=$SECONDS
@@ -133,6 +139,7 @@ for kind in dynamic static; do
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
 done
 run test_cpp "$OUT/test_cpp"
+run test_v0 "$OUT/test_v0" "$OUT/scratch-dynamic"
 # The stress test natively, with more writes than valgrind can afford.
 "$OUT/test_stress-dynamic" 5000 | tail -1
 

@@ -19,6 +19,7 @@ mod committer;
 #[macro_use]
 mod guard;
 mod files;
+mod sized;
 mod snapshot;
 mod volume;
 

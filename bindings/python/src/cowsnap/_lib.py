@@ -32,7 +32,7 @@ OVERFLOW_REPORT = 1
 
 
 class SnapshotOptions(ctypes.Structure):
-    """``cowsnap_snapshot_options``."""
+    """``cowsnap_snapshot_options`` (the first, frozen layout; the bindings use SnapshotCreateOptions)."""
 
     _fields_ = [
         ("chunk_size", ctypes.c_uint32),
@@ -45,6 +45,25 @@ class SnapshotOptions(ctypes.Structure):
     ]
 
 
+class SnapshotCreateOptions(ctypes.Structure):
+    """``cowsnap_snapshot_create_options`` (sized: ``struct_size`` is set by ``__init__``)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("chunk_size", ctypes.c_uint32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("autoextend_threshold", ctypes.c_uint32),
+        ("autoextend_percent", ctypes.c_uint32),
+        ("cow_size", ctypes.c_uint64),
+        ("cow_path", ctypes.c_char_p),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
+
+
 class RangeC(ctypes.Structure):
     """``cowsnap_range``."""
 
@@ -52,7 +71,7 @@ class RangeC(ctypes.Structure):
 
 
 class SnapshotStatusC(ctypes.Structure):
-    """``cowsnap_snapshot_status``."""
+    """``struct cowsnap_snapshot_status`` (the first, frozen layout; the bindings use SnapshotInfoC)."""
 
     _fields_ = [
         ("state", ctypes.c_int32),
@@ -70,6 +89,32 @@ class SnapshotStatusC(ctypes.Structure):
         ("dm_status", ctypes.c_char * 64),
         ("lvs_attr", ctypes.c_char * 16),
     ]
+
+
+class SnapshotInfoC(ctypes.Structure):
+    """``cowsnap_snapshot_info`` (sized: ``struct_size`` is set by ``__init__``)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("state", ctypes.c_int32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("merging", ctypes.c_bool),
+        ("chunk_size", ctypes.c_uint64),
+        ("sectors_allocated", ctypes.c_uint64),
+        ("total_sectors", ctypes.c_uint64),
+        ("metadata_sectors", ctypes.c_uint64),
+        ("exceptions", ctypes.c_uint64),
+        ("merge_merged", ctypes.c_uint64),
+        ("merge_total", ctypes.c_uint64),
+        ("data_percent", ctypes.c_double),
+        ("dm_status", ctypes.c_char * 64),
+        ("lvs_attr", ctypes.c_char * 16),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
 
 
 # cowsnap_merge_progress_cb: int32_t (*)(void *user_data, uint64_t merged, uint64_t total, bool done);
@@ -103,6 +148,12 @@ _SIGNATURES = {
         c_result,
         [c_volume_p, ctypes.POINTER(SnapshotOptions), ctypes.POINTER(ctypes.c_uint32)],
     ),
+    "cowsnap_snapshot_create_options_init": (c_result, [ctypes.POINTER(SnapshotCreateOptions), ctypes.c_size_t]),
+    "cowsnap_snapshot_create_with": (
+        c_result,
+        [c_volume_p, ctypes.POINTER(SnapshotCreateOptions), ctypes.POINTER(ctypes.c_uint32)],
+    ),
+    "cowsnap_snapshot_get_info": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotInfoC)]),
     "cowsnap_snapshot_read": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_snapshot_write": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_snapshot_status": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotStatusC)]),

@@ -137,7 +137,7 @@ class SnapshotStatus:
         return self.state != "invalid"
 
 
-def _status_from_c(st: _lib.SnapshotStatusC) -> SnapshotStatus:
+def _status_from_c(st: _lib.SnapshotInfoC) -> SnapshotStatus:
     state = _lib.STATES.get(st.state, f"unknown({st.state})")
     return SnapshotStatus(
         state=state,
@@ -405,8 +405,8 @@ class Volume:
             raise ValueError("overflow='report' (store PO) needs a persistent snapshot")
         if chunk_size == 0 or chunk_size > 0xFFFFFFFF:
             raise ValueError(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
-        opts = _lib.SnapshotOptions()
-        check(_lib.LIB.cowsnap_snapshot_options_init(ctypes.byref(opts)))
+        opts = _lib.SnapshotCreateOptions()
+        check(_lib.LIB.cowsnap_snapshot_create_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
         opts.chunk_size = chunk_size
         opts.cow_size = cow_size
         opts.store = _lib.STORE_PERSISTENT if persistent else _lib.STORE_TRANSIENT
@@ -421,7 +421,7 @@ class Volume:
             opts.autoextend_percent = pct
         sid = ctypes.c_uint32()
         with _Using(self._h) as ptr:
-            check(_lib.LIB.cowsnap_snapshot_create(ptr, ctypes.byref(opts), ctypes.byref(sid)))
+            check(_lib.LIB.cowsnap_snapshot_create_with(ptr, ctypes.byref(opts), ctypes.byref(sid)))
         snap = Snapshot(self, sid.value, os.fsdecode(p) if p is not None else None)
         self._snapshots.append(snap)
         return snap
@@ -509,9 +509,9 @@ class Snapshot:
 
     def status(self) -> SnapshotStatus:
         """The snapshot's status (``dmsetup status`` / ``lvs``)."""
-        st = _lib.SnapshotStatusC()
+        st = _lib.SnapshotInfoC()
         with _Using(self._vol._h) as ptr:
-            check(_lib.LIB.cowsnap_snapshot_status(ptr, self._id, ctypes.byref(st)))
+            check(_lib.LIB.cowsnap_snapshot_get_info(ptr, self._id, ctypes.byref(st)))
         return _status_from_c(st)
 
     def changed_ranges(self, older: Optional["Snapshot"] = None) -> List[Tuple[int, int]]:
