@@ -21,6 +21,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod check;
 pub mod chunk;
 pub mod device;
 pub mod error;
