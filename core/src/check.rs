@@ -202,12 +202,12 @@ impl fmt::Display for ProblemKind {
             ),
             ProblemKind::CowChunkOutOfRange { new, cow_chunks } => write!(
                 f,
-                "COW chunk {new} is outside the device ({cow_chunks} chunks)"
+                "COW chunk {new} is not a data chunk of this device: it is outside its {cow_chunks} chunks"
             ),
             ProblemKind::CowChunkIsMetadata { new } => {
                 write!(
                     f,
-                    "COW chunk {new} is the header or a metadata area, not data"
+                    "COW chunk {new} is not a data chunk of this device: it is the header or a metadata area"
                 )
             }
             ProblemKind::OriginChunkBeyondOrigin { old, origin_chunks } => write!(
