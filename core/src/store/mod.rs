@@ -2,7 +2,7 @@
 //!
 //! The store decides where the next copied chunk goes and how records become durable; the snapshot
 //! keeps the in-memory table and does the data copies. Two stores exist, as in dm-snapshot:
-//! [`persistent`] (the on-disk format, `P`/`PO`) and [`transient`] (`N`, memory only).
+//! [`persistent`] (the on-disk format, `P`/`PO`) and `transient` (`N`, memory only).
 
 pub mod persistent;
 pub(crate) mod transient;
