@@ -13,7 +13,6 @@
 //!   are hints, not proofs: `lvcreate` wipes only the first 4 KiB of a COW volume, and a reused
 //!   volume may hold an earlier store's bytes.
 
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -273,7 +272,8 @@ pub struct Report {
     pub areas: u64,
     /// Records read (good or not).
     pub records: u64,
-    /// Every problem, in on-disk order (at most [`MAX_PROBLEMS`]).
+    /// Every problem, in on-disk order. At most [`MAX_PROBLEMS`]: beyond, those of each record on
+    /// its own come first, then repeats of an earlier record's chunk.
     pub problems: Vec<Problem>,
     /// Problems found beyond [`MAX_PROBLEMS`], not listed.
     pub omitted: u64,
@@ -364,8 +364,9 @@ pub fn check(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Report
     let geo = Geometry { chunk };
     let epa = geo.exceptions_per_area();
     let rec = EXCEPTION_RECORD_BYTES;
-    let mut by_old: BTreeMap<u64, Location> = BTreeMap::new();
-    let mut by_new: BTreeMap<u64, Location> = BTreeMap::new();
+    // Every record as (origin chunk, COW chunk, position), for the repeats once all are read:
+    // 24 bytes a record, sorted in place (no map with a node per record).
+    let mut seen: Vec<(u64, u64, u64)> = Vec::new();
     let mut buf = vec![0u8; (epa * rec).min(PIECE) as usize];
     let mut area = 0u64;
     loop {
@@ -395,25 +396,22 @@ pub fn check(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Report
                 }
                 let here = Location::Record { area, index };
                 r.records += 1;
+                let mut pos = area * epa + index;
                 if new >= cow_chunks || new >= MAX_COW_CHUNKS {
                     r.add(here, ProblemKind::CowChunkOutOfRange { new, cow_chunks });
+                    pos |= NEW_BAD;
                 } else if geo.is_metadata_chunk(new) {
                     r.add(here, ProblemKind::CowChunkIsMetadata { new });
-                } else if let Some(&first) = by_new.get(&new) {
-                    r.add(here, ProblemKind::CowChunkTwice { new, first });
-                } else {
-                    by_new.insert(new, here);
+                    pos |= NEW_BAD;
                 }
                 if old >= origin_chunks {
                     r.add(
                         here,
                         ProblemKind::OriginChunkBeyondOrigin { old, origin_chunks },
                     );
-                } else if let Some(&first) = by_old.get(&old) {
-                    r.add(here, ProblemKind::OriginChunkTwice { old, first });
-                } else {
-                    by_old.insert(old, here);
+                    pos |= OLD_BAD;
                 }
+                seen.push((old, new, pos));
                 index += 1;
             }
         }
@@ -441,6 +439,8 @@ pub fn check(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Report
         }
         break;
     }
+    repeats(&mut r, &mut seen, epa);
+    r.problems.sort_by_key(|p| order(p.location));
     if r.records == 0 {
         if let Some(found) = other_chunk_size(cow, chunk)? {
             r.add(
@@ -453,6 +453,80 @@ pub fn check(cow: &dyn BlockDevice, origin_chunks: Option<u64>) -> Result<Report
         }
     }
     Ok(r)
+}
+
+/// Marks, in a record's position, that its COW chunk or its origin chunk is already reported (and so
+/// takes no part in the search for repeats).
+const NEW_BAD: u64 = 1 << 63;
+const OLD_BAD: u64 = 1 << 62;
+
+/// The place of the record at `pos` (area by area, `epa` records each).
+fn record_at(pos: u64, epa: u64) -> Location {
+    let pos = pos & !(NEW_BAD | OLD_BAD);
+    Location::Record {
+        area: pos / epa,
+        index: pos % epa,
+    }
+}
+
+/// Sort key of a location: the device and the header first, then each area's records, then what
+/// concerns the area as a whole.
+fn order(l: Location) -> (u8, u64, u64) {
+    match l {
+        Location::Device => (0, 0, 0),
+        Location::Header => (0, 1, 0),
+        Location::Record { area, index } => (1, area, index),
+        Location::Area { area, .. } => (1, area, u64::MAX),
+    }
+}
+
+/// Reports every record that repeats an origin chunk or a COW chunk of an earlier record (in disk
+/// order), naming that first record.
+fn repeats(r: &mut Report, seen: &mut [(u64, u64, u64)], epa: u64) {
+    let real = |pos: u64| pos & !(NEW_BAD | OLD_BAD);
+    seen.sort_unstable_by_key(|&(old, _, pos)| (pos & OLD_BAD, old, real(pos)));
+    for run in runs(seen, |a, b| a.0 == b.0 && a.2 & OLD_BAD == b.2 & OLD_BAD) {
+        if run[0].2 & OLD_BAD != 0 {
+            continue;
+        }
+        let first = record_at(run[0].2, epa);
+        for &(old, _, pos) in &run[1..] {
+            r.add(
+                record_at(pos, epa),
+                ProblemKind::OriginChunkTwice { old, first },
+            );
+        }
+    }
+    seen.sort_unstable_by_key(|&(_, new, pos)| (pos & NEW_BAD, new, real(pos)));
+    for run in runs(seen, |a, b| a.1 == b.1 && a.2 & NEW_BAD == b.2 & NEW_BAD) {
+        if run[0].2 & NEW_BAD != 0 {
+            continue;
+        }
+        let first = record_at(run[0].2, epa);
+        for &(_, new, pos) in &run[1..] {
+            r.add(
+                record_at(pos, epa),
+                ProblemKind::CowChunkTwice { new, first },
+            );
+        }
+    }
+}
+
+/// The runs of neighbours that are `same` (what `slice::chunk_by` does, after rust-version 1.75).
+fn runs<'a, T>(
+    v: &'a [T],
+    same: impl Fn(&T, &T) -> bool + 'a,
+) -> impl Iterator<Item = &'a [T]> + 'a {
+    let mut rest = v;
+    core::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = 1 + rest.windows(2).take_while(|w| same(&w[0], &w[1])).count();
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        Some(run)
+    })
 }
 
 /// Non-zero records of the area at byte `at` from record `from` on (at most [`AFTER_END_SCAN`]
