@@ -2,6 +2,7 @@
 // wasm/build.sh appends loader-esm.d.ts (-> index.d.mts, for `import`, Node.js and browser) or
 // loader-cjs.d.ts (-> index.d.cts, for `require`) to this file: the classes are the same in both.
 
+// BEGIN GENERATED ErrorCode (from cowsnap_core::ErrorCode by ffi/tests/generated.rs; do not edit)
 /** Stable error codes, shared with the C API and Python (`error.code`). */
 export type ErrorCode =
   | 'OUT_OF_RANGE'
@@ -18,6 +19,7 @@ export type ErrorCode =
   | 'NULL_POINTER'
   | 'PANIC'
   | 'BUFFER_TOO_SMALL';
+// END GENERATED ErrorCode
 
 /**
  * What every function of the package throws: an `Error` (engine errors), a `TypeError` (an argument
