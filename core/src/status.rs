@@ -97,6 +97,16 @@ impl SnapshotStatus {
     }
 }
 
+/// The 10-character `lvs` attribute string of an origin LV: `-wi-a-----` without snapshots,
+/// `owi-a-s---` with some, `Owi-a-s---` while one of them merges into it.
+pub fn origin_lvs_attr(has_snapshots: bool, merging: bool) -> &'static str {
+    match (has_snapshots, merging) {
+        (_, true) => "Owi-a-s---",
+        (true, false) => "owi-a-s---",
+        (false, false) => "-wi-a-----",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,8 @@ export class Volume {
   static fromImages(origin: Uint8Array, cows?: readonly Uint8Array[]): Volume;
   /** Origin size in bytes (also the size of every snapshot). */
   readonly size: number;
+  /** The origin's `lvs` attributes: `-wi-a-----`, `owi-a-s---` with snapshots, `Owi-a-s---` while one merges. */
+  readonly lvsAttr: string;
   /** `len` bytes of the origin at `offset`, in a new array. */
   read(offset: number, len: number): Uint8Array;
   /** Fills `buf` from the origin at `offset`. */
