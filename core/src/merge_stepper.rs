@@ -94,11 +94,8 @@ mod tests {
         vol.write_at(0, &[7u8; 20000]).unwrap();
         let mut m = MergeStepper::new(id);
         let mut seen = Vec::new();
-        loop {
-            match m.step(&mut vol).unwrap() {
-                MergeEvent::Progress(p) => seen.push(p),
-                MergeEvent::Finished(_) => break,
-            }
+        while let MergeEvent::Progress(p) = m.step(&mut vol).unwrap() {
+            seen.push(p);
         }
         assert_eq!(seen.first().unwrap().merged, 0);
         assert!(seen.last().unwrap().done);
