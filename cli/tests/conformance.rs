@@ -136,7 +136,7 @@ impl Cli {
                 }
                 o
             }
-            "status" | "count" => {
+            "status" | "count" | "origin_attr" => {
                 let o = exec(vec![
                     "lvs".into(),
                     self.dir.display().to_string(),
@@ -145,6 +145,10 @@ impl Cli {
                 assert!(o.status.success(), "{ctx}: lvs failed");
                 let v: Value = serde_json::from_slice(&o.stdout).unwrap();
                 let rows: Vec<Value> = v["report"][0]["lv"].as_array().unwrap().clone();
+                if s["op"] == "origin_attr" {
+                    assert_eq!(rows[0]["lv_attr"], s["value"], "{ctx}: origin lv_attr");
+                    return 0;
+                }
                 if s["op"] == "count" {
                     assert_eq!(rows.len() as u64 - 1, s["count"].as_u64().unwrap(), "{ctx}");
                     return 0;

@@ -107,6 +107,18 @@ pub fn origin_lvs_attr(has_snapshots: bool, merging: bool) -> &'static str {
     }
 }
 
+impl crate::Volume {
+    /// The origin's `lvs` attribute string ([`origin_lvs_attr`] of this volume's snapshots).
+    pub fn origin_lvs_attr(&self) -> &'static str {
+        let ids = self.snapshot_ids();
+        let merging = ids.iter().any(|&id| {
+            self.snapshot_status(id)
+                .is_ok_and(|s| s.state == SnapshotState::Merging)
+        });
+        origin_lvs_attr(!ids.is_empty(), merging)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,6 +183,10 @@ impl Run {
                 let p = policy(&step["policy"]);
                 self.vol().set_autoextend(id, p)?;
             }
+            "origin_attr" => {
+                let want = step["value"].as_str().unwrap();
+                assert_eq!(self.vol().origin_lvs_attr(), want, "{ctx}: origin lvs_attr");
+            }
             "count" => {
                 assert_eq!(
                     self.vol().snapshot_ids().len() as u64,

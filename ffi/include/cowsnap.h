@@ -607,6 +607,17 @@ cowsnap_result cowsnap_volume_size(struct cowsnap_volume *vol,
                                    uint64_t *out_size);
 
 /**
+ * Copies the origin's 10-character `lvs` attribute string and a NUL into `buf` (at least 11 bytes):
+ * `-wi-a-----` without snapshots, `owi-a-s---` with some, `Owi-a-s---` while one is merging.
+ *
+ * Errors: `NULL_POINTER`, `BUFFER_TOO_SMALL` (len < 11; nothing copied). `buf` is borrowed for the
+ * call. Thread-safety: safe to call concurrently (takes the read lock).
+ */
+cowsnap_result cowsnap_volume_lvs_attr(struct cowsnap_volume *vol,
+                                       char *buf,
+                                       size_t len);
+
+/**
  * Lists the ids of the volume's snapshots, oldest first: stores their number in `*out_count` and, when
  * `ids` is not NULL, copies them to `ids[0..capacity]`.
  *

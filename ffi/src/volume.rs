@@ -311,6 +311,35 @@ pub unsafe extern "C" fn cowsnap_volume_size(
     })
 }
 
+/// Copies the origin's 10-character `lvs` attribute string and a NUL into `buf` (at least 11 bytes):
+/// `-wi-a-----` without snapshots, `owi-a-s---` with some, `Owi-a-s---` while one is merging.
+///
+/// Errors: `NULL_POINTER`, `BUFFER_TOO_SMALL` (len < 11; nothing copied). `buf` is borrowed for the
+/// call. Thread-safety: safe to call concurrently (takes the read lock).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_lvs_attr(
+    vol: *mut cowsnap_volume,
+    buf: *mut c_char,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_lvs_attr", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        let attr = v.read()?.origin_lvs_attr();
+        if len <= attr.len() {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("the attribute string needs {} bytes", attr.len() + 1),
+            ));
+        }
+        // SAFETY: `buf` has room for `len` > attr.len() bytes by contract.
+        let out = unsafe { out_buf(buf.cast::<u8>(), attr.len() + 1) }?;
+        out[..attr.len()].copy_from_slice(attr.as_bytes());
+        out[attr.len()] = 0;
+        Ok(())
+    })
+}
+
 /// Lists the ids of the volume's snapshots, oldest first: stores their number in `*out_count` and, when
 /// `ids` is not NULL, copies them to `ids[0..capacity]`.
 ///

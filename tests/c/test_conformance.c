@@ -37,6 +37,7 @@ struct step {
   int data_percent_kind; /* 0: not checked, 1: the value, 2: none (invalid snapshot) */
   double data_percent;
   int64_t count;
+  const char *value;
   const struct image *images;
   int n_images;
 };
@@ -192,6 +193,12 @@ static int step(struct run *r, const struct step *s, const char *name, int si) {
   if (!strcmp(op, "extend")) return cowsnap_snapshot_extend(r->vol, r->snaps[s->snap], s->size);
   if (!strcmp(op, "autoextend"))
     return cowsnap_snapshot_set_autoextend(r->vol, r->snaps[s->snap], s->threshold, s->percent);
+  if (!strcmp(op, "origin_attr")) {
+    char attr[16];
+    int rc = cowsnap_volume_lvs_attr(r->vol, attr, sizeof attr);
+    if (rc == COWSNAP_OK && strcmp(attr, s->value)) fail(name, si, "origin lvs_attr");
+    return rc;
+  }
   if (!strcmp(op, "count")) {
     size_t n = 0;
     int rc = cowsnap_volume_snapshot_ids(r->vol, NULL, 0, &n);

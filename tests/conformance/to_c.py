@@ -60,6 +60,7 @@ for ci, case in enumerate(CASES):
             f".data_percent_kind = {0 if 'data_percent' not in s else (2 if dp is None else 1)}",
             f".data_percent = {float(dp) if dp is not None else 0.0}",
             f".count = {int(s.get('count', -1))}",
+            f".value = {cstr(s.get('value'))}",
             f".images = {images}",
             f".n_images = {n_images}",
         ]

@@ -485,14 +485,7 @@ impl Volume {
     /// `Owi-a-s---` while one merges (the core's rule, as the CLI's `lvs`).
     #[wasm_bindgen(getter, js_name = lvsAttr)]
     pub fn lvs_attr(&self) -> Result<String, JsValue> {
-        with(&self.inner, |v| {
-            let ids = v.snapshot_ids();
-            let merging = ids.iter().any(|&id| {
-                v.snapshot_status(id)
-                    .is_ok_and(|s| s.state == SnapshotState::Merging)
-            });
-            Ok(cowsnap_core::origin_lvs_attr(!ids.is_empty(), merging).into())
-        })
+        with(&self.inner, |v| Ok(v.origin_lvs_attr().into()))
     }
 
     /// The current snapshots, oldest first (new handles to the same snapshots).

@@ -80,6 +80,9 @@ function runStep(r, s, ctx) {
     case 'autoextend':
       r.snaps[s.snap].setAutoextend(s.policy);
       return;
+    case 'origin_attr':
+      assert.equal(r.vol.lvsAttr, s.value, `${ctx}: origin lvsAttr`);
+      return;
     case 'count':
       assert.equal(r.vol.snapshots().length, s.count, `${ctx}: snapshot count`);
       return;

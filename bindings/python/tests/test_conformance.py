@@ -87,6 +87,8 @@ class Run:
         elif op == "autoextend":
             p = s["policy"]
             self.snaps[s["snap"]].set_autoextend(tuple(p) if p is not None else None)
+        elif op == "origin_attr":
+            assert self.vol.lvs_attr == s["value"], f"{ctx}: origin lvs_attr {self.vol.lvs_attr!r}"
         elif op == "count":
             assert len(self.vol.snapshots) == s["count"], f"{ctx}: snapshot count"
         elif op == "close":

@@ -92,6 +92,7 @@ _SIGNATURES = {
     ),
     "cowsnap_volume_free": (None, [c_volume_p]),
     "cowsnap_volume_size": (c_result, [c_volume_p, ctypes.POINTER(ctypes.c_uint64)]),
+    "cowsnap_volume_lvs_attr": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.c_size_t]),
     "cowsnap_volume_snapshot_ids": (
         c_result,
         [c_volume_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],

@@ -339,6 +339,15 @@ class Volume:
         """The live snapshots, oldest first."""
         return [s for s in self._snapshots if s._alive]
 
+    @property
+    def lvs_attr(self) -> str:
+        """The origin's ``lvs`` attribute string: ``"-wi-a-----"`` without snapshots, ``"owi-a-s---"``
+        with some, ``"Owi-a-s---"`` while one is merging (the library's rule)."""
+        buf = ctypes.create_string_buffer(16)
+        with _Using(self._h) as ptr:
+            check(_lib.LIB.cowsnap_volume_lvs_attr(ptr, buf, len(buf)))
+        return buf.value.decode("ascii")
+
     # I/O
 
     def read(self, offset: int, n: int) -> bytes:
