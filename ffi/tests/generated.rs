@@ -118,3 +118,63 @@ fn splice_replaces_only_the_block() {
     let text = format!("a\n{TS_BEGIN} old\nx\n{TS_END}\nb\n");
     assert_eq!(splice(&text, "NEW"), "a\nNEW\nb\n");
 }
+
+#[test]
+fn the_library_lists_every_code_with_its_name_and_description() {
+    let mut count = 0usize;
+    // SAFETY: NULL/0 asks for the count; out_count is a valid pointer.
+    let r = unsafe { cowsnap::cowsnap_error_codes(std::ptr::null_mut(), 0, &mut count) };
+    assert_eq!(r as i32, 0);
+    assert_eq!(count, ErrorCode::ALL.len());
+    let mut small = vec![0i32; count - 1];
+    // SAFETY: `small` has room for count - 1 values.
+    let r = unsafe { cowsnap::cowsnap_error_codes(small.as_mut_ptr(), small.len(), &mut count) };
+    assert_eq!(r as i32, ErrorCode::BufferTooSmall as i32);
+    assert!(
+        small.iter().all(|c| *c == 0),
+        "nothing copied on BUFFER_TOO_SMALL"
+    );
+    let mut codes = vec![1i32; count];
+    // SAFETY: `codes` has room for count values.
+    let r = unsafe { cowsnap::cowsnap_error_codes(codes.as_mut_ptr(), codes.len(), &mut count) };
+    assert_eq!(r as i32, 0);
+    let want: Vec<i32> = ErrorCode::ALL.iter().map(|c| *c as i32).collect();
+    assert_eq!(codes, want);
+    for c in ErrorCode::ALL {
+        let d = cowsnap::cowsnap_error_description(c as i32);
+        // SAFETY: a static NUL-terminated string.
+        let d = unsafe { std::ffi::CStr::from_ptr(d) }.to_str().unwrap();
+        assert_eq!(d, c.description());
+        assert!(d.len() > 5 && d.ends_with('.'), "{c:?}: {d}");
+    }
+    let unknown = cowsnap::cowsnap_error_description(-999);
+    // SAFETY: a static NUL-terminated string.
+    assert_eq!(
+        unsafe { std::ffi::CStr::from_ptr(unknown) }.to_bytes(),
+        b"unknown result code"
+    );
+}
+
+#[test]
+fn the_origin_attribute_string_needs_eleven_bytes() {
+    let mut vol = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; the volume is freed below.
+    unsafe {
+        assert_eq!(
+            cowsnap::cowsnap_volume_create_mem(1 << 20, &mut vol) as i32,
+            0
+        );
+        let mut buf = [0x7f as std::ffi::c_char; 16];
+        let r = cowsnap::cowsnap_volume_lvs_attr(vol, buf.as_mut_ptr(), 10);
+        assert_eq!(r as i32, ErrorCode::BufferTooSmall as i32);
+        assert_eq!(buf[0], 0x7f, "nothing written");
+        assert_eq!(
+            cowsnap::cowsnap_volume_lvs_attr(vol, buf.as_mut_ptr(), 11) as i32,
+            0
+        );
+        let s = std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap();
+        assert_eq!(s, "-wi-a-----");
+        assert_eq!(buf[11], 0x7f, "nothing written past the NUL");
+        cowsnap::cowsnap_volume_free(vol);
+    }
+}
