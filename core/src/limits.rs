@@ -24,7 +24,7 @@ pub fn check_origin_len(len: u64) -> Result<()> {
     }
     if len > MAX_DEVICE_LEN {
         return Err(Error::InvalidArgument(
-            "volume size is out of range: larger than any file can be (2^63 - 1 bytes)",
+            "volume size is larger than any file can be (2^63 - 1 bytes)",
         ));
     }
     Ok(())
@@ -35,7 +35,7 @@ pub fn check_origin_len(len: u64) -> Result<()> {
 pub fn check_cow_growth(len: u64) -> Result<()> {
     if len > MAX_DEVICE_LEN {
         return Err(Error::InvalidArgument(
-            "COW size is out of range: a COW holds at most 2^63 - 1 bytes (no file or memory holds more)",
+            "COW size is out of range (at most 2^63 - 1 bytes)",
         ));
     }
     Ok(())

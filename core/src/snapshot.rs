@@ -93,8 +93,7 @@ impl SnapshotOptions {
     pub fn validate(self) -> Result<Self> {
         if self.store == StoreKind::Transient && self.overflow == OverflowMode::Report {
             return Err(Error::InvalidArgument(
-                "overflow mode report (dm's PO) needs a persistent store: dm has no transient \
-                 store that reports overflow",
+                "overflow mode report (dm's PO) needs a persistent store",
             ));
         }
         if let Some(a) = self.autoextend {
