@@ -22,6 +22,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-ffi: installing ${need[*]} with apt-get"
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -97,7 +98,10 @@ g++ -std=c++17 -pedantic -Wall -Wextra -Werror -Iffi/include "$OUT/h.cpp" -fsynt
 
 echo "--- compile against the installed library (dynamic + static), through pkg-config"
 CFLAGS=(-std=c99 -Wall -Wextra -Werror -g "${CFLAGS_PC[@]}" -Itests/c)
-for t in test_api test_files test_stress test_vectors; do
+# The conformance table as a C header for tests/c/test_conformance.c (the C runner reads no JSON).
+python3 tests/conformance/to_c.py "$OUT/conformance_cases.h"
+CFLAGS+=(-I"$OUT")
+for t in test_api test_files test_stress test_vectors test_conformance; do
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "${LIBS_PC[@]}" -lpthread -Wl,-rpath,"$LIB" -o "$OUT/$t-dynamic"
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "$LIB/libcowsnap.a" "${STATIC_LIBS[@]}" -o "$OUT/$t-static"
 done
@@ -137,6 +141,7 @@ for kind in dynamic static; do
   grep SKIPPED "$OUT/test_files-$kind.log" || true
   run "test_stress-$kind" "$OUT/test_stress-$kind" 300
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
+  run "test_conformance-$kind" "$OUT/test_conformance-$kind" "$OUT/scratch-$kind"
 done
 run test_cpp "$OUT/test_cpp"
 run test_v0 "$OUT/test_v0" "$OUT/scratch-dynamic"

@@ -897,11 +897,7 @@ fn exec_lvs(v: &Opened, as_json: bool, io: &mut Io) -> CliResult {
             .snapshot_status(id)
             .is_ok_and(|s| s.state == SnapshotState::Merging)
     });
-    let origin_attr = match (v.ids.is_empty(), merging) {
-        (true, _) => "-wi-a-----",
-        (false, false) => "owi-a-s---",
-        (false, true) => "Owi-a-s---",
-    };
+    let origin_attr = cowsnap_core::origin_lvs_attr(!v.ids.is_empty(), merging);
     let mut rows = vec![Row {
         name: vname.clone(),
         attr: origin_attr.into(),
@@ -1098,14 +1094,7 @@ fn io_err(what: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
 }
 
 fn check_range(offset: u64, len: u64, size: u64) -> CliResult {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(CliError::from(cowsnap_core::Error::OutOfRange {
-            offset,
-            len,
-            size,
-        })),
-    }
+    Ok(cowsnap_core::limits::check_range(offset, len, size)?)
 }
 
 fn exec_write(

@@ -14,7 +14,8 @@
 //! assert_eq!(vol.snapshot_status(snap).unwrap().dm_status(), "24/512 16");
 //! ```
 #![no_std]
-#![deny(unsafe_code)] // one audited exception: `posix_fallocate` in `device::file::reserve`
+#![deny(unsafe_code)]
+// audited exceptions: `posix_fallocate` in `device::file::reserve`, `alloc_zeroed` in `MemDevice::try_new`
 #![warn(missing_docs)]
 
 extern crate alloc;
@@ -27,6 +28,8 @@ pub mod device;
 pub mod error;
 pub mod exception;
 mod held;
+pub mod limits;
+pub mod merge_stepper;
 pub mod snapshot;
 pub mod status;
 pub mod store;
@@ -40,8 +43,9 @@ pub use device::FileDevice;
 pub use device::{BlockDevice, DeviceId, MemDevice};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
+pub use merge_stepper::{MergeEvent, MergeStepper};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};
-pub use status::{SnapshotState, SnapshotStatus};
+pub use status::{origin_lvs_attr, SnapshotState, SnapshotStatus};
 pub use store::{StoreKind, Usage};
 pub use volume::{MergeProgress, SnapshotId, Volume};
 

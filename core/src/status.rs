@@ -100,6 +100,28 @@ impl SnapshotStatus {
     }
 }
 
+/// The 10-character `lvs` attribute string of an origin LV: `-wi-a-----` without snapshots,
+/// `owi-a-s---` with some, `Owi-a-s---` while one of them merges into it.
+pub fn origin_lvs_attr(has_snapshots: bool, merging: bool) -> &'static str {
+    match (has_snapshots, merging) {
+        (_, true) => "Owi-a-s---",
+        (true, false) => "owi-a-s---",
+        (false, false) => "-wi-a-----",
+    }
+}
+
+impl crate::Volume {
+    /// The origin's `lvs` attribute string ([`origin_lvs_attr`] of this volume's snapshots).
+    pub fn origin_lvs_attr(&self) -> &'static str {
+        let ids = self.snapshot_ids();
+        let merging = ids.iter().any(|&id| {
+            self.snapshot_status(id)
+                .is_ok_and(|s| s.state == SnapshotState::Merging)
+        });
+        origin_lvs_attr(!ids.is_empty(), merging)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,9 +61,10 @@ typedef int32_t cowsnap_overflow_mode;
 /**
  * Result of every fallible cowsnap function: `COWSNAP_OK` (0) or a negative error kind.
  *
- * The numbers are the stable error codes shared by every cowsnap front end (C, Python, JavaScript):
- * they never change once released. `cowsnap_error_name()` gives the name without the `COWSNAP_ERR_`
- * prefix (e.g. "OUT_OF_RANGE"), `cowsnap_last_error()` the message of the last failure.
+ * The numbers are the stable error codes shared by every cowsnap front end (C, Python,
+ * JavaScript): they never change once released. `cowsnap_error_name()` gives the name without
+ * the `COWSNAP_ERR_` prefix (e.g. "OUT_OF_RANGE"), `cowsnap_last_error()` the message of the
+ * last failure.
  */
 enum cowsnap_result
 #ifdef __cplusplus
@@ -83,7 +84,7 @@ enum cowsnap_result
    */
   COWSNAP_ERR_BAD_CHUNK_SIZE = -2,
   /**
-   * An argument that makes no sense (zero size, unknown enum value, bad autoextend policy...).
+   * An argument that makes no sense (zero size, unknown enum value, bad autoextend policy, an option combination dm has no store type for, a handle used after it was freed...).
    */
   COWSNAP_ERR_INVALID_ARGUMENT = -3,
   /**
@@ -91,7 +92,7 @@ enum cowsnap_result
    */
   COWSNAP_ERR_SNAPSHOT_INVALID = -4,
   /**
-   * The snapshot (overflow mode REPORT) is full: snapshot writes are refused, reads still work.
+   * The snapshot (overflow mode report, dm's PO) is full: snapshot writes are refused, reads still work.
    */
   COWSNAP_ERR_SNAPSHOT_OVERFLOW = -5,
   /**
@@ -485,6 +486,27 @@ const char *cowsnap_version(void);
 const char *cowsnap_error_name(int32_t code);
 
 /**
+ * One sentence saying what a result code means (the documentation of its `COWSNAP_ERR_*`
+ * constant), or "unknown result code" for a number that is not a cowsnap code.
+ *
+ * Ownership: a static string; never free it. Thread-safety: safe from any thread.
+ */
+const char *cowsnap_error_description(int32_t code);
+
+/**
+ * Every result code, `COWSNAP_OK` first, in the order of their numbers (0, -1, -2...): lets a
+ * binding build its table of errors from the library instead of restating it (with
+ * `cowsnap_error_name` and `cowsnap_error_description`).
+ *
+ * Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
+ * enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
+ * count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+ */
+cowsnap_result cowsnap_error_codes(int32_t *codes,
+                                   size_t len,
+                                   size_t *out_count);
+
+/**
  * Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
  * autoextend, memory COW, `cow_size` 0 (to be set by the caller).
  *
@@ -755,6 +777,17 @@ void cowsnap_volume_free(struct cowsnap_volume *vol);
  */
 cowsnap_result cowsnap_volume_size(struct cowsnap_volume *vol,
                                    uint64_t *out_size);
+
+/**
+ * Copies the origin's 10-character `lvs` attribute string and a NUL into `buf` (at least 11 bytes):
+ * `-wi-a-----` without snapshots, `owi-a-s---` with some, `Owi-a-s---` while one is merging.
+ *
+ * Errors: `NULL_POINTER`, `BUFFER_TOO_SMALL` (len < 11; nothing copied). `buf` is borrowed for the
+ * call. Thread-safety: safe to call concurrently (takes the read lock).
+ */
+cowsnap_result cowsnap_volume_lvs_attr(struct cowsnap_volume *vol,
+                                       char *buf,
+                                       size_t len);
 
 /**
  * Lists the ids of the volume's snapshots, oldest first: stores their number in `*out_count` and, when

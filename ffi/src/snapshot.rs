@@ -3,8 +3,8 @@
 use std::ffi::{c_char, c_void};
 
 use cowsnap_core::{
-    Autoextend, ChunkSize, Error, ErrorCode, MergeProgress, OverflowMode, SnapshotId,
-    SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
+    limits, Autoextend, ChunkSize, Error, ErrorCode, MergeEvent, MergeProgress, MergeStepper,
+    OverflowMode, SnapshotId, SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
 };
 
 use crate::files::{self, Space};
@@ -162,32 +162,20 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
     })
 }
 
-/// Smallest COW `lvcreate -s` accepts (LVM's `SNAPSHOT_MIN_CHUNKS`): the header, the first metadata
-/// area and one data chunk. The core formats two chunks, but such a COW has no room for any data:
-/// the first write to the origin would invalidate it.
-const MIN_PERSISTENT_CHUNKS: u64 = 3;
-
-/// Refuses a COW too small for its store before anything is allocated or created.
+/// The core's COW size rule ([`SnapshotOptions::check_cow_len`]), with the numbers in the message.
 pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
-    let chunk = opts.chunk_size.bytes();
-    let (chunks, what) = match opts.store {
-        StoreKind::Persistent => (
-            MIN_PERSISTENT_CHUNKS,
-            "a persistent COW needs 3 chunks (header, metadata area, one data chunk)",
-        ),
-        StoreKind::Transient => (1, "a transient COW needs 1 chunk"),
-    };
-    if cow_size < chunks * chunk {
-        return Err(Failure::new(
-            ErrorCode::NoSpace,
+    opts.check_cow_len(cow_size).map_err(|e| match e {
+        Error::NoSpace => Failure::new(
+            e.code(),
             format!(
-                "COW device too small: {what}, {} bytes with {chunk}-byte chunks; cow_size is \
-                 {cow_size}",
-                chunks * chunk
+                "COW device too small: {}, {} bytes with {}-byte chunks; cow_size is {cow_size}",
+                opts.min_cow_reason(),
+                opts.min_cow_len(),
+                opts.chunk_size.bytes()
             ),
-        ));
-    }
-    Ok(())
+        ),
+        e => e.into(),
+    })
 }
 
 /// Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
@@ -375,10 +363,7 @@ unsafe fn create(
         let v = unsafe { volume(vol) }?;
         // SAFETY: out-parameter contract.
         let out_id = unsafe { out(out_id, "out_id") }?;
-        let sopts = options(o)?;
-        if o.cow_size == 0 {
-            return Err(Failure::invalid("cow_size is 0"));
-        }
+        let sopts = options(o)?.validate()?;
         check_cow_size(o.cow_size, &sopts)?;
         let id = if o.cow_path.is_null() {
             let cow = mem_device(o.cow_size)?;
@@ -673,15 +658,18 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     ffi_guard!("cowsnap_snapshot_merge", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        let id = SnapshotId(id);
-        let mut p = v.write()?.merge_begin(id)?;
-        report(progress, user_data, p)?;
-        while !p.done {
-            p = v.write()?.merge_step(id)?;
-            report(progress, user_data, p)?;
+        // The core's merge loop, one step per write lock; the callback runs with no lock held.
+        let mut merge = MergeStepper::new(SnapshotId(id));
+        loop {
+            let event = merge.step(&mut *v.write()?)?;
+            match event {
+                MergeEvent::Progress(p) => report(progress, user_data, p)?,
+                MergeEvent::Finished(cow) => {
+                    drop(cow);
+                    return Ok(());
+                }
+            }
         }
-        drop(v.write()?.merge_finish(id)?);
-        Ok(())
     })
 }
 
@@ -752,12 +740,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     ffi_guard!("cowsnap_snapshot_extend", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        if new_cow_size > i64::MAX as u64 {
-            return Err(Failure::invalid(format!(
-                "new COW size {new_cow_size} bytes is out of range: a COW holds at most {} bytes",
-                i64::MAX
-            )));
-        }
+        limits::check_cow_growth(new_cow_size)?;
         v.write()?
             .extend_snapshot(SnapshotId(id), new_cow_size)
             .map_err(|e| match e {

@@ -298,7 +298,7 @@ static void test_error_paths(void) {
   o.overflow = -1;
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "unknown overflow mode -1");
   o = mem_opts(0);
-  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "cow_size is 0");
+  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "COW size is 0");
   o = mem_opts(4096);
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_NO_SPACE, "too small");
   o = mem_opts(64 * 1024);

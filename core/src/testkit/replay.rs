@@ -134,24 +134,22 @@ fn fill_sector_index(offset: u64, buf: &mut [u8]) {
 
 /// `size` zero bytes, or an error instead of an allocation failure (which would abort the process).
 fn zeroed(size: u64, what: &'static str) -> Result<Vec<u8>> {
-    let n = usize::try_from(size).map_err(|_| Error::InvalidArgument(what))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::InvalidArgument(what))?;
-    v.resize(n, 0);
-    Ok(v)
+    crate::device::MemDevice::try_new(size)
+        .map(crate::device::MemDevice::into_vec)
+        .map_err(|_| Error::InvalidArgument(what))
 }
 
 impl ScriptSnapshot {
     /// The snapshot options this declaration stands for.
     pub fn options(&self) -> Result<SnapshotOptions> {
         let (store, overflow) = parse_store(&self.store)?;
-        Ok(SnapshotOptions {
+        SnapshotOptions {
             chunk_size: ChunkSize::new(u64::from(self.chunk_sectors) * SECTOR_SIZE)?,
             store,
             overflow,
             autoextend: None,
-        })
+        }
+        .validate()
     }
 }
 

@@ -9,7 +9,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
-from .errors import BufferTooSmall, CowsnapError, VolumeClosed
+from .errors import BufferTooSmall, CowsnapError, VolumeClosed, error_by_name
+
+# Python's shape for a value the library would refuse, raised before a C call when the value cannot
+# even be passed (negative, beyond 64 bits, a C sentinel): a CowsnapError with its code, also a
+# ValueError. The rules themselves (sizes, options, autoextend) are the library's.
+_InvalidArgument = error_by_name("INVALID_ARGUMENT")
+_BadChunkSize = error_by_name("BAD_CHUNK_SIZE")
 
 __all__ = ["Volume", "Snapshot", "SnapshotStatus", "MergeProgress", "BytesLike", "PathLike"]
 
@@ -28,9 +34,9 @@ def _index(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     v: int = operator.index(value)
     if v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
+        raise _InvalidArgument(f"{what} must be >= 0, got {v}")
     if v >= 1 << 64:
-        raise ValueError(f"{what} does not fit in 64 bits: {v}")
+        raise _InvalidArgument(f"{what} does not fit in 64 bits: {v}")
     return v
 
 
@@ -39,9 +45,9 @@ def _path(value: Any, what: str) -> bytes:
         raise TypeError(f"{what} must be a path (str, bytes or os.PathLike), not {type(value).__name__}")
     p = os.fsencode(value)
     if not p:
-        raise ValueError(f"{what} must not be empty")
+        raise _InvalidArgument(f"{what} must not be empty")
     if b"\0" in p:
-        raise ValueError(f"{what} must not contain NUL bytes")
+        raise _InvalidArgument(f"{what} must not contain NUL bytes")
     return p
 
 
@@ -88,10 +94,10 @@ def _autoextend(policy: Any) -> Tuple[int, int]:
     if not isinstance(policy, tuple) or len(policy) != 2:
         raise TypeError("autoextend must be a (threshold_percent, extend_percent) tuple or None")
     th, pct = _index(policy[0], "autoextend threshold"), _index(policy[1], "autoextend percent")
-    if not 1 <= th <= 100:
-        raise ValueError(f"autoextend threshold must be 1..100 percent, got {th}")
-    if not 1 <= pct <= 0xFFFFFFFF:
-        raise ValueError(f"autoextend percent must be >= 1, got {pct}")
+    # The C ABI reads threshold 0 as "no autoextend" and takes 32-bit numbers: refuse what it
+    # cannot be told; the library checks the rest (the core's Autoextend::validate).
+    if th == 0 or th > 0xFFFFFFFF or pct > 0xFFFFFFFF:
+        raise _InvalidArgument(f"autoextend threshold must be 1..100 percent and percent at least 1, got {policy}")
     return th, pct
 
 
@@ -333,6 +339,15 @@ class Volume:
         """The live snapshots, oldest first."""
         return [s for s in self._snapshots if s._alive]
 
+    @property
+    def lvs_attr(self) -> str:
+        """The origin's ``lvs`` attribute string: ``"-wi-a-----"`` without snapshots, ``"owi-a-s---"``
+        with some, ``"Owi-a-s---"`` while one is merging (the library's rule)."""
+        buf = ctypes.create_string_buffer(16)
+        with _Using(self._h) as ptr:
+            check(_lib.LIB.cowsnap_volume_lvs_attr(ptr, buf, len(buf)))
+        return buf.value.decode("ascii")
+
     # I/O
 
     def read(self, offset: int, n: int) -> bytes:
@@ -400,11 +415,10 @@ class Volume:
         if not isinstance(overflow, str):
             raise TypeError(f"overflow must be a str, not {type(overflow).__name__}")
         if overflow not in _OVERFLOW_MODES:
-            raise ValueError(f"overflow must be 'invalidate' or 'report', not {overflow!r}")
-        if overflow == "report" and not persistent:
-            raise ValueError("overflow='report' (store PO) needs a persistent snapshot")
+            raise _InvalidArgument(f"overflow must be 'invalidate' or 'report', not {overflow!r}")
+        # (C reads chunk size 0 as "the default" and takes 32 bits; the library checks the rest.)
         if chunk_size == 0 or chunk_size > 0xFFFFFFFF:
-            raise ValueError(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
+            raise _BadChunkSize(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
         opts = _lib.SnapshotCreateOptions()
         check(_lib.LIB.cowsnap_snapshot_create_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
         opts.chunk_size = chunk_size
