@@ -355,8 +355,12 @@ enum Command {
         #[arg(long)]
         allow_other: bool,
         /// FUSE request threads.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Without the kernel's write-back cache: every write() goes to the engine before it
+        /// returns (its error, such as ENOSPC past the end, at write() rather than at fsync/close).
+        #[arg(long)]
+        no_writeback_cache: bool,
     },
     /// Unmount a `cowsnap mount` and wait until its process has flushed the volume and exited.
     Umount { mountpoint: PathBuf },
@@ -491,6 +495,7 @@ fn run(cli: Cli) -> CliResult {
             writable_snapshots,
             allow_other,
             threads,
+            no_writeback_cache,
         } => mount::mount(
             &dir,
             &mountpoint,
@@ -499,6 +504,7 @@ fn run(cli: Cli) -> CliResult {
                 writable_snapshots,
                 allow_other,
                 threads,
+                writeback_cache: !no_writeback_cache,
             },
             q,
         ),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cowsnap_core::{Error as CoreError, SnapshotId};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
     SessionACL, WriteFlags,
@@ -49,8 +49,10 @@ const ORIGIN: u64 = 2;
 /// Snapshot inode = SNAP_BASE + the core's snapshot id (never reused while mounted).
 const SNAP_BASE: u64 = 16;
 const TTL: Duration = Duration::from_secs(1);
-/// Largest FUSE write request asked of the kernel.
-const MAX_WRITE: u32 = 1 << 20;
+/// Largest FUSE write (and readahead) request asked of the kernel. The kernel caps it at
+/// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
+/// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
+const MAX_WRITE: u32 = 4 << 20;
 
 /// How a managed command reaches its volume.
 pub enum Access {
@@ -128,6 +130,8 @@ pub struct MountOpts {
     pub writable_snapshots: bool,
     pub allow_other: bool,
     pub threads: usize,
+    /// The kernel's write-back cache for the files (see `CowFs::init`).
+    pub writeback_cache: bool,
 }
 
 /// State shared by the FUSE handlers and the control socket.
@@ -136,6 +140,8 @@ struct State {
     /// Open file handles per inode (a snapshot with open handles cannot be removed).
     opens: Mutex<HashMap<u64, u32>>,
     writable_snapshots: bool,
+    /// The kernel's write-back cache is asked for (see `CowFs::init`).
+    writeback: bool,
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
@@ -241,8 +247,22 @@ impl CowFs {
 
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        // Err(limit) = the nearest value the kernel takes: use that.
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Write-back cache: writes land in the kernel's page cache and reach us as large write-back
+        // requests, many at once. It keeps fsync honest: the kernel writes the file's dirty pages
+        // back (to `write`, here) and waits for them before it sends FUSE_FSYNC, which is the
+        // engine's flush (`fsync` below), and a write-back error is returned by that fsync. What
+        // changes is *when* a write's error shows: at fsync/close, as on any page-cached file.
+        // Commands through the control socket write the dirty pages back first (`sync_mount`).
+        if self.st.writeback {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         Ok(())
     }
 
@@ -360,6 +380,8 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_read_at(id, offset, &mut buf),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        // Not held while the reply goes to the kernel.
+        drop(v);
         match r {
             Ok(()) => reply.data(&buf),
             Err(e) => {
@@ -401,6 +423,7 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        drop(v);
         match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
@@ -455,8 +478,10 @@ impl Filesystem for CowFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The engine's flush: origin and every COW with unflushed writes.
-        match self.st.write().flush() {
+        // The engine's flush: origin and every COW with unflushed writes. (With the write-back
+        // cache the kernel has written this file's dirty pages back, and waited, before this.)
+        let r = self.st.write().flush();
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => {
                 eprintln!("cowsnap mount: fsync of inode {}: {}", ino.0, e.msg);
@@ -574,6 +599,19 @@ fn serve_client(st: &State, stream: UnixStream) {
         Ok(_) => Err(CliError::msg("bad request to the mount process")),
         Err(e) => Err(CliError::msg(format!("reading the request: {e}"))),
     };
+    // Everything written through the mount before this command is in the engine before it runs
+    // (a snapshot holds it, `cowsnap read` sees it, and a `cowsnap write` is not overwritten later
+    // by an older dirty page). No volume lock is held here: the write-back goes through the FUSE
+    // threads.
+    if st.writeback {
+        if let Err(e) = sync_mount(&st.mountpoint) {
+            eprintln!(
+                "cowsnap mount: writing back dirty pages of {} before a command: {e} (the next \
+                 fsync of the file reports it)",
+                st.mountpoint.display()
+            );
+        }
+    }
     let hooks = Hooks {
         st,
         pending: Mutex::new(Vec::new()),
@@ -602,6 +640,18 @@ fn serve_client(st: &State, stream: UnixStream) {
         Ok(()) => request::write_frame(&mut w, TAG_OK, &[]),
         Err(e) => request::write_frame(&mut w, TAG_ERR, &request::error_payload(&e)),
     };
+}
+
+/// syncfs(2) of the mount: the kernel writes every dirty page of its files back to this process
+/// and waits for the replies.
+fn sync_mount(mnt: &Path) -> io::Result<()> {
+    let d = File::open(mnt)?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Parses `/proc/self/mountinfo`: (mount point, fs type, source) of every mount.
@@ -822,6 +872,7 @@ fn serve_inner(
         vol: RwLock::new(v),
         opens: Mutex::new(HashMap::new()),
         writable_snapshots: opts.writable_snapshots,
+        writeback: opts.writeback_cache,
         // SAFETY: getuid/getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
@@ -858,6 +909,8 @@ fn serve_inner(
         config.mount_options.push(MountOption::DefaultPermissions);
     }
     config.n_threads = Some(opts.threads.max(1));
+    // One /dev/fuse descriptor per thread: requests are handed to the threads by the kernel.
+    config.clone_fd = true;
     let session = Session::new(CowFs { st: st.clone() }, mnt, &config).map_err(|e| {
         CliError::msg(format!(
             "cannot mount FUSE at {}: {e} (needs /dev/fuse, and root or fusermount3)",
