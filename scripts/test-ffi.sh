@@ -97,7 +97,7 @@ g++ -std=c++17 -pedantic -Wall -Wextra -Werror -Iffi/include "$OUT/h.cpp" -fsynt
 
 echo "--- compile against the installed library (dynamic + static), through pkg-config"
 CFLAGS=(-std=c99 -Wall -Wextra -Werror -g "${CFLAGS_PC[@]}" -Itests/c)
-for t in test_api test_files test_stress test_vectors; do
+for t in test_api test_files test_stress test_vectors test_open_dir; do
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "${LIBS_PC[@]}" -lpthread -Wl,-rpath,"$LIB" -o "$OUT/$t-dynamic"
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "$LIB/libcowsnap.a" "${STATIC_LIBS[@]}" -o "$OUT/$t-static"
 done
@@ -121,6 +121,10 @@ run() { # name, command...
   echo "ok  $name under valgrind ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.log")"
 }
 
+echo "--- cargo build -p cowsnap-cli (test_open_dir makes its volume directories with it)"
+cargo build -q -p cowsnap-cli
+CLI=$ROOT/target/debug/cowsnap
+
 echo "--- run under valgrind memcheck (errors or leaks fail)"
 for kind in dynamic static; do
   mkdir -p "$OUT/scratch-$kind"
@@ -131,6 +135,8 @@ for kind in dynamic static; do
   grep SKIPPED "$OUT/test_files-$kind.log" || true
   run "test_stress-$kind" "$OUT/test_stress-$kind" 300
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
+  # Volume directories made by the cowsnap CLI, opened from C: policies and the lock.
+  run "test_open_dir-$kind" "$OUT/test_open_dir-$kind" "$CLI" "$OUT/scratch-$kind"
 done
 run test_cpp "$OUT/test_cpp"
 # The stress test natively, with more writes than valgrind can afford.

@@ -353,7 +353,7 @@ def show(name, target, vals):
     verdict = "met, every round" if lo >= target else ("median only" if med >= target else "not met")
     print(f"[fuse] {name:<44} {lo:5.2f} {med:5.2f} {hi:5.2f}   target >= {target}: {verdict}")
     return min(vals)
-print(f"[fuse] {\"ratio (per round, then min median max)\":<44}   min   med   max")
+print("[fuse] %-44s   min   med   max" % "ratio (per round, then min median max)")
 show("FUSE / plain, sequential write", 0.85, [f[2] / f[0] for f in rows])
 show("FUSE / plain, sequential read (cold)", 0.85, [f[3] / f[1] for f in rows])
 show("FUSE with a snapshot / plain, first writes", 0.5, [f[4] / f[0] for f in rows])

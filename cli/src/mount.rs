@@ -26,15 +26,15 @@ use fuser::{
     SessionACL, WriteFlags,
 };
 
-use crate::managed::{exec, exec_ro, Io, MountHooks, Opened};
-use crate::manifest::{Manifest, VolumeLock, LOCK};
-use crate::request::{self, FrameWriter, TAG_ERR, TAG_OK, TAG_REQUEST};
+use cowsnap_managed::client::{try_connect, with_socket_path, LOG, SOCKET};
+use cowsnap_managed::manifest::{Manifest, VolumeLock, LOCK};
+use cowsnap_managed::protocol::{self as request, FrameWriter, TAG_ERR, TAG_OK, TAG_REQUEST};
+use cowsnap_managed::{Code, Io, MountHooks, Opened};
+
+use crate::exec::{exec, exec_ro};
+use crate::request::Request as CliRequest;
 use crate::{CliError, CliResult};
 
-/// Control socket of a mounted volume, inside the volume directory.
-pub const SOCKET: &str = ".cowsnap.sock";
-/// Log of a `--daemon` mount (its stdout and stderr), inside the volume directory.
-pub const LOG: &str = ".cowsnap-mount.log";
 /// Subtype of the file system (`fuse.cowsnap` when mounted through fusermount3; the direct mount(2)
 /// path shows `fuse`, with the source `cowsnap:DIR`).
 const SUBTYPE: &str = "cowsnap";
@@ -53,76 +53,6 @@ const TTL: Duration = Duration::from_secs(1);
 /// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
 /// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
 const MAX_WRITE: u32 = 4 << 20;
-
-/// How a managed command reaches its volume.
-pub enum Access {
-    /// The volume is mounted: talk to the mount process.
-    Remote(UnixStream),
-    /// Not mounted: the lock is ours, open the files.
-    Local(VolumeLock),
-}
-
-/// Calls `f` with a path naming `DIR/.cowsnap.sock` that fits in a unix socket address (through
-/// `/proc/self/fd` when the directory path is long).
-fn with_socket_path<T>(dir: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
-    let p = dir.join(SOCKET);
-    if p.as_os_str().len() < 100 {
-        return f(&p);
-    }
-    let d = File::open(dir)?;
-    let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()));
-    let r = f(&short);
-    drop(d);
-    r
-}
-
-/// Connects to the mount process of `dir`; `None` when the volume is not mounted.
-fn try_connect(dir: &Path) -> CliResult<Option<UnixStream>> {
-    if fs::symlink_metadata(dir.join(SOCKET)).is_err() {
-        return Ok(None);
-    }
-    match with_socket_path(dir, |p| UnixStream::connect(p)) {
-        Ok(s) => Ok(Some(s)),
-        // A socket left by a mount process that died: the lock decides.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(CliError::msg(format!(
-            "{} is mounted but its control socket {} refuses this process: {e}",
-            dir.display(),
-            dir.join(SOCKET).display()
-        ))),
-    }
-}
-
-/// The mount process's socket when the volume is mounted, else the volume lock (waiting for it while
-/// another command holds it, and saying so unless `quiet`).
-pub fn connect_or_lock(dir: &Path, exclusive: bool, quiet: bool) -> CliResult<Access> {
-    // Held until we are in: a waiting writer keeps new readers out (writer preference).
-    let gate = crate::manifest::Gate::enter(dir, exclusive, quiet)?;
-    let mut said = gate.said;
-    loop {
-        if let Some(s) = try_connect(dir)? {
-            return Ok(Access::Remote(s));
-        }
-        if let Some(l) = VolumeLock::try_acquire(dir, exclusive)? {
-            return Ok(Access::Local(l));
-        }
-        if !said && !quiet {
-            eprintln!(
-                "cowsnap: waiting for another cowsnap process using {}",
-                dir.display()
-            );
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Options of `cowsnap mount`.
 pub struct MountOpts {
@@ -593,11 +523,25 @@ impl Hooks<'_> {
 /// Serves one client of the control socket: one request, its output, its result.
 fn serve_client(st: &State, stream: UnixStream) {
     let mut rd = &stream;
+    // The client's protocol version decides the form of our error (1 had no version field).
+    let mut version = 1;
     let req = match request::read_frame(&mut rd) {
-        Ok(Some((TAG_REQUEST, b))) => serde_json::from_slice::<request::Envelope>(&b)
-            .map_err(|e| CliError::msg(format!("bad request to the mount process: {e}"))),
-        Ok(_) => Err(CliError::msg("bad request to the mount process")),
-        Err(e) => Err(CliError::msg(format!("reading the request: {e}"))),
+        Ok(Some((TAG_REQUEST, b))) => {
+            if let Some(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|j| j.get("version").and_then(|v| v.as_u64()))
+            {
+                version = u32::try_from(v).unwrap_or(u32::MAX);
+            }
+            serde_json::from_slice::<request::Envelope<CliRequest>>(&b)
+                .map_err(|e| {
+                    CliError::msg(format!("bad request to the mount process: {e}"))
+                        .with_code(Code::Protocol)
+                })
+                .and_then(|env| env.check_version().map(|()| env))
+        }
+        Ok(_) => Err(CliError::msg("bad request to the mount process").with_code(Code::Protocol)),
+        Err(e) => Err(CliError::msg(format!("reading the request: {e}")).with_code(Code::Protocol)),
     };
     // Everything written through the mount before this command is in the engine before it runs
     // (a snapshot holds it, `cowsnap read` sees it, and a `cowsnap write` is not overwritten later
@@ -638,7 +582,11 @@ fn serve_client(st: &State, stream: UnixStream) {
     let mut w = &stream;
     let _ = match result {
         Ok(()) => request::write_frame(&mut w, TAG_OK, &[]),
-        Err(e) => request::write_frame(&mut w, TAG_ERR, &request::error_payload(&e)),
+        Err(e) => request::write_frame(
+            &mut w,
+            TAG_ERR,
+            &request::error_payload_for(&e, version.min(request::VERSION)),
+        ),
     };
 }
 

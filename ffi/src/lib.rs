@@ -19,9 +19,11 @@ mod committer;
 #[macro_use]
 mod guard;
 mod files;
+mod open_dir;
 mod snapshot;
 mod volume;
 
+pub use open_dir::*;
 pub use snapshot::*;
 pub use volume::*;
 

@@ -394,6 +394,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
     ffi_guard!("cowsnap_snapshot_delete", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
+        v.check_unlisted(id, "cowsnap_snapshot_delete")?;
         let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
         Ok(())
@@ -443,6 +444,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     ffi_guard!("cowsnap_snapshot_merge", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
+        v.check_unlisted(id, "cowsnap_snapshot_merge")?;
         let id = SnapshotId(id);
         let mut p = v.write()?.merge_begin(id)?;
         report(progress, user_data, p)?;
