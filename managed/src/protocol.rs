@@ -342,3 +342,97 @@ pub fn call<R: Serialize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cowsnap_core::ErrorCode;
+
+    fn err(kind: ErrorKind, code: Code, msg: &str) -> Error {
+        Error {
+            kind,
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    #[test]
+    fn errors_cross_the_wire_with_kind_code_and_message() {
+        for e in [
+            err(
+                ErrorKind::Refused,
+                Code::Core(ErrorCode::UnknownSnapshot),
+                "no snapshot named \"x\"",
+            ),
+            err(ErrorKind::Io, Code::Core(ErrorCode::Io), "disk: EIO"),
+            err(
+                ErrorKind::Degraded,
+                Code::Degraded,
+                "snapshot s1 was invalidated",
+            ),
+            err(
+                ErrorKind::Refused,
+                Code::Busy,
+                "in use\nsecond line {\"json\"}",
+            ),
+        ] {
+            let back = parse_error_payload(&error_payload(&e));
+            assert_eq!(
+                (back.kind, back.code, back.msg.as_str()),
+                (e.kind, e.code, &*e.msg)
+            );
+        }
+    }
+
+    #[test]
+    fn version_1_clients_get_version_1_errors() {
+        let e = err(ErrorKind::Io, Code::Core(ErrorCode::CorruptMetadata), "bad");
+        assert_eq!(error_payload_for(&e, 1), b"Ibad");
+        // And a version-1 payload still reads (an old daemon answering a new client).
+        let back = parse_error_payload(b"Dlost s1");
+        assert_eq!(
+            (back.kind, back.code, back.msg.as_str()),
+            (ErrorKind::Degraded, Code::Degraded, "lost s1")
+        );
+        let back = parse_error_payload(b"garbage");
+        assert_eq!(
+            (back.kind, back.msg.as_str()),
+            (ErrorKind::Refused, "garbage")
+        );
+    }
+
+    #[test]
+    fn envelopes_carry_their_version_and_unknown_versions_are_refused() {
+        let env = Envelope::new(7u32, true);
+        let json = serde_json::to_string(&env).unwrap();
+        assert_eq!(
+            json,
+            format!("{{\"version\":{VERSION},\"quiet\":true,\"request\":7}}")
+        );
+        let v1: Envelope<u32> = serde_json::from_str("{\"quiet\":false,\"request\":1}").unwrap();
+        assert_eq!(v1.version, 1);
+        assert!(v1.check_version().is_ok());
+        for bad in [0, VERSION + 1, u32::MAX] {
+            let e = Envelope::new(0u32, false);
+            let e = Envelope { version: bad, ..e };
+            assert_eq!(e.check_version().unwrap_err().code, Code::Protocol, "{bad}");
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversized_frames_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, TAG_OUT, b"hello").unwrap();
+        write_frame(&mut buf, TAG_OK, b"").unwrap();
+        let mut r = &buf[..];
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((TAG_OUT, b"hello".to_vec()))
+        );
+        assert_eq!(read_frame(&mut r).unwrap(), Some((TAG_OK, Vec::new())));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+        let mut big = vec![TAG_OUT];
+        big.extend_from_slice(&(MAX_FRAME + 1).to_be_bytes());
+        assert!(read_frame(&mut &big[..]).is_err());
+    }
+}
