@@ -74,6 +74,9 @@ def test_a_cli_writer_waits_for_an_open_handle(cli, tmp_path):
         cowsnap.Volume.open_dir(d)
     with pytest.raises(InvalidArgument, match="manifest"):
         v.snapshots[0].delete()
+    with pytest.raises(InvalidArgument, match="manifest"):
+        v.snapshots[0].merge()
+    assert v.snapshots[0].read(0, 1) == b"\x11"  # still there, still the manifest's
     w = [cli, "-q", "write", str(d), "--offset", "0", "--fill", "0x33", "--len", "4096"]
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run(w, timeout=2)
