@@ -1,4 +1,4 @@
-//! Errors of managed volumes: one line for a person, a [`Kind`] that decides the CLI's exit code,
+//! Errors of managed volumes: one line for a person, an [`ErrorKind`] that decides the CLI's exit code,
 //! and a stable [`Code`] for programs (the mount daemon's wire, the C ABI, Python).
 
 use core::fmt;

@@ -9,7 +9,7 @@
 //! - [`files`]: the volume's files, opened so that a manifest can never lead outside the directory.
 //! - [`volume`]: activation by manifest ([`Opened`]): every snapshot with its policies, a merge
 //!   resumed, broken snapshots reported.
-//! - [`exec`]: the commands on a volume ([`Request`]), run in-process or in the mount daemon.
+//! - [`mod@exec`]: the commands on a volume ([`Request`]), run in-process or in the mount daemon.
 //! - [`protocol`] and [`client`]: the mount daemon's versioned wire protocol, with error codes.
 //! - [`output`]: writing images safely (never onto an input, atomically).
 //! - [`error`]: one error type with a kind (exit code) and a stable [`Code`].
