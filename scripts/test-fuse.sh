@@ -292,7 +292,8 @@ fi
 if want bench; then
   # As benches/compare.sh measures: interleaved rounds, the order of the engines rotated every round
   # (so that the machine's drift hits each alike), each round's figures divided, then min / median /
-  # max of the ratios over the rounds. FUSE_BENCH_ROUNDS (default 5) and FUSE_BENCH_MIB (512).
+  # max of the ratios over the rounds. FUSE_BENCH_ROUNDS (default 5), FUSE_BENCH_MIB (512), and
+  # FUSE_BENCH_MOUNT_OPTS (extra `cowsnap mount` flags, e.g. "--no-writeback-cache --threads 1").
   ROUNDS=${FUSE_BENCH_ROUNDS:-5} MB=${FUSE_BENCH_MIB:-512}
   say "throughput: ext4 on a plain loop file vs ext4 on the cowsnap FUSE origin (dd bs=1M, $MB MiB, $ROUNDS interleaved rounds)"
   drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -311,7 +312,8 @@ if want bench; then
   truncate -s 1G "$P"; mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$P"
   V=$WORK/vol-bench M=$WORK/mnt-bench O=$WORK/o-bench
   cow -q create "$V" --size 1G
-  fuse_mount "$V" "$M"
+  # shellcheck disable=SC2086   # the options are words
+  fuse_mount "$V" "$M" ${FUSE_BENCH_MOUNT_OPTS:-}
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$M/origin"
   loop_mount -o loop "$P" "$PM"
   loop_mount -o loop "$M/origin" "$O"
