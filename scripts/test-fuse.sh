@@ -244,45 +244,50 @@ if want ext4; then
 fi
 
 if want ext4 || want fsync; then
-  # The kernel's write-back cache is on by default: fsync must still make the data durable through
-  # the engine's commit. A snapshot makes every origin write wait in memory for its exceptions'
-  # commit (group commit); the mount process is killed (SIGKILL: no unmount, no flush) right after
-  # fsync returns, so only what fsync made durable survives.
-  say "fsync through the write-back cache is durable: SIGKILL after fsync, data and snapshot intact"
+  # fsync must make the data durable through the engine's commit, with and without the kernel's
+  # write-back cache (--writeback-cache). A snapshot makes every origin write wait in memory for its
+  # exceptions' commit (group commit); the mount process is killed (SIGKILL: no unmount, no flush)
+  # right after fsync returns, so only what fsync made durable survives.
+  for mode in --writeback-cache ""; do
+    say "fsync is durable (mount ${mode:-write-through}): SIGKILL after fsync, data and snapshot intact"
+    V=$WORK/vol-sync M=$WORK/mnt-sync
+    cow -q create "$V" --size 64M
+    cow -q write "$V" --offset 0 --fill 0x11 --len 16M
+    cow -q snapshot "$V" --name s --size 32M
+    fuse_mount "$V" "$M" $mode
+    pid=$(sed -n 's/^cowsnap mount: pid \([0-9]*\) serving.*/\1/p' "$V/.cowsnap-mount.log" | tail -1)
+    [ -n "$pid" ] && kill -0 "$pid" || fail "fsync: no mount process pid in the log"
+    head -c 6M /dev/urandom >"$WORK/sync.dat"
+    for round in 1 2 3; do
+      off=$((round * 5))   # MiB: every round overwrites chunks the snapshot still shares
+      dd if="$WORK/sync.dat" of="$M/origin" bs=1M seek=$off conv=notrunc,fsync status=none || fail "fsync: dd"
+      if [ $round -lt 3 ]; then
+        [ "$(cow read "$V" --offset $((off << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
+          fail "fsync: cowsnap read through the mount process does not see the written data"
+      fi
+    done
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    umount -l "$M" 2>/dev/null || true
+    [ "$(cow read "$V" --offset $((15 << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
+      fail "fsync: data fsynced through the mount lost when the mount process was killed"
+    [ "$(cow read "$V/s" --offset $((5 << 20)) --len $((11 << 20)) | tr -d '\021' | wc -c)" = 0 ] ||
+      fail "fsync: the snapshot lost its old data"
+    rm -rf "$V"
+  done
   V=$WORK/vol-sync M=$WORK/mnt-sync
   cow -q create "$V" --size 64M
-  cow -q write "$V" --offset 0 --fill 0x11 --len 16M
-  cow -q snapshot "$V" --name s --size 32M
-  fuse_mount "$V" "$M"
-  pid=$(sed -n 's/^cowsnap mount: pid \([0-9]*\) serving.*/\1/p' "$V/.cowsnap-mount.log" | tail -1)
-  [ -n "$pid" ] && kill -0 "$pid" || fail "fsync: no mount process pid in the log"
-  head -c 6M /dev/urandom >"$WORK/sync.dat"
-  for round in 1 2 3; do
-    off=$((round * 5))   # MiB: every round overwrites chunks the snapshot still shares
-    dd if="$WORK/sync.dat" of="$M/origin" bs=1M seek=$off conv=notrunc,fsync status=none || fail "fsync: dd"
-    if [ $round -lt 3 ]; then
-      [ "$(cow read "$V" --offset $((off << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
-        fail "fsync: cowsnap read through the mount process does not see the written data"
-    fi
-  done
-  kill -9 "$pid"
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  umount -l "$M" 2>/dev/null || true
-  [ "$(cow read "$V" --offset $((15 << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
-    fail "fsync: data fsynced through the mount lost when the mount process was killed"
-  [ "$(cow read "$V/s" --offset $((5 << 20)) --len $((11 << 20)) | tr -d '\021' | wc -c)" = 0 ] ||
-    fail "fsync: the snapshot lost its old data"
   # A write-back error is reported by fsync: a write past the end of the origin is accepted by the
   # page cache, refused (ENOSPC) when written back, and that fails the fsync.
-  fuse_mount "$V" "$M"
+  fuse_mount "$V" "$M" --writeback-cache
   if dd if=/dev/zero of="$M/origin" bs=4k seek=$((64 << 8)) count=1 conv=notrunc,fsync status=none 2>/dev/null; then
     fail "fsync: a write past the end of the origin was reported durable"
   fi
   cow -q umount "$M"
-  # Without the write-back cache, the same write fails at write() already.
-  fuse_mount "$V" "$M" --no-writeback-cache
+  # Write-through (the default): the same write fails at write() already.
+  fuse_mount "$V" "$M"
   if dd if=/dev/zero of="$M/origin" bs=4k seek=$((64 << 8)) count=1 conv=notrunc status=none 2>/dev/null; then
-    fail "fsync: --no-writeback-cache accepted a write past the end"
+    fail "fsync: a write-through mount accepted a write past the end"
   fi
   cow -q umount "$M"
   rm -rf "$V"
@@ -293,7 +298,7 @@ if want bench; then
   # As benches/compare.sh measures: interleaved rounds, the order of the engines rotated every round
   # (so that the machine's drift hits each alike), each round's figures divided, then min / median /
   # max of the ratios over the rounds. FUSE_BENCH_ROUNDS (default 5), FUSE_BENCH_MIB (512), and
-  # FUSE_BENCH_MOUNT_OPTS (extra `cowsnap mount` flags, e.g. "--no-writeback-cache --threads 1").
+  # FUSE_BENCH_MOUNT_OPTS (extra `cowsnap mount` flags, e.g. "--writeback-cache --threads 1").
   ROUNDS=${FUSE_BENCH_ROUNDS:-5} MB=${FUSE_BENCH_MIB:-512}
   say "throughput: ext4 on a plain loop file vs ext4 on the cowsnap FUSE origin (dd bs=1M, $MB MiB, $ROUNDS interleaved rounds)"
   drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -240,10 +240,12 @@ enum Command {
         /// FUSE request threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// Without the kernel's write-back cache: every write() goes to the engine before it
-        /// returns (its error, such as ENOSPC past the end, at write() rather than at fsync/close).
+        /// The kernel's write-back cache for the files: writes return once in the page cache and
+        /// reach the engine as large write-back requests; fsync stays the engine's flush, but a
+        /// write's error (ENOSPC past the end, a failing COW) shows at fsync/close, not at write().
+        /// Default: write-through (every write() reaches the engine before it returns).
         #[arg(long)]
-        no_writeback_cache: bool,
+        writeback_cache: bool,
     },
     /// Unmount a `cowsnap mount` and wait until its process has flushed the volume and exited.
     Umount { mountpoint: PathBuf },
@@ -378,7 +380,7 @@ fn run(cli: Cli) -> CliResult {
             writable_snapshots,
             allow_other,
             threads,
-            no_writeback_cache,
+            writeback_cache,
         } => mount::mount(
             &dir,
             &mountpoint,
@@ -387,7 +389,7 @@ fn run(cli: Cli) -> CliResult {
                 writable_snapshots,
                 allow_other,
                 threads,
-                writeback_cache: !no_writeback_cache,
+                writeback_cache,
             },
             q,
         ),

@@ -184,8 +184,8 @@ impl Filesystem for CowFs {
         if let Err(max) = config.set_max_readahead(MAX_WRITE) {
             let _ = config.set_max_readahead(max);
         }
-        // Write-back cache: writes land in the kernel's page cache and reach us as large write-back
-        // requests, many at once. It keeps fsync honest: the kernel writes the file's dirty pages
+        // Write-back cache (`--writeback-cache`): writes land in the kernel's page cache and reach
+        // us as write-back requests. It keeps fsync honest: the kernel writes the file's dirty pages
         // back (to `write`, here) and waits for them before it sends FUSE_FSYNC, which is the
         // engine's flush (`fsync` below), and a write-back error is returned by that fsync. What
         // changes is *when* a write's error shows: at fsync/close, as on any page-cached file.
