@@ -101,7 +101,7 @@ CFLAGS=(-std=c99 -Wall -Wextra -Werror -g "${CFLAGS_PC[@]}" -Itests/c)
 # The conformance table as a C header for tests/c/test_conformance.c (the C runner reads no JSON).
 python3 tests/conformance/to_c.py "$OUT/conformance_cases.h"
 CFLAGS+=(-I"$OUT")
-for t in test_api test_files test_stress test_vectors test_conformance; do
+for t in test_api test_files test_stress test_vectors test_conformance test_open_dir; do
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "${LIBS_PC[@]}" -lpthread -Wl,-rpath,"$LIB" -o "$OUT/$t-dynamic"
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "$LIB/libcowsnap.a" "${STATIC_LIBS[@]}" -o "$OUT/$t-static"
 done
@@ -131,6 +131,10 @@ run() { # name, command...
   echo "ok  $name under valgrind ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.log")"
 }
 
+echo "--- cargo build -p cowsnap-cli (test_open_dir makes its volume directories with it)"
+cargo build -q -p cowsnap-cli
+CLI=$ROOT/target/debug/cowsnap
+
 echo "--- run under valgrind memcheck (errors or leaks fail)"
 for kind in dynamic static; do
   mkdir -p "$OUT/scratch-$kind"
@@ -142,6 +146,8 @@ for kind in dynamic static; do
   run "test_stress-$kind" "$OUT/test_stress-$kind" 300
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
   run "test_conformance-$kind" "$OUT/test_conformance-$kind" "$OUT/scratch-$kind"
+  # Volume directories made by the cowsnap CLI, opened from C: policies and the lock.
+  run "test_open_dir-$kind" "$OUT/test_open_dir-$kind" "$CLI" "$OUT/scratch-$kind"
 done
 run test_cpp "$OUT/test_cpp"
 run test_v0 "$OUT/test_v0" "$OUT/scratch-dynamic"

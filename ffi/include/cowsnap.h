@@ -507,6 +507,40 @@ cowsnap_result cowsnap_error_codes(int32_t *codes,
                                    size_t *out_count);
 
 /**
+ * Opens the volume directory `dir` made by the `cowsnap` CLI (`cowsnap create DIR`), as the CLI
+ * opens it: the origin image and every snapshot of its manifest (`cowsnap.json`) activated with
+ * the manifest's store (`P` invalidates on overflow, `PO` reports it), chunk size and autoextend
+ * policy; a merge that was interrupted is finished first. Stores the handle in `*out_vol`.
+ *
+ * The handle holds the volume's exclusive lock until `cowsnap_volume_free`: `cowsnap` commands on
+ * the directory wait meanwhile (they say so), and a second `cowsnap_volume_open_dir` fails. If a
+ * `cowsnap` command or mount holds the lock, this returns `IO` at once ("in use", "mounted"), without
+ * waiting. Snapshots listed in the manifest cannot be deleted or merged through the handle
+ * (`INVALID_ARGUMENT`: use `cowsnap remove` / `cowsnap merge`); snapshots created through it are not
+ * added to the manifest (they live as long as the handle, or as your own COW files).
+ *
+ * Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (not a volume directory: no manifest), `IO` (lock
+ * held, unreadable files), `SNAPSHOT_INVALID` (a snapshot of the manifest cannot be activated: see
+ * `cowsnap lvs DIR`; drop it with `cowsnap remove --force`), `CORRUPT_METADATA`.
+ * Ownership: `dir` is borrowed for the call; the handle is the caller's, released with
+ * `cowsnap_volume_free`. Thread-safety: the handle is like any other (see `cowsnap_volume`).
+ */
+cowsnap_result cowsnap_volume_open_dir(const char *dir,
+                                       struct cowsnap_volume **out_vol);
+
+/**
+ * Stores in `*out_id` the id of the snapshot named `name` in the manifest of a volume opened with
+ * `cowsnap_volume_open_dir` (the names `cowsnap lvs` shows).
+ *
+ * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT` (no such name in the manifest), `INVALID_ARGUMENT`
+ * (`vol` was not opened from a directory, or `name` is not UTF-8). Thread-safety: safe to call
+ * concurrently with anything but free.
+ */
+cowsnap_result cowsnap_volume_dir_snapshot_id(struct cowsnap_volume *vol,
+                                              const char *name,
+                                              uint32_t *out_id);
+
+/**
  * Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
  * autoextend, memory COW, `cow_size` 0 (to be set by the caller).
  *

@@ -19,10 +19,12 @@ mod committer;
 #[macro_use]
 mod guard;
 mod files;
+mod open_dir;
 mod sized;
 mod snapshot;
 mod volume;
 
+pub use open_dir::*;
 pub use snapshot::*;
 pub use volume::*;
 

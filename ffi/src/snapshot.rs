@@ -609,6 +609,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
     ffi_guard!("cowsnap_snapshot_delete", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
+        v.check_unlisted(id, "cowsnap_snapshot_delete")?;
         let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
         Ok(())
@@ -658,6 +659,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     ffi_guard!("cowsnap_snapshot_merge", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
+        v.check_unlisted(id, "cowsnap_snapshot_merge")?;
         // The core's merge loop, one step per write lock; the callback runs with no lock held.
         let mut merge = MergeStepper::new(SnapshotId(id));
         loop {

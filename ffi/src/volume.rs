@@ -25,10 +25,20 @@ pub struct cowsnap_volume {
     size: u64,
     /// Commits waiting origin writes in the background (see `committer`).
     committer: Option<Committer>,
+    /// A managed directory's lock and manifest (`cowsnap_volume_open_dir`). Last: dropped after
+    /// the volume, so the lock outlives every write.
+    managed: Option<cowsnap_managed::volume::Lease>,
 }
 
 impl cowsnap_volume {
     fn boxed(vol: Volume) -> *mut cowsnap_volume {
+        Self::boxed_with(vol, None)
+    }
+
+    pub(crate) fn boxed_with(
+        vol: Volume,
+        managed: Option<cowsnap_managed::volume::Lease>,
+    ) -> *mut cowsnap_volume {
         let size = vol.len();
         let inner = Arc::new(RwLock::new(vol));
         let committer = Committer::start(Arc::downgrade(&inner));
@@ -36,7 +46,23 @@ impl cowsnap_volume {
             inner,
             size,
             committer,
+            managed,
         }))
+    }
+
+    /// The managed directory this volume was opened from, if any.
+    pub(crate) fn managed(&self) -> Option<&cowsnap_managed::volume::Lease> {
+        self.managed.as_ref()
+    }
+
+    /// Refuses `what` on a snapshot listed in the manifest of a managed directory.
+    pub(crate) fn check_unlisted(&self, id: u32, what: &str) -> FfiResult<()> {
+        match &self.managed {
+            Some(m) => m
+                .check_unlisted(cowsnap_core::SnapshotId(id), what)
+                .map_err(|e| Failure::new(e.code.core(), e.msg)),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn size(&self) -> u64 {

@@ -135,6 +135,8 @@ _SIGNATURES = {
         c_result,
         [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.POINTER(c_volume_p)],
     ),
+    "cowsnap_volume_open_dir": (c_result, [ctypes.c_char_p, ctypes.POINTER(c_volume_p)]),
+    "cowsnap_volume_dir_snapshot_id": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint32)]),
     "cowsnap_volume_free": (None, [c_volume_p]),
     "cowsnap_volume_size": (c_result, [c_volume_p, ctypes.POINTER(ctypes.c_uint64)]),
     "cowsnap_volume_lvs_attr": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.c_size_t]),

@@ -1,6 +1,7 @@
 """The Pythonic layer: :class:`Volume`, :class:`Snapshot` and :class:`SnapshotStatus`."""
 
 import ctypes
+import json
 import operator
 import os
 import threading
@@ -305,6 +306,41 @@ class Volume:
             vol._snapshots.append(Snapshot(vol, cid, os.fsdecode(cows[i]) if i < len(cows) else None))
         return vol
 
+    @classmethod
+    def open_dir(cls, path: PathLike) -> "Volume":
+        """Opens a volume directory made by the ``cowsnap`` CLI (``cowsnap create DIR``) the way the
+        CLI opens it: every snapshot of its manifest activated with its store (``P``/``PO``), chunk
+        size and autoextend policy, an interrupted merge finished. :attr:`snapshots` are the
+        manifest's, oldest first, each with its :attr:`Snapshot.name`.
+
+        The volume's lock is held until :meth:`close`: ``cowsnap`` commands on the directory wait
+        meanwhile, and if a ``cowsnap`` command or mount holds it this raises :class:`IoError` at
+        once ("in use" / "mounted"). A directory that is not a volume is :class:`InvalidArgument`; a
+        snapshot that cannot be activated :class:`SnapshotInvalid` (see ``cowsnap lvs``). Snapshots
+        of the manifest cannot be deleted or merged here (:class:`InvalidArgument`: use
+        ``cowsnap remove`` / ``cowsnap merge``)."""
+        p = _path(path, "path")
+        out = ctypes.c_void_p()
+        check(_lib.LIB.cowsnap_volume_open_dir(p, ctypes.byref(out)))
+        h = _Handle(out)
+        vol = cls(h, 0, f"directory {os.fsdecode(p)!r}")
+        try:
+            vol._size = vol._query_size()
+            # The manifest is read under the lock this handle holds: it cannot change meanwhile.
+            with open(os.path.join(os.fsdecode(p), "cowsnap.json"), "rb") as f:
+                entries = json.load(f).get("snapshots", [])
+            for e in entries:
+                sid = ctypes.c_uint32()
+                with _Using(vol._h) as ptr:
+                    check(_lib.LIB.cowsnap_volume_dir_snapshot_id(ptr, e["name"].encode(), ctypes.byref(sid)))
+                snap = Snapshot(vol, sid.value, os.path.join(os.fsdecode(p), e["cow"]))
+                snap._name = e["name"]
+                vol._snapshots.append(snap)
+        except BaseException:
+            vol.close()
+            raise
+        return vol
+
     def _query_size(self) -> int:
         n = ctypes.c_uint64()
         with _Using(self._h) as ptr:
@@ -476,12 +512,18 @@ class Snapshot:
         self._vol = volume
         self._id = sid
         self._path = path
+        self._name: Optional[str] = None
         self._alive = True
 
     @property
     def id(self) -> int:
         """The library's id of this snapshot (never reused by its volume)."""
         return self._id
+
+    @property
+    def name(self) -> Optional[str]:
+        """The snapshot's name in a volume directory's manifest (:meth:`Volume.open_dir`), else None."""
+        return self._name
 
     @property
     def volume(self) -> Volume:
