@@ -134,6 +134,9 @@ error_codes! {
         "An internal error (a Rust panic, caught at the boundary). The volume may be unusable.";
     BufferTooSmall = -14, "BUFFER_TOO_SMALL",
         "The caller's buffer is too small; the size needed was stored in the out-parameter.";
+    Busy = -15, "BUSY",
+        "Another process holds the volume (a cowsnap command's lock or a mount): nothing was done; \
+         try again when it is released.";
 }
 
 impl Error {

@@ -20,13 +20,13 @@ fn managed_failure(e: cowsnap_managed::Error) -> Failure {
 ///
 /// The handle holds the volume's exclusive lock until `cowsnap_volume_free`: `cowsnap` commands on
 /// the directory wait meanwhile (they say so), and a second `cowsnap_volume_open_dir` fails. If a
-/// `cowsnap` command or mount holds the lock, this returns `IO` at once ("in use", "mounted"), without
+/// `cowsnap` command or mount holds the lock, this returns `BUSY` at once ("in use", "mounted"), without
 /// waiting. Snapshots listed in the manifest cannot be deleted or merged through the handle
 /// (`INVALID_ARGUMENT`: use `cowsnap remove` / `cowsnap merge`); snapshots created through it are not
 /// added to the manifest (they live as long as the handle, or as your own COW files).
 ///
-/// Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (not a volume directory: no manifest), `IO` (lock
-/// held, unreadable files), `SNAPSHOT_INVALID` (a snapshot of the manifest cannot be activated: see
+/// Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (not a volume directory: no manifest), `BUSY` (lock
+/// held: retry later), `IO` (unreadable files), `SNAPSHOT_INVALID` (a snapshot of the manifest cannot be activated: see
 /// `cowsnap lvs DIR`; drop it with `cowsnap remove --force`), `CORRUPT_METADATA`.
 /// Ownership: `dir` is borrowed for the call; the handle is the caller's, released with
 /// `cowsnap_volume_free`. Thread-safety: the handle is like any other (see `cowsnap_volume`).

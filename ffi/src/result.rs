@@ -42,6 +42,8 @@ pub enum cowsnap_result {
     COWSNAP_ERR_PANIC = -13,
     /// The caller's buffer is too small; the size needed was stored in the out-parameter.
     COWSNAP_ERR_BUFFER_TOO_SMALL = -14,
+    /// Another process holds the volume (a cowsnap command's lock or a mount): nothing was done; try again when it is released.
+    COWSNAP_ERR_BUSY = -15,
 }
 
 impl cowsnap_result {
@@ -63,6 +65,7 @@ impl cowsnap_result {
             ErrorCode::NullPointer => cowsnap_result::COWSNAP_ERR_NULL_POINTER,
             ErrorCode::Panic => cowsnap_result::COWSNAP_ERR_PANIC,
             ErrorCode::BufferTooSmall => cowsnap_result::COWSNAP_ERR_BUFFER_TOO_SMALL,
+            ErrorCode::Busy => cowsnap_result::COWSNAP_ERR_BUSY,
         }
     }
 }

@@ -100,12 +100,14 @@ impl Code {
             .find(|c| c.name() == s)
     }
 
-    /// The nearest code of the core's table (what the C ABI returns): the lock and the daemon are
-    /// host conditions (`IO`), a missing volume or taken name a bad argument.
+    /// The nearest code of the core's table (what the C ABI returns): a held lock is `BUSY`, a
+    /// protocol mismatch with the daemon a host condition (`IO`), a missing volume or taken name a
+    /// bad argument.
     pub fn core(self) -> ErrorCode {
         match self {
             Code::Core(c) => c,
-            Code::Busy | Code::Protocol => ErrorCode::Io,
+            Code::Busy => ErrorCode::Busy,
+            Code::Protocol => ErrorCode::Io,
             Code::Broken => ErrorCode::SnapshotInvalid,
             Code::Refused | Code::Degraded | Code::NotAVolume | Code::Exists => {
                 ErrorCode::InvalidArgument

@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
 
   /* 3. The lock, held by this handle: a second open fails at once, a CLI writer waits. */
   cowsnap_volume *v2 = NULL;
-  ERR(cowsnap_volume_open_dir(dir, &v2), COWSNAP_ERR_IO, "in use");
+  ERR(cowsnap_volume_open_dir(dir, &v2), COWSNAP_ERR_BUSY, "in use");
   EXPECT(v2 == NULL);
   snprintf(a, sizeof a, "-q write '%s' --offset 0 --fill 0x33 --len 4096", dir);
   char timed[10000];
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
     sleep_ms(100);
     cowsnap_volume *t = NULL;
     int r = cowsnap_volume_open_dir(dir, &t);
-    if (r == COWSNAP_ERR_IO && strstr(last_msg(), "in use")) refused = 1;
+    if (r == COWSNAP_ERR_BUSY && strstr(last_msg(), "in use")) refused = 1;
     cowsnap_volume_free(t);
   }
   EXPECT(refused);

@@ -18,7 +18,8 @@ export type ErrorCode =
   | 'UNSUPPORTED'
   | 'NULL_POINTER'
   | 'PANIC'
-  | 'BUFFER_TOO_SMALL';
+  | 'BUFFER_TOO_SMALL'
+  | 'BUSY';
 // END GENERATED ErrorCode
 
 /**

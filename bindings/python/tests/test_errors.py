@@ -26,6 +26,7 @@ ALL_CLASSES = [
     cowsnap.NullPointer,
     cowsnap.Panic,
     cowsnap.BufferTooSmall,
+    cowsnap.Busy,  # provoked in test_open_dir.py (a volume directory in use)
 ]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cowsnap
-from cowsnap.errors import InvalidArgument, IoError
+from cowsnap.errors import Busy, InvalidArgument
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -70,7 +70,7 @@ def test_a_cli_writer_waits_for_an_open_handle(cli, tmp_path):
     d = tmp_path / "vol"
     make_volume(cli, d)
     v = cowsnap.Volume.open_dir(d)
-    with pytest.raises(IoError, match="in use"):
+    with pytest.raises(Busy, match="in use"):
         cowsnap.Volume.open_dir(d)
     with pytest.raises(InvalidArgument, match="manifest"):
         v.snapshots[0].delete()
@@ -102,7 +102,7 @@ def test_open_dir_fails_while_a_cli_command_holds_the_volume(cli, tmp_path):
         while refused is None and time.monotonic() < deadline:
             try:
                 cowsnap.Volume.open_dir(d).close()
-            except IoError as e:
+            except Busy as e:
                 refused = e
             time.sleep(0.05)
         assert refused is not None and "in use" in str(refused)
