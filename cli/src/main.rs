@@ -413,7 +413,12 @@ fn main() -> ExitCode {
                 ErrorKind::Degraded => "warning",
                 _ => "error",
             };
-            eprintln!("cowsnap: {label}: {}", e.msg.replace('\n', " "));
+            // The stable code last, in brackets (as Python's errors print it), for scripts.
+            eprintln!(
+                "cowsnap: {label}: {} [{}]",
+                e.msg.replace('\n', " "),
+                e.code.name()
+            );
             ExitCode::from(e.kind.exit_code())
         }
     }

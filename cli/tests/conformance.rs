@@ -1,8 +1,9 @@
 //! The conformance table (`tests/conformance/cases.json`) through the `cowsnap` command line: the
 //! same inputs must give the same answers as in Rust, C, Python and JavaScript. The CLI reports an
-//! error as an exit code (3: the core refused the operation, 4: I/O error or corrupt metadata), not
-//! as a code name, so a refused step is checked by that class; successes are checked field by field
-//! through `lvs --json` and `read`.
+//! error as an exit code (3: refused, 4: I/O error or corrupt metadata) and its stable code at the
+//! end of the error line (`cowsnap: error: ... [UNKNOWN_SNAPSHOT]`): a refused step is checked by
+//! both (a managed-volume code is read as the core code it stands for); successes are checked field
+//! by field through `lvs --json` and `read`.
 //!
 //! Cases the CLI cannot express are skipped, each with its reason, and counted: transient stores
 //! (refused for managed volumes by design: their exceptions would vanish when the command exits),
@@ -57,6 +58,8 @@ struct Cli {
     dir: std::path::PathBuf,
     cwd: std::path::PathBuf,
     snaps: Vec<String>,
+    /// The core code of the last failed step's error line.
+    last_code: Option<String>,
 }
 
 impl Cli {
@@ -154,9 +157,23 @@ impl Cli {
                     return 0;
                 }
                 let name = &self.snaps[s["snap"].as_u64().unwrap() as usize];
-                // A snapshot that is gone has no row: the CLI's "no such snapshot" is a refusal.
+                // A snapshot that is gone has no row; the CLI's answer about it is what a command
+                // naming it says (a zero-length read).
                 let Some(row) = rows.iter().find(|r| r["lv_name"] == name.as_str()) else {
-                    return 3;
+                    let o = exec(vec![
+                        "read".into(),
+                        self.snap(s),
+                        "--offset".into(),
+                        "0".into(),
+                        "--len".into(),
+                        "0".into(),
+                    ]);
+                    assert!(
+                        !o.status.success(),
+                        "{ctx}: a snapshot lvs does not list was read"
+                    );
+                    self.last_code = stable_code(&String::from_utf8_lossy(&o.stderr));
+                    return o.status.code().unwrap_or(-1);
                 };
                 for (key, field) in [("state", "state"), ("dm_status", "dm_status")] {
                     if let Some(want) = s[key].as_str() {
@@ -202,8 +219,18 @@ impl Cli {
             assert!(!err.contains("panicked"), "{ctx}: {err}");
             assert_ne!(code, 2, "{ctx}: usage error: {err}");
         }
+        self.last_code = stable_code(&err);
         code
     }
+}
+
+/// The core code of the stable code the CLI prints last on its error line (`... [NAME]`); the
+/// managed-volume codes (`REFUSED`, `EXISTS`...) are read as the core code they stand for.
+fn stable_code(stderr: &str) -> Option<String> {
+    let line = stderr.lines().last()?.trim_end();
+    let name = line.strip_suffix(']')?.rsplit_once(" [")?.1;
+    let code = cowsnap_managed::error::Code::from_name(name)?;
+    Some(code.core().name().to_string())
 }
 
 #[test]
@@ -222,12 +249,18 @@ fn conformance_table() {
             dir: scratch.join("vol"),
             cwd: scratch.path().to_path_buf(),
             snaps: Vec::new(),
+            last_code: None,
         };
         for (i, s) in steps.iter().enumerate() {
             let ctx = format!("case {name:?}, step {i} {s}");
             let want = s["expect"].as_str().unwrap_or("OK");
+            cli.last_code = None;
             let got = cli.step(s, &ctx);
+            let code = cli.last_code.take();
             assert_eq!(got, exit_class(want), "{ctx}: exit code");
+            if got != 0 {
+                assert_eq!(code.as_deref(), Some(want), "{ctx}: error code");
+            }
         }
         ran += 1;
     }

@@ -1077,7 +1077,10 @@ fn smaller_edges() {
         &["snapshot", "v", "--name", "t", "--size", "8K"],
         REFUSED,
     );
-    assert!(e.contains("at least 3 chunks"), "{e}");
+    assert!(
+        e.contains("needs 3 chunks") && e.contains("[NO_SPACE]"),
+        "{e}"
+    );
     ok(d, &["snapshot", "v", "--name", "t", "--size", "12K"]);
     ok(d, &["-q", "remove", "v/t"]);
 

@@ -57,8 +57,6 @@ pub enum Code {
     Refused,
     /// Done, with a loss to report (a snapshot invalidated by a write).
     Degraded,
-    /// Another process holds the volume (its lock, or the mount daemon).
-    Busy,
     /// Not a cowsnap volume directory (no manifest), or no such directory.
     NotAVolume,
     /// The name is taken (a snapshot, a file).
@@ -76,7 +74,6 @@ impl Code {
             Code::Core(c) => c.name(),
             Code::Refused => "REFUSED",
             Code::Degraded => "DEGRADED",
-            Code::Busy => "BUSY",
             Code::NotAVolume => "NOT_A_VOLUME",
             Code::Exists => "EXISTS",
             Code::Broken => "BROKEN",
@@ -89,7 +86,6 @@ impl Code {
         let own = [
             Code::Refused,
             Code::Degraded,
-            Code::Busy,
             Code::NotAVolume,
             Code::Exists,
             Code::Broken,
@@ -100,13 +96,11 @@ impl Code {
             .find(|c| c.name() == s)
     }
 
-    /// The nearest code of the core's table (what the C ABI returns): a held lock is `BUSY`, a
-    /// protocol mismatch with the daemon a host condition (`IO`), a missing volume or taken name a
+    /// The nearest code of the core's table (what the C ABI returns): a protocol mismatch with the daemon a host condition (`IO`), a missing volume or taken name a
     /// bad argument.
     pub fn core(self) -> ErrorCode {
         match self {
             Code::Core(c) => c,
-            Code::Busy => ErrorCode::Busy,
             Code::Protocol => ErrorCode::Io,
             Code::Broken => ErrorCode::SnapshotInvalid,
             Code::Refused | Code::Degraded | Code::NotAVolume | Code::Exists => {
@@ -222,7 +216,6 @@ mod tests {
         let own = [
             Code::Refused,
             Code::Degraded,
-            Code::Busy,
             Code::NotAVolume,
             Code::Exists,
             Code::Broken,

@@ -231,18 +231,23 @@ fn exec_snapshot(
         uid: Some(new_uid(&v.dir, name)),
     };
     let opts = entry_options(&entry)?;
-    // As lvcreate (and the C API): a COW that cannot hold one data chunk is invalid at the first
-    // origin write.
-    if size < 3 * chunk {
-        return Err(Error::msg(format!(
-            "COW size {} is too small: a snapshot needs at least 3 chunks ({}) for its header, \
-             first metadata area and one data chunk",
-            human(size),
-            human(3 * chunk)
-        )));
-    }
+    // The core's rule, as every front end applies it (a COW that cannot hold one data chunk would
+    // be invalid at the first origin write): its code, this front end's wording.
     if size > MAX_FILE_SIZE {
         return Err(files::too_large(size));
+    }
+    if let Err(e) = opts.check_cow_len(size) {
+        let msg = if e.code() == cowsnap_core::ErrorCode::NoSpace {
+            format!(
+                "COW size {} is too small: {} ({})",
+                human(size),
+                opts.min_cow_reason(),
+                human(opts.min_cow_len())
+            )
+        } else {
+            format!("COW size {}: {e}", human(size))
+        };
+        return Err(Error { msg, ..e.into() });
     }
     let path = v.dir.join(&entry.cow);
     // The whole COW is allocated now (as LVM allocates a snapshot's extents): a full host disk can

@@ -372,7 +372,7 @@ mod tests {
             ),
             err(
                 ErrorKind::Refused,
-                Code::Busy,
+                Code::Core(ErrorCode::Busy),
                 "in use\nsecond line {\"json\"}",
             ),
         ] {

@@ -511,8 +511,8 @@ fn create_in(dir: &Path, size: u64, chunk_size: u64) -> Result {
 }
 
 /// Opens the managed volume in `dir` for a program (the C ABI, Python): the exclusive lock taken
-/// without waiting (an error with code [`Code::Busy`] when a `cowsnap` command, a mount or another
-/// program holds it), every snapshot activated with the manifest's store, chunk size and autoextend
+/// without waiting (an error with code [`BUSY`](cowsnap_core::ErrorCode::Busy) when a `cowsnap`
+/// command, a mount or another program holds it), every snapshot activated with the manifest's store, chunk size and autoextend
 /// policy, an interrupted merge finished. A broken snapshot refuses the open (its COW could not
 /// follow origin writes): `cowsnap lvs` shows why, `cowsnap remove --force` drops it.
 pub fn open_dir(dir: &Path) -> Result<Opened> {
@@ -532,7 +532,7 @@ pub fn open_dir(dir: &Path) -> Result<Opened> {
                 dir.join(crate::manifest::LOCK).display()
             )
         })
-        .with_code(Code::Busy));
+        .with_code(Code::Core(cowsnap_core::ErrorCode::Busy)));
     };
     let v = Opened::open_locked(dir, true, true, lock)?;
     v.check_origin_writable("opening the volume")
