@@ -155,7 +155,8 @@ pub extern "C" fn cowsnap_error_description(code: i32) -> *const c_char {
 ///
 /// Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
 /// enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
-/// count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+/// count). Errors: `NULL_POINTER` (out_count, or codes with len > 0), `BUFFER_TOO_SMALL`.
+/// Thread-safety: safe from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_error_codes(
     codes: *mut i32,
@@ -163,28 +164,57 @@ pub unsafe extern "C" fn cowsnap_error_codes(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_error_codes", {
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { volume::out(out_count, "out_count") }?;
-        let all = &ErrorCode::ALL;
-        *out_count = all.len();
-        if codes.is_null() && len == 0 {
-            return Ok(());
-        }
-        if len < all.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} codes do not fit in {len}", all.len()),
-            ));
-        }
-        if codes.is_null() {
-            return Err(Failure::null("codes"));
-        }
-        for (i, c) in all.iter().enumerate() {
-            // SAFETY: `codes` has room for `len` >= all.len() entries by contract.
-            unsafe { *codes.add(i) = *c as i32 };
-        }
-        Ok(())
+        let all: Vec<i32> = ErrorCode::ALL.iter().map(|&c| c as i32).collect();
+        // SAFETY: argument contracts above.
+        unsafe { copy_out(&all, codes, len, out_count, "codes") }
     })
+}
+
+/// Whether a caller's buffer `dst` of `capacity` items should get the `needed` items: `false` when
+/// it only asks for the size (`dst = NULL, capacity = 0`); `NULL_POINTER` for a NULL `dst` with a
+/// capacity; `BUFFER_TOO_SMALL` when `capacity < needed` (the caller then copies nothing).
+pub(crate) fn room(
+    dst_null: bool,
+    capacity: usize,
+    needed: usize,
+    dst: &str,
+    unit: &str,
+) -> FfiResult<bool> {
+    if dst_null {
+        return if capacity == 0 {
+            Ok(false)
+        } else {
+            Err(Failure::null(dst))
+        };
+    }
+    if capacity < needed {
+        return Err(Failure::new(
+            ErrorCode::BufferTooSmall,
+            format!("{needed} {unit} do not fit: the buffer holds {capacity}"),
+        ));
+    }
+    Ok(true)
+}
+
+/// The list functions' convention: stores `items.len()` in `*out_count`, then copies the items to
+/// `dst` as [`room`] allows (`dst` names the parameter in messages).
+///
+/// # Safety
+/// `out_count` is NULL or writable; `dst` is NULL or valid for writes of `capacity` items.
+pub(crate) unsafe fn copy_out<T: Copy>(
+    items: &[T],
+    dst: *mut T,
+    capacity: usize,
+    out_count: *mut usize,
+    what: &str,
+) -> FfiResult<()> {
+    // SAFETY: out-parameter contract.
+    *unsafe { volume::out(out_count, "out_count") }? = items.len();
+    if room(dst.is_null(), capacity, items.len(), what, what)? {
+        // SAFETY: `dst` has room for `capacity` >= items.len() items by contract.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), dst, items.len()) };
+    }
+    Ok(())
 }
 
 /// Runs one entry point's body: catches panics, records the message of a failure.

@@ -52,66 +52,41 @@ pub enum cowsnap_snapshot_state {
 /// `cowsnap_snapshot_create_with`, which can. Still fully supported.
 ///
 /// Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero means 4 KiB chunks,
-/// persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+/// persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set). Each field means
+/// what the field of the same name in `struct cowsnap_snapshot_create_options` means.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_options {
-    /// Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
     pub chunk_size: u32,
-    /// A `cowsnap_store_kind` value.
     pub store: i32,
-    /// A `cowsnap_overflow_mode` value.
     pub overflow: i32,
-    /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
-    /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
     pub cow_size: u64,
-    /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-    /// regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
-    /// a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
-    /// Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
-    /// and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
-    /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
-    /// (1..100; 100 disables). 0 means no autoextend policy.
     pub autoextend_threshold: u32,
-    /// Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
     pub autoextend_percent: u32,
 }
 
 /// A snapshot's status: the numbers `dmsetup status` and `lvs` print. The first layout, frozen.
 /// Deprecated: use `struct cowsnap_snapshot_info` and `cowsnap_snapshot_get_info`, which can gain
 /// fields (this struct has no short name: in C, `cowsnap_snapshot_status` names the function).
-/// Still fully supported.
+/// Still fully supported. Each field means what the field of the same name in
+/// `struct cowsnap_snapshot_info` means.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_status {
-    /// A `cowsnap_snapshot_state` value.
     pub state: i32,
-    /// A `cowsnap_store_kind` value.
     pub store: i32,
-    /// A `cowsnap_overflow_mode` value.
     pub overflow: i32,
-    /// Chunk size in bytes.
     pub chunk_size: u64,
-    /// COW sectors (512 bytes) handed out, header and metadata included.
     pub sectors_allocated: u64,
-    /// COW device size in sectors.
     pub total_sectors: u64,
-    /// Header plus metadata sectors so far (0 for a transient store).
     pub metadata_sectors: u64,
-    /// Number of exceptions (chunks copied into the COW).
     pub exceptions: u64,
-    /// True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
     pub merging: bool,
-    /// Chunks merged back so far.
     pub merge_merged: u64,
-    /// Chunks to merge in all.
     pub merge_total: u64,
-    /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
     pub data_percent: f64,
-    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
     pub dm_status: [c_char; 64],
-    /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
     pub lvs_attr: [c_char; 16],
 }
 
@@ -124,11 +99,8 @@ pub type cowsnap_merge_progress_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, merged: u64, total: u64, done: bool) -> i32,
 >;
 
+/// The core's options for the C ones, checked by the core's rules (`SnapshotOptions::validate`).
 fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
-    let chunk_size = match o.chunk_size {
-        0 => ChunkSize::DEFAULT,
-        n => ChunkSize::new(n.into())?,
-    };
     let store = match o.store {
         0 => StoreKind::Persistent,
         1 => StoreKind::Transient,
@@ -139,41 +111,22 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
         1 => OverflowMode::Report,
         n => return Err(Failure::invalid(format!("unknown overflow mode {n}"))),
     };
-    let autoextend = match (o.autoextend_threshold, o.autoextend_percent) {
-        (0, 0) => None,
-        (0, _) => {
-            return Err(Failure::invalid(
-                "autoextend_percent is set but autoextend_threshold is 0",
-            ))
-        }
-        (t, p) => Some(
-            Autoextend {
-                threshold_percent: t,
-                extend_percent: p,
-            }
-            .validate()?,
-        ),
-    };
-    Ok(SnapshotOptions {
-        chunk_size,
+    let opts = SnapshotOptions {
+        chunk_size: match o.chunk_size {
+            0 => ChunkSize::DEFAULT,
+            n => ChunkSize::new(n.into())?,
+        },
         store,
         overflow,
-        autoextend,
-    })
+        autoextend: Autoextend::from_percents(o.autoextend_threshold, o.autoextend_percent)?,
+    };
+    Ok(opts.validate()?)
 }
 
 /// The core's COW size rule ([`SnapshotOptions::check_cow_len`]), with the numbers in the message.
 pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
     opts.check_cow_len(cow_size).map_err(|e| match e {
-        Error::NoSpace => Failure::new(
-            e.code(),
-            format!(
-                "COW device too small: {}, {} bytes with {}-byte chunks; cow_size is {cow_size}",
-                opts.min_cow_reason(),
-                opts.min_cow_len(),
-                opts.chunk_size.bytes()
-            ),
-        ),
+        Error::NoSpace => Failure::new(e.code(), opts.cow_too_small(cow_size)),
         e => e.into(),
     })
 }
@@ -260,8 +213,10 @@ pub struct cowsnap_snapshot_create_options {
     /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
     pub cow_size: u64,
     /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-    /// regular file), created with all `cow_size` bytes reserved, as `cowsnap_snapshot_options.cow_path`
-    /// documents. Borrowed for the call.
+    /// regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
+    /// a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
+    /// Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
+    /// and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
 }
 
@@ -363,7 +318,7 @@ unsafe fn create(
         let v = unsafe { volume(vol) }?;
         // SAFETY: out-parameter contract.
         let out_id = unsafe { out(out_id, "out_id") }?;
-        let sopts = options(o)?.validate()?;
+        let sopts = options(o)?;
         check_cow_size(o.cow_size, &sopts)?;
         let id = if o.cow_path.is_null() {
             let cow = mem_device(o.cow_size)?;
@@ -549,6 +504,11 @@ pub struct cowsnap_snapshot_info {
     pub lvs_attr: [c_char; 16],
 }
 
+/// Writes the fields of `$st` to the sized struct `$s` at their offsets in `$t` (those it holds).
+macro_rules! set_fields {
+    ($s:ident, $t:ty, $st:ident: $($f:ident),*) => { $($s.set(offset_of!($t, $f), $st.$f);)* };
+}
+
 /// Size of the first version of `cowsnap_snapshot_info`: the least `struct_size` accepted.
 const INFO_MIN: usize = std::mem::size_of::<cowsnap_snapshot_info>();
 
@@ -575,20 +535,9 @@ pub unsafe extern "C" fn cowsnap_snapshot_get_info(
         let st = status_to_c(&v.read()?.snapshot_status(SnapshotId(id))?);
         // SAFETY: each field at its offset in T, written only when inside the caller's struct_size.
         unsafe {
-            s.set(offset_of!(T, state), st.state);
-            s.set(offset_of!(T, store), st.store);
-            s.set(offset_of!(T, overflow), st.overflow);
-            s.set(offset_of!(T, merging), st.merging);
-            s.set(offset_of!(T, chunk_size), st.chunk_size);
-            s.set(offset_of!(T, sectors_allocated), st.sectors_allocated);
-            s.set(offset_of!(T, total_sectors), st.total_sectors);
-            s.set(offset_of!(T, metadata_sectors), st.metadata_sectors);
-            s.set(offset_of!(T, exceptions), st.exceptions);
-            s.set(offset_of!(T, merge_merged), st.merge_merged);
-            s.set(offset_of!(T, merge_total), st.merge_total);
-            s.set(offset_of!(T, data_percent), st.data_percent);
-            s.set(offset_of!(T, dm_status), st.dm_status);
-            s.set(offset_of!(T, lvs_attr), st.lvs_attr);
+            set_fields!(s, T, st: state, store, overflow, merging, chunk_size, sectors_allocated,
+                total_sectors, metadata_sectors, exceptions, merge_merged, merge_total, data_percent,
+                dm_status, lvs_attr);
             s.finish_out(std::mem::size_of::<T>());
         }
         Ok(())
@@ -702,23 +651,9 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
         let size = usize::try_from(cow.len())
             .map_err(|_| Failure::new(ErrorCode::NoSpace, "COW larger than the address space"))?;
         *out_needed = size;
-        if buf.is_null() {
-            return if len == 0 {
-                Ok(())
-            } else {
-                Err(Failure::null("buf"))
-            };
-        }
-        if len < size {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("the COW is {size} bytes; the buffer holds {len}"),
-            ));
-        }
-        // SAFETY: `buf` holds `len` >= size writable bytes by contract.
-        let dst = unsafe { out_buf(buf, size) }?;
-        if size > 0 {
-            cow.read_at(0, dst)?;
+        if crate::room(buf.is_null(), len, size, "buf", "COW bytes")? && size > 0 {
+            // SAFETY: `buf` holds `len` >= size writable bytes by contract.
+            cow.read_at(0, unsafe { out_buf(buf, size) }?)?;
         }
         Ok(())
     })
@@ -770,16 +705,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
     ffi_guard!("cowsnap_snapshot_set_autoextend", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        let policy = match (threshold_percent, extend_percent) {
-            (0, 0) => None,
-            (t, p) => Some(
-                Autoextend {
-                    threshold_percent: t,
-                    extend_percent: p,
-                }
-                .validate()?,
-            ),
-        };
+        let policy = Autoextend::from_percents(threshold_percent, extend_percent)?;
         v.write()?.set_autoextend(SnapshotId(id), policy)?;
         Ok(())
     })
@@ -819,29 +745,13 @@ pub unsafe extern "C" fn cowsnap_snapshot_changed_ranges(
     ffi_guard!("cowsnap_snapshot_changed_ranges", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { out(out_count, "out_count") }?;
-        let list = v
+        let list: Vec<cowsnap_range> = v
             .read()?
-            .changed_between(SnapshotId(older), SnapshotId(newer))?;
-        *out_count = list.len();
-        if ranges.is_null() {
-            return if capacity == 0 {
-                Ok(())
-            } else {
-                Err(Failure::null("ranges"))
-            };
-        }
-        if capacity < list.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} ranges do not fit in {capacity}", list.len()),
-            ));
-        }
-        for (i, &(offset, length)) in list.iter().enumerate() {
-            // SAFETY: `ranges` has room for `capacity` >= list.len() entries by contract.
-            unsafe { *ranges.add(i) = cowsnap_range { offset, length } };
-        }
-        Ok(())
+            .changed_between(SnapshotId(older), SnapshotId(newer))?
+            .into_iter()
+            .map(|(offset, length)| cowsnap_range { offset, length })
+            .collect();
+        // SAFETY: argument contracts above.
+        unsafe { crate::copy_out(&list, ranges, capacity, out_count, "ranges") }
     })
 }

@@ -83,24 +83,31 @@ pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &str) -> FfiResult<&'a mut T> {
     unsafe { p.as_mut() }.ok_or_else(|| Failure::null(what))
 }
 
+/// Checks a caller's buffer: `buf` may be NULL only when `len` is 0; false when `len` is 0.
+fn buf_ok(null: bool, len: usize) -> FfiResult<bool> {
+    if len == 0 {
+        Ok(false)
+    } else if null {
+        Err(Failure::null("buf"))
+    } else if len > isize::MAX as usize {
+        Err(Failure::invalid(format!(
+            "buffer length {len} is too large"
+        )))
+    } else {
+        Ok(true)
+    }
+}
+
 /// A caller's input buffer; `buf` may be NULL only when `len` is 0.
 ///
 /// # Safety
 /// `buf` is NULL or valid for reads of `len` bytes for the duration of the call.
 pub(crate) unsafe fn in_buf<'a>(buf: *const u8, len: usize) -> FfiResult<&'a [u8]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if buf.is_null() {
-        return Err(Failure::null("buf"));
-    }
-    if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!(
-            "buffer length {len} is too large"
-        )));
-    }
-    // SAFETY: non-null, length checked, and the caller guarantees `len` readable bytes.
-    Ok(unsafe { std::slice::from_raw_parts(buf, len) })
+    Ok(match buf_ok(buf.is_null(), len)? {
+        // SAFETY: non-null, length checked, and the caller guarantees `len` readable bytes.
+        true => unsafe { std::slice::from_raw_parts(buf, len) },
+        false => &[],
+    })
 }
 
 /// A caller's output buffer; `buf` may be NULL only when `len` is 0.
@@ -108,19 +115,11 @@ pub(crate) unsafe fn in_buf<'a>(buf: *const u8, len: usize) -> FfiResult<&'a [u8
 /// # Safety
 /// `buf` is NULL or valid for writes of `len` bytes for the duration of the call.
 pub(crate) unsafe fn out_buf<'a>(buf: *mut u8, len: usize) -> FfiResult<&'a mut [u8]> {
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    if buf.is_null() {
-        return Err(Failure::null("buf"));
-    }
-    if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!(
-            "buffer length {len} is too large"
-        )));
-    }
-    // SAFETY: non-null, length checked, and the caller guarantees `len` writable bytes.
-    Ok(unsafe { std::slice::from_raw_parts_mut(buf, len) })
+    Ok(match buf_ok(buf.is_null(), len)? {
+        // SAFETY: non-null, length checked, and the caller guarantees `len` writable bytes.
+        true => unsafe { std::slice::from_raw_parts_mut(buf, len) },
+        false => &mut [],
+    })
 }
 
 /// A NUL-terminated path (bytes, any encoding, as the OS takes them).
@@ -358,27 +357,9 @@ pub unsafe extern "C" fn cowsnap_volume_snapshot_ids(
     ffi_guard!("cowsnap_volume_snapshot_ids", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { out(out_count, "out_count") }?;
-        let list = v.read()?.snapshot_ids();
-        *out_count = list.len();
-        if ids.is_null() && capacity == 0 {
-            return Ok(());
-        }
-        if ids.is_null() {
-            return Err(Failure::null("ids"));
-        }
-        if capacity < list.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} snapshot ids do not fit in {capacity}", list.len()),
-            ));
-        }
-        for (i, id) in list.iter().enumerate() {
-            // SAFETY: `ids` has room for `capacity` >= list.len() entries by contract.
-            unsafe { *ids.add(i) = id.0 };
-        }
-        Ok(())
+        let list: Vec<u32> = v.read()?.snapshot_ids().iter().map(|id| id.0).collect();
+        // SAFETY: argument contracts above.
+        unsafe { crate::copy_out(&list, ids, capacity, out_count, "ids") }
     })
 }
 
