@@ -126,11 +126,7 @@ const VERSION_C: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 #[no_mangle]
 pub extern "C" fn cowsnap_error_name(code: i32) -> *const c_char {
     ffi_guard_value!("cowsnap_error_name", std::ptr::null(), {
-        let name: &'static [u8] = match cowsnap_result::code_of(code) {
-            Some(c) => c.name_nul().as_bytes(),
-            None => b"UNKNOWN\0",
-        };
-        name.as_ptr().cast::<c_char>()
+        c_text(code, ErrorCode::name_nul, "UNKNOWN\0")
     })
 }
 
@@ -141,12 +137,14 @@ pub extern "C" fn cowsnap_error_name(code: i32) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn cowsnap_error_description(code: i32) -> *const c_char {
     ffi_guard_value!("cowsnap_error_description", std::ptr::null(), {
-        let text: &'static [u8] = match cowsnap_result::code_of(code) {
-            Some(c) => c.description_nul().as_bytes(),
-            None => b"unknown result code\0",
-        };
-        text.as_ptr().cast::<c_char>()
+        c_text(code, ErrorCode::description_nul, "unknown result code\0")
     })
+}
+
+/// A static NUL-terminated text about result code `code`, or `unknown` for any other number.
+fn c_text(code: i32, text: fn(ErrorCode) -> &'static str, unknown: &'static str) -> *const c_char {
+    let s = cowsnap_result::code_of(code).map_or(unknown, text);
+    s.as_ptr().cast::<c_char>()
 }
 
 /// Every result code, `COWSNAP_OK` first, in the order of their numbers (0, -1, -2...): lets a
@@ -226,10 +224,7 @@ pub(crate) fn run(name: &'static str, body: impl FnOnce() -> FfiResult<()>) -> c
             cowsnap_result::from_code(f.code)
         }
         Err(payload) => {
-            set_last_error(format!(
-                "{name}: internal error (panic: {}); please report it",
-                panic_text(&*payload)
-            ));
+            set_panic_error(name, &*payload);
             cowsnap_result::COWSNAP_ERR_PANIC
         }
     }
@@ -240,23 +235,22 @@ pub(crate) fn run_value<T>(name: &'static str, fallback: T, body: impl FnOnce() 
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(v) => v,
         Err(payload) => {
-            set_last_error(format!(
-                "{name}: internal error (panic: {})",
-                panic_text(&*payload)
-            ));
+            set_panic_error(name, &*payload);
             fallback
         }
     }
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown".to_string()
-    }
+fn set_panic_error(name: &str, payload: &(dyn std::any::Any + Send)) {
+    let text = match payload.downcast_ref::<&str>() {
+        Some(s) => s,
+        None => payload
+            .downcast_ref::<String>()
+            .map_or("unknown", |s| s.as_str()),
+    };
+    set_last_error(format!(
+        "{name}: internal error (panic: {text}); please report it"
+    ));
 }
 
 /// Test hook: panics inside the guard, to prove that the boundary turns a panic into

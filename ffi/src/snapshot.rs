@@ -9,7 +9,7 @@ use cowsnap_core::{
 
 use crate::files::{self, Space};
 use crate::sized::{offset_of, SizedStruct, MAX_STRUCT_SIZE};
-use crate::volume::{cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume};
+use crate::volume::{cowsnap_volume, in_buf, mem_device, out_buf, path_arg};
 use crate::{cowsnap_result, Failure, FfiResult};
 
 /// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
@@ -101,6 +101,10 @@ pub type cowsnap_merge_progress_cb = Option<
 
 /// The core's options for the C ones, checked by the core's rules (`SnapshotOptions::validate`).
 fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
+    let chunk_size = match o.chunk_size {
+        0 => ChunkSize::DEFAULT,
+        n => ChunkSize::new(n.into())?,
+    };
     let store = match o.store {
         0 => StoreKind::Persistent,
         1 => StoreKind::Transient,
@@ -111,14 +115,16 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
         1 => OverflowMode::Report,
         n => return Err(Failure::invalid(format!("unknown overflow mode {n}"))),
     };
+    if o.autoextend_threshold == 0 && o.autoextend_percent != 0 {
+        let msg = "autoextend_percent is set but autoextend_threshold is 0";
+        return Err(Failure::invalid(msg));
+    }
+    let autoextend = Autoextend::from_percents(o.autoextend_threshold, o.autoextend_percent)?;
     let opts = SnapshotOptions {
-        chunk_size: match o.chunk_size {
-            0 => ChunkSize::DEFAULT,
-            n => ChunkSize::new(n.into())?,
-        },
+        chunk_size,
         store,
         overflow,
-        autoextend: Autoextend::from_percents(o.autoextend_threshold, o.autoextend_percent)?,
+        autoextend,
     };
     Ok(opts.validate()?)
 }
@@ -140,8 +146,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_options_init(
     opts: *mut cowsnap_snapshot_options,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_options_init", {
-        // SAFETY: out-parameter contract.
-        let opts = unsafe { out(opts, "opts") }?;
+        let opts = out!(opts);
         *opts = cowsnap_snapshot_options {
             chunk_size: 4096,
             store: cowsnap_store_kind::COWSNAP_STORE_PERSISTENT as i32,
@@ -313,34 +318,30 @@ unsafe fn create(
     o: &cowsnap_snapshot_options,
     out_id: *mut u32,
 ) -> FfiResult<()> {
-    {
-        // SAFETY: argument contracts of the callers.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_id = unsafe { out(out_id, "out_id") }?;
-        let sopts = options(o)?;
-        check_cow_size(o.cow_size, &sopts)?;
-        let id = if o.cow_path.is_null() {
-            let cow = mem_device(o.cow_size)?;
-            v.write()?.create_snapshot(cow, sopts)?
-        } else {
-            // SAFETY: NUL-terminated string by contract.
-            let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
-            let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
-            let mut vol = v.write()?;
-            match vol.create_snapshot(created.device, sopts) {
-                Ok(id) => id,
-                Err(e) => {
-                    drop(vol);
-                    // The volume refused it (a merge in progress...): no snapshot, no file left.
-                    created.undo.run();
-                    return Err(e.into());
-                }
+    let v = vol!(vol);
+    let out_id = out!(out_id);
+    let sopts = options(o)?;
+    check_cow_size(o.cow_size, &sopts)?;
+    let id = if o.cow_path.is_null() {
+        let cow = mem_device(o.cow_size)?;
+        v.write()?.create_snapshot(cow, sopts)?
+    } else {
+        // SAFETY: NUL-terminated string by contract.
+        let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
+        let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
+        let mut vol = v.write()?;
+        match vol.create_snapshot(created.device, sopts) {
+            Ok(id) => id,
+            Err(e) => {
+                drop(vol);
+                // The volume refused it (a merge in progress...): no snapshot, no file left.
+                created.undo.run();
+                return Err(e.into());
             }
-        };
-        *out_id = id.0;
-        Ok(())
-    }
+        }
+    };
+    *out_id = id.0;
+    Ok(())
 }
 
 /// Reads `len` bytes of snapshot `id` at byte `offset` into `buf` (the origin as it was when the
@@ -358,8 +359,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_read(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_read", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` writable bytes by contract.
         let buf = unsafe { out_buf(buf, len) }?;
@@ -382,8 +382,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_write(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_write", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` readable bytes by contract.
         let data = unsafe { in_buf(buf, len) }?;
@@ -455,10 +454,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_status(
     out_status: *mut cowsnap_snapshot_status,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_status", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_status = unsafe { out(out_status, "out_status") }?;
+        let v = vol!(vol);
+        let out_status = out!(out_status);
         let st = v.read()?.snapshot_status(SnapshotId(id))?;
         *out_status = status_to_c(&st);
         Ok(())
@@ -528,8 +525,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_get_info(
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_get_info", {
         type T = cowsnap_snapshot_info;
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         // SAFETY: `out_info` is NULL or holds `struct_size` writable bytes, by contract.
         let s = unsafe { SizedStruct::new(out_info as *const T, INFO_MIN, "out_info") }?;
         let st = status_to_c(&v.read()?.snapshot_status(SnapshotId(id))?);
@@ -556,8 +552,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
     id: u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_delete", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
         Ok(())
@@ -605,8 +600,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     user_data: *mut c_void,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_merge", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         // The core's merge loop, one step per write lock; the callback runs with no lock held.
         let mut merge = MergeStepper::new(SnapshotId(id));
         loop {
@@ -640,10 +634,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
     out_needed: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_export_cow", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_needed = unsafe { out(out_needed, "out_needed") }?;
+        let v = vol!(vol);
+        let out_needed = out!(out_needed);
         // Exceptions waiting for a group commit go to the COW first, so the image names them.
         v.write()?.commit()?;
         let g = v.read()?;
@@ -673,8 +665,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     new_cow_size: u64,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_extend", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         limits::check_cow_growth(new_cow_size)?;
         v.write()?
             .extend_snapshot(SnapshotId(id), new_cow_size)
@@ -703,8 +694,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
     extend_percent: u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_set_autoextend", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let policy = Autoextend::from_percents(threshold_percent, extend_percent)?;
         v.write()?.set_autoextend(SnapshotId(id), policy)?;
         Ok(())
@@ -743,8 +733,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_changed_ranges(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_changed_ranges", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let list: Vec<cowsnap_range> = v
             .read()?
             .changed_between(SnapshotId(older), SnapshotId(newer))?

@@ -163,8 +163,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_mem(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_create_mem", {
-        // SAFETY: out-parameter contract.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         limits::check_origin_len(size)?;
         *out_vol = cowsnap_volume::boxed(Volume::new(mem_device(size)?));
@@ -190,8 +189,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_create_file", {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(path, "path") }?;
@@ -227,8 +225,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_open_file", {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
@@ -302,10 +299,8 @@ pub unsafe extern "C" fn cowsnap_volume_size(
     out_size: *mut u64,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_size", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        *unsafe { out(out_size, "out_size") }? = v.size();
+        let v = vol!(vol);
+        *out!(out_size) = v.size();
         Ok(())
     })
 }
@@ -322,8 +317,7 @@ pub unsafe extern "C" fn cowsnap_volume_lvs_attr(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_lvs_attr", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let attr = v.read()?.origin_lvs_attr();
         if len <= attr.len() {
             return Err(Failure::new(
@@ -355,8 +349,7 @@ pub unsafe extern "C" fn cowsnap_volume_snapshot_ids(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_snapshot_ids", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let list: Vec<u32> = v.read()?.snapshot_ids().iter().map(|id| id.0).collect();
         // SAFETY: argument contracts above.
         unsafe { crate::copy_out(&list, ids, capacity, out_count, "ids") }
@@ -376,8 +369,7 @@ pub unsafe extern "C" fn cowsnap_volume_read(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_read", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` writable bytes by contract.
         let buf = unsafe { out_buf(buf, len) }?;

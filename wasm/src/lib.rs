@@ -341,13 +341,7 @@ fn check_snapshot(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue
     opts.validate().map_err(core_err)?;
     opts.check_cow_len(cow_size as u64).map_err(|e| match e {
         Error::NoSpace => with_code(
-            js_sys::Error::new(&format!(
-                "COW device too small: {}, {} bytes with {}-byte chunks; cowSize is {cow_size}",
-                opts.min_cow_reason(),
-                opts.min_cow_len(),
-                opts.chunk_size.bytes()
-            ))
-            .into(),
+            js_sys::Error::new(&opts.cow_too_small(cow_size as u64)).into(),
             e.code().name(),
         ),
         e => core_err(e),
