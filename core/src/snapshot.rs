@@ -48,6 +48,19 @@ impl Autoextend {
         Ok(self)
     }
 
+    /// The policy given as the pair of numbers the C and Python front ends take: `(0, 0)` is no
+    /// policy, anything else must pass [`Autoextend::validate`].
+    pub fn from_percents(threshold_percent: u32, extend_percent: u32) -> Result<Option<Self>> {
+        if (threshold_percent, extend_percent) == (0, 0) {
+            return Ok(None);
+        }
+        let a = Autoextend {
+            threshold_percent,
+            extend_percent,
+        };
+        a.validate().map(Some)
+    }
+
     /// False when the policy is switched off (threshold 100, as in lvm.conf).
     pub fn enabled(self) -> bool {
         self.threshold_percent < 100
@@ -124,6 +137,17 @@ impl SnapshotOptions {
             }
             StoreKind::Transient => "a transient COW needs 1 chunk",
         }
+    }
+
+    /// The message for a COW of `len` bytes that [`SnapshotOptions::check_cow_len`] finds too small
+    /// (`NO_SPACE`), with the numbers, for every front end.
+    pub fn cow_too_small(&self, len: u64) -> alloc::string::String {
+        alloc::format!(
+            "COW device too small: {}, {} bytes with {}-byte chunks; the COW size is {len}",
+            self.min_cow_reason(),
+            self.min_cow_len(),
+            self.chunk_size.bytes()
+        )
     }
 
     /// The size rule for a new COW device, checked by every front end before it allocates or

@@ -6,7 +6,7 @@ use common::no_grow;
 use cowsnap_core::store::persistent::{Geometry, SNAP_MAGIC};
 use cowsnap_core::testkit::device::{Access, Hooked, SharedMem, Verdict};
 use cowsnap_core::{
-    ChunkSize, Error, ErrorCode, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
+    Autoextend, ChunkSize, Error, ErrorCode, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
     SnapshotState, StoreKind, Volume,
 };
 
@@ -86,6 +86,31 @@ fn cow_too_small_is_refused() {
         Error::NoSpace
     );
     assert!(vol.snapshot_ids().is_empty());
+}
+
+#[test]
+fn cow_too_small_message_has_the_numbers() {
+    let msg = opts(8192).cow_too_small(16384);
+    assert!(
+        msg.contains("3 chunks") && msg.contains("24576 bytes"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("8192-byte chunks") && msg.ends_with("is 16384"),
+        "{msg}"
+    );
+    assert_eq!(opts(8192).check_cow_len(16384), Err(Error::NoSpace));
+}
+
+#[test]
+fn autoextend_from_percents_is_none_for_zero_and_validated_otherwise() {
+    assert_eq!(Autoextend::from_percents(0, 0), Ok(None));
+    let a = Autoextend::from_percents(70, 20).unwrap().unwrap();
+    assert_eq!((a.threshold_percent, a.extend_percent), (70, 20));
+    for (t, p) in [(0, 5), (101, 5), (70, 0)] {
+        let e = Autoextend::from_percents(t, p).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "({t}, {p})");
+    }
 }
 
 #[test]

@@ -207,42 +207,16 @@ struct cowsnap_volume;
  * `cowsnap_snapshot_create_with`, which can. Still fully supported.
  *
  * Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero means 4 KiB chunks,
- * persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+ * persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set). Each field means
+ * what the field of the same name in `struct cowsnap_snapshot_create_options` means.
  */
 struct cowsnap_snapshot_options {
-  /**
-   * Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
-   */
   uint32_t chunk_size;
-  /**
-   * A `cowsnap_store_kind` value.
-   */
   int32_t store;
-  /**
-   * A `cowsnap_overflow_mode` value.
-   */
   int32_t overflow;
-  /**
-   * Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
-   * one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
-   */
   uint64_t cow_size;
-  /**
-   * NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-   * regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
-   * a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
-   * Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
-   * and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
-   */
   const char *cow_path;
-  /**
-   * Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
-   * (1..100; 100 disables). 0 means no autoextend policy.
-   */
   uint32_t autoextend_threshold;
-  /**
-   * Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
-   */
   uint32_t autoextend_percent;
 };
 
@@ -288,8 +262,10 @@ struct cowsnap_snapshot_create_options {
   uint64_t cow_size;
   /**
    * NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-   * regular file), created with all `cow_size` bytes reserved, as `cowsnap_snapshot_options.cow_path`
-   * documents. Borrowed for the call.
+   * regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
+   * a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
+   * Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
+   * and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
    */
   const char *cow_path;
 };
@@ -298,64 +274,23 @@ struct cowsnap_snapshot_create_options {
  * A snapshot's status: the numbers `dmsetup status` and `lvs` print. The first layout, frozen.
  * Deprecated: use `struct cowsnap_snapshot_info` and `cowsnap_snapshot_get_info`, which can gain
  * fields (this struct has no short name: in C, `cowsnap_snapshot_status` names the function).
- * Still fully supported.
+ * Still fully supported. Each field means what the field of the same name in
+ * `struct cowsnap_snapshot_info` means.
  */
 struct cowsnap_snapshot_status {
-  /**
-   * A `cowsnap_snapshot_state` value.
-   */
   int32_t state;
-  /**
-   * A `cowsnap_store_kind` value.
-   */
   int32_t store;
-  /**
-   * A `cowsnap_overflow_mode` value.
-   */
   int32_t overflow;
-  /**
-   * Chunk size in bytes.
-   */
   uint64_t chunk_size;
-  /**
-   * COW sectors (512 bytes) handed out, header and metadata included.
-   */
   uint64_t sectors_allocated;
-  /**
-   * COW device size in sectors.
-   */
   uint64_t total_sectors;
-  /**
-   * Header plus metadata sectors so far (0 for a transient store).
-   */
   uint64_t metadata_sectors;
-  /**
-   * Number of exceptions (chunks copied into the COW).
-   */
   uint64_t exceptions;
-  /**
-   * True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
-   */
   bool merging;
-  /**
-   * Chunks merged back so far.
-   */
   uint64_t merge_merged;
-  /**
-   * Chunks to merge in all.
-   */
   uint64_t merge_total;
-  /**
-   * LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
-   */
   double data_percent;
-  /**
-   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
-   */
   char dm_status[64];
-  /**
-   * NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
-   */
   char lvs_attr[16];
 };
 
@@ -504,7 +439,8 @@ const char *cowsnap_error_description(int32_t code);
  *
  * Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
  * enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
- * count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+ * count). Errors: `NULL_POINTER` (out_count, or codes with len > 0), `BUFFER_TOO_SMALL`.
+ * Thread-safety: safe from any thread.
  */
 cowsnap_result cowsnap_error_codes(int32_t *codes,
                                    size_t len,

@@ -16,3 +16,21 @@ macro_rules! ffi_guard_value {
         $crate::run_value($name, $fallback, move || $body)
     };
 }
+
+/// The volume behind an entry point's `vol` argument; NULL is `NULL_POINTER`.
+macro_rules! vol {
+    ($p:expr) => {{
+        let p = $p;
+        // SAFETY: every entry point's contract: `vol` is NULL or a live handle.
+        unsafe { $crate::volume::volume(p) }?
+    }};
+}
+
+/// An entry point's out-parameter `$p`, named in the message when it is NULL (`NULL_POINTER`).
+macro_rules! out {
+    ($p:ident) => {{
+        let p = $p;
+        // SAFETY: every entry point's contract: an out-parameter is NULL or valid for writes.
+        unsafe { $crate::volume::out(p, stringify!($p)) }?
+    }};
+}

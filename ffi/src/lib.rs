@@ -128,11 +128,7 @@ const VERSION_C: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 #[no_mangle]
 pub extern "C" fn cowsnap_error_name(code: i32) -> *const c_char {
     ffi_guard_value!("cowsnap_error_name", std::ptr::null(), {
-        let name: &'static [u8] = match cowsnap_result::code_of(code) {
-            Some(c) => c.name_nul().as_bytes(),
-            None => b"UNKNOWN\0",
-        };
-        name.as_ptr().cast::<c_char>()
+        c_text(code, ErrorCode::name_nul, "UNKNOWN\0")
     })
 }
 
@@ -143,12 +139,14 @@ pub extern "C" fn cowsnap_error_name(code: i32) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn cowsnap_error_description(code: i32) -> *const c_char {
     ffi_guard_value!("cowsnap_error_description", std::ptr::null(), {
-        let text: &'static [u8] = match cowsnap_result::code_of(code) {
-            Some(c) => c.description_nul().as_bytes(),
-            None => b"unknown result code\0",
-        };
-        text.as_ptr().cast::<c_char>()
+        c_text(code, ErrorCode::description_nul, "unknown result code\0")
     })
+}
+
+/// A static NUL-terminated text about result code `code`, or `unknown` for any other number.
+fn c_text(code: i32, text: fn(ErrorCode) -> &'static str, unknown: &'static str) -> *const c_char {
+    let s = cowsnap_result::code_of(code).map_or(unknown, text);
+    s.as_ptr().cast::<c_char>()
 }
 
 /// Every result code, `COWSNAP_OK` first, in the order of their numbers (0, -1, -2...): lets a
@@ -157,7 +155,8 @@ pub extern "C" fn cowsnap_error_description(code: i32) -> *const c_char {
 ///
 /// Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
 /// enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
-/// count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+/// count). Errors: `NULL_POINTER` (out_count, or codes with len > 0), `BUFFER_TOO_SMALL`.
+/// Thread-safety: safe from any thread.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_error_codes(
     codes: *mut i32,
@@ -165,28 +164,57 @@ pub unsafe extern "C" fn cowsnap_error_codes(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_error_codes", {
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { volume::out(out_count, "out_count") }?;
-        let all = &ErrorCode::ALL;
-        *out_count = all.len();
-        if codes.is_null() && len == 0 {
-            return Ok(());
-        }
-        if len < all.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} codes do not fit in {len}", all.len()),
-            ));
-        }
-        if codes.is_null() {
-            return Err(Failure::null("codes"));
-        }
-        for (i, c) in all.iter().enumerate() {
-            // SAFETY: `codes` has room for `len` >= all.len() entries by contract.
-            unsafe { *codes.add(i) = *c as i32 };
-        }
-        Ok(())
+        let all: Vec<i32> = ErrorCode::ALL.iter().map(|&c| c as i32).collect();
+        // SAFETY: argument contracts above.
+        unsafe { copy_out(&all, codes, len, out_count, "codes") }
     })
+}
+
+/// Whether a caller's buffer `dst` of `capacity` items should get the `needed` items: `false` when
+/// it only asks for the size (`dst = NULL, capacity = 0`); `NULL_POINTER` for a NULL `dst` with a
+/// capacity; `BUFFER_TOO_SMALL` when `capacity < needed` (the caller then copies nothing).
+pub(crate) fn room(
+    dst_null: bool,
+    capacity: usize,
+    needed: usize,
+    dst: &str,
+    unit: &str,
+) -> FfiResult<bool> {
+    if dst_null {
+        return if capacity == 0 {
+            Ok(false)
+        } else {
+            Err(Failure::null(dst))
+        };
+    }
+    if capacity < needed {
+        return Err(Failure::new(
+            ErrorCode::BufferTooSmall,
+            format!("{needed} {unit} do not fit: the buffer holds {capacity}"),
+        ));
+    }
+    Ok(true)
+}
+
+/// The list functions' convention: stores `items.len()` in `*out_count`, then copies the items to
+/// `dst` as [`room`] allows (`dst` names the parameter in messages).
+///
+/// # Safety
+/// `out_count` is NULL or writable; `dst` is NULL or valid for writes of `capacity` items.
+pub(crate) unsafe fn copy_out<T: Copy>(
+    items: &[T],
+    dst: *mut T,
+    capacity: usize,
+    out_count: *mut usize,
+    what: &str,
+) -> FfiResult<()> {
+    // SAFETY: out-parameter contract.
+    *unsafe { volume::out(out_count, "out_count") }? = items.len();
+    if room(dst.is_null(), capacity, items.len(), what, what)? {
+        // SAFETY: `dst` has room for `capacity` >= items.len() items by contract.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), dst, items.len()) };
+    }
+    Ok(())
 }
 
 /// Runs one entry point's body: catches panics, records the message of a failure.
@@ -198,10 +226,7 @@ pub(crate) fn run(name: &'static str, body: impl FnOnce() -> FfiResult<()>) -> c
             cowsnap_result::from_code(f.code)
         }
         Err(payload) => {
-            set_last_error(format!(
-                "{name}: internal error (panic: {}); please report it",
-                panic_text(&*payload)
-            ));
+            set_panic_error(name, &*payload);
             cowsnap_result::COWSNAP_ERR_PANIC
         }
     }
@@ -212,23 +237,22 @@ pub(crate) fn run_value<T>(name: &'static str, fallback: T, body: impl FnOnce() 
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(v) => v,
         Err(payload) => {
-            set_last_error(format!(
-                "{name}: internal error (panic: {})",
-                panic_text(&*payload)
-            ));
+            set_panic_error(name, &*payload);
             fallback
         }
     }
 }
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown".to_string()
-    }
+fn set_panic_error(name: &str, payload: &(dyn std::any::Any + Send)) {
+    let text = match payload.downcast_ref::<&str>() {
+        Some(s) => s,
+        None => payload
+            .downcast_ref::<String>()
+            .map_or("unknown", |s| s.as_str()),
+    };
+    set_last_error(format!(
+        "{name}: internal error (panic: {text}); please report it"
+    ));
 }
 
 /// Test hook: panics inside the guard, to prove that the boundary turns a panic into

@@ -9,7 +9,7 @@ use cowsnap_core::{
 
 use crate::files::{self, Space};
 use crate::sized::{offset_of, SizedStruct, MAX_STRUCT_SIZE};
-use crate::volume::{cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume};
+use crate::volume::{cowsnap_volume, in_buf, mem_device, out_buf, path_arg};
 use crate::{cowsnap_result, Failure, FfiResult};
 
 /// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
@@ -52,66 +52,41 @@ pub enum cowsnap_snapshot_state {
 /// `cowsnap_snapshot_create_with`, which can. Still fully supported.
 ///
 /// Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero means 4 KiB chunks,
-/// persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+/// persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set). Each field means
+/// what the field of the same name in `struct cowsnap_snapshot_create_options` means.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_options {
-    /// Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
     pub chunk_size: u32,
-    /// A `cowsnap_store_kind` value.
     pub store: i32,
-    /// A `cowsnap_overflow_mode` value.
     pub overflow: i32,
-    /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
-    /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
     pub cow_size: u64,
-    /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-    /// regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
-    /// a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
-    /// Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
-    /// and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
-    /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
-    /// (1..100; 100 disables). 0 means no autoextend policy.
     pub autoextend_threshold: u32,
-    /// Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
     pub autoextend_percent: u32,
 }
 
 /// A snapshot's status: the numbers `dmsetup status` and `lvs` print. The first layout, frozen.
 /// Deprecated: use `struct cowsnap_snapshot_info` and `cowsnap_snapshot_get_info`, which can gain
 /// fields (this struct has no short name: in C, `cowsnap_snapshot_status` names the function).
-/// Still fully supported.
+/// Still fully supported. Each field means what the field of the same name in
+/// `struct cowsnap_snapshot_info` means.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_status {
-    /// A `cowsnap_snapshot_state` value.
     pub state: i32,
-    /// A `cowsnap_store_kind` value.
     pub store: i32,
-    /// A `cowsnap_overflow_mode` value.
     pub overflow: i32,
-    /// Chunk size in bytes.
     pub chunk_size: u64,
-    /// COW sectors (512 bytes) handed out, header and metadata included.
     pub sectors_allocated: u64,
-    /// COW device size in sectors.
     pub total_sectors: u64,
-    /// Header plus metadata sectors so far (0 for a transient store).
     pub metadata_sectors: u64,
-    /// Number of exceptions (chunks copied into the COW).
     pub exceptions: u64,
-    /// True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
     pub merging: bool,
-    /// Chunks merged back so far.
     pub merge_merged: u64,
-    /// Chunks to merge in all.
     pub merge_total: u64,
-    /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
     pub data_percent: f64,
-    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
     pub dm_status: [c_char; 64],
-    /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
     pub lvs_attr: [c_char; 16],
 }
 
@@ -124,6 +99,7 @@ pub type cowsnap_merge_progress_cb = Option<
     unsafe extern "C" fn(user_data: *mut c_void, merged: u64, total: u64, done: bool) -> i32,
 >;
 
+/// The core's options for the C ones, checked by the core's rules (`SnapshotOptions::validate`).
 fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
     let chunk_size = match o.chunk_size {
         0 => ChunkSize::DEFAULT,
@@ -139,41 +115,24 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
         1 => OverflowMode::Report,
         n => return Err(Failure::invalid(format!("unknown overflow mode {n}"))),
     };
-    let autoextend = match (o.autoextend_threshold, o.autoextend_percent) {
-        (0, 0) => None,
-        (0, _) => {
-            return Err(Failure::invalid(
-                "autoextend_percent is set but autoextend_threshold is 0",
-            ))
-        }
-        (t, p) => Some(
-            Autoextend {
-                threshold_percent: t,
-                extend_percent: p,
-            }
-            .validate()?,
-        ),
-    };
-    Ok(SnapshotOptions {
+    if o.autoextend_threshold == 0 && o.autoextend_percent != 0 {
+        let msg = "autoextend_percent is set but autoextend_threshold is 0";
+        return Err(Failure::invalid(msg));
+    }
+    let autoextend = Autoextend::from_percents(o.autoextend_threshold, o.autoextend_percent)?;
+    let opts = SnapshotOptions {
         chunk_size,
         store,
         overflow,
         autoextend,
-    })
+    };
+    Ok(opts.validate()?)
 }
 
 /// The core's COW size rule ([`SnapshotOptions::check_cow_len`]), with the numbers in the message.
 pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
     opts.check_cow_len(cow_size).map_err(|e| match e {
-        Error::NoSpace => Failure::new(
-            e.code(),
-            format!(
-                "COW device too small: {}, {} bytes with {}-byte chunks; cow_size is {cow_size}",
-                opts.min_cow_reason(),
-                opts.min_cow_len(),
-                opts.chunk_size.bytes()
-            ),
-        ),
+        Error::NoSpace => Failure::new(e.code(), opts.cow_too_small(cow_size)),
         e => e.into(),
     })
 }
@@ -187,8 +146,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_options_init(
     opts: *mut cowsnap_snapshot_options,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_options_init", {
-        // SAFETY: out-parameter contract.
-        let opts = unsafe { out(opts, "opts") }?;
+        let opts = out!(opts);
         *opts = cowsnap_snapshot_options {
             chunk_size: 4096,
             store: cowsnap_store_kind::COWSNAP_STORE_PERSISTENT as i32,
@@ -260,8 +218,10 @@ pub struct cowsnap_snapshot_create_options {
     /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
     pub cow_size: u64,
     /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
-    /// regular file), created with all `cow_size` bytes reserved, as `cowsnap_snapshot_options.cow_path`
-    /// documents. Borrowed for the call.
+    /// regular file), created with all `cow_size` bytes reserved on the file system (as LVM allocates
+    /// a snapshot's extents at creation), so that a full disk later cannot invalidate the snapshot.
+    /// Anything else at the path (a non-empty file, a directory, a device node, a symlink) is refused
+    /// and left untouched. Borrowed for the call. Reopen it later with `cowsnap_volume_open_file`.
     pub cow_path: *const c_char,
 }
 
@@ -358,34 +318,30 @@ unsafe fn create(
     o: &cowsnap_snapshot_options,
     out_id: *mut u32,
 ) -> FfiResult<()> {
-    {
-        // SAFETY: argument contracts of the callers.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_id = unsafe { out(out_id, "out_id") }?;
-        let sopts = options(o)?.validate()?;
-        check_cow_size(o.cow_size, &sopts)?;
-        let id = if o.cow_path.is_null() {
-            let cow = mem_device(o.cow_size)?;
-            v.write()?.create_snapshot(cow, sopts)?
-        } else {
-            // SAFETY: NUL-terminated string by contract.
-            let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
-            let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
-            let mut vol = v.write()?;
-            match vol.create_snapshot(created.device, sopts) {
-                Ok(id) => id,
-                Err(e) => {
-                    drop(vol);
-                    // The volume refused it (a merge in progress...): no snapshot, no file left.
-                    created.undo.run();
-                    return Err(e.into());
-                }
+    let v = vol!(vol);
+    let out_id = out!(out_id);
+    let sopts = options(o)?;
+    check_cow_size(o.cow_size, &sopts)?;
+    let id = if o.cow_path.is_null() {
+        let cow = mem_device(o.cow_size)?;
+        v.write()?.create_snapshot(cow, sopts)?
+    } else {
+        // SAFETY: NUL-terminated string by contract.
+        let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
+        let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
+        let mut vol = v.write()?;
+        match vol.create_snapshot(created.device, sopts) {
+            Ok(id) => id,
+            Err(e) => {
+                drop(vol);
+                // The volume refused it (a merge in progress...): no snapshot, no file left.
+                created.undo.run();
+                return Err(e.into());
             }
-        };
-        *out_id = id.0;
-        Ok(())
-    }
+        }
+    };
+    *out_id = id.0;
+    Ok(())
 }
 
 /// Reads `len` bytes of snapshot `id` at byte `offset` into `buf` (the origin as it was when the
@@ -403,8 +359,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_read(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_read", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` writable bytes by contract.
         let buf = unsafe { out_buf(buf, len) }?;
@@ -427,8 +382,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_write(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_write", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` readable bytes by contract.
         let data = unsafe { in_buf(buf, len) }?;
@@ -500,10 +454,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_status(
     out_status: *mut cowsnap_snapshot_status,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_status", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_status = unsafe { out(out_status, "out_status") }?;
+        let v = vol!(vol);
+        let out_status = out!(out_status);
         let st = v.read()?.snapshot_status(SnapshotId(id))?;
         *out_status = status_to_c(&st);
         Ok(())
@@ -549,6 +501,11 @@ pub struct cowsnap_snapshot_info {
     pub lvs_attr: [c_char; 16],
 }
 
+/// Writes the fields of `$st` to the sized struct `$s` at their offsets in `$t` (those it holds).
+macro_rules! set_fields {
+    ($s:ident, $t:ty, $st:ident: $($f:ident),*) => { $($s.set(offset_of!($t, $f), $st.$f);)* };
+}
+
 /// Size of the first version of `cowsnap_snapshot_info`: the least `struct_size` accepted.
 const INFO_MIN: usize = std::mem::size_of::<cowsnap_snapshot_info>();
 
@@ -568,27 +525,15 @@ pub unsafe extern "C" fn cowsnap_snapshot_get_info(
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_get_info", {
         type T = cowsnap_snapshot_info;
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         // SAFETY: `out_info` is NULL or holds `struct_size` writable bytes, by contract.
         let s = unsafe { SizedStruct::new(out_info as *const T, INFO_MIN, "out_info") }?;
         let st = status_to_c(&v.read()?.snapshot_status(SnapshotId(id))?);
         // SAFETY: each field at its offset in T, written only when inside the caller's struct_size.
         unsafe {
-            s.set(offset_of!(T, state), st.state);
-            s.set(offset_of!(T, store), st.store);
-            s.set(offset_of!(T, overflow), st.overflow);
-            s.set(offset_of!(T, merging), st.merging);
-            s.set(offset_of!(T, chunk_size), st.chunk_size);
-            s.set(offset_of!(T, sectors_allocated), st.sectors_allocated);
-            s.set(offset_of!(T, total_sectors), st.total_sectors);
-            s.set(offset_of!(T, metadata_sectors), st.metadata_sectors);
-            s.set(offset_of!(T, exceptions), st.exceptions);
-            s.set(offset_of!(T, merge_merged), st.merge_merged);
-            s.set(offset_of!(T, merge_total), st.merge_total);
-            s.set(offset_of!(T, data_percent), st.data_percent);
-            s.set(offset_of!(T, dm_status), st.dm_status);
-            s.set(offset_of!(T, lvs_attr), st.lvs_attr);
+            set_fields!(s, T, st: state, store, overflow, merging, chunk_size, sectors_allocated,
+                total_sectors, metadata_sectors, exceptions, merge_merged, merge_total, data_percent,
+                dm_status, lvs_attr);
             s.finish_out(std::mem::size_of::<T>());
         }
         Ok(())
@@ -607,8 +552,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
     id: u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_delete", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_unlisted(id, "cowsnap_snapshot_delete")?;
         let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
@@ -657,8 +601,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     user_data: *mut c_void,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_merge", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_unlisted(id, "cowsnap_snapshot_merge")?;
         // The core's merge loop, one step per write lock; the callback runs with no lock held.
         let mut merge = MergeStepper::new(SnapshotId(id));
@@ -693,10 +636,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
     out_needed: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_export_cow", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_needed = unsafe { out(out_needed, "out_needed") }?;
+        let v = vol!(vol);
+        let out_needed = out!(out_needed);
         // Exceptions waiting for a group commit go to the COW first, so the image names them.
         v.write()?.commit()?;
         let g = v.read()?;
@@ -704,23 +645,9 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
         let size = usize::try_from(cow.len())
             .map_err(|_| Failure::new(ErrorCode::NoSpace, "COW larger than the address space"))?;
         *out_needed = size;
-        if buf.is_null() {
-            return if len == 0 {
-                Ok(())
-            } else {
-                Err(Failure::null("buf"))
-            };
-        }
-        if len < size {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("the COW is {size} bytes; the buffer holds {len}"),
-            ));
-        }
-        // SAFETY: `buf` holds `len` >= size writable bytes by contract.
-        let dst = unsafe { out_buf(buf, size) }?;
-        if size > 0 {
-            cow.read_at(0, dst)?;
+        if crate::room(buf.is_null(), len, size, "buf", "COW bytes")? && size > 0 {
+            // SAFETY: `buf` holds `len` >= size writable bytes by contract.
+            cow.read_at(0, unsafe { out_buf(buf, size) }?)?;
         }
         Ok(())
     })
@@ -740,8 +667,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     new_cow_size: u64,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_extend", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         limits::check_cow_growth(new_cow_size)?;
         v.write()?
             .extend_snapshot(SnapshotId(id), new_cow_size)
@@ -770,18 +696,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
     extend_percent: u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_set_autoextend", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        let policy = match (threshold_percent, extend_percent) {
-            (0, 0) => None,
-            (t, p) => Some(
-                Autoextend {
-                    threshold_percent: t,
-                    extend_percent: p,
-                }
-                .validate()?,
-            ),
-        };
+        let v = vol!(vol);
+        let policy = Autoextend::from_percents(threshold_percent, extend_percent)?;
         v.write()?.set_autoextend(SnapshotId(id), policy)?;
         Ok(())
     })
@@ -819,31 +735,14 @@ pub unsafe extern "C" fn cowsnap_snapshot_changed_ranges(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_changed_ranges", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { out(out_count, "out_count") }?;
-        let list = v
+        let v = vol!(vol);
+        let list: Vec<cowsnap_range> = v
             .read()?
-            .changed_between(SnapshotId(older), SnapshotId(newer))?;
-        *out_count = list.len();
-        if ranges.is_null() {
-            return if capacity == 0 {
-                Ok(())
-            } else {
-                Err(Failure::null("ranges"))
-            };
-        }
-        if capacity < list.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} ranges do not fit in {capacity}", list.len()),
-            ));
-        }
-        for (i, &(offset, length)) in list.iter().enumerate() {
-            // SAFETY: `ranges` has room for `capacity` >= list.len() entries by contract.
-            unsafe { *ranges.add(i) = cowsnap_range { offset, length } };
-        }
-        Ok(())
+            .changed_between(SnapshotId(older), SnapshotId(newer))?
+            .into_iter()
+            .map(|(offset, length)| cowsnap_range { offset, length })
+            .collect();
+        // SAFETY: argument contracts above.
+        unsafe { crate::copy_out(&list, ranges, capacity, out_count, "ranges") }
     })
 }

@@ -109,24 +109,31 @@ pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &str) -> FfiResult<&'a mut T> {
     unsafe { p.as_mut() }.ok_or_else(|| Failure::null(what))
 }
 
+/// Checks a caller's buffer: `buf` may be NULL only when `len` is 0; false when `len` is 0.
+fn buf_ok(null: bool, len: usize) -> FfiResult<bool> {
+    if len == 0 {
+        Ok(false)
+    } else if null {
+        Err(Failure::null("buf"))
+    } else if len > isize::MAX as usize {
+        Err(Failure::invalid(format!(
+            "buffer length {len} is too large"
+        )))
+    } else {
+        Ok(true)
+    }
+}
+
 /// A caller's input buffer; `buf` may be NULL only when `len` is 0.
 ///
 /// # Safety
 /// `buf` is NULL or valid for reads of `len` bytes for the duration of the call.
 pub(crate) unsafe fn in_buf<'a>(buf: *const u8, len: usize) -> FfiResult<&'a [u8]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if buf.is_null() {
-        return Err(Failure::null("buf"));
-    }
-    if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!(
-            "buffer length {len} is too large"
-        )));
-    }
-    // SAFETY: non-null, length checked, and the caller guarantees `len` readable bytes.
-    Ok(unsafe { std::slice::from_raw_parts(buf, len) })
+    Ok(match buf_ok(buf.is_null(), len)? {
+        // SAFETY: non-null, length checked, and the caller guarantees `len` readable bytes.
+        true => unsafe { std::slice::from_raw_parts(buf, len) },
+        false => &[],
+    })
 }
 
 /// A caller's output buffer; `buf` may be NULL only when `len` is 0.
@@ -134,19 +141,11 @@ pub(crate) unsafe fn in_buf<'a>(buf: *const u8, len: usize) -> FfiResult<&'a [u8
 /// # Safety
 /// `buf` is NULL or valid for writes of `len` bytes for the duration of the call.
 pub(crate) unsafe fn out_buf<'a>(buf: *mut u8, len: usize) -> FfiResult<&'a mut [u8]> {
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    if buf.is_null() {
-        return Err(Failure::null("buf"));
-    }
-    if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!(
-            "buffer length {len} is too large"
-        )));
-    }
-    // SAFETY: non-null, length checked, and the caller guarantees `len` writable bytes.
-    Ok(unsafe { std::slice::from_raw_parts_mut(buf, len) })
+    Ok(match buf_ok(buf.is_null(), len)? {
+        // SAFETY: non-null, length checked, and the caller guarantees `len` writable bytes.
+        true => unsafe { std::slice::from_raw_parts_mut(buf, len) },
+        false => &mut [],
+    })
 }
 
 /// A NUL-terminated path (bytes, any encoding, as the OS takes them).
@@ -190,8 +189,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_mem(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_create_mem", {
-        // SAFETY: out-parameter contract.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         limits::check_origin_len(size)?;
         *out_vol = cowsnap_volume::boxed(Volume::new(mem_device(size)?));
@@ -217,8 +215,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_create_file", {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(path, "path") }?;
@@ -254,8 +251,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_open_file", {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
@@ -329,10 +325,8 @@ pub unsafe extern "C" fn cowsnap_volume_size(
     out_size: *mut u64,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_size", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        *unsafe { out(out_size, "out_size") }? = v.size();
+        let v = vol!(vol);
+        *out!(out_size) = v.size();
         Ok(())
     })
 }
@@ -349,8 +343,7 @@ pub unsafe extern "C" fn cowsnap_volume_lvs_attr(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_lvs_attr", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         let attr = v.read()?.origin_lvs_attr();
         if len <= attr.len() {
             return Err(Failure::new(
@@ -382,29 +375,10 @@ pub unsafe extern "C" fn cowsnap_volume_snapshot_ids(
     out_count: *mut usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_snapshot_ids", {
+        let v = vol!(vol);
+        let list: Vec<u32> = v.read()?.snapshot_ids().iter().map(|id| id.0).collect();
         // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_count = unsafe { out(out_count, "out_count") }?;
-        let list = v.read()?.snapshot_ids();
-        *out_count = list.len();
-        if ids.is_null() && capacity == 0 {
-            return Ok(());
-        }
-        if ids.is_null() {
-            return Err(Failure::null("ids"));
-        }
-        if capacity < list.len() {
-            return Err(Failure::new(
-                ErrorCode::BufferTooSmall,
-                format!("{} snapshot ids do not fit in {capacity}", list.len()),
-            ));
-        }
-        for (i, id) in list.iter().enumerate() {
-            // SAFETY: `ids` has room for `capacity` >= list.len() entries by contract.
-            unsafe { *ids.add(i) = id.0 };
-        }
-        Ok(())
+        unsafe { crate::copy_out(&list, ids, capacity, out_count, "ids") }
     })
 }
 
@@ -421,8 +395,7 @@ pub unsafe extern "C" fn cowsnap_volume_read(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_read", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` writable bytes by contract.
         let buf = unsafe { out_buf(buf, len) }?;

@@ -126,6 +126,10 @@ fn the_library_lists_every_code_with_its_name_and_description() {
     let r = unsafe { cowsnap::cowsnap_error_codes(std::ptr::null_mut(), 0, &mut count) };
     assert_eq!(r as i32, 0);
     assert_eq!(count, ErrorCode::ALL.len());
+    // A NULL array with a capacity is NULL_POINTER, as for every list function (copy_out).
+    // SAFETY: NULL with a capacity is refused before anything is written; out_count is valid.
+    let r = unsafe { cowsnap::cowsnap_error_codes(std::ptr::null_mut(), 3, &mut count) };
+    assert_eq!(r as i32, ErrorCode::NullPointer as i32);
     let mut small = vec![0i32; count - 1];
     // SAFETY: `small` has room for count - 1 values.
     let r = unsafe { cowsnap::cowsnap_error_codes(small.as_mut_ptr(), small.len(), &mut count) };

@@ -29,53 +29,41 @@ const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 // ------------------------------------------------------------------------------------------ errors
 
-fn with_code(err: JsValue, code: &str) -> JsValue {
+fn with_code(err: impl Into<JsValue>, code: ErrorCode) -> JsValue {
+    let err = err.into();
     // Setting a property on a fresh Error object cannot fail.
-    let _ = Reflect::set(&err, &JsValue::from_str("code"), &JsValue::from_str(code));
+    let _ = Reflect::set(&err, &JsValue::from_str("code"), &code.name().into());
     err
 }
 
 /// A core error as a JS `Error` with its stable `code`.
 fn core_err(e: Error) -> JsValue {
-    with_code(js_sys::Error::new(&e.to_string()).into(), e.code().name())
+    with_code(js_sys::Error::new(&e.to_string()), e.code())
 }
 
 /// [`core_err`] with a prefix saying which argument it was about.
 fn core_err_in(what: &str, e: Error) -> JsValue {
-    with_code(
-        js_sys::Error::new(&format!("{what}: {e}")).into(),
-        e.code().name(),
-    )
+    with_code(js_sys::Error::new(&format!("{what}: {e}")), e.code())
 }
 
 fn type_err(msg: &str) -> JsValue {
-    with_code(
-        js_sys::TypeError::new(msg).into(),
-        ErrorCode::InvalidArgument.name(),
-    )
+    with_code(js_sys::TypeError::new(msg), ErrorCode::InvalidArgument)
 }
 
 fn range_err(msg: &str) -> JsValue {
-    with_code(
-        js_sys::RangeError::new(msg).into(),
-        ErrorCode::InvalidArgument.name(),
-    )
+    with_code(js_sys::RangeError::new(msg), ErrorCode::InvalidArgument)
 }
 
 /// Allocation failure: a `RangeError` (as `new ArrayBuffer(huge)` throws) with code `NO_SPACE`.
 fn oom(bytes: u64) -> JsValue {
-    with_code(
-        js_sys::RangeError::new(&format!("out of memory: cannot allocate {bytes} bytes")).into(),
-        ErrorCode::NoSpace.name(),
-    )
+    let msg = format!("out of memory: cannot allocate {bytes} bytes");
+    with_code(js_sys::RangeError::new(&msg), ErrorCode::NoSpace)
 }
 
 /// Only reachable if JS re-enters the engine while it holds the volume, which no code path allows.
 fn busy() -> JsValue {
-    with_code(
-        js_sys::Error::new("the volume is in use by another call").into(),
-        ErrorCode::InvalidArgument.name(),
-    )
+    let msg = "the volume is in use by another call";
+    with_code(js_sys::Error::new(msg), ErrorCode::InvalidArgument)
 }
 
 // --------------------------------------------------------------------------------------- arguments
@@ -322,13 +310,13 @@ fn check_distinct(images: &[(String, &Uint8Array)]) -> Result<(), JsValue> {
             let (b_start, b_end) = (b.byte_offset(), b.byte_offset() + b.byte_length());
             let overlap = a_start < b_end && b_start < a_end;
             if overlap && Object::is(&a_buf, &b.buffer()) {
+                let msg = format!(
+                    "{name} is the same memory as {first} (bytes of one ArrayBuffer): one image \
+                     cannot be two devices of a volume"
+                );
                 return Err(with_code(
-                    js_sys::Error::new(&format!(
-                        "{name} is the same memory as {first} (bytes of one ArrayBuffer): one image \
-                         cannot be two devices of a volume"
-                    ))
-                    .into(),
-                    ErrorCode::InvalidArgument.name(),
+                    js_sys::Error::new(&msg),
+                    ErrorCode::InvalidArgument,
                 ));
             }
         }
@@ -341,14 +329,8 @@ fn check_snapshot(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue
     opts.validate().map_err(core_err)?;
     opts.check_cow_len(cow_size as u64).map_err(|e| match e {
         Error::NoSpace => with_code(
-            js_sys::Error::new(&format!(
-                "COW device too small: {}, {} bytes with {}-byte chunks; cowSize is {cow_size}",
-                opts.min_cow_reason(),
-                opts.min_cow_len(),
-                opts.chunk_size.bytes()
-            ))
-            .into(),
-            e.code().name(),
+            js_sys::Error::new(&opts.cow_too_small(cow_size as u64)),
+            e.code(),
         ),
         e => core_err(e),
     })

@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Callable, List, Tuple
 
 
 # The C ABI version these bindings are written for: the library must report the same major.minor.
@@ -259,3 +259,17 @@ def check(result: int) -> None:
         cls = error_class(result)
         msg = last_error() or f"cowsnap error {result}"
         raise cls(msg, code=result) if cls is CowsnapError else cls(msg)
+
+
+def fetch(call: Callable[..., int], ctype: Any) -> Tuple[Any, int]:
+    """Runs a C function of the "count, then copy" convention, ``call(buf, capacity, out_count)``:
+    first for the count, then with an array that long; again if the count grew in between
+    (``BUFFER_TOO_SMALL``). Returns the ctypes array and the count."""
+    n = ctypes.c_size_t()
+    while True:
+        check(call(None, 0, ctypes.byref(n)))
+        arr = (ctype * max(n.value, 1))()
+        r = call(arr, n.value, ctypes.byref(n))
+        if r == 0 or LIB.cowsnap_error_name(r) != b"BUFFER_TOO_SMALL":
+            check(r)
+            return arr, n.value

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
-from .errors import BufferTooSmall, CowsnapError, VolumeClosed, error_by_name
+from .errors import CowsnapError, VolumeClosed, error_by_name
 
 # Python's shape for a value the library would refuse, raised before a C call when the value cannot
 # even be passed (negative, beyond 64 bits, a C sentinel): a CowsnapError with its code, also a
@@ -349,12 +349,9 @@ class Volume:
 
     def _query_snapshot_ids(self) -> List[int]:
         # Ids of activated snapshots, in activation order.
-        n = ctypes.c_size_t()
         with _Using(self._h) as ptr:
-            check(_lib.LIB.cowsnap_volume_snapshot_ids(ptr, None, 0, ctypes.byref(n)))
-            ids = (ctypes.c_uint32 * max(n.value, 1))()
-            check(_lib.LIB.cowsnap_volume_snapshot_ids(ptr, ids, n.value, ctypes.byref(n)))
-        return list(ids[: n.value])
+            ids, n = _lib.fetch(lambda *a: _lib.LIB.cowsnap_volume_snapshot_ids(ptr, *a), ctypes.c_uint32)
+        return list(ids[:n])
 
     # properties
 
@@ -582,34 +579,17 @@ class Snapshot:
             other = older._id
         else:
             raise TypeError("older must be a Snapshot of the same Volume")
-        n = ctypes.c_size_t()
-        with _Using(self._vol._h) as ptr:
-            while True:  # the list may grow between the two calls (origin writes): retry
-                check(_lib.LIB.cowsnap_snapshot_changed_ranges(ptr, other, self._id, None, 0, ctypes.byref(n)))
-                arr = (_lib.RangeC * max(n.value, 1))()
-                r = _lib.LIB.cowsnap_snapshot_changed_ranges(ptr, other, self._id, arr, n.value, ctypes.byref(n))
-                if r != BufferTooSmall.code:
-                    check(r)
-                    break
-        return [(arr[i].offset, arr[i].length) for i in range(n.value)]
+        with _Using(self._vol._h) as ptr:  # the list grows with origin writes: fetch retries
+            call = lambda *a: _lib.LIB.cowsnap_snapshot_changed_ranges(ptr, other, self._id, *a)  # noqa: E731
+            arr, n = _lib.fetch(call, _lib.RangeC)
+        return [(arr[i].offset, arr[i].length) for i in range(n)]
 
     def export_cow(self) -> bytes:
         """The COW device's bytes: for a persistent snapshot, the dm-snapshot on-disk format the Linux
         kernel reads (e.g. ``dd`` it onto an LVM ``-cow`` device)."""
-        needed = ctypes.c_size_t()
-        with _Using(self._vol._h) as ptr:
-            while True:  # the COW may grow (autoextend) between the two calls: retry
-                r = _lib.LIB.cowsnap_snapshot_export_cow(ptr, self._id, None, 0, ctypes.byref(needed))
-                if r != 0 and r != BufferTooSmall.code:
-                    check(r)
-                buf = ctypes.create_string_buffer(needed.value)
-                r = _lib.LIB.cowsnap_snapshot_export_cow(
-                    ptr, self._id, buf, needed.value, ctypes.byref(needed)
-                )
-                if r == BufferTooSmall.code:
-                    continue
-                check(r)
-                return buf.raw[: needed.value]
+        with _Using(self._vol._h) as ptr:  # the COW grows with autoextend: fetch retries
+            buf, n = _lib.fetch(lambda *a: _lib.LIB.cowsnap_snapshot_export_cow(ptr, self._id, *a), ctypes.c_char)
+        return buf.raw[:n]
 
     def extend(self, new_cow_size: int) -> None:
         """Grows the COW device to ``new_cow_size`` bytes (``lvextend`` on the snapshot)."""

@@ -11,7 +11,7 @@ also ``ValueError``\\ s, as Python's conventions (and earlier versions of this p
 import ctypes
 from typing import Dict, List, Optional, Tuple, Type
 
-from ._lib import LIB
+from ._lib import LIB, fetch
 
 __all__ = ["CowsnapError", "VolumeClosed", "error_class"]
 
@@ -48,13 +48,8 @@ _VALUE_ERRORS = {"INVALID_ARGUMENT", "BAD_CHUNK_SIZE"}
 
 
 def _library_codes() -> List[int]:
-    count = ctypes.c_size_t(0)
-    if LIB.cowsnap_error_codes(None, 0, ctypes.byref(count)) != 0:
-        raise ImportError("cowsnap: cowsnap_error_codes failed")
-    codes = (ctypes.c_int32 * count.value)()
-    if LIB.cowsnap_error_codes(codes, count.value, ctypes.byref(count)) != 0:
-        raise ImportError("cowsnap: cowsnap_error_codes failed")
-    return list(codes)
+    codes, n = fetch(LIB.cowsnap_error_codes, ctypes.c_int32)
+    return list(codes[:n])
 
 
 def _class_name(name: str) -> str:
