@@ -38,7 +38,7 @@ pub mod volume;
 pub use chunk::{ChunkSize, SECTOR_SIZE};
 #[cfg(feature = "std")]
 pub use device::FileDevice;
-pub use device::{BlockDevice, DeviceId, MemDevice};
+pub use device::{BlockDevice, DeviceId, MemDevice, DIRECT_IO_ALIGN};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};

@@ -339,9 +339,24 @@ impl Volume {
         Ok(s.cow)
     }
 
+    /// The alignment callers' I/O must keep: the largest [`BlockDevice::io_alignment`] of the
+    /// origin and every COW (4096 as soon as one is a file opened with `O_DIRECT`; 1 otherwise).
+    /// One rule for every read and write, since a merge moves caller writes onto a COW.
+    pub fn io_alignment(&self) -> u64 {
+        self.snapshots
+            .values()
+            .map(|s| s.cow.io_alignment())
+            .fold(self.origin.io_alignment(), u64::max)
+    }
+
+    fn check_user_io(&self, offset: u64, len: usize) -> Result<()> {
+        device::check_aligned(self.io_alignment(), offset, len)
+    }
+
     /// Reads the origin. During a merge this is the merged view (the merging snapshot's contents).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.len())?;
+        self.check_user_io(offset, buf.len())?;
         match self.merging() {
             Some(id) => self.snap(id)?.read_view(&*self.origin, offset, buf),
             None => {
@@ -358,6 +373,7 @@ impl Volume {
     /// group commit (see [`Volume::commit`]); reads see it at once.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.len())?;
+        self.check_user_io(offset, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -499,12 +515,15 @@ impl Volume {
 
     /// Reads a snapshot: its own copies where it has them, the origin elsewhere.
     pub fn snapshot_read_at(&self, id: SnapshotId, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.snap(id)?.read(&*self.origin, offset, buf)
+        let s = self.snap(id)?;
+        self.check_user_io(offset, buf.len())?;
+        s.read(&*self.origin, offset, buf)
     }
 
     /// Writes a snapshot (never the origin).
     pub fn snapshot_write_at(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
         self.snap(id)?;
+        self.check_user_io(offset, data.len())?;
         // The snapshot commits its own records right away; those waiting go first, in order.
         self.commit()?;
         let origin = &*self.origin;
