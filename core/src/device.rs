@@ -302,10 +302,7 @@ mod file {
 
         fn create_new_impl(path: &Path, len: u64, direct: bool) -> Result<Self> {
             check_direct_len(direct, len)?;
-            let file = match direct_options(false).create_new(true).open(path) {
-                Ok(f) => f,
-                Err(e) => return Err(e.into()),
-            };
+            let file = direct_options(false).create_new(true).open(path)?;
             // Created without O_DIRECT, then reopened with it: the path is ours from here on, and
             // a refusal of the flag is told apart from a refusal of the creation.
             let made = reserve(&file, 0, len).and_then(|()| {
