@@ -21,8 +21,9 @@ pub(crate) const GROUP_COMMIT: bool = cfg!(feature = "std");
 
 /// Default bound of the group commit: origin bytes held (and records waiting) before a commit.
 pub const DEFAULT_COMMIT_BYTES: usize = 8 << 20;
-/// Most origin bytes one merge step copies back (one origin flush and one commit per step).
-const MERGE_STEP_BYTES: u64 = 16 << 20;
+/// Default of the most origin bytes one merge step copies back (one origin flush and one commit
+/// per step; see [`Volume::set_merge_step_bytes`]).
+pub const DEFAULT_MERGE_STEP_BYTES: u64 = 16 << 20;
 /// Records waiting for a commit, over all snapshots, before one is forced.
 const COMMIT_RECORDS: usize = 4096;
 
@@ -93,6 +94,8 @@ pub struct Volume {
     held: HeldWrites,
     /// Held bytes that force a commit.
     commit_bytes: usize,
+    /// Most origin bytes a merge step copies back.
+    merge_step_bytes: u64,
 }
 
 impl core::fmt::Debug for Volume {
@@ -120,6 +123,7 @@ impl Volume {
             next_id: 0,
             held: HeldWrites::default(),
             commit_bytes: DEFAULT_COMMIT_BYTES,
+            merge_step_bytes: DEFAULT_MERGE_STEP_BYTES,
         }
     }
 
@@ -158,6 +162,14 @@ impl Volume {
     /// a chunk would).
     pub fn set_commit_bytes(&mut self, bytes: usize) {
         self.commit_bytes = bytes;
+    }
+
+    /// Sets how many origin bytes one merge step may copy back (default
+    /// [`DEFAULT_MERGE_STEP_BYTES`]; at least one chunk is always taken). Smaller steps report
+    /// progress more often and hold less in memory; each step costs one origin flush and one
+    /// metadata commit (plus one area write and flush per metadata area it empties).
+    pub fn set_merge_step_bytes(&mut self, bytes: u64) {
+        self.merge_step_bytes = bytes;
     }
 
     /// Bytes of origin writes waiting for a commit.
@@ -593,10 +605,13 @@ impl Volume {
         })
     }
 
-    /// Merges a batch of records (the newest ones of the current area, up to 16 MiB of chunks), the
-    /// kernel's way but many runs at once: other snapshots first get (and commit) their copies of
-    /// the origin chunks about to change, then COW → origin, one origin flush, then the records
-    /// are cleared and the area rewritten once. `done` is set once no record is left; then call
+    /// Merges a batch of records (the newest ones, any chunks, across metadata areas, up to
+    /// [`Volume::set_merge_step_bytes`] of chunks, 16 MiB by default), the kernel's way but many
+    /// runs at once: other snapshots first get (and commit) their copies of the origin chunks
+    /// about to change, then COW → origin, one origin flush, then the records are cleared: each
+    /// area the step empties is written as zeros and flushed, newest first, then the area left
+    /// partial is rewritten once. After the step (and after each of its area writes) the COW is
+    /// one the kernel's merge could have left. `done` is set once no record is left; then call
     /// [`Volume::merge_finish`].
     pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
         if self.snap(id)?.state != SnapshotState::Merging {
@@ -605,7 +620,7 @@ impl Volume {
             ));
         }
         let cs = self.snap(id)?.chunk();
-        let max = (MERGE_STEP_BYTES / cs.bytes()).max(1) as usize;
+        let max = (self.merge_step_bytes / cs.bytes()).clamp(1, usize::MAX as u64) as usize;
         let mut records = self.snap_mut(id)?.merge_next(max)?;
         if !GROUP_COMMIT {
             // The small build merges the kernel's way, one trailing run per step (what the

@@ -155,6 +155,11 @@ pub struct PersistentStore {
     area_on_disk: usize,
     /// Set when an area write was started (so records may be on the device, even if it failed).
     area_written: bool,
+    /// During a merge: full areas under the current one already read, by area number (areas
+    /// under the current one change only through the merge, which keeps this up to date).
+    below: Vec<(u64, Vec<Exception>)>,
+    /// Set after a failed merge commit: the next one writes whole areas (see `merge_commit`).
+    merge_rewrite: bool,
 }
 
 impl PersistentStore {
@@ -184,6 +189,8 @@ impl PersistentStore {
             area: Vec::new(),
             area_on_disk: 0,
             area_written: false,
+            below: Vec::new(),
+            merge_rewrite: false,
         }
     }
 
@@ -399,30 +406,111 @@ impl ExceptionStore for PersistentStore {
             if self.current_area == 0 {
                 return Ok(Vec::new());
             }
-            // Step back into the previous (full) area.
+            // Step back into the previous (full) area, as the kernel's prepare_merge does.
             let prev = self.current_area - 1;
-            let epa = self.geo.exceptions_per_area();
-            let recs = read_records(cow, self.area_offset(prev), epa)?;
-            if (recs.len() as u64) != epa {
-                return Err(Error::corrupt(
-                    "a metadata area before the current one is not full",
-                ));
-            }
+            self.area = self.full_area(cow, prev)?;
+            self.below.retain(|(a, _)| *a != prev);
             self.current_area = prev;
-            self.area = recs;
             self.area_on_disk = self.area.len();
         }
         if self.area.is_empty() {
             return Err(Error::corrupt("empty metadata area during merge"));
         }
-        Ok(self.area[self.area.len().saturating_sub(max.max(1))..].to_vec())
+        let max = max.max(1);
+        // The current area's newest records, then whole areas under it (each full), until `max`.
+        let mut parts: Vec<Vec<Exception>> = Vec::new();
+        let mut have = self.area.len();
+        let mut a = self.current_area;
+        while have < max && a > 0 {
+            a -= 1;
+            let recs = self.full_area(cow, a)?;
+            have += recs.len();
+            if !self.below.iter().any(|(x, _)| *x == a) {
+                self.below.push((a, recs.clone()));
+            }
+            parts.push(recs);
+        }
+        let mut out = Vec::with_capacity(have.min(max));
+        // Oldest first: the deepest area's tail, then the areas above it whole.
+        let mut skip = have.saturating_sub(max);
+        for p in parts.iter().rev().chain(core::iter::once(&self.area)) {
+            let n = skip.min(p.len());
+            skip -= n;
+            out.extend_from_slice(&p[n..]);
+        }
+        Ok(out)
     }
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
-        let keep = self.area.len().saturating_sub(n as usize);
-        self.area.truncate(keep);
+        let saved = (
+            self.current_area,
+            self.area.clone(),
+            self.area_on_disk,
+            self.below.clone(),
+        );
+        let r = self.merge_drop(cow, n);
+        match r {
+            Ok(()) => self.merge_rewrite = false,
+            Err(_) => {
+                // The disk may hold any of the step's area writes, or none: go back to the state
+                // before the step. Its records (whose chunks are on the origin, or are copied back
+                // again) the next step drops again, writing every area it touches from its first
+                // record, so no record a failed write left behind survives.
+                (self.current_area, self.area, self.area_on_disk, self.below) = saved;
+                self.merge_rewrite = true;
+            }
+        }
+        r
+    }
+}
+
+impl PersistentStore {
+    /// The records of area `area`, which lies before the current one and so is full: from the
+    /// merge's cache, or read.
+    fn full_area(&self, cow: &dyn BlockDevice, area: u64) -> Result<Vec<Exception>> {
+        if let Some((_, recs)) = self.below.iter().find(|(a, _)| *a == area) {
+            return Ok(recs.clone());
+        }
+        let epa = self.geo.exceptions_per_area();
+        let recs = read_records(cow, self.area_offset(area), epa)?;
+        if (recs.len() as u64) != epa {
+            return Err(Error::corrupt(
+                "a metadata area before the current one is not full",
+            ));
+        }
+        Ok(recs)
+    }
+
+    /// Drops the newest `n` records, from the current area down through the areas under it, the
+    /// kernel's way: an area the step empties is written as zeros and flushed before the area
+    /// under it changes (so after a crash no area past the last one a scan reads holds records,
+    /// as with the kernel, which empties areas one after the other), and the area left partial
+    /// is written last and flushed. The first write is preceded by a flush (the kernel's
+    /// `REQ_PREFLUSH`).
+    fn merge_drop(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
+        let mut left = n as usize;
         cow.flush()?;
-        self.write_area(cow, keep)?;
-        cow.flush()?;
+        loop {
+            let take = left.min(self.area.len());
+            let keep = self.area.len() - take;
+            self.area.truncate(keep);
+            left -= take;
+            let from = if self.merge_rewrite { 0 } else { keep };
+            self.write_area(cow, from)?;
+            cow.flush()?;
+            if left == 0 {
+                break;
+            }
+            if self.current_area == 0 {
+                return Err(Error::InvalidArgument(
+                    "merge commit of more records than the store holds",
+                ));
+            }
+            let prev = self.current_area - 1;
+            self.area = self.full_area(&*cow, prev)?;
+            self.below.retain(|(a, _)| *a != prev);
+            self.current_area = prev;
+            self.area_on_disk = self.area.len();
+        }
         self.next_free = self.geo.area_location(self.current_area) + self.area.len() as u64 + 1;
         Ok(())
     }
