@@ -45,7 +45,7 @@ fn a_direct_volume_is_the_volume_a_buffered_one_is() {
 fn misaligned_requests_and_sizes_are_refused_with_the_rule() {
     let s = Scratch::under(&disk(), "direct-refused");
     let d = s.path();
-    let e = fails(d, &["create", "v", "--size", "4100K", "--direct"]);
+    let e = fails(d, &["create", "v", "--size", "4097K", "--direct"]);
     assert!(e.contains("multiples of 4096"), "{e}");
     assert!(!s.join("v/origin.img").exists());
     ok(d, &["create", "v", "--size", "4M", "--direct"]);
