@@ -677,11 +677,37 @@ impl Snapshot {
         // Area order: allocation order, mostly ascending, so runs still coalesce (and no sort
         // routine lands in the small wasm build).
         let runs = Self::record_runs(self.chunk(), origin.len(), records);
-        // Same copy routine, the other way round: COW → origin.
-        let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
-        match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {
-            Ok(()) => {}
-            Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
+        // COW → origin. Records allocated one after the other sit side by side in the COW even
+        // when their origin chunks are scattered: such neighbours are read with one call (up to
+        // COPY_BUF), then written piece by piece to their origin offsets.
+        let mut i = 0;
+        while i < runs.len() {
+            let (o, c, len) = runs[i];
+            if len >= COPY_BUF {
+                let one = core::iter::once((c, o, len));
+                match Self::copy(&mut self.scratch, &*self.cow, origin, one) {
+                    Ok(()) => {}
+                    Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
+                }
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            let mut span = len;
+            while j < runs.len() && runs[j].1 == c + span && span + runs[j].2 <= COPY_BUF {
+                span += runs[j].2;
+                j += 1;
+            }
+            if self.scratch.len() < span as usize {
+                self.scratch.resize(span as usize, 0);
+            }
+            let buf = &mut self.scratch[..span as usize];
+            device::read(&*self.cow, c, buf)?;
+            for &(o, rc, l) in &runs[i..j] {
+                let at = (rc - c) as usize;
+                device::write(origin, o, &buf[at..at + l as usize])?;
+            }
+            i = j;
         }
         origin.flush()
     }
