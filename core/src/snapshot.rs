@@ -677,9 +677,32 @@ impl Snapshot {
         // Area order: allocation order, mostly ascending, so runs still coalesce (and no sort
         // routine lands in the small wasm build).
         let runs = Self::record_runs(self.chunk(), origin.len(), records);
-        // COW → origin. Records allocated one after the other sit side by side in the COW even
-        // when their origin chunks are scattered: such neighbours are read with one call (up to
-        // COPY_BUF), then written piece by piece to their origin offsets.
+        #[cfg(feature = "std")]
+        self.merge_copy_runs(origin, &runs)?;
+        // The small build merges one run per step: nothing to gather (wasm size budget).
+        #[cfg(not(feature = "std"))]
+        match Self::copy(
+            &mut self.scratch,
+            &*self.cow,
+            origin,
+            runs.into_iter().map(|(o, c, l)| (c, o, l)),
+        ) {
+            Ok(()) => {}
+            Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
+        }
+        origin.flush()
+    }
+
+    /// COW → origin for `runs` `(origin offset, COW offset, len)`. Records allocated one after the
+    /// other sit side by side in the COW even when their origin chunks are scattered: such
+    /// neighbours are read with one call (up to `COPY_BUF`), then written piece by piece to their
+    /// origin offsets.
+    #[cfg(feature = "std")]
+    fn merge_copy_runs(
+        &mut self,
+        origin: &mut dyn BlockDevice,
+        runs: &[(u64, u64, u64)],
+    ) -> Result<()> {
         let mut i = 0;
         while i < runs.len() {
             let (o, c, len) = runs[i];
@@ -709,7 +732,7 @@ impl Snapshot {
             }
             i = j;
         }
-        origin.flush()
+        Ok(())
     }
 
     /// After merged records' chunks are on the origin: drops them durably and from the table.

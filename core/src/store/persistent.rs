@@ -417,7 +417,45 @@ impl ExceptionStore for PersistentStore {
             return Err(Error::corrupt("empty metadata area during merge"));
         }
         let max = max.max(1);
-        // The current area's newest records, then whole areas under it (each full), until `max`.
+        // The small (`no_std`) build merges one trailing run per step, which never leaves an
+        // area: it leaves out the code that reaches into the areas below (wasm size budget).
+        if !cfg!(feature = "std") || self.area.len() >= max || self.current_area == 0 {
+            return Ok(self.area[self.area.len().saturating_sub(max)..].to_vec());
+        }
+        #[cfg(feature = "std")]
+        return self.merge_prepare_below(cow, max);
+        #[cfg(not(feature = "std"))]
+        unreachable!("no_std builds return above")
+    }
+    fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
+        let saved = (self.current_area, self.area.clone(), self.area_on_disk);
+        #[cfg(feature = "std")]
+        let below = self.below.clone();
+        let r = self.merge_drop(cow, n);
+        match r {
+            Ok(()) => self.merge_rewrite = false,
+            Err(_) => {
+                // The disk may hold any of the step's area writes, or none: go back to the state
+                // before the step. Its records (whose chunks are on the origin, or are copied back
+                // again) the next step drops again, writing every area it touches from its first
+                // record, so no record a failed write left behind survives.
+                (self.current_area, self.area, self.area_on_disk) = saved;
+                #[cfg(feature = "std")]
+                {
+                    self.below = below;
+                }
+                self.merge_rewrite = true;
+            }
+        }
+        r
+    }
+}
+
+impl PersistentStore {
+    /// [`ExceptionStore::merge_prepare`] when the current area holds fewer than `max` records: the
+    /// current area's records, then whole areas under it (each full), until `max`, oldest first.
+    #[cfg(feature = "std")]
+    fn merge_prepare_below(&mut self, cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>> {
         let mut parts: Vec<Vec<Exception>> = Vec::new();
         let mut have = self.area.len();
         let mut a = self.current_area;
@@ -440,30 +478,7 @@ impl ExceptionStore for PersistentStore {
         }
         Ok(out)
     }
-    fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()> {
-        let saved = (
-            self.current_area,
-            self.area.clone(),
-            self.area_on_disk,
-            self.below.clone(),
-        );
-        let r = self.merge_drop(cow, n);
-        match r {
-            Ok(()) => self.merge_rewrite = false,
-            Err(_) => {
-                // The disk may hold any of the step's area writes, or none: go back to the state
-                // before the step. Its records (whose chunks are on the origin, or are copied back
-                // again) the next step drops again, writing every area it touches from its first
-                // record, so no record a failed write left behind survives.
-                (self.current_area, self.area, self.area_on_disk, self.below) = saved;
-                self.merge_rewrite = true;
-            }
-        }
-        r
-    }
-}
 
-impl PersistentStore {
     /// The records of area `area`, which lies before the current one and so is full: from the
     /// merge's cache, or read.
     fn full_area(&self, cow: &dyn BlockDevice, area: u64) -> Result<Vec<Exception>> {
@@ -478,6 +493,30 @@ impl PersistentStore {
             ));
         }
         Ok(recs)
+    }
+
+    /// During a merge step: makes the (full) area under the current one current.
+    #[cfg(feature = "std")]
+    fn step_down(&mut self, cow: &dyn BlockDevice) -> Result<()> {
+        if self.current_area == 0 {
+            return Err(Error::InvalidArgument(
+                "merge commit of more records than the store holds",
+            ));
+        }
+        let prev = self.current_area - 1;
+        self.area = self.full_area(cow, prev)?;
+        self.below.retain(|(a, _)| *a != prev);
+        self.current_area = prev;
+        self.area_on_disk = self.area.len();
+        Ok(())
+    }
+
+    /// The small build's steps never leave their area (see `merge_prepare`).
+    #[cfg(not(feature = "std"))]
+    fn step_down(&mut self, _cow: &dyn BlockDevice) -> Result<()> {
+        Err(Error::InvalidArgument(
+            "merge commit of more records than the area holds",
+        ))
     }
 
     /// Drops the newest `n` records, from the current area down through the areas under it, the
@@ -500,16 +539,7 @@ impl PersistentStore {
             if left == 0 {
                 break;
             }
-            if self.current_area == 0 {
-                return Err(Error::InvalidArgument(
-                    "merge commit of more records than the store holds",
-                ));
-            }
-            let prev = self.current_area - 1;
-            self.area = self.full_area(&*cow, prev)?;
-            self.below.retain(|(a, _)| *a != prev);
-            self.current_area = prev;
-            self.area_on_disk = self.area.len();
+            self.step_down(&*cow)?;
         }
         self.next_free = self.geo.area_location(self.current_area) + self.area.len() as u64 + 1;
         Ok(())
