@@ -167,7 +167,7 @@ impl Volume {
     /// Sets how many origin bytes one merge step may copy back (default
     /// [`DEFAULT_MERGE_STEP_BYTES`]; at least one chunk is always taken). Smaller steps report
     /// progress more often and hold less in memory; each step costs one origin flush and one
-    /// metadata commit (plus one area write and flush per metadata area it empties).
+    /// metadata commit (one area write per metadata area it changes, two COW flushes).
     pub fn set_merge_step_bytes(&mut self, bytes: u64) {
         self.merge_step_bytes = bytes;
     }
@@ -609,9 +609,10 @@ impl Volume {
     /// [`Volume::set_merge_step_bytes`] of chunks, 16 MiB by default), the kernel's way but many
     /// runs at once: other snapshots first get (and commit) their copies of the origin chunks
     /// about to change, then COW → origin, one origin flush, then the records are cleared: each
-    /// area the step empties is written as zeros and flushed, newest first, then the area left
-    /// partial is rewritten once. After the step (and after each of its area writes) the COW is
-    /// one the kernel's merge could have left. `done` is set once no record is left; then call
+    /// area the step empties is written as zeros, newest first, then the area left partial, and
+    /// one COW flush. After the step the COW is the one the kernel's merge leaves with as many
+    /// records; a crash within it leaves one that activates to the records of such a state (see
+    /// `PersistentStore::merge_drop`). `done` is set once no record is left; then call
     /// [`Volume::merge_finish`].
     pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
         if self.snap(id)?.state != SnapshotState::Merging {
