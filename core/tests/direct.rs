@@ -258,3 +258,36 @@ fn a_file_system_without_direct_io_is_reported() {
     assert!(!left, "a refused creation left a file");
     assert!(buffered);
 }
+
+/// tmpfs: Linux 6.6 and later take `O_DIRECT` there (earlier ones refuse it with `EINVAL`). Either
+/// way: it works with the same bytes, or it is `Unsupported` and leaves no file, never a panic.
+#[test]
+fn tmpfs_does_direct_io_or_says_it_cannot() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("skipped: no /dev/shm");
+        return;
+    }
+    let p = shm.join(format!("cowsnap-direct-{}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    match FileDevice::create_new_direct(&p, MIB) {
+        Ok(mut dev) => {
+            let data = pattern(7, 8192 + 3);
+            dev.write_at(4096, &data[3..]).unwrap();
+            dev.write_at(100, b"header").unwrap();
+            dev.flush().unwrap();
+            let mut back = vec![0u8; 8192];
+            dev.read_at(4096, &mut back).unwrap();
+            let on_disk = std::fs::read(&p).unwrap();
+            std::fs::remove_file(&p).unwrap();
+            assert!(back[..] == data[3..]);
+            assert_eq!(&on_disk[100..106], b"header");
+            assert!(on_disk[4096..12288] == data[3..]);
+        }
+        Err(Error::Unsupported(m)) => {
+            assert!(m.contains("O_DIRECT"), "{m}");
+            assert!(!p.exists(), "a refused creation left a file");
+        }
+        Err(e) => panic!("tmpfs: {e:?}"),
+    }
+}
