@@ -58,6 +58,10 @@ struct Cli {
     /// No progress bars and no informational messages.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Use the volume's files with O_DIRECT (no page cache): sizes, offsets and lengths must be
+    /// multiples of 4096 bytes; file systems without direct I/O (ramfs) are refused.
+    #[arg(long, global = true)]
+    direct: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -405,6 +409,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     progress::install();
+    cowsnap_managed::files::set_direct(cli.direct);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! the replay of operation scripts.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,14 +23,11 @@ use crate::{CliError, CliResult};
 
 const STEP: u64 = 1 << 20;
 
-/// Opens an image file as a device (read-only unless `writable`), naming the file in errors.
+/// Opens an image file as a device (read-only unless `writable`; `O_DIRECT` with `--direct`),
+/// naming the file in errors.
 pub(crate) fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| CliError::io(format!("cannot open {}: {e}", path.display())))?;
-    FileDevice::from_file(f).map_err(|e| CliError::core(path.display(), e))
+    let f = cowsnap_managed::files::open_path(path, writable)?;
+    cowsnap_managed::files::device(f).map_err(|e| CliError::core(path.display(), e))
 }
 
 /// Reads and checks a COW's header and metadata (once, without keeping the records), refusing

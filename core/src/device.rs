@@ -35,6 +35,27 @@ pub trait BlockDevice: Send + Sync {
     fn identity(&self) -> Option<DeviceId> {
         None
     }
+    /// The granularity callers' I/O must keep: 1 for most devices, [`DIRECT_IO_ALIGN`] for a file
+    /// opened with `O_DIRECT`. The volume refuses a caller's read or write whose offset or length
+    /// is not a multiple of it (its own I/O, such as 16-byte header updates, the device handles).
+    fn io_alignment(&self) -> u64 {
+        1
+    }
+}
+
+/// Alignment of offsets, lengths and sizes on a device opened with `O_DIRECT`: 4096 bytes, the
+/// logical block size of 4Kn disks (and a multiple of the 512 bytes of the others), which is also
+/// the page size the kernel wants memory aligned to.
+pub const DIRECT_IO_ALIGN: u64 = 4096;
+
+/// Refuses a caller's I/O that is not a multiple of `align` (see [`BlockDevice::io_alignment`]).
+pub(crate) fn check_aligned(align: u64, offset: u64, len: usize) -> Result<()> {
+    if align > 1 && (offset % align != 0 || len as u64 % align != 0) {
+        return Err(Error::InvalidArgument(
+            "direct I/O (O_DIRECT): offset and length must be multiples of 4096 bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// The identity of the storage behind a device: for files and device nodes, `st_dev` and `st_ino`
@@ -65,6 +86,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
     fn identity(&self) -> Option<DeviceId> {
         (**self).identity()
+    }
+    fn io_alignment(&self) -> u64 {
+        (**self).io_alignment()
     }
 }
 
@@ -191,25 +215,83 @@ pub use file::FileDevice;
 mod file {
     use super::*;
     use std::fs::{File, OpenOptions};
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
     use std::path::Path;
 
     /// A device backed by a file (an image file or a block device node), using positional I/O.
     ///
     /// The length is fixed at open time and only changes through `set_len`, so a stray write can never
     /// silently grow the file.
+    ///
+    /// **Direct I/O** ([`FileDevice::open_direct`] and friends) opens the file with `O_DIRECT`, for
+    /// callers that cache for themselves (databases): reads and writes bypass the page cache. The
+    /// kernel then wants offsets, lengths and memory aligned; the device keeps it so:
+    /// - its size must be a multiple of [`DIRECT_IO_ALIGN`] (at open, create and `set_len`);
+    /// - memory that is not aligned goes through an aligned bounce buffer (at most 1 MiB at a time);
+    /// - a range that does not start and end on a 4096-byte boundary is read whole-block through the
+    ///   bounce buffer, and written by read-modify-write of its first and last blocks. The engine
+    ///   needs this for its own metadata (16-byte header updates, sector-granular area writes), whose
+    ///   writes to one device never overlap in time (`write_at` takes `&mut self`);
+    /// - callers' I/O through a [`crate::Volume`] is refused instead when not aligned
+    ///   ([`BlockDevice::io_alignment`]): a database asking for `O_DIRECT` gets an error, not a
+    ///   silent read-modify-write.
+    ///
+    /// A file system without `O_DIRECT` (ramfs; tmpfs before Linux 6.6) refuses the open with
+    /// `EINVAL`, reported as [`Error::Unsupported`].
     #[derive(Debug)]
     pub struct FileDevice {
         file: File,
         len: u64,
+        direct: bool,
+    }
+
+    const NO_DIRECT: &str =
+        "the file system does not support direct I/O (O_DIRECT); open the file without it";
+    const DIRECT_SIZE: &str =
+        "direct I/O (O_DIRECT): the file's size must be a multiple of 4096 bytes";
+
+    /// An `open` error, naming `O_DIRECT` when that is what the file system refused.
+    fn open_error(e: std::io::Error, direct: bool) -> Error {
+        if direct && e.raw_os_error() == Some(libc::EINVAL) {
+            Error::Unsupported(NO_DIRECT)
+        } else {
+            e.into()
+        }
+    }
+
+    fn direct_options(direct: bool) -> OpenOptions {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o
+    }
+
+    fn check_direct_len(direct: bool, len: u64) -> Result<()> {
+        if direct && len % DIRECT_IO_ALIGN != 0 {
+            return Err(Error::InvalidArgument(DIRECT_SIZE));
+        }
+        Ok(())
     }
 
     impl FileDevice {
         /// Opens an existing file read-write; its current size is the device size.
         pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-            let file = OpenOptions::new().read(true).write(true).open(path)?;
-            let len = file.metadata()?.len();
-            Ok(FileDevice { file, len })
+            Self::open_impl(path.as_ref(), false)
+        }
+
+        /// [`FileDevice::open`] with `O_DIRECT` (see the type's documentation for the rules).
+        pub fn open_direct(path: impl AsRef<Path>) -> Result<Self> {
+            Self::open_impl(path.as_ref(), true)
+        }
+
+        fn open_impl(path: &Path, direct: bool) -> Result<Self> {
+            let file = direct_options(direct)
+                .open(path)
+                .map_err(|e| open_error(e, direct))?;
+            Self::wrap(file, direct)
         }
 
         /// Creates (or truncates) a sparse file of `len` bytes. Nothing is reserved: writes into it
@@ -222,7 +304,11 @@ mod file {
                 .truncate(true)
                 .open(path)?;
             file.set_len(len)?;
-            Ok(FileDevice { file, len })
+            Ok(FileDevice {
+                file,
+                len,
+                direct: false,
+            })
         }
 
         /// Creates a new file of `len` bytes with all of its space reserved (like LVM allocating a
@@ -230,16 +316,37 @@ mod file {
         /// later. Refuses any existing path, a symlink included (`O_EXCL`); on failure (e.g. not
         /// enough space) the file is removed again and nothing is left behind.
         pub fn create_new(path: impl AsRef<Path>, len: u64) -> Result<Self> {
-            let path = path.as_ref();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(path)?;
-            match reserve(&file, 0, len) {
-                Ok(()) => Ok(FileDevice { file, len }),
+            Self::create_new_impl(path.as_ref(), len, false)
+        }
+
+        /// [`FileDevice::create_new`] with `O_DIRECT`; `len` must be a multiple of
+        /// [`DIRECT_IO_ALIGN`]. On a file system without `O_DIRECT` nothing is left behind either
+        /// (Linux creates the file before it refuses the flag: it is removed again).
+        pub fn create_new_direct(path: impl AsRef<Path>, len: u64) -> Result<Self> {
+            Self::create_new_impl(path.as_ref(), len, true)
+        }
+
+        fn create_new_impl(path: &Path, len: u64, direct: bool) -> Result<Self> {
+            check_direct_len(direct, len)?;
+            let file = direct_options(false).create_new(true).open(path)?;
+            // Created without O_DIRECT, then reopened with it: the path is ours from here on, and
+            // a refusal of the flag is told apart from a refusal of the creation.
+            let made = reserve(&file, 0, len).and_then(|()| {
+                if direct {
+                    let f = direct_options(true)
+                        .open(path)
+                        .map_err(|e| open_error(e, true))?;
+                    if f.metadata()?.ino() != file.metadata()?.ino() {
+                        return Err(Error::io("the new file was replaced while it was opened"));
+                    }
+                    Ok(f)
+                } else {
+                    Ok(file)
+                }
+            });
+            match made {
+                Ok(file) => Ok(FileDevice { file, len, direct }),
                 Err(e) => {
-                    drop(file);
                     let _ = std::fs::remove_file(path);
                     Err(e)
                 }
@@ -248,8 +355,110 @@ mod file {
 
         /// Wraps an open file.
         pub fn from_file(file: File) -> Result<Self> {
+            Self::wrap(file, false)
+        }
+
+        /// Wraps a file the caller opened with `O_DIRECT` (`custom_flags(libc::O_DIRECT)`): I/O
+        /// follows the alignment rules of direct I/O. Its size must be a multiple of
+        /// [`DIRECT_IO_ALIGN`].
+        pub fn from_direct_file(file: File) -> Result<Self> {
+            Self::wrap(file, true)
+        }
+
+        fn wrap(file: File, direct: bool) -> Result<Self> {
             let len = file.metadata()?.len();
-            Ok(FileDevice { file, len })
+            check_direct_len(direct, len)?;
+            Ok(FileDevice { file, len, direct })
+        }
+
+        /// True when the file was opened with `O_DIRECT`.
+        pub fn is_direct(&self) -> bool {
+            self.direct
+        }
+    }
+
+    /// An aligned window of `len` bytes inside a fresh buffer (no unsafe code: the buffer is
+    /// over-allocated and the window starts at its first aligned byte).
+    struct Bounce {
+        buf: Vec<u8>,
+        at: usize,
+        len: usize,
+    }
+
+    impl Bounce {
+        fn new(len: usize) -> Self {
+            let buf = vec![0u8; len + DIRECT_IO_ALIGN as usize];
+            let at = buf.as_ptr().align_offset(DIRECT_IO_ALIGN as usize);
+            Bounce { buf, at, len }
+        }
+        fn get(&mut self) -> &mut [u8] {
+            &mut self.buf[self.at..self.at + self.len]
+        }
+    }
+
+    fn is_aligned(offset: u64, len: usize, ptr: *const u8) -> bool {
+        let a = DIRECT_IO_ALIGN;
+        offset % a == 0 && len as u64 % a == 0 && (ptr as usize) % a as usize == 0
+    }
+
+    /// The aligned pieces `(aligned start, aligned len, byte in piece where the range starts, bytes
+    /// of the range in the piece)` covering `[offset, offset + len)`, at most [`COPY_BUF`] each.
+    fn aligned_pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+        let a = DIRECT_IO_ALIGN;
+        let end = offset + len as u64;
+        let mut pos = offset;
+        core::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let start = pos / a * a;
+            let stop = (start + COPY_BUF).min(end.div_ceil(a) * a);
+            let skip = (pos - start) as usize;
+            let n = (stop.min(end) - pos) as usize;
+            pos += n as u64;
+            Some((start, (stop - start) as usize, skip, n))
+        })
+    }
+
+    impl FileDevice {
+        fn read_direct(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            if is_aligned(offset, buf.len(), buf.as_ptr()) {
+                self.file.read_exact_at(buf, offset)?;
+                return Ok(());
+            }
+            let mut done = 0;
+            for (start, span, skip, n) in aligned_pieces(offset, buf.len()) {
+                let mut b = Bounce::new(span);
+                self.file.read_exact_at(b.get(), start)?;
+                buf[done..done + n].copy_from_slice(&b.get()[skip..skip + n]);
+                done += n;
+            }
+            Ok(())
+        }
+
+        fn write_direct(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+            if is_aligned(offset, buf.len(), buf.as_ptr()) {
+                self.file.write_all_at(buf, offset)?;
+                return Ok(());
+            }
+            let a = DIRECT_IO_ALIGN as usize;
+            let mut done = 0;
+            for (start, span, skip, n) in aligned_pieces(offset, buf.len()) {
+                let mut b = Bounce::new(span);
+                // Read-modify-write of the partial first and last blocks only.
+                if skip != 0 {
+                    self.file.read_exact_at(&mut b.get()[..a], start)?;
+                }
+                if (skip + n) % a != 0 && (span > a || skip == 0) {
+                    let last = span - a;
+                    self.file
+                        .read_exact_at(&mut b.get()[last..], start + last as u64)?;
+                }
+                b.get()[skip..skip + n].copy_from_slice(&buf[done..done + n]);
+                self.file.write_all_at(b.get(), start)?;
+                done += n;
+            }
+            Ok(())
         }
     }
 
@@ -259,21 +468,30 @@ mod file {
         }
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
             check_range(offset, buf.len(), self.len)?;
+            if self.direct {
+                return self.read_direct(offset, buf);
+            }
             self.file.read_exact_at(buf, offset)?;
             Ok(())
         }
         fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
             check_range(offset, buf.len(), self.len)?;
+            if self.direct {
+                return self.write_direct(offset, buf);
+            }
             self.file.write_all_at(buf, offset)?;
             Ok(())
         }
         fn flush(&mut self) -> Result<()> {
+            // Also with O_DIRECT: it bypasses the page cache, not the disk's write cache, and
+            // allocating writes need their metadata committed.
             self.file.sync_data()?;
             Ok(())
         }
         /// Growing reserves the added space (so an autoextended COW cannot run out of host space
         /// later); if the space is not there the file keeps its size and the error is returned.
         fn set_len(&mut self, new_len: u64) -> Result<()> {
+            check_direct_len(self.direct, new_len)?;
             if new_len > self.len && self.is_regular_file() {
                 reserve(&self.file, self.len, new_len - self.len).map_err(|e| {
                     let _ = self.file.set_len(self.len);
@@ -286,12 +504,18 @@ mod file {
             Ok(())
         }
         fn identity(&self) -> Option<DeviceId> {
-            use std::os::unix::fs::MetadataExt;
             let m = self.file.metadata().ok()?;
             Some(DeviceId {
                 dev: m.dev(),
                 ino: m.ino(),
             })
+        }
+        fn io_alignment(&self) -> u64 {
+            if self.direct {
+                DIRECT_IO_ALIGN
+            } else {
+                1
+            }
         }
     }
 

@@ -40,7 +40,7 @@ pub mod volume;
 pub use chunk::{ChunkSize, SECTOR_SIZE};
 #[cfg(feature = "std")]
 pub use device::FileDevice;
-pub use device::{BlockDevice, DeviceId, MemDevice};
+pub use device::{BlockDevice, DeviceId, MemDevice, DIRECT_IO_ALIGN};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use merge_stepper::{MergeEvent, MergeStepper};

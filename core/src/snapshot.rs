@@ -764,13 +764,62 @@ impl Snapshot {
         // Area order: allocation order, mostly ascending, so runs still coalesce (and no sort
         // routine lands in the small wasm build).
         let runs = Self::record_runs(self.chunk(), origin.len(), records);
-        // Same copy routine, the other way round: COW → origin.
-        let swapped = runs.into_iter().map(|(o, d, l)| (d, o, l));
-        match Self::copy(&mut self.scratch, &*self.cow, origin, swapped) {
+        #[cfg(feature = "std")]
+        self.merge_copy_runs(origin, &runs)?;
+        // The small build merges one run per step: nothing to gather (wasm size budget).
+        #[cfg(not(feature = "std"))]
+        match Self::copy(
+            &mut self.scratch,
+            &*self.cow,
+            origin,
+            runs.into_iter().map(|(o, c, l)| (c, o, l)),
+        ) {
             Ok(()) => {}
             Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
         }
         origin.flush()
+    }
+
+    /// COW → origin for `runs` `(origin offset, COW offset, len)`. Records allocated one after the
+    /// other sit side by side in the COW even when their origin chunks are scattered: such
+    /// neighbours are read with one call (up to `COPY_BUF`), then written piece by piece to their
+    /// origin offsets.
+    #[cfg(feature = "std")]
+    fn merge_copy_runs(
+        &mut self,
+        origin: &mut dyn BlockDevice,
+        runs: &[(u64, u64, u64)],
+    ) -> Result<()> {
+        let mut i = 0;
+        while i < runs.len() {
+            let (o, c, len) = runs[i];
+            if len >= COPY_BUF {
+                let one = core::iter::once((c, o, len));
+                match Self::copy(&mut self.scratch, &*self.cow, origin, one) {
+                    Ok(()) => {}
+                    Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
+                }
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            let mut span = len;
+            while j < runs.len() && runs[j].1 == c + span && span + runs[j].2 <= COPY_BUF {
+                span += runs[j].2;
+                j += 1;
+            }
+            if self.scratch.len() < span as usize {
+                self.scratch.resize(span as usize, 0);
+            }
+            let buf = &mut self.scratch[..span as usize];
+            device::read(&*self.cow, c, buf)?;
+            for &(o, rc, l) in &runs[i..j] {
+                let at = (rc - c) as usize;
+                device::write(origin, o, &buf[at..at + l as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
     }
 
     /// After merged records' chunks are on the origin: drops them durably and from the table.

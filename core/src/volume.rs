@@ -21,8 +21,9 @@ pub(crate) const GROUP_COMMIT: bool = cfg!(feature = "std");
 
 /// Default bound of the group commit: origin bytes held (and records waiting) before a commit.
 pub const DEFAULT_COMMIT_BYTES: usize = 8 << 20;
-/// Most origin bytes one merge step copies back (one origin flush and one commit per step).
-const MERGE_STEP_BYTES: u64 = 16 << 20;
+/// Default of the most origin bytes one merge step copies back (one origin flush and one commit
+/// per step; see [`Volume::set_merge_step_bytes`]).
+pub const DEFAULT_MERGE_STEP_BYTES: u64 = 16 << 20;
 /// Records waiting for a commit, over all snapshots, before one is forced.
 const COMMIT_RECORDS: usize = 4096;
 
@@ -93,6 +94,8 @@ pub struct Volume {
     held: HeldWrites,
     /// Held bytes that force a commit.
     commit_bytes: usize,
+    /// Most origin bytes a merge step copies back.
+    merge_step_bytes: u64,
 }
 
 impl core::fmt::Debug for Volume {
@@ -120,6 +123,7 @@ impl Volume {
             next_id: 0,
             held: HeldWrites::default(),
             commit_bytes: DEFAULT_COMMIT_BYTES,
+            merge_step_bytes: DEFAULT_MERGE_STEP_BYTES,
         }
     }
 
@@ -158,6 +162,14 @@ impl Volume {
     /// a chunk would).
     pub fn set_commit_bytes(&mut self, bytes: usize) {
         self.commit_bytes = bytes;
+    }
+
+    /// Sets how many origin bytes one merge step may copy back (default
+    /// [`DEFAULT_MERGE_STEP_BYTES`]; at least one chunk is always taken). Smaller steps report
+    /// progress more often and hold less in memory; each step costs one origin flush and one
+    /// metadata commit (one area write per metadata area it changes, two COW flushes).
+    pub fn set_merge_step_bytes(&mut self, bytes: u64) {
+        self.merge_step_bytes = bytes;
     }
 
     /// Bytes of origin writes waiting for a commit.
@@ -339,9 +351,24 @@ impl Volume {
         Ok(s.cow)
     }
 
+    /// The alignment callers' I/O must keep: the largest [`BlockDevice::io_alignment`] of the
+    /// origin and every COW (4096 as soon as one is a file opened with `O_DIRECT`; 1 otherwise).
+    /// One rule for every read and write, since a merge moves caller writes onto a COW.
+    pub fn io_alignment(&self) -> u64 {
+        self.snapshots
+            .values()
+            .map(|s| s.cow.io_alignment())
+            .fold(self.origin.io_alignment(), u64::max)
+    }
+
+    fn check_user_io(&self, offset: u64, len: usize) -> Result<()> {
+        device::check_aligned(self.io_alignment(), offset, len)
+    }
+
     /// Reads the origin. During a merge this is the merged view (the merging snapshot's contents).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.len())?;
+        self.check_user_io(offset, buf.len())?;
         match self.merging() {
             Some(id) => self.snap(id)?.read_view(&*self.origin, offset, buf),
             None => {
@@ -358,6 +385,7 @@ impl Volume {
     /// group commit (see [`Volume::commit`]); reads see it at once.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.len())?;
+        self.check_user_io(offset, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
@@ -499,12 +527,15 @@ impl Volume {
 
     /// Reads a snapshot: its own copies where it has them, the origin elsewhere.
     pub fn snapshot_read_at(&self, id: SnapshotId, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.snap(id)?.read(&*self.origin, offset, buf)
+        let s = self.snap(id)?;
+        self.check_user_io(offset, buf.len())?;
+        s.read(&*self.origin, offset, buf)
     }
 
     /// Writes a snapshot (never the origin).
     pub fn snapshot_write_at(&mut self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
         self.snap(id)?;
+        self.check_user_io(offset, data.len())?;
         // The snapshot commits its own records right away; those waiting go first, in order.
         self.commit()?;
         let origin = &*self.origin;
@@ -574,10 +605,14 @@ impl Volume {
         })
     }
 
-    /// Merges a batch of records (the newest ones of the current area, up to 16 MiB of chunks), the
-    /// kernel's way but many runs at once: other snapshots first get (and commit) their copies of
-    /// the origin chunks about to change, then COW → origin, one origin flush, then the records
-    /// are cleared and the area rewritten once. `done` is set once no record is left; then call
+    /// Merges a batch of records (the newest ones, any chunks, across metadata areas, up to
+    /// [`Volume::set_merge_step_bytes`] of chunks, 16 MiB by default), the kernel's way but many
+    /// runs at once: other snapshots first get (and commit) their copies of the origin chunks
+    /// about to change, then COW → origin, one origin flush, then the records are cleared: each
+    /// area the step empties is written as zeros, newest first, then the area left partial, and
+    /// one COW flush. After the step the COW is the one the kernel's merge leaves with as many
+    /// records; a crash within it leaves one that activates to the records of such a state (see
+    /// `PersistentStore::merge_drop`). `done` is set once no record is left; then call
     /// [`Volume::merge_finish`].
     pub fn merge_step(&mut self, id: SnapshotId) -> Result<MergeProgress> {
         if self.snap(id)?.state != SnapshotState::Merging {
@@ -586,7 +621,7 @@ impl Volume {
             ));
         }
         let cs = self.snap(id)?.chunk();
-        let max = (MERGE_STEP_BYTES / cs.bytes()).max(1) as usize;
+        let max = (self.merge_step_bytes / cs.bytes()).clamp(1, usize::MAX as u64) as usize;
         let mut records = self.snap_mut(id)?.merge_next(max)?;
         if !GROUP_COMMIT {
             // The small build merges the kernel's way, one trailing run per step (what the

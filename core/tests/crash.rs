@@ -32,19 +32,6 @@ struct Power {
 /// bytes at the last flush) and the writes since, for `after_crash`.
 type FaultDev = Hooked<SharedMem>;
 
-/// What one device's hook keeps: its durable bytes and the writes since its last flush.
-struct Journal {
-    idx: usize,
-    durable: Vec<u8>,
-    pending: Vec<(u64, Vec<u8>)>,
-}
-
-impl Journal {
-    fn publish(&self, images: &Images) {
-        images.lock().unwrap()[self.idx] = Some((self.durable.clone(), self.pending.clone()));
-    }
-}
-
 /// Counts one operation; fails it when it is the chosen one or the power is gone.
 fn op(power: &Mutex<Power>) -> cowsnap_core::Result<()> {
     let mut p = power.lock().unwrap();
@@ -69,9 +56,10 @@ fn crash_point(power: &Mutex<Power>) -> bool {
     false
 }
 
+/// The hook of device `idx`: its durable bytes and the writes since its last flush live in the
+/// rig's `images`, updated in place (no copy of the whole device per write).
 fn fault_hook(
-    mem: SharedMem,
-    journal: Mutex<Journal>,
+    idx: usize,
     power: Arc<Mutex<Power>>,
     images: Images,
 ) -> impl Fn(Access<'_>) -> Verdict + Send + Sync {
@@ -87,13 +75,11 @@ fn fault_hook(
             Access::Read { .. } | Access::SetLen(_) => Verdict::Pass,
             Access::Write { offset, data } => {
                 if crash_point(&power) {
-                    let idx = journal.lock().unwrap().idx;
                     power.lock().unwrap().torn = Some((idx, offset, data.to_vec()));
                     return Verdict::Fail(Error::io("power lost"));
                 }
-                let mut j = journal.lock().unwrap();
-                j.pending.push((offset, data.to_vec()));
-                j.publish(&images);
+                let mut imgs = images.lock().unwrap();
+                imgs[idx].as_mut().unwrap().1.push((offset, data.to_vec()));
                 Verdict::Pass
             }
             Access::Flush => {
@@ -101,10 +87,11 @@ fn fault_hook(
                 if crash_point(&power) {
                     return Verdict::Fail(Error::io("power lost"));
                 }
-                let mut j = journal.lock().unwrap();
-                j.durable = mem.bytes();
-                j.pending.clear();
-                j.publish(&images);
+                let mut imgs = images.lock().unwrap();
+                let (durable, pending) = imgs[idx].as_mut().unwrap();
+                for (o, b) in pending.drain(..) {
+                    durable[o as usize..o as usize + b.len()].copy_from_slice(&b);
+                }
                 Verdict::Pass
             }
         }
@@ -146,22 +133,11 @@ impl Rig {
     }
     fn dev(&self, data: Vec<u8>) -> FaultDev {
         let mut imgs = self.images.lock().unwrap();
-        imgs.push(None);
-        let journal = Journal {
-            idx: imgs.len() - 1,
-            durable: data.clone(),
-            pending: Vec::new(),
-        };
+        imgs.push(Some((data.clone(), Vec::new())));
+        let idx = imgs.len() - 1;
         drop(imgs);
-        journal.publish(&self.images);
-        let mem = SharedMem::new(data);
-        let hook = fault_hook(
-            mem.clone(),
-            Mutex::new(journal),
-            self.power.clone(),
-            self.images.clone(),
-        );
-        Hooked::new(mem, hook)
+        let hook = fault_hook(idx, self.power.clone(), self.images.clone());
+        Hooked::new(SharedMem::new(data), hook)
     }
     /// What each device holds after the power cut.
     fn after_crash(&self, mode: AfterCrash) -> Vec<Vec<u8>> {
@@ -170,15 +146,15 @@ impl Rig {
         imgs.iter()
             .enumerate()
             .map(|(i, img)| {
-                let (durable, pending) = img.clone().unwrap();
-                let mut d = durable;
+                let (durable, pending) = img.as_ref().unwrap();
+                let mut d = durable.clone();
                 let apply = |d: &mut Vec<u8>, o: u64, b: &[u8]| {
                     d[o as usize..o as usize + b.len()].copy_from_slice(b)
                 };
                 match mode {
                     AfterCrash::DropUnflushed => {}
                     AfterCrash::KeepUnflushed | AfterCrash::TearLast => {
-                        for (o, b) in &pending {
+                        for (o, b) in pending {
                             apply(&mut d, *o, b);
                         }
                     }
@@ -450,21 +426,59 @@ fn injected_io_errors_surface_and_never_serve_wrong_data() {
 
 #[test]
 fn merge_crash_at_every_write_resumes_to_the_right_origin() {
-    let origin = pattern(0x44, 1_150_000);
-    let specs = [
-        SnapSpec {
-            chunk: 4096,
-            cow: 1_400_000,
-            store: StoreKind::Persistent,
-            overflow: OverflowMode::Invalidate,
-        },
-        SnapSpec {
-            chunk: 8192,
-            cow: 1_400_000,
-            store: StoreKind::Persistent,
-            overflow: OverflowMode::Invalidate,
-        },
-    ];
+    // One batched step takes both metadata areas (281 records).
+    merge_crash(MergeCase::TWO_AREAS, 16 << 20, 2);
+}
+
+#[test]
+fn merge_crash_in_small_steps_across_an_area_edge_resumes() {
+    // Steps of 100 chunks: the third one starts in area 1 and ends in area 0.
+    merge_crash(MergeCase::TWO_AREAS, 100 * 4096, 4);
+}
+
+#[test]
+fn merge_crash_in_steps_spanning_several_areas_resumes() {
+    // Scattered records over four areas, steps of 300 chunks: each crosses one or two area edges.
+    merge_crash(MergeCase::FOUR_AREAS, 300 * 4096, 4);
+}
+
+/// What a merge-crash test starts from.
+#[derive(Clone, Copy)]
+struct MergeCase {
+    origin: usize,
+    cow: u64,
+    /// Origin writes after the second snapshot `(offset, len)`, one chunk apart, newest last.
+    scattered: usize,
+}
+
+impl MergeCase {
+    const TWO_AREAS: MergeCase = MergeCase {
+        origin: 1_150_000,
+        cow: 1_400_000,
+        scattered: 0,
+    };
+    const FOUR_AREAS: MergeCase = MergeCase {
+        origin: 5_600_000,
+        cow: 6_200_000,
+        scattered: 540,
+    };
+}
+
+/// Builds a volume with a snapshot to merge (records in two or more metadata areas, some written
+/// through the snapshot) and another one that must not change, merges it in steps of
+/// `step_bytes`, and then loses power at every write and flush of that merge in each way a disk
+/// can: reactivated, both snapshots read as before, and the merge resumed gives the same origin.
+/// The clean run also checks that after every step the merging COW is byte for byte what a
+/// merge of one record per step (the kernel's smallest) leaves with as many records.
+fn merge_crash(case: MergeCase, step_bytes: u64, min_steps: usize) {
+    let origin = pattern(0x44, case.origin);
+    let spec = |chunk| SnapSpec {
+        chunk,
+        cow: case.cow,
+        store: StoreKind::Persistent,
+        overflow: OverflowMode::Invalidate,
+    };
+    let specs = [spec(4096), spec(8192)];
     // Snapshot 0 is merged; snapshot 1 must not change while the origin does.
     let setup = |rig: &Rig| -> (Volume, Vec<SnapshotId>) {
         let mut vol = Volume::new(rig.dev(origin.clone()));
@@ -480,11 +494,21 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
             &specs[1],
         );
         vol.write_at(290_000, &pattern(2, 800_000)).unwrap(); // > 256 exceptions in m: two areas
+                                                              // Every other chunk above, in a shuffled order: records that form no runs.
+        let top = 1_200_000 / 4096 + 1;
+        for i in 0..case.scattered {
+            let c = top + (i * 7919) % case.scattered * 2;
+            if (c as u64 + 1) * 4096 <= case.origin as u64 {
+                vol.write_at(c as u64 * 4096 + 100, &pattern(i as u8, 5))
+                    .unwrap();
+            }
+        }
         vol.snapshot_write_at(m, 5_000, &pattern(3, 20_000))
             .unwrap();
-        vol.snapshot_write_at(m, 1_148_000, &pattern(4, 2_000))
+        vol.snapshot_write_at(m, case.origin as u64 - 2_000, &pattern(4, 2_000))
             .unwrap();
         vol.flush().unwrap();
+        vol.set_merge_step_bytes(step_bytes);
         (vol, vec![m, o])
     };
     let read_all = |vol: &Volume, id: Option<SnapshotId>| {
@@ -495,20 +519,108 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
         }
         b
     };
+    // The merging COW's metadata: header and every area the records use, plus the next one (a
+    // merge writes nothing else; hundreds of states are kept).
+    let meta_of = |cow: &dyn BlockDevice, areas: usize| {
+        let mut out = vec![0u8; 4096 * (areas + 2)];
+        for (i, b) in out.chunks_mut(4096).enumerate() {
+            let chunk = if i == 0 { 0 } else { 1 + (i as u64 - 1) * 257 };
+            if (chunk + 1) * 4096 <= cow.len() {
+                cow.read_at(chunk * 4096, b).unwrap();
+            }
+        }
+        out
+    };
+    let cow_meta = |vol: &Volume, id, areas: usize| meta_of(vol.snapshot_cow(id).unwrap(), areas);
+    // The kernel's states: one record merged per step, the COW after each by records left.
+    let reference = Rig::new();
+    let (mut vol, ids) = setup(&reference);
+    let records = vol.snapshot_exceptions(ids[0]).unwrap().len();
+    let areas = records.div_ceil(256);
+    assert!(
+        areas >= if case.scattered > 0 { 4 } else { 2 },
+        "only {records} records"
+    );
+    vol.set_merge_step_bytes(1);
+    let mut kernel_states = std::collections::HashMap::new();
+    kernel_states.insert(records as u64, cow_meta(&vol, ids[0], areas));
+    // The tables those states activate to (records left, by origin chunk).
+    let mut kernel_tables = vec![vol.snapshot_exceptions(ids[0]).unwrap()];
+    let mut p = vol.merge_begin(ids[0]).unwrap();
+    while !p.done {
+        p = vol.merge_step(ids[0]).unwrap();
+        kernel_states.insert(p.total - p.merged, cow_meta(&vol, ids[0], areas));
+        kernel_tables.push(vol.snapshot_exceptions(ids[0]).unwrap_or_default());
+    }
+
     let clean = Rig::new();
     let (mut vol, ids) = setup(&clean);
     let want_origin = read_all(&vol, Some(ids[0]));
     let want_other = read_all(&vol, Some(ids[1]));
     clean.power.lock().unwrap().writes = 0;
+    clean.power.lock().unwrap().ops = 0;
     let mut steps = 0;
-    vol.merge_snapshot(ids[0], |_| steps += 1).unwrap();
+    // Write counts at the end of each step: its area writes and flushes come just before.
+    let mut step_ends = Vec::new();
+    let mut p = vol.merge_begin(ids[0]).unwrap();
+    while !p.done {
+        p = vol.merge_step(ids[0]).unwrap();
+        steps += 1;
+        step_ends.push(clean.power.lock().unwrap().writes);
+        let left = p.total - p.merged;
+        assert!(
+            cow_meta(&vol, ids[0], areas) == kernel_states[&left],
+            "after step {steps} ({left} records left) the COW is not the kernel's"
+        );
+    }
+    vol.merge_finish(ids[0]).unwrap();
     assert_eq!(read_all(&vol, None), want_origin);
     assert_eq!(read_all(&vol, Some(ids[1])), want_other);
     let total = clean.power.lock().unwrap().writes;
-    // Progress once at the start, then one batched step per metadata area (two here).
-    assert!(steps >= 3, "merge should take several steps, took {steps}");
+    let total_ops = clean.power.lock().unwrap().ops;
+    // An I/O error at any operation of the merge (sampled on large ones): the merge reports it,
+    // and merging again on the same volume finishes with the right origin.
+    let mut failed = 0;
+    for k in (0..total_ops).step_by((total_ops / 150).max(1)) {
+        let rig = Rig::new();
+        let (mut vol, ids) = setup(&rig);
+        {
+            let mut p = rig.power.lock().unwrap();
+            p.ops = 0;
+            p.fail_op = Some(k);
+        }
+        let r = vol.merge_snapshot(ids[0], |_| {});
+        if rig.power.lock().unwrap().ops <= k {
+            // Past the merge's operations (the clean run counted its checks' reads too).
+            assert!(r.is_ok());
+            break;
+        }
+        assert!(r.is_err(), "I/O error at op {k}: the merge returned Ok");
+        if r.is_err() {
+            failed += 1;
+            vol.merge_snapshot(ids[0], |_| {})
+                .unwrap_or_else(|e| panic!("I/O error at op {k}: merging again failed: {e}"));
+        }
+        assert!(
+            read_all(&vol, None) == want_origin,
+            "I/O error at op {k}: wrong origin after the merge"
+        );
+        assert!(
+            read_all(&vol, Some(ids[1])) == want_other,
+            "I/O error at op {k}: other snapshot changed"
+        );
+    }
+    assert!(failed > 0, "no injected error hit the merge");
+    assert!(
+        steps >= min_steps - 1 && steps <= records.div_ceil((step_bytes / 4096).max(1) as usize),
+        "{records} records merged in {steps} steps of {step_bytes} bytes"
+    );
     let mut tried = 0;
-    for k in 0..total {
+    // Every write and flush of small merges; of large ones (hundreds of chunk copies) every one
+    // near the end of a step (the commit: area writes and flushes) and every 16th elsewhere.
+    let crash_points = (0..total)
+        .filter(|&k| total < 200 || k % 16 == 0 || step_ends.iter().any(|&e| k < e && e - k <= 24));
+    for k in crash_points {
         for mode in OUTCOMES {
             let rig = Rig::new();
             let (mut vol, ids) = setup(&rig);
@@ -532,6 +644,14 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
                     SnapshotOptions::default(),
                 )
                 .unwrap();
+            // The merging COW activates to the records a kernel merge leaves at some point
+            // (within a step, areas already emptied may stay behind the one the scan stops at).
+            let table = vol.snapshot_exceptions(m).unwrap();
+            assert!(
+                kernel_tables.contains(&table),
+                "merge crash at {k} ({mode:?}): {} records left, no state of the kernel's merge",
+                table.len()
+            );
             assert!(
                 read_all(&vol, Some(m)) == want_origin,
                 "merge crash at {k} ({mode:?}): merging snapshot changed"
@@ -540,6 +660,7 @@ fn merge_crash_at_every_write_resumes_to_the_right_origin() {
                 read_all(&vol, Some(o)) == want_other,
                 "merge crash at {k} ({mode:?}): other snapshot changed"
             );
+            vol.set_merge_step_bytes(step_bytes);
             vol.merge_snapshot(m, |_| {}).unwrap();
             assert!(
                 read_all(&vol, None) == want_origin,

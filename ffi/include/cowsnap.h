@@ -37,6 +37,12 @@ typedef struct cowsnap_snapshot_info cowsnap_snapshot_info;
 
 
 /**
+ * `flags` bit of `cowsnap_volume_create_file_ex` and `cowsnap_volume_open_file_ex`: open every
+ * file of the volume (origin and COW files) with `O_DIRECT`.
+ */
+#define COWSNAP_OPEN_DIRECT 1
+
+/**
  * What a snapshot write does when the COW is full (`cowsnap_snapshot_options.overflow`). An origin
  * write that finds the COW full always invalidates the snapshot.
  */
@@ -711,6 +717,22 @@ cowsnap_result cowsnap_volume_create_file(const char *path,
                                           struct cowsnap_volume **out_vol);
 
 /**
+ * `cowsnap_volume_create_file` with `flags`: 0, or `COWSNAP_OPEN_DIRECT` to use the origin (and
+ * every COW file `cowsnap_snapshot_create` creates for this volume) with `O_DIRECT`, bypassing the
+ * page cache (for applications that cache for themselves). Direct I/O rules: `size` (and every
+ * `cow_size`) must be a multiple of 4096 bytes (`INVALID_ARGUMENT`, nothing created); every read
+ * and write of the volume or its snapshots must have an offset and a length that are multiples of
+ * 4096 (`INVALID_ARGUMENT`, nothing read or written; buffers need no alignment); a file system
+ * without direct I/O (ramfs, tmpfs before Linux 6.6) is `UNSUPPORTED` and the file is removed
+ * again. Unknown flag bits are `INVALID_ARGUMENT`. Everything else as `cowsnap_volume_create_file`.
+ * Thread-safety: safe from any thread.
+ */
+cowsnap_result cowsnap_volume_create_file_ex(const char *path,
+                                             uint64_t size,
+                                             uint32_t flags,
+                                             struct cowsnap_volume **out_vol);
+
+/**
  * Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
  * as LVM activates a volume group after a restart or a crash. Nothing is created, truncated or
  * formatted: a COW whose header is zeroed (never formatted, or wiped) is `CORRUPT_METADATA`, since
@@ -733,6 +755,20 @@ cowsnap_result cowsnap_volume_open_file(const char *origin_path,
                                         const char *const *cow_paths,
                                         size_t n_cows,
                                         struct cowsnap_volume **out_vol);
+
+/**
+ * `cowsnap_volume_open_file` with `flags`: 0, or `COWSNAP_OPEN_DIRECT` to open the origin and every
+ * COW file (and the COW files `cowsnap_snapshot_create` creates later) with `O_DIRECT`. The rules
+ * of `cowsnap_volume_create_file_ex` apply: every file's size must be a multiple of 4096 bytes
+ * (`INVALID_ARGUMENT` naming it), a file system without direct I/O is `UNSUPPORTED` naming the file,
+ * and reads and writes must be 4096-aligned in offset and length. Unknown flag bits are
+ * `INVALID_ARGUMENT`. Thread-safety: as `cowsnap_volume_open_file`.
+ */
+cowsnap_result cowsnap_volume_open_file_ex(const char *origin_path,
+                                           const char *const *cow_paths,
+                                           size_t n_cows,
+                                           uint32_t flags,
+                                           struct cowsnap_volume **out_vol);
 
 /**
  * Releases a volume and everything it owns (its snapshots' COW memory; files are closed, not

@@ -9,6 +9,10 @@
 //!   created with `O_EXCL`, which also refuses a dangling symlink) or must be an empty regular file
 //!   that is not a symlink (a `mkstemp` file). A failed creation removes the file it created, or
 //!   shrinks the empty file it was given back to 0 bytes.
+//! - With `COWSNAP_OPEN_DIRECT` every file is used with `O_DIRECT` (no page cache): its size must be
+//!   a multiple of 4096 bytes (checked before anything is created), a file system without direct
+//!   I/O is `UNSUPPORTED` naming the file (a file this call created is removed again), and the
+//!   volume refuses reads and writes whose offset or length is not a multiple of 4096.
 //! - Every opened file carries its identity (`st_dev`, `st_ino`, read from the open descriptor) so
 //!   that one file named twice (same path, symlink, hard link, `..` path) is refused with names.
 
@@ -57,6 +61,72 @@ fn kind(m: &Metadata) -> &'static str {
     }
 }
 
+/// `flags` bit of `cowsnap_volume_create_file_ex` and `cowsnap_volume_open_file_ex`: open every
+/// file of the volume (origin and COW files) with `O_DIRECT`.
+pub const COWSNAP_OPEN_DIRECT: u32 = 1;
+
+/// The flags this library knows; any other bit is refused (a newer caller's flag is not ignored).
+pub(crate) fn direct_flag(flags: u32) -> FfiResult<bool> {
+    if flags & !COWSNAP_OPEN_DIRECT != 0 {
+        return Err(Failure::invalid(format!(
+            "unknown flags {:#x} (known: COWSNAP_OPEN_DIRECT = {COWSNAP_OPEN_DIRECT})",
+            flags & !COWSNAP_OPEN_DIRECT
+        )));
+    }
+    Ok(flags & COWSNAP_OPEN_DIRECT != 0)
+}
+
+/// An `open` with `O_DIRECT` refused with `EINVAL`: the file system has no direct I/O.
+fn no_direct_io(path: &Path) -> Failure {
+    Failure::new(
+        ErrorCode::Unsupported,
+        format!(
+            "the file system of {} does not support direct I/O (O_DIRECT); open it without \
+             COWSNAP_OPEN_DIRECT",
+            path.display()
+        ),
+    )
+}
+
+/// Refuses a size direct I/O cannot cover, before anything is created or opened.
+fn check_direct_len(len: u64, direct: bool, what: &str, path: &Path) -> FfiResult<()> {
+    if direct && len % cowsnap_core::DIRECT_IO_ALIGN != 0 {
+        return Err(Failure::invalid(format!(
+            "{what} {}: with direct I/O (O_DIRECT) the size must be a multiple of {} bytes, not \
+             {len}",
+            path.display(),
+            cowsnap_core::DIRECT_IO_ALIGN
+        )));
+    }
+    Ok(())
+}
+
+/// `OpenOptions` for reading and writing, with `O_NOCTTY` and (when asked) `O_DIRECT`.
+fn read_write(direct: bool, extra: i32) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | extra | if direct { libc::O_DIRECT } else { 0 });
+    o
+}
+
+/// An open failure, `UNSUPPORTED` when it was `O_DIRECT` the file system refused.
+fn open_failure(e: io::Error, direct: bool, doing: &str, path: &Path) -> Failure {
+    if direct && e.raw_os_error() == Some(libc::EINVAL) {
+        return no_direct_io(path);
+    }
+    os_failure(e, doing, path)
+}
+
+/// The device over an open file.
+fn device(file: File, direct: bool) -> cowsnap_core::Result<FileDevice> {
+    if direct {
+        FileDevice::from_direct_file(file)
+    } else {
+        FileDevice::from_file(file)
+    }
+}
+
 /// An error from the OS about `path`, with a code that says whose fault it is.
 fn os_failure(e: io::Error, doing: &str, path: &Path) -> Failure {
     let code = match e.raw_os_error() {
@@ -89,8 +159,8 @@ pub(crate) struct Opened {
     pub(crate) id: FileId,
 }
 
-/// Opens an existing regular file read-write, changing nothing in it.
-pub(crate) fn open_existing(path: &Path, what: &str) -> FfiResult<Opened> {
+/// Opens an existing regular file read-write (with `O_DIRECT` if `direct`), changing nothing in it.
+pub(crate) fn open_existing(path: &Path, what: &str, direct: bool) -> FfiResult<Opened> {
     // Look before opening: opening a device node can have effects of its own (a tape rewinds).
     let before =
         std::fs::metadata(path).map_err(|e| os_failure(e, &format!("open {what}"), path))?;
@@ -102,15 +172,12 @@ pub(crate) fn open_existing(path: &Path, what: &str) -> FfiResult<Opened> {
         )));
     }
     check_writable(&before, what, path)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
+    let file = read_write(direct, 0)
         .open(path)
-        .map_err(|e| os_failure(e, &format!("open {what}"), path))?;
+        .map_err(|e| open_failure(e, direct, &format!("open {what}"), path))?;
     let id = same_file_as_looked_at(&file, &before, what, path)?;
-    let device = FileDevice::from_file(file)
-        .map_err(|e| crate::volume::with_path(e, "cannot open", path))?;
+    let device =
+        device(file, direct).map_err(|e| crate::volume::with_path(e, "cannot open", path))?;
     Ok(Opened { device, id })
 }
 
@@ -192,13 +259,20 @@ pub(crate) enum Space {
 }
 
 /// Creates `path` as a file of `len` bytes: a new file, or the caller's existing empty regular file.
-/// Anything else at `path` is refused and left as it was.
-pub(crate) fn create(path: &Path, len: u64, space: Space, what: &str) -> FfiResult<Created> {
+/// Anything else at `path` is refused and left as it was. With `direct` the device uses `O_DIRECT`.
+pub(crate) fn create(
+    path: &Path,
+    len: u64,
+    space: Space,
+    what: &str,
+    direct: bool,
+) -> FfiResult<Created> {
     check_len(len, what)?;
+    check_direct_len(len, direct, what, path)?;
     match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(path, len, space, what),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(path, len, space, what, direct),
         Err(e) => Err(os_failure(e, &format!("create {what}"), path)),
-        Ok(m) => grow_empty(path, &m, len, space, what),
+        Ok(m) => grow_empty(path, &m, len, space, what, direct),
     }
 }
 
@@ -213,10 +287,19 @@ fn check_len(len: u64, what: &str) -> FfiResult<()> {
     Ok(())
 }
 
-fn create_new(path: &Path, len: u64, space: Space, what: &str) -> FfiResult<Created> {
+fn create_new(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> FfiResult<Created> {
     let device = match space {
-        Space::Reserve => FileDevice::create_new(path, len)
-            .map_err(|e| crate::volume::with_path(e, &format!("cannot create {what}"), path))?,
+        Space::Reserve => {
+            let made = if direct {
+                FileDevice::create_new_direct(path, len)
+            } else {
+                FileDevice::create_new(path, len)
+            };
+            made.map_err(|e| match e {
+                Error::Unsupported(_) if direct => no_direct_io(path),
+                e => crate::volume::with_path(e, &format!("cannot create {what}"), path),
+            })?
+        }
         Space::Sparse => {
             let file = OpenOptions::new()
                 .read(true)
@@ -229,7 +312,31 @@ fn create_new(path: &Path, len: u64, space: Space, what: &str) -> FfiResult<Crea
                 let _ = std::fs::remove_file(path);
                 return Err(os_failure(e, &format!("size {what}"), path));
             }
-            FileDevice::from_file(file).map_err(|e| {
+            // Created without O_DIRECT (so that a refusal of the flag is told apart from one of
+            // the creation), then reopened with it, checked to be the same file.
+            let file = if direct {
+                let before = file
+                    .metadata()
+                    .map_err(|e| os_failure(e, &format!("examine {what}"), path));
+                let reopened = before.and_then(|m| {
+                    let f = read_write(true, libc::O_NOFOLLOW)
+                        .open(path)
+                        .map_err(|e| open_failure(e, true, &format!("open {what}"), path))?;
+                    same_file_as_looked_at(&f, &m, what, path)?;
+                    Ok(f)
+                });
+                match reopened {
+                    Ok(f) => f,
+                    Err(f) => {
+                        drop(file);
+                        let _ = std::fs::remove_file(path);
+                        return Err(f);
+                    }
+                }
+            } else {
+                file
+            };
+            device(file, direct).map_err(|e| {
                 let _ = std::fs::remove_file(path);
                 crate::volume::with_path(e, &format!("cannot create {what}"), path)
             })?
@@ -252,7 +359,14 @@ fn create_new(path: &Path, len: u64, space: Space, what: &str) -> FfiResult<Crea
 }
 
 /// The caller's empty regular file (not through a symlink), grown to `len` bytes.
-fn grow_empty(path: &Path, m: &Metadata, len: u64, space: Space, what: &str) -> FfiResult<Created> {
+fn grow_empty(
+    path: &Path,
+    m: &Metadata,
+    len: u64,
+    space: Space,
+    what: &str,
+    direct: bool,
+) -> FfiResult<Created> {
     if !m.is_file() {
         let advice = if m.file_type().is_symlink() {
             "; give the path of the file itself"
@@ -273,12 +387,9 @@ fn grow_empty(path: &Path, m: &Metadata, len: u64, space: Space, what: &str) -> 
         )));
     }
     check_writable(m, what, path)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+    let file = read_write(direct, libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| os_failure(e, &format!("open {what}"), path))?;
+        .map_err(|e| open_failure(e, direct, &format!("open {what}"), path))?;
     same_file_as_looked_at(&file, m, what, path)?;
     // Checked on the descriptor: from here on, shrinking back to 0 bytes destroys nothing.
     if file.metadata().map_or(true, |now| now.len() != 0) {
@@ -292,14 +403,14 @@ fn grow_empty(path: &Path, m: &Metadata, len: u64, space: Space, what: &str) -> 
         .map_err(|e| os_failure(e, &format!("open {what}"), path))?;
     let grown = match space {
         // The core's `set_len` reserves the range it adds.
-        Space::Reserve => FileDevice::from_file(file).and_then(|mut device| {
+        Space::Reserve => device(file, direct).and_then(|mut device| {
             device.set_len(len)?;
             Ok(device)
         }),
         Space::Sparse => file
             .set_len(len)
             .map_err(Error::from)
-            .and_then(|()| FileDevice::from_file(file)),
+            .and_then(|()| device(file, direct)),
     };
     match grown {
         Ok(device) => Ok(Created {

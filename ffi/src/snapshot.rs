@@ -328,7 +328,9 @@ unsafe fn create(
     } else {
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
-        let created = files::create(&path, o.cow_size, Space::Reserve, "COW")?;
+        // A volume whose origin uses O_DIRECT (`COWSNAP_OPEN_DIRECT`) creates its COWs so too.
+        let direct = v.read()?.origin().io_alignment() > 1;
+        let created = files::create(&path, o.cow_size, Space::Reserve, "COW", direct)?;
         let mut vol = v.write()?;
         match vol.create_snapshot(created.device, sopts) {
             Ok(id) => id,

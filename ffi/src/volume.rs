@@ -215,15 +215,55 @@ pub unsafe extern "C" fn cowsnap_volume_create_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_create_file", {
-        let out_vol = out!(out_vol);
+        // SAFETY: the contract above.
+        unsafe { create_file(path, size, 0, out_vol) }
+    })
+}
+
+/// `cowsnap_volume_create_file` with `flags`: 0, or `COWSNAP_OPEN_DIRECT` to use the origin (and
+/// every COW file `cowsnap_snapshot_create` creates for this volume) with `O_DIRECT`, bypassing the
+/// page cache (for applications that cache for themselves). Direct I/O rules: `size` (and every
+/// `cow_size`) must be a multiple of 4096 bytes (`INVALID_ARGUMENT`, nothing created); every read
+/// and write of the volume or its snapshots must have an offset and a length that are multiples of
+/// 4096 (`INVALID_ARGUMENT`, nothing read or written; buffers need no alignment); a file system
+/// without direct I/O (ramfs, tmpfs before Linux 6.6) is `UNSUPPORTED` and the file is removed
+/// again. Unknown flag bits are `INVALID_ARGUMENT`. Everything else as `cowsnap_volume_create_file`.
+/// Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_create_file_ex(
+    path: *const c_char,
+    size: u64,
+    flags: u32,
+    out_vol: *mut *mut cowsnap_volume,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_create_file_ex", {
+        // SAFETY: the contract above.
+        unsafe { create_file(path, size, flags, out_vol) }
+    })
+}
+
+/// Both `create_file` exports.
+///
+/// # Safety
+/// The contract of `cowsnap_volume_create_file`.
+unsafe fn create_file(
+    path: *const c_char,
+    size: u64,
+    flags: u32,
+    out_vol: *mut *mut cowsnap_volume,
+) -> FfiResult<()> {
+    {
+        // SAFETY: argument contracts above.
+        let out_vol = unsafe { out(out_vol, "out_vol") }?;
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(path, "path") }?;
+        let direct = files::direct_flag(flags)?;
         limits::check_origin_len(size)?;
-        let created = files::create(&path, size, Space::Sparse, "origin")?;
+        let created = files::create(&path, size, Space::Sparse, "origin", direct)?;
         *out_vol = cowsnap_volume::boxed(Volume::new(created.device));
         Ok(())
-    })
+    }
 }
 
 /// Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
@@ -251,7 +291,46 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_open_file", {
-        let out_vol = out!(out_vol);
+        // SAFETY: the contract above.
+        unsafe { open_file(origin_path, cow_paths, n_cows, 0, out_vol) }
+    })
+}
+
+/// `cowsnap_volume_open_file` with `flags`: 0, or `COWSNAP_OPEN_DIRECT` to open the origin and every
+/// COW file (and the COW files `cowsnap_snapshot_create` creates later) with `O_DIRECT`. The rules
+/// of `cowsnap_volume_create_file_ex` apply: every file's size must be a multiple of 4096 bytes
+/// (`INVALID_ARGUMENT` naming it), a file system without direct I/O is `UNSUPPORTED` naming the file,
+/// and reads and writes must be 4096-aligned in offset and length. Unknown flag bits are
+/// `INVALID_ARGUMENT`. Thread-safety: as `cowsnap_volume_open_file`.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_open_file_ex(
+    origin_path: *const c_char,
+    cow_paths: *const *const c_char,
+    n_cows: usize,
+    flags: u32,
+    out_vol: *mut *mut cowsnap_volume,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_open_file_ex", {
+        // SAFETY: the contract above.
+        unsafe { open_file(origin_path, cow_paths, n_cows, flags, out_vol) }
+    })
+}
+
+/// Both `open_file` exports.
+///
+/// # Safety
+/// The contract of `cowsnap_volume_open_file`.
+unsafe fn open_file(
+    origin_path: *const c_char,
+    cow_paths: *const *const c_char,
+    n_cows: usize,
+    flags: u32,
+    out_vol: *mut *mut cowsnap_volume,
+) -> FfiResult<()> {
+    {
+        let direct = files::direct_flag(flags);
+        // SAFETY: argument contracts above.
+        let out_vol = unsafe { out(out_vol, "out_vol") }?;
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
@@ -268,7 +347,8 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
             cow_args.push((name, path));
         }
         // Everything is opened and compared before the first activation reads (or could write) a COW.
-        let origin = files::open_existing(&origin_path, "origin")?;
+        let direct = direct?;
+        let origin = files::open_existing(&origin_path, "origin", direct)?;
         if origin.device.is_empty() {
             return Err(Failure::invalid(format!(
                 "origin {} is empty",
@@ -277,7 +357,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
         }
         let mut cows = Vec::with_capacity(cow_args.len());
         for (name, path) in &cow_args {
-            cows.push(files::open_existing(path, &format!("COW {name}"))?);
+            cows.push(files::open_existing(path, &format!("COW {name}"), direct)?);
         }
         let mut ids = vec![("origin_path".to_string(), origin_path.as_path(), origin.id)];
         for ((name, path), cow) in cow_args.iter().zip(&cows) {
@@ -291,7 +371,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_file(
         }
         *out_vol = cowsnap_volume::boxed(vol);
         Ok(())
-    })
+    }
 }
 
 /// Releases a volume and everything it owns (its snapshots' COW memory; files are closed, not

@@ -6,14 +6,84 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use cowsnap_core::FileDevice;
+use cowsnap_core::{Error as CoreError, FileDevice, DIRECT_IO_ALIGN};
 
 use crate::size::human;
 use crate::{Error, Result};
 
 /// The largest file size the host can address (`off_t` is signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// `--direct`: every volume file this process opens or creates is used with `O_DIRECT`. One
+/// setting for the process (the CLI's command line has one; programs opening a volume directory
+/// through the C ABI or Python leave it off), read where files are opened.
+static DIRECT: AtomicBool = AtomicBool::new(false);
+
+/// Sets `--direct` for this process.
+pub fn set_direct(on: bool) {
+    DIRECT.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--direct` was given.
+pub fn direct() -> bool {
+    DIRECT.load(Ordering::Relaxed)
+}
+
+/// `O_DIRECT` when `--direct` was given.
+fn direct_flag() -> i32 {
+    if direct() {
+        libc::O_DIRECT
+    } else {
+        0
+    }
+}
+
+/// The refusal of a file system without direct I/O.
+pub fn no_direct_io(path: &Path) -> Error {
+    Error::msg(format!(
+        "the file system of {} does not support direct I/O (O_DIRECT); run without --direct",
+        path.display()
+    ))
+}
+
+/// With `--direct`, a size that is not whole 4096-byte blocks is refused (direct I/O cannot
+/// address the rest).
+pub fn check_direct_size(len: u64, what: &str) -> Result {
+    if direct() && len % DIRECT_IO_ALIGN != 0 {
+        return Err(Error::msg(format!(
+            "{what}: with --direct (O_DIRECT) sizes must be multiples of {DIRECT_IO_ALIGN} bytes, \
+             not {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// The device over a file [`open_member`] or [`open_path`] opened (direct with `--direct`).
+pub fn device(file: File) -> Result<FileDevice, CoreError> {
+    if direct() {
+        FileDevice::from_direct_file(file)
+    } else {
+        FileDevice::from_file(file)
+    }
+}
+
+/// Opens `path` (read-only unless `writable`; `O_DIRECT` with `--direct`), naming it in errors.
+pub fn open_path(path: &Path, writable: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(direct_flag())
+        .open(path)
+        .map_err(|e| {
+            if direct() && e.raw_os_error() == Some(libc::EINVAL) {
+                no_direct_io(path)
+            } else {
+                Error::io(format!("cannot open {}: {e}", path.display()))
+            }
+        })
+}
 
 /// Which file a handle is: two paths naming one file (hard link, bind mount) share it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +118,13 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> Result
         .read(true)
         .write(writable)
         // O_NONBLOCK: opening a FIFO planted under our name must not hang; no effect on files.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | direct_flag())
         .open(&p);
     let f = match f {
         Ok(f) => f,
+        Err(e) if direct() && e.raw_os_error() == Some(libc::EINVAL) => {
+            return Err(no_direct_io(&p))
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(Error::msg(format!(
                 "{what} {} is a symbolic link: a volume's files must be regular files in the \
@@ -130,12 +203,19 @@ pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> Result<F
             p.display()
         )));
     }
-    FileDevice::create_new(&p, len).map_err(|e| {
-        Error::io(format!(
+    check_direct_size(len, what)?;
+    let made = if direct() {
+        FileDevice::create_new_direct(&p, len)
+    } else {
+        FileDevice::create_new(&p, len)
+    };
+    made.map_err(|e| match e {
+        CoreError::Unsupported(_) => no_direct_io(&p),
+        e => Error::io(format!(
             "cannot create {what} {} with {} reserved: {e}",
             p.display(),
             human(len)
-        ))
+        )),
     })
 }
 

@@ -201,7 +201,7 @@ impl Opened {
             None => record_size = writable,
         }
         let origin_id = origin.id;
-        let dev = FileDevice::from_file(origin.file)
+        let dev = files::device(origin.file)
             .map_err(|e| Error::core(dir.join(&manifest.origin).display(), e))?;
         let mut vol = Volume::new(dev);
         let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
@@ -421,7 +421,7 @@ fn activate(
         )));
     }
     seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
-    let cow = FileDevice::from_file(f.file).map_err(|err| Error::core(&what, err))?;
+    let cow = files::device(f.file).map_err(|err| Error::core(&what, err))?;
     check_header(e, &cow)?;
     let opts = entry_options(e)?;
     vol.activate_snapshot(cow, opts)
@@ -486,6 +486,7 @@ pub fn create_volume(dir: &Path, size: u64, chunk_size: u64) -> Result {
 }
 
 fn create_in(dir: &Path, size: u64, chunk_size: u64) -> Result {
+    files::check_direct_size(size, "origin")?;
     let _lock = VolumeLock::acquire(dir, true, true)?;
     let origin = dir.join(ORIGIN_FILE);
     // Sparse, like a thin LV: the origin's space is taken as it is written.

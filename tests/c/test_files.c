@@ -637,6 +637,138 @@ static void test_read_only_mount(void) {
   unmount_at_exit();
 }
 
+/* ------------------------------------------------- direct I/O (COWSNAP_OPEN_DIRECT) */
+
+/* A volume with COWSNAP_OPEN_DIRECT reads and writes what a buffered one does (its COW files
+ * are direct too: a COW size that is not whole blocks is refused), refuses misaligned caller I/O
+ * with the rule and changes nothing, refuses sizes and flags it cannot serve before creating
+ * anything, and reopens (direct or not) with the same contents. */
+static void test_direct(void) {
+  const char *origin = path_in("dio-origin.img"), *cow = path_in("dio-s1.cow");
+  const char *odd = path_in("dio-odd.img"), *ro = path_in("dio-ro.img");
+  const char *cows[1];
+  cowsnap_volume *v = NULL;
+  cowsnap_snapshot_options o;
+  uint32_t id;
+  struct watch w;
+  uint8_t *mem = malloc(MiB + 1), *buf = mem + 1; /* deliberately misaligned memory */
+  uint8_t *back = malloc(MiB);
+  unlink(origin);
+  unlink(cow);
+
+  ERR(cowsnap_volume_create_file_ex(origin, MiB, 2, &v), COWSNAP_ERR_INVALID_ARGUMENT,
+      "unknown flags");
+  EXPECT(v == NULL && access(origin, F_OK) != 0);
+  ERR(cowsnap_volume_create_file_ex(origin, MiB + 512, COWSNAP_OPEN_DIRECT, &v),
+      COWSNAP_ERR_INVALID_ARGUMENT, "multiple of 4096");
+  EXPECT(v == NULL && access(origin, F_OK) != 0);
+
+  OK(cowsnap_volume_create_file_ex(origin, MiB, COWSNAP_OPEN_DIRECT, &v));
+  memset(buf, 0x41, MiB);
+  OK(cowsnap_volume_write(v, 0, buf, MiB));
+  o = file_opts(cow, 256 * KiB + 512);
+  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "multiple of 4096");
+  EXPECT(access(cow, F_OK) != 0);
+  o = file_opts(cow, 256 * KiB);
+  OK(cowsnap_snapshot_create(v, &o, &id));
+  memset(buf, 0x42, 64 * KiB);
+  OK(cowsnap_volume_write(v, 8192, buf, 64 * KiB));
+  OK(cowsnap_volume_flush(v));
+
+  /* Misaligned offsets and lengths: refused with the rule, nothing written. */
+  w = watch(origin, cow, NULL);
+  ERR(cowsnap_volume_write(v, 512, buf, 4096), COWSNAP_ERR_INVALID_ARGUMENT, "multiples of 4096");
+  ERR(cowsnap_volume_write(v, 4096, buf, 4000), COWSNAP_ERR_INVALID_ARGUMENT, "multiples of 4096");
+  ERR(cowsnap_volume_read(v, 100, back, 4096), COWSNAP_ERR_INVALID_ARGUMENT, "multiples of 4096");
+  ERR(cowsnap_snapshot_read(v, id, 0, back, 10), COWSNAP_ERR_INVALID_ARGUMENT,
+      "multiples of 4096");
+  ERR(cowsnap_snapshot_write(v, id, 2048, buf, 4096), COWSNAP_ERR_INVALID_ARGUMENT,
+      "multiples of 4096");
+  OK(cowsnap_volume_flush(v));
+  UNCHANGED(w);
+
+  OK(cowsnap_snapshot_read(v, id, 0, back, MiB));
+  EXPECT(back[0] == 0x41 && back[8192] == 0x41 && back[MiB - 1] == 0x41);
+  OK(cowsnap_volume_read(v, 4096, back, 8192));
+  EXPECT(back[0] == 0x41 && back[4096] == 0x42);
+  cowsnap_volume_free(v);
+
+  /* Reopened direct, and buffered: the same bytes. */
+  cows[0] = cow;
+  OK(cowsnap_volume_open_file_ex(origin, cows, 1, COWSNAP_OPEN_DIRECT, &v));
+  OK(cowsnap_snapshot_read(v, 0, 8192, back, 4096));
+  EXPECT(back[0] == 0x41);
+  ERR(cowsnap_volume_read(v, 1, back, 4096), COWSNAP_ERR_INVALID_ARGUMENT, "multiples of 4096");
+  cowsnap_volume_free(v);
+  OK(cowsnap_volume_open_file(origin, cows, 1, &v));
+  OK(cowsnap_volume_read(v, 8193, back, 1)); /* buffered: any range */
+  EXPECT(back[0] == 0x42);
+  cowsnap_volume_free(v);
+
+  /* An origin whose size is not whole blocks, a read-only file: refused, unchanged. */
+  write_file(odd, buf, 5000, 0644);
+  write_file(ro, buf, 8192, 0444);
+  w = watch(odd, ro, NULL);
+  ERR(cowsnap_volume_open_file_ex(odd, NULL, 0, COWSNAP_OPEN_DIRECT, &v),
+      COWSNAP_ERR_INVALID_ARGUMENT, "multiple of 4096");
+  EXPECT(v == NULL);
+  ERR(cowsnap_volume_open_file_ex(ro, NULL, 0, COWSNAP_OPEN_DIRECT, &v), COWSNAP_ERR_IO,
+      "read-only");
+  EXPECT(v == NULL);
+  UNCHANGED(w);
+  unlink(odd);
+  unlink(ro);
+  unlink(origin);
+  unlink(cow);
+  free(mem);
+  free(back);
+}
+
+/* A file system without direct I/O (ramfs): UNSUPPORTED naming it, no file left behind. */
+static void test_direct_unsupported(void) {
+  const char *at = path_in("ramfs");
+  char origin[4300], made[4300];
+  cowsnap_volume *v = NULL;
+  uint8_t block[4096] = {0};
+  if (!is_root()) {
+    skip("direct I/O on a ramfs (mount -t ramfs)");
+    return;
+  }
+  mkdir(at, 0755);
+  if (mount("ramfs", at, "ramfs", 0, NULL) != 0) {
+    fprintf(stderr, "mount ramfs at %s: %s\n", at, strerror(errno));
+    exit(1);
+  }
+  snprintf(mounted, sizeof mounted, "%s", at);
+  snprintf(origin, sizeof origin, "%s/origin.img", at);
+  snprintf(made, sizeof made, "%s/new.img", at);
+  write_file(origin, block, sizeof block, 0644);
+  ERR(cowsnap_volume_open_file_ex(origin, NULL, 0, COWSNAP_OPEN_DIRECT, &v),
+      COWSNAP_ERR_UNSUPPORTED, "does not support direct I/O");
+  EXPECT(v == NULL);
+  ERR(cowsnap_volume_create_file_ex(made, MiB, COWSNAP_OPEN_DIRECT, &v), COWSNAP_ERR_UNSUPPORTED,
+      "does not support direct I/O");
+  EXPECT(v == NULL && access(made, F_OK) != 0);
+  /* A direct volume (on a disk) whose COW is to be created there: refused the same way, and the
+   * COW file is removed again. */
+  {
+    const char *o2 = path_in("dio-ram-origin.img");
+    char cowp[4300];
+    cowsnap_snapshot_options so;
+    uint32_t sid;
+    unlink(o2);
+    OK(cowsnap_volume_create_file_ex(o2, MiB, COWSNAP_OPEN_DIRECT, &v));
+    snprintf(cowp, sizeof cowp, "%s/s.cow", at);
+    so = file_opts(cowp, 256 * KiB);
+    ERR(cowsnap_snapshot_create(v, &so, &sid), COWSNAP_ERR_UNSUPPORTED,
+        "does not support direct I/O");
+    EXPECT(access(cowp, F_OK) != 0);
+    cowsnap_volume_free(v);
+    unlink(o2);
+  }
+  unmount_at_exit();
+}
+
 int main(int argc, char **argv) {
   /* Absolute: the symlinks made here name their targets by this path. */
   if (realpath(argc > 1 ? argv[1] : ".", dir) == NULL) {
@@ -652,5 +784,7 @@ int main(int argc, char **argv) {
   test_sizes();
   test_reservation_on_small_tmpfs();
   test_read_only_mount();
+  test_direct();
+  test_direct_unsupported();
   return finish("test_files");
 }

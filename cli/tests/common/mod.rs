@@ -85,8 +85,12 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
+        Self::under(&std::env::temp_dir(), tag)
+    }
+    /// A scratch directory inside `base` (e.g. `/var/tmp`, a disk where `/tmp` may be a tmpfs).
+    pub fn under(base: &Path, tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let p = base.join(format!(
             "cowsnap-cli-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)

@@ -89,9 +89,10 @@ pub(crate) trait ExceptionStore: Send + Sync {
     /// Space accounting for a COW of `cow_len` bytes.
     /// `pending` records are allocated but wait for a group commit: they count as committed.
     fn usage(&self, cow_len: u64, pending: u64) -> Usage;
-    /// Merge: the newest records, at most `max` and all from one metadata area, oldest first
-    /// (empty when no record is left). Dropping them all at once leaves a state the kernel could
-    /// have written: its own merge drops trailing runs of the same area one after the other.
+    /// Merge: the newest records, at most `max` (from several metadata areas when the current one
+    /// holds fewer), oldest first (empty when no record is left). Dropping them leaves the state
+    /// the kernel's merge leaves with as many records: it drops trailing runs one after the other,
+    /// emptying (and writing) each area before it steps back into the one before.
     fn merge_prepare(&mut self, cow: &dyn BlockDevice, max: usize) -> Result<Vec<Exception>>;
     /// Merge: drops the newest `n` records durably (their chunks have been copied back and flushed).
     fn merge_commit(&mut self, cow: &mut dyn BlockDevice, n: u64) -> Result<()>;

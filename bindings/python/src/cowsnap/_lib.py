@@ -16,6 +16,9 @@ from typing import Any, Callable, List, Tuple
 # The C ABI version these bindings are written for: the library must report the same major.minor.
 ABI_VERSION = (0, 1)
 
+# ``flags`` of ``cowsnap_volume_create_file_ex`` / ``cowsnap_volume_open_file_ex``.
+OPEN_DIRECT = 1
+
 _LIB_FILE = "libcowsnap.dylib" if sys.platform == "darwin" else "libcowsnap.so"
 
 # --- C types (mirrors of cowsnap.h) ---------------------------------------------------------------
@@ -137,6 +140,14 @@ _SIGNATURES = {
     ),
     "cowsnap_volume_open_dir": (c_result, [ctypes.c_char_p, ctypes.POINTER(c_volume_p)]),
     "cowsnap_volume_dir_snapshot_id": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint32)]),
+    "cowsnap_volume_create_file_ex": (
+        c_result,
+        [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.POINTER(c_volume_p)],
+    ),
+    "cowsnap_volume_open_file_ex": (
+        c_result,
+        [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.c_uint32, ctypes.POINTER(c_volume_p)],
+    ),
     "cowsnap_volume_free": (None, [c_volume_p]),
     "cowsnap_volume_size": (c_result, [c_volume_p, ctypes.POINTER(ctypes.c_uint64)]),
     "cowsnap_volume_lvs_attr": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.c_size_t]),

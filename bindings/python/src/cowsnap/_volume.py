@@ -41,6 +41,13 @@ def _index(value: Any, what: str) -> int:
     return v
 
 
+def _flag(value: Any, what: str) -> bool:
+    """A keyword that must be a real bool (``direct="no"`` would be true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
+
+
 def _path(value: Any, what: str) -> bytes:
     if not isinstance(value, (str, bytes, os.PathLike)):
         raise TypeError(f"{what} must be a path (str, bytes or os.PathLike), not {type(value).__name__}")
@@ -270,20 +277,30 @@ class Volume:
         return cls(_Handle(out), size, "memory")
 
     @classmethod
-    def create(cls, path: PathLike, size: int) -> "Volume":
+    def create(cls, path: PathLike, size: int, *, direct: bool = False) -> "Volume":
         """A volume over a new sparse file ``path`` of ``size`` bytes.
 
         ``path`` must not exist, or be an empty regular file: an existing non-empty file, a directory,
         a device node or a symlink is refused (:class:`InvalidArgument`) and left untouched (open an
-        existing origin with :meth:`open`)."""
+        existing origin with :meth:`open`).
+
+        ``direct=True`` uses the file, and every COW file :meth:`snapshot` creates for this volume,
+        with ``O_DIRECT`` (no page cache, for applications that cache for themselves). Then
+        ``size`` and every ``cow_size`` must be multiples of 4096, and so must the offset and length
+        of every read and write (:class:`InvalidArgument` naming the rule; buffers need no
+        alignment); a file system without direct I/O (ramfs, tmpfs before Linux 6.6) raises
+        :class:`Unsupported` and leaves no file."""
         p = _path(path, "path")
         size = _index(size, "size")
         out = ctypes.c_void_p()
-        check(_lib.LIB.cowsnap_volume_create_file(p, size, ctypes.byref(out)))
+        flags = _lib.OPEN_DIRECT if _flag(direct, "direct") else 0
+        check(_lib.LIB.cowsnap_volume_create_file_ex(p, size, flags, ctypes.byref(out)))
         return cls(_Handle(out), size, f"file {os.fsdecode(p)!r}")
 
     @classmethod
-    def open(cls, origin_path: PathLike, cow_paths: Iterable[PathLike] = ()) -> "Volume":
+    def open(
+        cls, origin_path: PathLike, cow_paths: Iterable[PathLike] = (), *, direct: bool = False
+    ) -> "Volume":
         """Opens an existing origin file and activates the persistent COW files ``cow_paths`` on it
         (as LVM activates a volume group); they become :attr:`snapshots`, in the order given.
 
@@ -291,14 +308,18 @@ class Volume:
         :class:`CorruptMetadata` (only :meth:`snapshot` formats a COW). Each path must be an existing,
         writable regular file (a directory or device node is :class:`InvalidArgument`, a missing or
         read-only file :class:`IoError`), and no file may be given twice, in any guise (the origin
-        as a COW, a COW twice, a symlink or hard link to one): :class:`InvalidArgument`."""
+        as a COW, a COW twice, a symlink or hard link to one): :class:`InvalidArgument`.
+
+        ``direct=True`` opens every file with ``O_DIRECT``, with the rules of :meth:`create` (each
+        file's size must be a multiple of 4096, or :class:`InvalidArgument` naming it)."""
         p = _path(origin_path, "origin_path")
+        flags = _lib.OPEN_DIRECT if _flag(direct, "direct") else 0
         if isinstance(cow_paths, (str, bytes, os.PathLike)):
             raise TypeError("cow_paths must be a sequence of paths, not a single path")
         cows = [_path(c, "cow path") for c in cow_paths]
         arr = (ctypes.c_char_p * max(len(cows), 1))(*cows)
         out = ctypes.c_void_p()
-        check(_lib.LIB.cowsnap_volume_open_file(p, arr, len(cows), ctypes.byref(out)))
+        check(_lib.LIB.cowsnap_volume_open_file_ex(p, arr, len(cows), flags, ctypes.byref(out)))
         h = _Handle(out)
         vol = cls(h, 0, f"file {os.fsdecode(p)!r}")
         vol._size = vol._query_size()
