@@ -35,6 +35,23 @@ pub trait BlockDevice: Send + Sync {
     fn identity(&self) -> Option<DeviceId> {
         None
     }
+    /// A handle that flushes this device without borrowing it (`std` builds), so that a volume
+    /// shared by several threads can flush outside its locks while other threads write. Flushing
+    /// through it must make durable every write completed before the call, as [`flush`] does.
+    /// `None` (the default): the volume flushes through [`flush`], under its lock.
+    ///
+    /// [`flush`]: BlockDevice::flush
+    #[cfg(feature = "std")]
+    fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
+        None
+    }
+}
+
+/// Flushes a device from any thread (see [`BlockDevice::flush_handle`]).
+#[cfg(feature = "std")]
+pub trait FlushHandle: Send + Sync {
+    /// Makes every write completed on the device before this call durable.
+    fn flush(&self) -> Result<()>;
 }
 
 /// The identity of the storage behind a device: for files and device nodes, `st_dev` and `st_ino`
@@ -63,6 +80,10 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
     fn identity(&self) -> Option<DeviceId> {
         (**self).identity()
+    }
+    #[cfg(feature = "std")]
+    fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
+        (**self).flush_handle()
     }
 }
 
@@ -167,6 +188,7 @@ mod file {
     use std::fs::{File, OpenOptions};
     use std::os::unix::fs::FileExt;
     use std::path::Path;
+    use std::sync::Arc;
 
     /// A device backed by a file (an image file or a block device node), using positional I/O.
     ///
@@ -174,7 +196,8 @@ mod file {
     /// silently grow the file.
     #[derive(Debug)]
     pub struct FileDevice {
-        file: File,
+        /// Shared with flush handles (`fdatasync` needs no exclusive access).
+        file: Arc<File>,
         len: u64,
     }
 
@@ -183,7 +206,10 @@ mod file {
         pub fn open(path: impl AsRef<Path>) -> Result<Self> {
             let file = OpenOptions::new().read(true).write(true).open(path)?;
             let len = file.metadata()?.len();
-            Ok(FileDevice { file, len })
+            Ok(FileDevice {
+                file: Arc::new(file),
+                len,
+            })
         }
 
         /// Creates (or truncates) a sparse file of `len` bytes. Nothing is reserved: writes into it
@@ -196,7 +222,10 @@ mod file {
                 .truncate(true)
                 .open(path)?;
             file.set_len(len)?;
-            Ok(FileDevice { file, len })
+            Ok(FileDevice {
+                file: Arc::new(file),
+                len,
+            })
         }
 
         /// Creates a new file of `len` bytes with all of its space reserved (like LVM allocating a
@@ -211,7 +240,10 @@ mod file {
                 .create_new(true)
                 .open(path)?;
             match reserve(&file, 0, len) {
-                Ok(()) => Ok(FileDevice { file, len }),
+                Ok(()) => Ok(FileDevice {
+                    file: Arc::new(file),
+                    len,
+                }),
                 Err(e) => {
                     drop(file);
                     let _ = std::fs::remove_file(path);
@@ -223,7 +255,10 @@ mod file {
         /// Wraps an open file.
         pub fn from_file(file: File) -> Result<Self> {
             let len = file.metadata()?.len();
-            Ok(FileDevice { file, len })
+            Ok(FileDevice {
+                file: Arc::new(file),
+                len,
+            })
         }
     }
 
@@ -266,6 +301,19 @@ mod file {
                 dev: m.dev(),
                 ino: m.ino(),
             })
+        }
+        fn flush_handle(&self) -> Option<Arc<dyn FlushHandle>> {
+            Some(Arc::new(SyncFile(self.file.clone())))
+        }
+    }
+
+    /// `fdatasync` of a device's file from any thread.
+    struct SyncFile(Arc<File>);
+
+    impl FlushHandle for SyncFile {
+        fn flush(&self) -> Result<()> {
+            self.0.sync_data()?;
+            Ok(())
         }
     }
 

@@ -23,6 +23,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod chunk;
+#[cfg(feature = "std")]
+pub mod committer;
 pub mod device;
 pub mod error;
 pub mod exception;
@@ -30,17 +32,21 @@ pub mod exception;
 pub mod fuzzing;
 mod held;
 pub mod replay;
+#[cfg(feature = "std")]
+pub mod shared;
 pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod volume;
 
 pub use chunk::{ChunkSize, SECTOR_SIZE};
-#[cfg(feature = "std")]
-pub use device::FileDevice;
 pub use device::{BlockDevice, DeviceId, MemDevice};
+#[cfg(feature = "std")]
+pub use device::{FileDevice, FlushHandle};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
+#[cfg(feature = "std")]
+pub use shared::{SharedVolume, COMMIT_INTERVAL};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};
 pub use status::{SnapshotState, SnapshotStatus};
 pub use store::{StoreKind, Usage};
