@@ -50,6 +50,8 @@ struct Turn {
     busy: bool,
     /// Generation of the last durable commit that completed.
     durable: Option<u64>,
+    /// Flushes waiting for a commit under way (they will share the next one).
+    waiting: usize,
 }
 
 /// A [`Volume`] for several threads. See the module documentation.
@@ -241,11 +243,20 @@ impl SharedVolume {
                 if !t.busy {
                     break;
                 }
-                t = self.turn_free.wait(t).map_err(|_| Poisoned)?;
+                t.waiting += 1;
+                let woken = self.turn_free.wait(t);
+                t = woken.map_err(|_| Poisoned)?;
+                t.waiting -= 1;
             }
             t.busy = true;
         }
         CommitSteps::start(self, true, true)?.run()
+    }
+
+    /// How many flushes wait for the commit under way (tests of commit sharing).
+    #[doc(hidden)]
+    pub fn flushes_waiting(&self) -> usize {
+        self.turn().map_or(0, |t| t.waiting)
     }
 
     /// A group commit driven step by step (each device flush on its own), taking the turn until

@@ -487,6 +487,8 @@ fn crash_at_every_write_and_flush_of_interleaved_writers() {
 #[derive(Clone)]
 struct Slow {
     data: Arc<Mutex<Vec<u8>>>,
+    /// Flushes through the handle.
+    flushes: Arc<std::sync::atomic::AtomicUsize>,
     barrier: Option<Arc<Barrier>>,
     gate: Option<Arc<(Mutex<bool>, std::sync::Condvar)>>,
 }
@@ -495,6 +497,7 @@ impl Slow {
     fn new(len: usize) -> Self {
         Slow {
             data: Arc::new(Mutex::new(vec![0; len])),
+            flushes: Arc::default(),
             barrier: None,
             gate: None,
         }
@@ -523,6 +526,8 @@ impl BlockDevice for Slow {
 
 impl FlushHandle for Slow {
     fn flush(&self) -> cowsnap_core::Result<()> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(b) = &self.barrier {
             b.wait();
         }
@@ -646,6 +651,60 @@ fn reads_and_writes_go_on_while_a_commit_flushes() {
             o, [2; 4096],
             "the second flush put the later write on the origin"
         );
+    });
+}
+
+/// Threads that flush while a commit is under way share the next one: three writers flush while
+/// the first commit is stalled in its COW flush; once it completes, one more commit (two COW
+/// flushes, not six) makes all three writes durable.
+#[test]
+fn flushes_that_wait_share_one_commit() {
+    within_a_minute(|| {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let mut cow = Slow::new(1 << 20);
+        cow.gate = Some(gate.clone());
+        let flushes = cow.flushes.clone();
+        let origin = Slow::new(1 << 20);
+        let mut vol = Volume::new(origin.clone());
+        vol.create_snapshot(BarrierOnHandle(cow), opts(4096))
+            .unwrap();
+        let shared = Arc::new(SharedVolume::new(vol));
+        shared.write_at(0, &[9; 4096]).unwrap();
+        let first = {
+            let s = shared.clone();
+            std::thread::spawn(move || s.flush())
+        };
+        while shared.read().unwrap().uncommitted() != 0 {
+            std::thread::yield_now();
+        }
+        let followers: Vec<_> = (1..4u8)
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::spawn(move || {
+                    s.write_at(u64::from(i) * 65536, &[i; 4096])?;
+                    s.flush()
+                })
+            })
+            .collect();
+        while shared.flushes_waiting() < 3 {
+            std::thread::yield_now();
+        }
+        let before = flushes.load(std::sync::atomic::Ordering::SeqCst);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        first.join().unwrap().unwrap();
+        for f in followers {
+            f.join().unwrap().unwrap();
+        }
+        // The first commit's two COW flushes (one was under way), then one shared commit's two.
+        let after = flushes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(before, 1, "the first commit was stalled in its data flush");
+        assert_eq!(after, 4, "the three waiting flushes shared one commit");
+        for i in 1..4u8 {
+            let mut b = [0u8; 4096];
+            origin.read_at(u64::from(i) * 65536, &mut b).unwrap();
+            assert_eq!(b, [i; 4096]);
+        }
     });
 }
 
