@@ -52,7 +52,16 @@ struct Turn {
     durable: Option<u64>,
     /// Flushes waiting for a commit under way (they will share the next one).
     waiting: usize,
+    /// Most flushes seen waiting since the last durable commit started: how many threads flush
+    /// together, so the next leader can wait a moment for them (see [`GATHER`]).
+    peak: usize,
 }
+
+/// Longest a flush that starts a commit waits for the threads that flushed together last time
+/// (they are between their previous flush's return and their next write's): with several
+/// threads flushing each request, the commit then carries all their writes instead of one, and
+/// the others do not wait a whole commit more. A thread flushing alone never waits.
+const GATHER: Duration = Duration::from_micros(500);
 
 /// A [`Volume`] for several threads. See the module documentation.
 #[derive(Debug)]
@@ -60,6 +69,8 @@ pub struct SharedVolume {
     vol: RwLock<Volume>,
     turn: Mutex<Turn>,
     turn_free: Condvar,
+    /// A flush started waiting (for a leader gathering followers).
+    arrived: Condvar,
 }
 
 /// Exclusive access to the volume, between commits (see [`SharedVolume::exclusive`]).
@@ -95,6 +106,7 @@ impl SharedVolume {
             vol: RwLock::new(vol),
             turn: Mutex::new(Turn::default()),
             turn_free: Condvar::new(),
+            arrived: Condvar::new(),
         }
     }
 
@@ -244,11 +256,33 @@ impl SharedVolume {
                     break;
                 }
                 t.waiting += 1;
+                t.peak = t.peak.max(t.waiting);
+                self.arrived.notify_one();
                 let woken = self.turn_free.wait(t);
                 t = woken.map_err(|_| Poisoned)?;
                 t.waiting -= 1;
             }
             t.busy = true;
+            // Leader: wait a moment for the threads that flushed with us last time.
+            let want = t.peak;
+            if want > t.waiting {
+                let deadline = std::time::Instant::now() + GATHER;
+                while t.waiting < want {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    t = match self.arrived.wait_timeout(t, deadline - now) {
+                        Ok((g, _)) => g,
+                        Err(_) => {
+                            drop(self.turn.lock().map(|mut t| t.busy = false));
+                            self.turn_free.notify_all();
+                            return Err(Poisoned.into());
+                        }
+                    };
+                }
+            }
+            t.peak = t.waiting;
         }
         CommitSteps::start(self, true, true)?.run()
     }
