@@ -481,7 +481,11 @@ impl Snapshot {
         }
         let records = core::mem::take(&mut self.uncommitted);
         let writes = core::mem::take(&mut self.uncommitted_writes);
-        let Some(staged) = self.store.stage(&records) else {
+        #[cfg(feature = "std")]
+        let staged = self.store.stage(&records);
+        #[cfg(not(feature = "std"))]
+        let staged: Option<StagedCommit> = None;
+        let Some(staged) = staged else {
             return match self.commit(&records, false) {
                 // committed, or overflowed (invalidated: nothing depends on it now)
                 Ok(_) => Ok(false),
@@ -536,7 +540,11 @@ impl Snapshot {
         let Some(f) = self.in_flight.take() else {
             return;
         };
-        if self.store.unstage(f.staged, f.written, &mut *self.cow) {
+        #[cfg(feature = "std")]
+        let undone = self.store.unstage(f.staged, f.written, &mut *self.cow);
+        #[cfg(not(feature = "std"))]
+        let undone = false;
+        if undone {
             self.restore(f.records, f.writes);
         } else {
             let _ = self.invalidate();

@@ -48,8 +48,9 @@ pub struct CommitFailure {
     pub reusable: bool,
 }
 
-/// A commit taken by the store whose device I/O is still to be done (see [`ExceptionStore::stage`]).
+/// A commit taken by the store whose device I/O is still to be done (see `ExceptionStore::stage`).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub struct StagedCommit {
     /// Offsets of metadata areas to zero (one chunk each) before the data flush: the area after
     /// every one this commit fills, so that a scan always finds an end marker.
@@ -62,6 +63,7 @@ pub struct StagedCommit {
 
 /// What a persistent store was before a staged commit (to take it back).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub(crate) struct Undo {
     pub(crate) area: u64,
     pub(crate) len: usize,
@@ -98,12 +100,15 @@ pub trait ExceptionStore: Send + Sync {
     /// [`StagedCommit::writes`] in order, flushes again, and then the records are durable. On a
     /// failure on the way the caller hands the staged commit back to [`ExceptionStore::unstage`].
     /// `None` (the default, and for an invalid store or no records): use [`ExceptionStore::commit`].
+    /// (`std` builds: the small build commits every write on its own and never stages.)
+    #[cfg(feature = "std")]
     fn stage(&mut self, _records: &[Exception]) -> Option<StagedCommit> {
         None
     }
     /// Takes back a staged commit that failed. `written` says whether any of its metadata writes
     /// was started. Returns true when the store is as before the staging (the records can be
     /// staged again), false when it is unusable and the snapshot must be invalidated.
+    #[cfg(feature = "std")]
     fn unstage(
         &mut self,
         _staged: StagedCommit,

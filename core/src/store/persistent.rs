@@ -9,7 +9,9 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{CommitFailure, ExceptionStore, StagedCommit, StoreKind, Undo, Usage};
+use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
+#[cfg(feature = "std")]
+use super::{StagedCommit, Undo};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
@@ -381,6 +383,7 @@ impl ExceptionStore for PersistentStore {
             reusable: false,
         })
     }
+    #[cfg(feature = "std")]
     fn stage(&mut self, records: &[Exception]) -> Option<StagedCommit> {
         if !self.valid || records.is_empty() {
             return None;
@@ -416,6 +419,7 @@ impl ExceptionStore for PersistentStore {
         }
         Some(StagedCommit { zero, writes, undo })
     }
+    #[cfg(feature = "std")]
     fn unstage(&mut self, staged: StagedCommit, written: bool, cow: &mut dyn BlockDevice) -> bool {
         let undo = staged.undo;
         if !written {
