@@ -20,6 +20,8 @@ if want lint; then
   cargo fmt --all -- --check
   step "cargo clippy"
   cargo clippy --workspace --all-targets -- -D warnings
+  step "cargo doc (every crate, warnings are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 fi
 
 if want no_std; then
@@ -35,21 +37,22 @@ fi
 
 if want package; then
   step "cargo publish --dry-run (every publishable crate); the packaged core builds and passes its own tests"
-  for d in core cli ffi bindings/python; do
+  for d in core managed cli ffi bindings/python; do
     for l in LICENSE-MIT LICENSE-APACHE; do cmp -s "$l" "$d/$l" || { echo "$d/$l differs from ./$l" >&2; exit 1; }; done
   done
   # --no-verify: cargo treats the packaged cowsnap-core as an immutable registry crate and would
   # reuse a stale build of it when verifying the crates above it; the core is verified below.
   rm -rf target/package
   cargo publish --workspace --dry-run --allow-dirty --no-verify -q
-  for c in core cli ffi; do
+  for c in core managed cli ffi; do
     files=$(tar tzf "target/package/tmp-crate/cowsnap-$c-0.1.0.crate")
     [[ $files == *LICENSE-APACHE* && $files == *LICENSE-MIT* ]] ||
       { echo "cowsnap-$c: no license files in the package" >&2; exit 1; }
   done
   # Unpacked where cargo itself verifies packages (cargo keeps target/package out of the workspace).
   tar xzmf target/package/tmp-crate/cowsnap-core-*.crate -C target/package  # m: fresh mtimes, so cargo rebuilds
-  (cd target/package/cowsnap-core-*/ && cargo test -q --target-dir "$ROOT/target/package-test")
+  # --features testkit: the tests' shared devices (a path dev-dependency, which packaging drops).
+  (cd target/package/cowsnap-core-*/ && cargo test -q --features testkit --target-dir "$ROOT/target/package-test")
 fi
 
 # Each front end owns a script: scripts/test-<name>.sh (installs its own tools, runs its suite).

@@ -22,6 +22,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-ffi: installing ${need[*]} with apt-get"
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -97,12 +98,19 @@ g++ -std=c++17 -pedantic -Wall -Wextra -Werror -Iffi/include "$OUT/h.cpp" -fsynt
 
 echo "--- compile against the installed library (dynamic + static), through pkg-config"
 CFLAGS=(-std=c99 -Wall -Wextra -Werror -g "${CFLAGS_PC[@]}" -Itests/c)
-for t in test_api test_files test_stress test_vectors; do
+# The conformance table as a C header for tests/c/test_conformance.c (the C runner reads no JSON).
+python3 tests/conformance/to_c.py "$OUT/conformance_cases.h"
+CFLAGS+=(-I"$OUT")
+for t in test_api test_files test_stress test_vectors test_conformance test_open_dir; do
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "${LIBS_PC[@]}" -lpthread -Wl,-rpath,"$LIB" -o "$OUT/$t-dynamic"
   gcc "${CFLAGS[@]}" "tests/c/$t.c" "$LIB/libcowsnap.a" "${STATIC_LIBS[@]}" -o "$OUT/$t-static"
 done
 g++ -std=c++17 -Wall -Wextra -Werror "${CFLAGS_PC[@]}" tests/c/test_cpp.cpp "${LIBS_PC[@]}" \
   -Wl,-rpath,"$LIB" -o "$OUT/test_cpp"
+# A program built against the first header (frozen in tests/c/compat; the library's header must not
+# be on the include path), linked against today's library: the old structs keep working.
+gcc -std=c99 -Wall -Wextra -Werror -g -Itests/c/compat tests/c/compat/test_v0.c -L"$LIB" -lcowsnap \
+  -Wl,-rpath,"$LIB" -o "$OUT/test_v0"
 # The dynamic tests must depend on the versioned SONAME, the static ones on no libcowsnap at all.
 readelf -d "$OUT/test_api-dynamic" | grep -q "NEEDED.*\[$SONAME\]" || {
   echo "test-ffi: test_api-dynamic does not need $SONAME" >&2; exit 1; }
@@ -113,6 +121,8 @@ fi
 KERNEL_COW="$SHARED/vectors/kernel/basic-4k/s0.cow.gz"
 gzip -dc "$KERNEL_COW" > "$OUT/kernel-basic-4k-s0.cow"
 
+# (Lost in db5464d, which left every "under valgrind" run without valgrind.)
+VG=(valgrind -q --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all --error-exitcode=1)
 run() { # name, command...
   local name=$1; shift
   local t0=$SECONDS
@@ -120,6 +130,10 @@ run() { # name, command...
     echo "FAILED: $name ($*)" >&2; cat "$OUT/$name.log" >&2; exit 1; }
   echo "ok  $name under valgrind ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.log")"
 }
+
+echo "--- cargo build -p cowsnap-cli (test_open_dir makes its volume directories with it)"
+cargo build -q -p cowsnap-cli
+CLI=$ROOT/target/debug/cowsnap
 
 echo "--- run under valgrind memcheck (errors or leaks fail)"
 for kind in dynamic static; do
@@ -131,8 +145,12 @@ for kind in dynamic static; do
   grep SKIPPED "$OUT/test_files-$kind.log" || true
   run "test_stress-$kind" "$OUT/test_stress-$kind" 300
   run "test_vectors-$kind" "$OUT/test_vectors-$kind" "$OUT/kernel-basic-4k-s0.cow"
+  run "test_conformance-$kind" "$OUT/test_conformance-$kind" "$OUT/scratch-$kind"
+  # Volume directories made by the cowsnap CLI, opened from C: policies and the lock.
+  run "test_open_dir-$kind" "$OUT/test_open_dir-$kind" "$CLI" "$OUT/scratch-$kind"
 done
 run test_cpp "$OUT/test_cpp"
+run test_v0 "$OUT/test_v0" "$OUT/scratch-dynamic"
 # The stress test natively, with more writes than valgrind can afford.
 "$OUT/test_stress-dynamic" 5000 | tail -1
 

@@ -8,7 +8,7 @@
 #   3. MariaDB: datadir on ext4 on the cowsnap origin, a client inserting all along,
 #      FLUSH TABLES WITH READ LOCK -> cowsnap snapshot -> row count -> UNLOCK TABLES; the snapshot's
 #      datadir is copied out and a second server on it has CHECK TABLE OK and the recorded row count.
-# Everything is cleaned up on exit, failure included. Usage: scripts/test-fuse.sh [ext4|xfs|bench|mariadb]...
+# Everything is cleaned up on exit, failure included. Usage: scripts/test-fuse.sh [ext4|xfs|fsync|bench|mariadb]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -243,63 +243,132 @@ if want ext4; then
   rm -rf "$V"
 fi
 
+if want ext4 || want fsync; then
+  # fsync must make the data durable through the engine's commit, with and without the kernel's
+  # write-back cache (--writeback-cache). A snapshot makes every origin write wait in memory for its
+  # exceptions' commit (group commit); the mount process is killed (SIGKILL: no unmount, no flush)
+  # right after fsync returns, so only what fsync made durable survives.
+  for mode in --writeback-cache ""; do
+    say "fsync is durable (mount ${mode:-write-through}): SIGKILL after fsync, data and snapshot intact"
+    V=$WORK/vol-sync M=$WORK/mnt-sync
+    cow -q create "$V" --size 64M
+    cow -q write "$V" --offset 0 --fill 0x11 --len 16M
+    cow -q snapshot "$V" --name s --size 32M
+    fuse_mount "$V" "$M" $mode
+    pid=$(sed -n 's/^cowsnap mount: pid \([0-9]*\) serving.*/\1/p' "$V/.cowsnap-mount.log" | tail -1)
+    [ -n "$pid" ] && kill -0 "$pid" || fail "fsync: no mount process pid in the log"
+    head -c 6M /dev/urandom >"$WORK/sync.dat"
+    for round in 1 2 3; do
+      off=$((round * 5))   # MiB: every round overwrites chunks the snapshot still shares
+      dd if="$WORK/sync.dat" of="$M/origin" bs=1M seek=$off conv=notrunc,fsync status=none || fail "fsync: dd"
+      if [ $round -lt 3 ]; then
+        [ "$(cow read "$V" --offset $((off << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
+          fail "fsync: cowsnap read through the mount process does not see the written data"
+      fi
+    done
+    kill -9 "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    umount -l "$M" 2>/dev/null || true
+    [ "$(cow read "$V" --offset $((15 << 20)) --len $((6 << 20)) | sha256sum)" = "$(sha256sum <"$WORK/sync.dat")" ] ||
+      fail "fsync: data fsynced through the mount lost when the mount process was killed"
+    [ "$(cow read "$V/s" --offset $((5 << 20)) --len $((11 << 20)) | tr -d '\021' | wc -c)" = 0 ] ||
+      fail "fsync: the snapshot lost its old data"
+    rm -rf "$V"
+  done
+  V=$WORK/vol-sync M=$WORK/mnt-sync
+  cow -q create "$V" --size 64M
+  # A write-back error is reported by fsync: a write past the end of the origin is accepted by the
+  # page cache, refused (ENOSPC) when written back, and that fails the fsync.
+  fuse_mount "$V" "$M" --writeback-cache
+  if dd if=/dev/zero of="$M/origin" bs=4k seek=$((64 << 8)) count=1 conv=notrunc,fsync status=none 2>/dev/null; then
+    fail "fsync: a write past the end of the origin was reported durable"
+  fi
+  cow -q umount "$M"
+  # Write-through (the default): the same write fails at write() already.
+  fuse_mount "$V" "$M"
+  if dd if=/dev/zero of="$M/origin" bs=4k seek=$((64 << 8)) count=1 conv=notrunc status=none 2>/dev/null; then
+    fail "fsync: a write-through mount accepted a write past the end"
+  fi
+  cow -q umount "$M"
+  rm -rf "$V"
+fi
+
 # --- 2. throughput ------------------------------------------------------------------------------------
 if want bench; then
-  say "throughput: ext4 on a plain loop file vs ext4 on the cowsnap FUSE origin (dd, 1 MiB blocks)"
-  MB=512 REPS=5
+  # As benches/compare.sh measures: interleaved rounds, the order of the engines rotated every round
+  # (so that the machine's drift hits each alike), each round's figures divided, then min / median /
+  # max of the ratios over the rounds. FUSE_BENCH_ROUNDS (default 5), FUSE_BENCH_MIB (512), and
+  # FUSE_BENCH_MOUNT_OPTS (extra `cowsnap mount` flags, e.g. "--writeback-cache --threads 1").
+  ROUNDS=${FUSE_BENCH_ROUNDS:-5} MB=${FUSE_BENCH_MIB:-512}
+  say "throughput: ext4 on a plain loop file vs ext4 on the cowsnap FUSE origin (dd bs=1M, $MB MiB, $ROUNDS interleaved rounds)"
   drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
   mbs() { awk '/copied/ {v=$(NF-1); u=$NF; if (u ~ /^GB/) v*=1000; if (u ~ /^kB/) v/=1000; printf "%.0f", v}'; }
-  median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   # dd_pair DIR -> "write read" in MB/s: write with fdatasync, read cold (page caches dropped).
   dd_pair() {
     local d=$1 w r
+    drop
     w=$(dd if=/dev/zero of="$d/big" bs=1M count=$MB conv=fdatasync 2>&1 | mbs)
     drop
     r=$(dd if="$d/big" of=/dev/null bs=1M 2>&1 | mbs)
     rm -f "$d/big"; sync
     echo "$w $r"
   }
-  # bench NAME DIR [snapshot VOL]: median of REPS pairs; with a volume, a fresh snapshot per rep so
-  # that every write is a first write (chunk copied into the COW).
-  bench() {
-    local name=$1 d=$2 vol=${3:-} ws=() rs=() w r
-    for rep in $(seq $REPS); do
-      [ -n "$vol" ] && cow -q snapshot "$vol" --name "b$rep" --size 768M
-      read -r w r < <(dd_pair "$d")
-      ws+=("$w") rs+=("$r")
-      [ -n "$vol" ] && cow -q remove "$vol/b$rep"
-    done
-    w=$(echo "${ws[*]}" | median) r=$(echo "${rs[*]}" | median)
-    printf '[fuse] %-56s %7s %7s   (runs: %s / %s)\n' "$name" "$w" "$r" "${ws[*]}" "${rs[*]}"
-    eval "${4:-_}_w=$w ${4:-_}_r=$r"
-  }
   P=$WORK/plain.img PM=$WORK/plain
   truncate -s 1G "$P"; mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$P"
   V=$WORK/vol-bench M=$WORK/mnt-bench O=$WORK/o-bench
   cow -q create "$V" --size 1G
-  fuse_mount "$V" "$M"
+  # shellcheck disable=SC2086   # the options are words
+  fuse_mount "$V" "$M" ${FUSE_BENCH_MOUNT_OPTS:-}
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$M/origin"
-  printf '[fuse] %-56s %7s %7s\n' "sequential $MB MiB, dd bs=1M, median of $REPS (MB/s)" write read
   loop_mount -o loop "$P" "$PM"
-  bench "ext4 on a plain loop file" "$PM" "" plain
-  umount "$PM"
   loop_mount -o loop "$M/origin" "$O"
-  bench "ext4 on the cowsnap FUSE origin, no snapshot" "$O" "" fuse
-  bench "ext4 on the cowsnap FUSE origin, 1 snapshot (first writes)" "$O" "$V" snap
-  umount "$O"
+  # run ENGINE ROUND -> "write read": plain (loop file), fuse (FUSE origin, no snapshot), snap (FUSE
+  # origin with a fresh snapshot, so that every write is a first write: chunk copied into the COW).
+  run() {
+    case $1 in
+      plain) dd_pair "$PM" ;;
+      fuse) dd_pair "$O" ;;
+      snap)
+        cow -q snapshot "$V" --name "b$2" --size 768M
+        dd_pair "$O"
+        cow -q remove "$V/b$2" ;;
+    esac
+  }
+  engines=(plain fuse snap)
+  declare -A RES
+  for ((r = 0; r < ROUNDS; r++)); do
+    for ((i = 0; i < 3; i++)); do
+      e=${engines[$(((i + r) % 3))]}
+      RES[$r:$e]=$(run "$e" "$r")
+    done
+    say "round $((r + 1))/$ROUNDS (MB/s write read): plain ${RES[$r:plain]}, fuse ${RES[$r:fuse]}, snap ${RES[$r:snap]}"
+  done
+  umount "$O" "$PM"
   # The snapshot file itself, read sequentially (512 MiB: copied chunks + origin).
   cow -q snapshot "$V" --name whole --size 64M
   drop
   sn=$(dd if="$M/whole" of=/dev/null bs=1M count=512 2>&1 | mbs)
-  printf '[fuse] %-56s %7s %7s\n' "dd of MOUNTPOINT/<snapshot> itself (cold)" - "$sn"
+  say "dd of MOUNTPOINT/<snapshot> itself (cold): $sn MB/s"
   cow -q remove "$V/whole"
   cow -q umount "$M"
-  python3 - "$plain_w" "$plain_r" "$fuse_w" "$fuse_r" "$snap_w" "$snap_r" <<'EOF2'
-import sys
-pw, pr, fw, fr, sw, sr = map(float, sys.argv[1:])
-print(f"[fuse] FUSE/plain: write {fw/pw:.2f}, read {fr/pr:.2f}; with a snapshot: write {sw/pw:.2f}, read {sr/pr:.2f}")
-EOF2
-  for v in "$fuse_w" "$fuse_r" "$snap_w" "$snap_r" "$sn"; do [ "$v" -gt 5 ] || fail "implausible throughput $v MB/s"; done
+  for ((r = 0; r < ROUNDS; r++)); do echo "${RES[$r:plain]} ${RES[$r:fuse]} ${RES[$r:snap]}"; done |
+    python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+def show(name, target, vals):
+    lo, med, hi = min(vals), statistics.median(vals), max(vals)
+    verdict = "met, every round" if lo >= target else ("median only" if med >= target else "not met")
+    print(f"[fuse] {name:<44} {lo:5.2f} {med:5.2f} {hi:5.2f}   target >= {target}: {verdict}")
+    return min(vals)
+print("[fuse] %-44s   min   med   max" % "ratio (per round, then min median max)")
+show("FUSE / plain, sequential write", 0.85, [f[2] / f[0] for f in rows])
+show("FUSE / plain, sequential read (cold)", 0.85, [f[3] / f[1] for f in rows])
+show("FUSE with a snapshot / plain, first writes", 0.5, [f[4] / f[0] for f in rows])
+show("FUSE with a snapshot / plain, read (cold)", 0.85, [f[5] / f[1] for f in rows])
+for f in rows:
+    if min(f) <= 5:
+        sys.exit(f"implausible throughput in {f}")
+'
   rm -rf "$V" "$P"
 fi
 

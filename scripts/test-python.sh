@@ -125,6 +125,10 @@ case $installed in
   "$VENV"/*) say "import cowsnap -> $installed" ;;
   *) say "import cowsnap did not load the installed package: $installed"; exit 1 ;;
 esac
+# tests/test_open_dir.py makes its volume directories with the cowsnap CLI.
+say "cargo build -p cowsnap-cli (for Volume.open_dir's tests)"
+(cd "$ROOT" && cargo build -q -p cowsnap-cli)
+export COWSNAP_CLI=$ROOT/target/debug/cowsnap
 set +e
 "$VPY" -m pytest -q -p no:cacheprovider "$ROOT/bindings/python/tests" "$@"
 rc=$?

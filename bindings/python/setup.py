@@ -7,7 +7,7 @@ package (``Binding.NoBinding``: a plain C library, no Python extension module).
 Where the Rust sources are:
 - in the repository: the workspace two folders up (``../../ffi/Cargo.toml``);
 - in the sdist: ``rust/`` inside it (``rust/Cargo.toml``, ``rust/Cargo.lock``, ``rust/core``,
-  ``rust/ffi``), copied there by the ``sdist`` command below, so the sdist builds on its own.
+  ``rust/managed``, ``rust/ffi``), copied there by the ``sdist`` command below, so the sdist builds on its own.
 
 The version has one source, the workspace's ``Cargo.toml`` (``[workspace.package] version``), read
 here for the package metadata; ``cowsnap.__version__`` reads the installed metadata.
@@ -31,7 +31,7 @@ from setuptools_rust.build import build_rust
 HERE = Path(__file__).resolve().parent
 LIB_NAME = "libcowsnap.dylib" if sys.platform == "darwin" else "libcowsnap.so"
 # The crates libcowsnap is built from; the sdist carries them (and the workspace's manifest and lock).
-CRATES = ("core", "ffi")
+CRATES = ("core", "managed", "ffi")
 
 
 def rust_root() -> Path:
@@ -61,7 +61,7 @@ class BuildRust(build_rust):
 
 
 class SdistWithRust(sdist):
-    """Puts the Rust sources the library needs into the sdist's ``rust/`` folder: the two crates, the
+    """Puts the Rust sources the library needs into the sdist's ``rust/`` folder: the crates, the
     workspace lock file, and a workspace manifest listing only them."""
 
     def make_release_tree(self, base_dir, files):

@@ -4,15 +4,12 @@
 //! (`inspect`, `export`, `merge --origin --cow`) work on images copied off a real LVM/dm system.
 
 mod backupstore;
-mod files;
+mod exec;
 mod managed;
-mod manifest;
 mod mount;
-mod output;
 mod progress;
 mod raw;
 mod request;
-mod size;
 mod verify;
 
 use std::path::PathBuf;
@@ -20,125 +17,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// What kind of failure an error is; it decides the exit code (see the table in `cli/README.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The operation was refused: bad state, conflict, exists, invalid snapshot, bad argument
-    /// value. Nothing was changed. Exit code 3.
-    Refused,
-    /// The command did what was asked but something was lost on the way (an origin write that
-    /// invalidated a full snapshot). Exit code 3, printed as a warning.
-    Degraded,
-    /// An I/O error from the host, or corrupt data / metadata. Exit code 4.
-    Io,
-}
-
-impl ErrorKind {
-    /// The process exit code. 2 is clap's usage error; 1 stays unused so that scripts can tell
-    /// these apart from a crash of an older version.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            ErrorKind::Refused | ErrorKind::Degraded => 3,
-            ErrorKind::Io => 4,
-        }
-    }
-
-    /// One character on the mount daemon's wire (`E` frames start with it).
-    pub fn tag(self) -> u8 {
-        match self {
-            ErrorKind::Refused => b'R',
-            ErrorKind::Degraded => b'D',
-            ErrorKind::Io => b'I',
-        }
-    }
-
-    pub fn from_tag(t: u8) -> Option<Self> {
-        match t {
-            b'R' => Some(ErrorKind::Refused),
-            b'D' => Some(ErrorKind::Degraded),
-            b'I' => Some(ErrorKind::Io),
-            _ => None,
-        }
-    }
-}
-
-/// An error for the user: one line, already explained, and its kind.
-#[derive(Debug)]
-pub struct CliError {
-    pub kind: ErrorKind,
-    pub msg: String,
-}
-
-impl CliError {
-    /// A refused operation (the default: most messages say why something is not done).
-    pub fn msg(m: impl Into<String>) -> Self {
-        CliError {
-            kind: ErrorKind::Refused,
-            msg: m.into(),
-        }
-    }
-
-    /// A host I/O error or corrupt data.
-    pub fn io(m: impl Into<String>) -> Self {
-        CliError {
-            kind: ErrorKind::Io,
-            msg: m.into(),
-        }
-    }
-
-    /// Done, but with a loss the user must hear about.
-    pub fn degraded(m: impl Into<String>) -> Self {
-        CliError {
-            kind: ErrorKind::Degraded,
-            msg: m.into(),
-        }
-    }
-
-    /// An operation refused before anything was changed (an output that is an input, a device too
-    /// small, a hostile script...). Kept apart so that it can get its own exit code.
-    pub fn refused(m: impl Into<String>) -> Self {
-        CliError {
-            kind: ErrorKind::Refused,
-            msg: m.into(),
-        }
-    }
-
-    /// Data that does not match what it should be (a verify mismatch, a damaged sums file).
-    pub fn corrupt(m: impl Into<String>) -> Self {
-        CliError {
-            kind: ErrorKind::Io,
-            msg: m.into(),
-        }
-    }
-
-    /// A core error with what was being done.
-    pub fn core(context: impl std::fmt::Display, e: cowsnap_core::Error) -> Self {
-        CliError {
-            kind: core_kind(&e),
-            msg: format!("{context}: {e}"),
-        }
-    }
-}
-
-/// I/O and corruption are kind `Io`; everything else the core refuses is a refused operation.
-fn core_kind(e: &cowsnap_core::Error) -> ErrorKind {
-    use cowsnap_core::ErrorCode as C;
-    match e.code() {
-        C::Io | C::CorruptMetadata => ErrorKind::Io,
-        _ => ErrorKind::Refused,
-    }
-}
-
-impl From<cowsnap_core::Error> for CliError {
-    fn from(e: cowsnap_core::Error) -> Self {
-        CliError {
-            kind: core_kind(&e),
-            msg: e.to_string(),
-        }
-    }
-}
-
-pub type CliResult<T = ()> = Result<T, CliError>;
+/// Errors of every command: the managed-volume library's (one line, a kind for the exit code, a
+/// stable code).
+pub use cowsnap_managed::{Error as CliError, ErrorKind, Result as CliResult};
+// The library's modules, under the names the commands have always used.
+use cowsnap_managed::{manifest, output, size};
 
 /// Parses an LVM-style size (`512M`, `4K`, `1G`, plain bytes).
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -355,8 +238,14 @@ enum Command {
         #[arg(long)]
         allow_other: bool,
         /// FUSE request threads.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// The kernel's write-back cache for the files: writes return once in the page cache and
+        /// reach the engine as large write-back requests; fsync stays the engine's flush, but a
+        /// write's error (ENOSPC past the end, a failing COW) shows at fsync/close, not at write().
+        /// Default: write-through (every write() reaches the engine before it returns).
+        #[arg(long)]
+        writeback_cache: bool,
     },
     /// Unmount a `cowsnap mount` and wait until its process has flushed the volume and exited.
     Umount { mountpoint: PathBuf },
@@ -473,7 +362,7 @@ fn run(cli: Cli) -> CliResult {
             image,
             sums,
         } => match (target, image) {
-            (Some(t), None) => verify::verify_snapshot(&t, &sums, q),
+            (Some(t), None) => managed::verify(&t, &sums, q),
             (None, Some(i)) => verify::verify_image(&i, &sums, q),
             _ => Err(CliError::msg("verify takes either DIR/NAME or --image")),
         },
@@ -491,6 +380,7 @@ fn run(cli: Cli) -> CliResult {
             writable_snapshots,
             allow_other,
             threads,
+            writeback_cache,
         } => mount::mount(
             &dir,
             &mountpoint,
@@ -499,6 +389,7 @@ fn run(cli: Cli) -> CliResult {
                 writable_snapshots,
                 allow_other,
                 threads,
+                writeback_cache,
             },
             q,
         ),
@@ -513,6 +404,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    progress::install();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,21 +20,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cowsnap_core::{Error as CoreError, SnapshotId};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
     SessionACL, WriteFlags,
 };
 
-use crate::managed::{exec, exec_ro, Io, MountHooks, Opened};
-use crate::manifest::{Manifest, VolumeLock, LOCK};
-use crate::request::{self, FrameWriter, TAG_ERR, TAG_OK, TAG_REQUEST};
+use cowsnap_managed::client::{try_connect, with_socket_path, LOG, SOCKET};
+use cowsnap_managed::manifest::{Manifest, VolumeLock, LOCK};
+use cowsnap_managed::protocol::{self as request, FrameWriter, TAG_ERR, TAG_OK, TAG_REQUEST};
+use cowsnap_managed::{Code, Io, MountHooks, Opened};
+
+use crate::exec::{exec, exec_ro};
+use crate::request::Request as CliRequest;
 use crate::{CliError, CliResult};
 
-/// Control socket of a mounted volume, inside the volume directory.
-pub const SOCKET: &str = ".cowsnap.sock";
-/// Log of a `--daemon` mount (its stdout and stderr), inside the volume directory.
-pub const LOG: &str = ".cowsnap-mount.log";
 /// Subtype of the file system (`fuse.cowsnap` when mounted through fusermount3; the direct mount(2)
 /// path shows `fuse`, with the source `cowsnap:DIR`).
 const SUBTYPE: &str = "cowsnap";
@@ -49,78 +49,10 @@ const ORIGIN: u64 = 2;
 /// Snapshot inode = SNAP_BASE + the core's snapshot id (never reused while mounted).
 const SNAP_BASE: u64 = 16;
 const TTL: Duration = Duration::from_secs(1);
-/// Largest FUSE write request asked of the kernel.
-const MAX_WRITE: u32 = 1 << 20;
-
-/// How a managed command reaches its volume.
-pub enum Access {
-    /// The volume is mounted: talk to the mount process.
-    Remote(UnixStream),
-    /// Not mounted: the lock is ours, open the files.
-    Local(VolumeLock),
-}
-
-/// Calls `f` with a path naming `DIR/.cowsnap.sock` that fits in a unix socket address (through
-/// `/proc/self/fd` when the directory path is long).
-fn with_socket_path<T>(dir: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
-    let p = dir.join(SOCKET);
-    if p.as_os_str().len() < 100 {
-        return f(&p);
-    }
-    let d = File::open(dir)?;
-    let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", d.as_raw_fd()));
-    let r = f(&short);
-    drop(d);
-    r
-}
-
-/// Connects to the mount process of `dir`; `None` when the volume is not mounted.
-fn try_connect(dir: &Path) -> CliResult<Option<UnixStream>> {
-    if fs::symlink_metadata(dir.join(SOCKET)).is_err() {
-        return Ok(None);
-    }
-    match with_socket_path(dir, |p| UnixStream::connect(p)) {
-        Ok(s) => Ok(Some(s)),
-        // A socket left by a mount process that died: the lock decides.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(CliError::msg(format!(
-            "{} is mounted but its control socket {} refuses this process: {e}",
-            dir.display(),
-            dir.join(SOCKET).display()
-        ))),
-    }
-}
-
-/// The mount process's socket when the volume is mounted, else the volume lock (waiting for it while
-/// another command holds it, and saying so unless `quiet`).
-pub fn connect_or_lock(dir: &Path, exclusive: bool, quiet: bool) -> CliResult<Access> {
-    // Held until we are in: a waiting writer keeps new readers out (writer preference).
-    let gate = crate::manifest::Gate::enter(dir, exclusive, quiet)?;
-    let mut said = gate.said;
-    loop {
-        if let Some(s) = try_connect(dir)? {
-            return Ok(Access::Remote(s));
-        }
-        if let Some(l) = VolumeLock::try_acquire(dir, exclusive)? {
-            return Ok(Access::Local(l));
-        }
-        if !said && !quiet {
-            eprintln!(
-                "cowsnap: waiting for another cowsnap process using {}",
-                dir.display()
-            );
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// Largest FUSE write (and readahead) request asked of the kernel. The kernel caps it at
+/// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
+/// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
+const MAX_WRITE: u32 = 4 << 20;
 
 /// Options of `cowsnap mount`.
 pub struct MountOpts {
@@ -128,6 +60,8 @@ pub struct MountOpts {
     pub writable_snapshots: bool,
     pub allow_other: bool,
     pub threads: usize,
+    /// The kernel's write-back cache for the files (see `CowFs::init`).
+    pub writeback_cache: bool,
 }
 
 /// State shared by the FUSE handlers and the control socket.
@@ -136,6 +70,8 @@ struct State {
     /// Open file handles per inode (a snapshot with open handles cannot be removed).
     opens: Mutex<HashMap<u64, u32>>,
     writable_snapshots: bool,
+    /// The kernel's write-back cache is asked for (see `CowFs::init`).
+    writeback: bool,
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
@@ -241,8 +177,22 @@ impl CowFs {
 
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        // Err(limit) = the nearest value the kernel takes: use that.
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Write-back cache (`--writeback-cache`): writes land in the kernel's page cache and reach
+        // us as write-back requests. It keeps fsync honest: the kernel writes the file's dirty pages
+        // back (to `write`, here) and waits for them before it sends FUSE_FSYNC, which is the
+        // engine's flush (`fsync` below), and a write-back error is returned by that fsync. What
+        // changes is *when* a write's error shows: at fsync/close, as on any page-cached file.
+        // Commands through the control socket write the dirty pages back first (`sync_mount`).
+        if self.st.writeback {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         Ok(())
     }
 
@@ -360,6 +310,8 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_read_at(id, offset, &mut buf),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        // Not held while the reply goes to the kernel.
+        drop(v);
         match r {
             Ok(()) => reply.data(&buf),
             Err(e) => {
@@ -401,6 +353,7 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        drop(v);
         match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
@@ -455,8 +408,10 @@ impl Filesystem for CowFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The engine's flush: origin and every COW with unflushed writes.
-        match self.st.write().flush() {
+        // The engine's flush: origin and every COW with unflushed writes. (With the write-back
+        // cache the kernel has written this file's dirty pages back, and waited, before this.)
+        let r = self.st.write().flush();
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => {
                 eprintln!("cowsnap mount: fsync of inode {}: {}", ino.0, e.msg);
@@ -568,12 +523,39 @@ impl Hooks<'_> {
 /// Serves one client of the control socket: one request, its output, its result.
 fn serve_client(st: &State, stream: UnixStream) {
     let mut rd = &stream;
+    // The client's protocol version decides the form of our error (1 had no version field).
+    let mut version = 1;
     let req = match request::read_frame(&mut rd) {
-        Ok(Some((TAG_REQUEST, b))) => serde_json::from_slice::<request::Envelope>(&b)
-            .map_err(|e| CliError::msg(format!("bad request to the mount process: {e}"))),
-        Ok(_) => Err(CliError::msg("bad request to the mount process")),
-        Err(e) => Err(CliError::msg(format!("reading the request: {e}"))),
+        Ok(Some((TAG_REQUEST, b))) => {
+            if let Some(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|j| j.get("version").and_then(|v| v.as_u64()))
+            {
+                version = u32::try_from(v).unwrap_or(u32::MAX);
+            }
+            serde_json::from_slice::<request::Envelope<CliRequest>>(&b)
+                .map_err(|e| {
+                    CliError::msg(format!("bad request to the mount process: {e}"))
+                        .with_code(Code::Protocol)
+                })
+                .and_then(|env| env.check_version().map(|()| env))
+        }
+        Ok(_) => Err(CliError::msg("bad request to the mount process").with_code(Code::Protocol)),
+        Err(e) => Err(CliError::msg(format!("reading the request: {e}")).with_code(Code::Protocol)),
     };
+    // Everything written through the mount before this command is in the engine before it runs
+    // (a snapshot holds it, `cowsnap read` sees it, and a `cowsnap write` is not overwritten later
+    // by an older dirty page). No volume lock is held here: the write-back goes through the FUSE
+    // threads.
+    if st.writeback {
+        if let Err(e) = sync_mount(&st.mountpoint) {
+            eprintln!(
+                "cowsnap mount: writing back dirty pages of {} before a command: {e} (the next \
+                 fsync of the file reports it)",
+                st.mountpoint.display()
+            );
+        }
+    }
     let hooks = Hooks {
         st,
         pending: Mutex::new(Vec::new()),
@@ -600,8 +582,42 @@ fn serve_client(st: &State, stream: UnixStream) {
     let mut w = &stream;
     let _ = match result {
         Ok(()) => request::write_frame(&mut w, TAG_OK, &[]),
-        Err(e) => request::write_frame(&mut w, TAG_ERR, &request::error_payload(&e)),
+        Err(e) => request::write_frame(
+            &mut w,
+            TAG_ERR,
+            &request::error_payload_for(&e, version.min(request::VERSION)),
+        ),
     };
+}
+
+/// syncfs(2) of the mount: the kernel writes every dirty page of its files back to this process
+/// and waits for the replies.
+fn sync_mount(mnt: &Path) -> io::Result<()> {
+    let d = File::open(mnt)?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Readahead of the mount's files: the kernel starts a FUSE mount at 128 KiB (what it offers at
+/// INIT); a loop device reading a file sequentially gets whole `MAX_WRITE` requests with more. Best
+/// effort (root only: `/sys/class/bdi/MAJ:MIN/read_ahead_kb`); read from mountinfo, not `stat`,
+/// which would ask this very process before it serves.
+fn tune_readahead(mnt: &Path) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && Path::new(f[4]) == mnt).then(|| f[2].to_string())
+    }) else {
+        return;
+    };
+    let _ = fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        (MAX_WRITE / 1024).to_string(),
+    );
 }
 
 /// Parses `/proc/self/mountinfo`: (mount point, fs type, source) of every mount.
@@ -822,6 +838,7 @@ fn serve_inner(
         vol: RwLock::new(v),
         opens: Mutex::new(HashMap::new()),
         writable_snapshots: opts.writable_snapshots,
+        writeback: opts.writeback_cache,
         // SAFETY: getuid/getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
@@ -858,6 +875,8 @@ fn serve_inner(
         config.mount_options.push(MountOption::DefaultPermissions);
     }
     config.n_threads = Some(opts.threads.max(1));
+    // One /dev/fuse descriptor per thread: requests are handed to the threads by the kernel.
+    config.clone_fd = true;
     let session = Session::new(CowFs { st: st.clone() }, mnt, &config).map_err(|e| {
         CliError::msg(format!(
             "cannot mount FUSE at {}: {e} (needs /dev/fuse, and root or fusermount3)",
@@ -865,6 +884,7 @@ fn serve_inner(
         ))
     })?;
     let _ = st.notifier.set(session.notifier());
+    tune_readahead(mnt);
 
     {
         let st = st.clone();

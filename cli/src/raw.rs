@@ -6,8 +6,9 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cowsnap_core::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
+use cowsnap_core::check::{check, Report};
 use cowsnap_core::store::persistent::{for_each_record, survey, Geometry, Scan, SNAP_MAGIC};
+use cowsnap_core::testkit::replay::{replay_on, ReplayDevices, RunSnapshot, Script};
 use cowsnap_core::{
     BlockDevice, Error, Exception, FileDevice, SnapshotOptions, SnapshotState, SnapshotStatus,
     Volume,
@@ -44,13 +45,60 @@ fn scan(cow: &dyn BlockDevice, path: &Path) -> CliResult<Scan> {
     })
 }
 
-/// Describes a COW. One pass over the metadata checks it as activation does and gives the counts
-/// and the status (what activating it reports, computed from the same pass); `--exceptions` then
-/// streams the records area by area to the output, so memory stays bounded by one area whatever
-/// the number of records (the checks need about 16 bytes per record while they run).
+/// The problems of a checked COW, as JSON objects.
+fn problems_json(r: &Report) -> serde_json::Value {
+    r.problems
+        .iter()
+        .map(|p| {
+            json!({
+                "location": p.location.to_string(),
+                "problem": p.kind.to_string(),
+                "damage": p.kind.is_damage(),
+            })
+        })
+        .collect()
+}
+
+/// Refuses a COW the checker found damaged, listing every problem (and, with `--json`, printing
+/// the report as JSON first).
+fn refuse_damaged(path: &Path, r: &Report, as_json: bool) -> CliResult {
+    if as_json {
+        let doc = json!({
+            "file": path.display().to_string(),
+            "size": r.len,
+            "problems": problems_json(r),
+            "problems_omitted": r.omitted,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    let mut lines: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+    if r.omitted > 0 {
+        lines.push(format!("... and {} more", r.omitted));
+    }
+    let what = if lines.len() == 1 {
+        lines.remove(0)
+    } else {
+        format!("{} problems:\n  {}", lines.len(), lines.join("\n  "))
+    };
+    Err(CliError::corrupt(format!(
+        "{}: not a usable dm-snapshot persistent COW: {what}",
+        path.display()
+    )))
+}
+
+/// Describes a COW. The checker (`cowsnap_core::check`) first reads the header and every metadata
+/// area and lists every problem with its place; a COW activation would refuse is refused with the
+/// whole list. Otherwise one pass over the metadata gives the counts and the status (what
+/// activating it reports); `--exceptions` then streams the records area by area to the output, so
+/// memory stays bounded by one area whatever the number of records. Warnings (records that look
+/// lost) are printed with the rest.
 pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
     let cow = open(path, false)?;
     let cow_len = cow.len();
+    let report = check(&cow, None).map_err(|e| CliError::core(path.display(), e))?;
+    if !report.activates() {
+        return refuse_damaged(path, &report, as_json);
+    }
     let s = scan(&cow, path)?;
     let st: SnapshotStatus = s.status(cow_len);
     let geo = Geometry { chunk: s.chunk };
@@ -80,6 +128,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
             "sectors_allocated": st.sectors_allocated,
             "total_sectors": st.total_sectors,
             "metadata_sectors": st.metadata_sectors,
+            "problems": problems_json(&report),
         });
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if !list {
@@ -132,6 +181,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
         None => "Data%:          -".to_string(),
     });
     lines.push(format!("dm status:      {}", st.dm_status()));
+    lines.extend(report.problems.iter().map(|p| p.to_string()));
     for l in lines {
         writeln!(out, "{l}").map_err(w)?;
     }
@@ -309,7 +359,7 @@ fn check_script(s: &Script) -> CliResult {
             ));
         }
     }
-    cowsnap_core::replay::check(s).or_else(|e| bad(e.to_string()))
+    cowsnap_core::testkit::replay::check(s).or_else(|e| bad(e.to_string()))
 }
 
 /// The replay's devices: temporary files beside the outputs they become.

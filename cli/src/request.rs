@@ -1,62 +1,14 @@
-//! Commands on a managed volume as data, so that they run the same way in this process or in the
-//! `cowsnap mount` daemon that holds the volume open (forwarded over its unix socket).
-//!
-//! Wire format on the socket (one connection per command): the client sends one frame `R` holding the
-//! JSON request; the server answers with any number of `O` frames (bytes for the client's stdout) and
-//! exactly one final frame, `K` (success) or `E` (the error kind's tag byte, `R`, `D` or `I`, then a
-//! one-line message). A frame is a tag byte, a
-//! big-endian u32 length and that many bytes.
+//! The commands the CLI sends to a volume as data: the managed-volume library's requests, plus
+//! the image commands that only the CLI runs (backups, verify). Untagged, so the wire format of
+//! each is its own (`{"Snapshot":{...}}`, `{"Backup":{...}}`), as in protocol version 1.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::size::SizeArg;
-use crate::{CliError, CliResult};
-
-/// A command on a managed volume, with every path already absolute.
+/// Commands that write images (the CLI's image helpers) from a volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Request {
-    Snapshot {
-        name: String,
-        size: u64,
-        store: String,
-        autoextend: Option<String>,
-        chunk_size: Option<u64>,
-    },
-    Lvs {
-        json: bool,
-    },
-    Write {
-        snap: Option<String>,
-        offset: u64,
-        fill: Option<u8>,
-        from: Option<PathBuf>,
-        len: u64,
-    },
-    Read {
-        snap: Option<String>,
-        offset: u64,
-        len: u64,
-        out: Option<PathBuf>,
-    },
-    Remove {
-        snap: String,
-        /// Drop a broken snapshot from the manifest.
-        #[serde(default)]
-        force: bool,
-    },
-    Merge {
-        snap: String,
-    },
-    Extend {
-        snap: String,
-        size: SizeArg,
-    },
+pub enum ImageRequest {
     Backup {
         snap: String,
         out: PathBuf,
@@ -74,260 +26,32 @@ pub enum Request {
     },
 }
 
-/// What the client sends: the request and its `--quiet`.
+/// A command on a managed volume, with every path already absolute.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
-    pub quiet: bool,
-    pub request: Request,
+#[serde(untagged)]
+pub enum Request {
+    Volume(cowsnap_managed::Request),
+    Image(ImageRequest),
 }
 
 impl Request {
     /// True when the command changes the volume (exclusive lock; the daemon's write lock).
     pub fn writes(&self) -> bool {
-        !matches!(
-            self,
-            Request::Lvs { .. }
-                | Request::Read { .. }
-                | Request::Backup { .. }
-                | Request::BackupTo { .. }
-                | Request::Verify { .. }
-        )
-    }
-}
-
-pub const TAG_REQUEST: u8 = b'R';
-pub const TAG_OUT: u8 = b'O';
-pub const TAG_OK: u8 = b'K';
-pub const TAG_ERR: u8 = b'E';
-/// Server to client: send the input now (`write --from`).
-pub const TAG_GO: u8 = b'G';
-/// Client to server: input bytes; an empty frame ends the input.
-pub const TAG_DATA: u8 = b'D';
-/// Largest frame accepted (requests are small; output frames are cut at `OUT_FRAME`).
-const MAX_FRAME: u32 = 16 << 20;
-/// Output is sent in frames of this size.
-const OUT_FRAME: usize = 1 << 20;
-
-pub fn write_frame(w: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    let mut head = [0u8; 5];
-    head[0] = tag;
-    head[1..].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)
-}
-
-/// Reads one frame; `None` at a clean end of stream.
-pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is too large"),
-        ));
-    }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
-    Ok(Some((head[0], payload)))
-}
-
-/// A `Write` that sends everything as `O` frames (buffered up to 1 MiB).
-pub struct FrameWriter<W: Write> {
-    inner: W,
-    buf: Vec<u8>,
-}
-
-impl<W: Write> FrameWriter<W> {
-    pub fn new(inner: W) -> Self {
-        FrameWriter {
-            inner,
-            buf: Vec::new(),
+        match self {
+            Request::Volume(r) => r.writes(),
+            Request::Image(_) => false,
         }
     }
 }
 
-impl<W: Write> Write for FrameWriter<W> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let n = b.len().min(OUT_FRAME - self.buf.len());
-        self.buf.extend_from_slice(&b[..n]);
-        if self.buf.len() >= OUT_FRAME {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            write_frame(&mut self.inner, TAG_OUT, &self.buf)?;
-            self.buf.clear();
-        }
-        self.inner.flush()
+impl From<cowsnap_managed::Request> for Request {
+    fn from(r: cowsnap_managed::Request) -> Self {
+        Request::Volume(r)
     }
 }
 
-/// Writes to a socket without SIGPIPE (the client keeps the default action of SIGPIPE for stdout):
-/// a peer that went away is an `EPIPE` error.
-pub struct NoSigPipe<'a>(pub &'a UnixStream);
-
-impl Write for NoSigPipe<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: send from a valid buffer on a socket we own.
-            let n = unsafe {
-                libc::send(
-                    self.0.as_raw_fd(),
-                    b.as_ptr().cast(),
-                    b.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Server side: the client's input, asked for (`G`) on the first read and received as `D` frames.
-pub struct FrameReader<'a> {
-    stream: &'a UnixStream,
-    asked: bool,
-    eof: bool,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl<'a> FrameReader<'a> {
-    pub fn new(stream: &'a UnixStream) -> Self {
-        FrameReader {
-            stream,
-            asked: false,
-            eof: false,
-            buf: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for FrameReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let mut s = self.stream;
-        if !self.asked {
-            write_frame(&mut s, TAG_GO, &[])?;
-            self.asked = true;
-        }
-        while self.at == self.buf.len() && !self.eof {
-            match read_frame(&mut s)? {
-                Some((TAG_DATA, b)) if b.is_empty() => self.eof = true,
-                Some((TAG_DATA, b)) => {
-                    self.buf = b;
-                    self.at = 0;
-                }
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the client stopped sending data",
-                    ))
-                }
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// The payload of an `E` frame: the error kind's tag byte, then the one-line message.
-pub fn error_payload(e: &CliError) -> Vec<u8> {
-    let mut v = vec![e.kind.tag()];
-    v.extend_from_slice(e.msg.as_bytes());
-    v
-}
-
-/// Reads an `E` frame's payload back into an error (a payload without a known tag is refused).
-pub fn parse_error_payload(b: &[u8]) -> CliError {
-    match b.split_first() {
-        Some((&t, rest)) if crate::ErrorKind::from_tag(t).is_some() => CliError {
-            kind: crate::ErrorKind::from_tag(t).unwrap_or(crate::ErrorKind::Refused),
-            msg: String::from_utf8_lossy(rest).into_owned(),
-        },
-        _ => CliError::msg(String::from_utf8_lossy(b).into_owned()),
-    }
-}
-
-/// Client side: sends `req` to the mount daemon on `stream`, copies its output to stdout, and returns
-/// its result.
-pub fn call(
-    mut stream: UnixStream,
-    req: &Request,
-    quiet: bool,
-    mut input: Option<File>,
-) -> CliResult {
-    let lost =
-        |e: io::Error| CliError::msg(format!("lost the connection to the mount daemon: {e}"));
-    let env = Envelope {
-        quiet,
-        request: req.clone(),
-    };
-    let json =
-        serde_json::to_vec(&env).map_err(|e| CliError::msg(format!("encode request: {e}")))?;
-    write_frame(&mut NoSigPipe(&stream), TAG_REQUEST, &json).map_err(lost)?;
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    loop {
-        match read_frame(&mut stream).map_err(lost)? {
-            Some((TAG_OUT, b)) => out
-                .write_all(&b)
-                .map_err(|e| CliError::msg(format!("stdout: {e}")))?,
-            Some((TAG_GO, _)) => {
-                // If the server stops reading (an error), its answer follows: keep reading frames.
-                let mut buf = vec![0u8; OUT_FRAME];
-                let mut w = NoSigPipe(&stream);
-                if let Some(f) = input.as_mut() {
-                    loop {
-                        let n = f
-                            .read(&mut buf)
-                            .map_err(|e| CliError::msg(format!("reading --from: {e}")))?;
-                        if n == 0 || write_frame(&mut w, TAG_DATA, &buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-                let _ = write_frame(&mut w, TAG_DATA, &[]);
-            }
-            Some((TAG_OK, _)) => {
-                return out
-                    .flush()
-                    .map_err(|e| CliError::msg(format!("stdout: {e}")))
-            }
-            Some((TAG_ERR, b)) => {
-                let _ = out.flush();
-                return Err(parse_error_payload(&b));
-            }
-            Some((t, _)) => {
-                return Err(CliError::msg(format!(
-                    "mount daemon sent an unknown frame {t:#x}"
-                )))
-            }
-            None => {
-                return Err(CliError::msg(
-                    "the mount daemon closed the connection before answering",
-                ))
-            }
-        }
+impl From<ImageRequest> for Request {
+    fn from(r: ImageRequest) -> Self {
+        Request::Image(r)
     }
 }

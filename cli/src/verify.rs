@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::managed::{Io, Opened};
 use crate::output::{entry_of, Guard, Kind, Target, Writer};
 use crate::{CliError, CliResult};
+use cowsnap_managed::{Io, Opened};
 
 /// Bytes per checksum: 32 bytes of hash (65 of text) per 64 KiB, 0.1% of the image.
 pub const BLOCK: u64 = 64 << 10;
@@ -454,10 +454,6 @@ pub fn exec_verify(v: &Opened, name: &str, sums: &Path, io: &mut Io) -> CliResul
         .map_err(|e| CliError::io(format!("stdout: {e}")))?;
     }
     Ok(())
-}
-
-pub fn verify_snapshot(target: &Path, sums: &Path, quiet: bool) -> CliResult {
-    crate::managed::verify(target, sums, quiet)
 }
 
 /// `verify --image IMG --sums FILE`: a file must be exactly the size listed; a device at least.

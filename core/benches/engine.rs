@@ -6,6 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cowsnap_core::store::persistent::{Geometry, Header};
+use cowsnap_core::testkit::device::{Access, Hooked, Verdict};
 use cowsnap_core::{BlockDevice, ChunkSize, FileDevice, MemDevice, SnapshotOptions, Volume};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -23,22 +24,17 @@ fn tmp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("cowsnap-bench-{}-{name}", std::process::id()))
 }
 
-/// Counts flushes, to report flushes per MiB of first writes.
-struct CountFlush<D>(D, std::sync::Arc<std::sync::atomic::AtomicU64>);
-impl<D: BlockDevice> BlockDevice for CountFlush<D> {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        self.0.read_at(o, b)
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        self.0.write_at(o, b)
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.flush()
-    }
+/// `dev`, counting its flushes into `n`, to report flushes per MiB of first writes.
+fn count_flush<D: BlockDevice>(
+    dev: D,
+    n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Hooked<D> {
+    Hooked::new(dev, move |a| {
+        if a == Access::Flush {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Verdict::Pass
+    })
 }
 
 enum Kind {
@@ -253,7 +249,7 @@ fn flushes_per_mib(_c: &mut Criterion) {
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut vol = Volume::new(MemDevice::new(VOL as usize));
         vol.create_snapshot(
-            CountFlush(MemDevice::new((VOL + (4 << 20)) as usize), count.clone()),
+            count_flush(MemDevice::new((VOL + (4 << 20)) as usize), count.clone()),
             opts(),
         )
         .unwrap();

@@ -99,11 +99,7 @@ impl Default for ChunkSize {
 
 /// Checks that `[offset, offset+len)` lies inside a device of `size` bytes.
 pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
-    let len = len as u64;
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::OutOfRange { offset, len, size }),
-    }
+    crate::limits::check_range(offset, len as u64, size)
 }
 
 /// Splits `[offset, offset+len)` into pieces that each lie inside one chunk:

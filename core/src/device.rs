@@ -58,7 +58,9 @@ pub trait FlushHandle: Send + Sync {
 /// (the same for every path, symlink or hard link that names the file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceId {
+    /// `st_dev`: the file system (or device) the file lives on.
     pub dev: u64,
+    /// `st_ino`: the file's inode number on that file system.
     pub ino: u64,
 }
 
@@ -131,6 +133,30 @@ impl MemDevice {
     /// A zero-filled device of `len` bytes.
     pub fn new(len: usize) -> Self {
         MemDevice { data: vec![0; len] }
+    }
+
+    /// A zero-filled device of `len` bytes, or `NO_SPACE` when the memory cannot be had (instead of
+    /// aborting, as [`MemDevice::new`] does). The memory comes zeroed from the allocator (calloc),
+    /// not allocated then filled: the system hands out zero pages lazily, so a large memory COW costs
+    /// no time up front (it is often created while an application holds its database lock).
+    pub fn try_new(len: u64) -> Result<Self> {
+        let n = usize::try_from(len).map_err(|_| Error::NoSpace)?;
+        if n == 0 {
+            return Ok(MemDevice::default());
+        }
+        let layout = alloc::alloc::Layout::array::<u8>(n).map_err(|_| Error::NoSpace)?;
+        #[allow(unsafe_code)]
+        // SAFETY: `layout` has a non-zero size (n > 0). A non-null `ptr` comes from the global
+        // allocator with exactly this layout (n bytes, align 1) and all n bytes initialised (zero);
+        // the Vec takes ownership and frees it with the same layout.
+        let data = unsafe {
+            let ptr = alloc::alloc::alloc_zeroed(layout);
+            if ptr.is_null() {
+                return Err(Error::NoSpace);
+            }
+            Vec::from_raw_parts(ptr, n, n)
+        };
+        Ok(MemDevice { data })
     }
 
     /// A device holding `data` (for instance a COW image read from a file).

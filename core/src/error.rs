@@ -10,9 +10,19 @@ use core::fmt;
 #[non_exhaustive]
 pub enum Error {
     /// I/O outside the device (or snapshot) bounds. Nothing was read or written.
-    OutOfRange { offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// Size of the device or snapshot, in bytes.
+        size: u64,
+    },
     /// A chunk size that is not a power of two number of sectors in the accepted range.
-    BadChunkSize { bytes: u64 },
+    BadChunkSize {
+        /// The size asked for, in bytes.
+        bytes: u64,
+    },
     /// An argument that makes no sense (a zero-length COW, a bad policy...).
     InvalidArgument(&'static str),
     /// The snapshot has been invalidated (COW overflow or an I/O error); its data is gone for good.
@@ -33,69 +43,97 @@ pub enum Error {
     Unsupported(&'static str),
 }
 
-/// Stable error codes, shared by the C ABI, Python and JavaScript (`code` names are `name()`).
-///
-/// Numbers never change once released; new kinds get new numbers.
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    Ok = 0,
-    OutOfRange = -1,
-    BadChunkSize = -2,
-    InvalidArgument = -3,
-    SnapshotInvalid = -4,
-    SnapshotOverflow = -5,
-    NoSpace = -6,
-    UnknownSnapshot = -7,
-    CorruptMetadata = -8,
-    Io = -9,
-    Merging = -10,
-    Unsupported = -11,
-    NullPointer = -12,
-    Panic = -13,
-    BufferTooSmall = -14,
+/// Declares the stable error codes once: the Rust enum, its numbers, names and descriptions, from
+/// which every front end's table is derived (the C enum in `ffi/src/result.rs` and the TypeScript
+/// union in `wasm/js/index.d.ts` are generated from [`ErrorCode::ALL`] and checked by a test; Python
+/// builds its exception classes at import through `cowsnap_error_codes` / `cowsnap_error_name`).
+macro_rules! error_codes {
+    ($( $variant:ident = $num:literal, $name:literal, $desc:literal; )*) => {
+        /// Stable error codes, shared by the C ABI, Python and JavaScript (`code` names are
+        /// [`ErrorCode::name`]).
+        ///
+        /// Numbers never change once released; new kinds get new numbers.
+        #[repr(i32)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( #[doc = $desc] $variant = $num, )*
+        }
+
+        impl ErrorCode {
+            /// All codes, in number order (0, -1, -2...), for front ends that build tables from them.
+            pub const ALL: [ErrorCode; [$($name),*].len()] = [$(ErrorCode::$variant),*];
+
+            /// The stable name, as used for C enum constants (`COWSNAP_ERR_<NAME>`, `COWSNAP_OK`),
+            /// Python's `CowsnapError.name` and JS `error.code`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+
+            /// [`ErrorCode::name`] with a terminating NUL, for C callers.
+            pub const fn name_nul(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => concat!($name, "\0"),)*
+                }
+            }
+
+            /// What the code means, in one sentence (documentation of every front end's constant).
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $desc,)*
+                }
+            }
+
+            /// [`ErrorCode::description`] with a terminating NUL, for C callers.
+            pub const fn description_nul(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => concat!($desc, "\0"),)*
+                }
+            }
+
+            /// The code with this number, if any.
+            pub fn from_i32(value: i32) -> Option<ErrorCode> {
+                ErrorCode::ALL.iter().copied().find(|c| *c as i32 == value)
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// All codes, for front ends that build tables from them.
-    pub const ALL: [ErrorCode; 15] = [
-        ErrorCode::Ok,
-        ErrorCode::OutOfRange,
-        ErrorCode::BadChunkSize,
-        ErrorCode::InvalidArgument,
-        ErrorCode::SnapshotInvalid,
-        ErrorCode::SnapshotOverflow,
-        ErrorCode::NoSpace,
-        ErrorCode::UnknownSnapshot,
-        ErrorCode::CorruptMetadata,
-        ErrorCode::Io,
-        ErrorCode::Merging,
-        ErrorCode::Unsupported,
-        ErrorCode::NullPointer,
-        ErrorCode::Panic,
-        ErrorCode::BufferTooSmall,
-    ];
-
-    /// The stable name, as used for C enum constants (`COWSNAP_<NAME>`) and JS `error.code`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::Ok => "OK",
-            ErrorCode::OutOfRange => "OUT_OF_RANGE",
-            ErrorCode::BadChunkSize => "BAD_CHUNK_SIZE",
-            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorCode::SnapshotInvalid => "SNAPSHOT_INVALID",
-            ErrorCode::SnapshotOverflow => "SNAPSHOT_OVERFLOW",
-            ErrorCode::NoSpace => "NO_SPACE",
-            ErrorCode::UnknownSnapshot => "UNKNOWN_SNAPSHOT",
-            ErrorCode::CorruptMetadata => "CORRUPT_METADATA",
-            ErrorCode::Io => "IO",
-            ErrorCode::Merging => "MERGING",
-            ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::NullPointer => "NULL_POINTER",
-            ErrorCode::Panic => "PANIC",
-            ErrorCode::BufferTooSmall => "BUFFER_TOO_SMALL",
-        }
-    }
+error_codes! {
+    Ok = 0, "OK",
+        "Success.";
+    OutOfRange = -1, "OUT_OF_RANGE",
+        "I/O outside the volume (or snapshot) bounds; nothing was read or written.";
+    BadChunkSize = -2, "BAD_CHUNK_SIZE",
+        "Chunk size not a power of two between 4 KiB and 512 KiB.";
+    InvalidArgument = -3, "INVALID_ARGUMENT",
+        "An argument that makes no sense (zero size, unknown enum value, bad autoextend policy, \
+         an option combination dm has no store type for, a handle used after it was freed...).";
+    SnapshotInvalid = -4, "SNAPSHOT_INVALID",
+        "The snapshot was invalidated (COW overflow on an origin write, or an I/O error): delete \
+         it.";
+    SnapshotOverflow = -5, "SNAPSHOT_OVERFLOW",
+        "The snapshot (overflow mode report, dm's PO) is full: snapshot writes are refused, reads \
+         still work.";
+    NoSpace = -6, "NO_SPACE",
+        "The COW device is too small (or memory could not be allocated).";
+    UnknownSnapshot = -7, "UNKNOWN_SNAPSHOT",
+        "No snapshot with this id (never created, deleted or merged).";
+    CorruptMetadata = -8, "CORRUPT_METADATA",
+        "A COW device whose metadata is not a dm-snapshot persistent store cowsnap can trust.";
+    Io = -9, "IO",
+        "The operating system reported an I/O error (including failing to open a file).";
+    Merging = -10, "MERGING",
+        "The snapshot is being merged (or a merge was stopped by its progress callback).";
+    Unsupported = -11, "UNSUPPORTED",
+        "Not supported for this snapshot or device.";
+    NullPointer = -12, "NULL_POINTER",
+        "A required pointer argument was NULL.";
+    Panic = -13, "PANIC",
+        "An internal error (a Rust panic, caught at the boundary). The volume may be unusable.";
+    BufferTooSmall = -14, "BUFFER_TOO_SMALL",
+        "The caller's buffer is too small; the size needed was stored in the out-parameter.";
 }
 
 impl Error {

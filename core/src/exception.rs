@@ -16,15 +16,20 @@ use alloc::vec::Vec;
 /// One exception: origin chunk `old` is preserved in COW chunk `new`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Exception {
+    /// The origin chunk.
     pub old: u64,
+    /// The COW chunk holding its data as it was.
     pub new: u64,
 }
 
 /// A run of consecutive exceptions: `old..old+len` → `new..new+len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
+    /// First origin chunk.
     pub old: u64,
+    /// COW chunk of the first origin chunk.
     pub new: u64,
+    /// Number of chunks (at least 1).
     pub len: u64,
 }
 

@@ -14,29 +14,31 @@
 //! assert_eq!(vol.snapshot_status(snap).unwrap().dm_status(), "24/512 16");
 //! ```
 #![no_std]
-#![deny(unsafe_code)] // one audited exception: `posix_fallocate` in `device::file::reserve`
+#![deny(unsafe_code)]
+// audited exceptions: `posix_fallocate` in `device::file::reserve`, `alloc_zeroed` in `MemDevice::try_new`
 #![warn(missing_docs)]
-#![allow(missing_docs)] // fields of plain-data structs are documented on the struct
 
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod check;
 pub mod chunk;
 #[cfg(feature = "std")]
 pub mod committer;
 pub mod device;
 pub mod error;
 pub mod exception;
-#[doc(hidden)]
-pub mod fuzzing;
 mod held;
-pub mod replay;
+pub mod limits;
+pub mod merge_stepper;
 #[cfg(feature = "std")]
 pub mod shared;
 pub mod snapshot;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod volume;
 
 pub use chunk::{ChunkSize, SECTOR_SIZE};
@@ -45,10 +47,11 @@ pub use device::{BlockDevice, DeviceId, MemDevice};
 pub use device::{FileDevice, FlushHandle};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
+pub use merge_stepper::{MergeEvent, MergeStepper};
 #[cfg(feature = "std")]
 pub use shared::{SharedVolume, COMMIT_INTERVAL};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};
-pub use status::{SnapshotState, SnapshotStatus};
+pub use status::{origin_lvs_attr, SnapshotState, SnapshotStatus};
 pub use store::{StoreKind, Usage};
 pub use volume::{MergeProgress, SnapshotId, Volume};
 

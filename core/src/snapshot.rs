@@ -71,10 +71,73 @@ impl Autoextend {
 /// How to create a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SnapshotOptions {
+    /// The unit of copy-on-write (`lvcreate --chunksize`).
     pub chunk_size: ChunkSize,
+    /// Where the exception records live: on the COW device (`P`, `PO`) or in memory (`N`).
     pub store: StoreKind,
+    /// What a snapshot write does when the COW is full (`P` invalidates, `PO` reports).
     pub overflow: OverflowMode,
+    /// Grow the COW before it fills up (LVM's `snapshot_autoextend_*`); `None`: never.
     pub autoextend: Option<Autoextend>,
+}
+
+/// LVM's `SNAPSHOT_MIN_CHUNKS`: the smallest persistent COW `lvcreate -s` accepts holds the header,
+/// the first metadata area and one data chunk. (The engine formats two chunks, but such a COW has no
+/// room for any data: the first origin write would invalidate it.)
+const MIN_PERSISTENT_CHUNKS: u64 = 3;
+
+impl SnapshotOptions {
+    /// The rules on the options themselves, applied by [`Volume::create_snapshot`] and
+    /// [`Volume::activate_snapshot`] and so by every front end: dm's store types are `P`, `PO` and
+    /// `N` — overflow mode [`OverflowMode::Report`] (`PO`) needs the persistent store — and the
+    /// autoextend numbers must make sense ([`Autoextend::validate`]).
+    ///
+    /// [`Volume::create_snapshot`]: crate::Volume::create_snapshot
+    /// [`Volume::activate_snapshot`]: crate::Volume::activate_snapshot
+    pub fn validate(self) -> Result<Self> {
+        if self.store == StoreKind::Transient && self.overflow == OverflowMode::Report {
+            return Err(Error::InvalidArgument(
+                "overflow mode report (dm's PO) needs a persistent store",
+            ));
+        }
+        if let Some(a) = self.autoextend {
+            a.validate()?;
+        }
+        Ok(self)
+    }
+
+    /// Smallest COW device the front ends create for these options: 3 chunks for a persistent store
+    /// (LVM's minimum: header, metadata area, one data chunk), 1 for a transient one.
+    pub fn min_cow_len(&self) -> u64 {
+        let chunks = match self.store {
+            StoreKind::Persistent => MIN_PERSISTENT_CHUNKS,
+            StoreKind::Transient => 1,
+        };
+        chunks * self.chunk_size.bytes()
+    }
+
+    /// Why [`SnapshotOptions::min_cow_len`] is what it is, for front ends' messages.
+    pub fn min_cow_reason(&self) -> &'static str {
+        match self.store {
+            StoreKind::Persistent => {
+                "a persistent COW needs 3 chunks (header, metadata area, one data chunk)"
+            }
+            StoreKind::Transient => "a transient COW needs 1 chunk",
+        }
+    }
+
+    /// The size rule for a new COW device, checked by every front end before it allocates or
+    /// creates anything: 0 is `INVALID_ARGUMENT`, less than [`SnapshotOptions::min_cow_len`] is
+    /// `NO_SPACE`, more than [`crate::limits::MAX_DEVICE_LEN`] is `INVALID_ARGUMENT`.
+    pub fn check_cow_len(&self, len: u64) -> Result<()> {
+        if len == 0 {
+            return Err(Error::InvalidArgument("COW size is 0"));
+        }
+        if len < self.min_cow_len() {
+            return Err(Error::NoSpace);
+        }
+        crate::limits::check_cow_growth(len)
+    }
 }
 
 /// A snapshot of a volume's origin.
@@ -129,7 +192,7 @@ enum CopyError {
 impl Snapshot {
     /// A new snapshot on `cow` (formatted fresh for a persistent store, as `lvcreate -s` does).
     pub(crate) fn create(mut cow: Box<dyn BlockDevice>, opts: SnapshotOptions) -> Result<Self> {
-        let autoextend = opts.autoextend.map(Autoextend::validate).transpose()?;
+        let autoextend = opts.validate()?.autoextend;
         let store: Box<dyn ExceptionStore> = match opts.store {
             StoreKind::Persistent => Box::new(PersistentStore::create(&mut *cow, opts.chunk_size)?),
             StoreKind::Transient => {
@@ -158,7 +221,7 @@ impl Snapshot {
         if opts.store == StoreKind::Transient {
             return Self::create(cow, opts);
         }
-        let autoextend = opts.autoextend.map(Autoextend::validate).transpose()?;
+        let autoextend = opts.validate()?.autoextend;
         let mut table = ExceptionTable::new();
         let store =
             PersistentStore::open(&*cow, |c: ChunkSize| c.chunks_in(origin_len), &mut table)?;

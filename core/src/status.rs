@@ -33,10 +33,13 @@ impl SnapshotState {
 /// A snapshot's status, with the numbers `dmsetup status` prints.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotStatus {
+    /// Where the snapshot is in its life cycle.
     pub state: SnapshotState,
+    /// Its exception store.
     pub store: StoreKind,
     /// True for `PO`: snapshot-write overflow is reported instead of invalidating.
     pub overflow_reporting: bool,
+    /// Chunk size in bytes.
     pub chunk_bytes: u64,
     /// Sectors handed out (header and metadata included).
     pub sectors_allocated: u64,
@@ -94,6 +97,28 @@ impl SnapshotStatus {
             SnapshotState::Invalid => "swi-I-s---",
             SnapshotState::Merging => "Swi-a-s---",
         }
+    }
+}
+
+/// The 10-character `lvs` attribute string of an origin LV: `-wi-a-----` without snapshots,
+/// `owi-a-s---` with some, `Owi-a-s---` while one of them merges into it.
+pub fn origin_lvs_attr(has_snapshots: bool, merging: bool) -> &'static str {
+    match (has_snapshots, merging) {
+        (_, true) => "Owi-a-s---",
+        (true, false) => "owi-a-s---",
+        (false, false) => "-wi-a-----",
+    }
+}
+
+impl crate::Volume {
+    /// The origin's `lvs` attribute string ([`origin_lvs_attr`] of this volume's snapshots).
+    pub fn origin_lvs_attr(&self) -> &'static str {
+        let ids = self.snapshot_ids();
+        let merging = ids.iter().any(|&id| {
+            self.snapshot_status(id)
+                .is_ok_and(|s| s.state == SnapshotState::Merging)
+        });
+        origin_lvs_attr(!ids.is_empty(), merging)
     }
 }
 

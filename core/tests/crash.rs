@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use cowsnap_core::testkit::device::{Access, Hooked, SharedMem, Verdict};
 use cowsnap_core::{
     BlockDevice, ChunkSize, Error, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
     SnapshotState, StoreKind, Volume,
@@ -26,72 +27,87 @@ struct Power {
     torn: Option<(usize, u64, Vec<u8>)>,
 }
 
-struct FaultDev {
+/// A device of the rig: memory (the bytes a read sees) behind a hook that counts operations, fails
+/// the chosen one, cuts the power at the chosen write or flush, and keeps what is durable (the
+/// bytes at the last flush) and the writes since, for `after_crash`.
+type FaultDev = Hooked<SharedMem>;
+
+/// What one device's hook keeps: its durable bytes and the writes since its last flush.
+struct Journal {
     idx: usize,
-    current: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<(u64, Vec<u8>)>,
+}
+
+impl Journal {
+    fn publish(&self, images: &Images) {
+        images.lock().unwrap()[self.idx] = Some((self.durable.clone(), self.pending.clone()));
+    }
+}
+
+/// Counts one operation; fails it when it is the chosen one or the power is gone.
+fn op(power: &Mutex<Power>) -> cowsnap_core::Result<()> {
+    let mut p = power.lock().unwrap();
+    if p.dead {
+        return Err(Error::io("power lost"));
+    }
+    p.ops += 1;
+    if p.fail_op == Some(p.ops - 1) {
+        return Err(Error::io("injected I/O error"));
+    }
+    Ok(())
+}
+
+/// Counts one write or flush (a crash point); true when the power goes now.
+fn crash_point(power: &Mutex<Power>) -> bool {
+    let mut p = power.lock().unwrap();
+    p.writes += 1;
+    if p.crash_at == Some(p.writes - 1) {
+        p.dead = true;
+        return true;
+    }
+    false
+}
+
+fn fault_hook(
+    mem: SharedMem,
+    journal: Mutex<Journal>,
     power: Arc<Mutex<Power>>,
     images: Images,
-}
-
-impl FaultDev {
-    fn op(&self) -> cowsnap_core::Result<()> {
-        let mut p = self.power.lock().unwrap();
-        if p.dead {
-            return Err(Error::io("power lost"));
+) -> impl Fn(Access<'_>) -> Verdict + Send + Sync {
+    move |a| {
+        if let Access::SetLen(_) = a {
+            // A fixed device: the journal keeps whole images of one size.
+            return Verdict::Fail(Error::Unsupported("this device cannot be resized"));
         }
-        p.ops += 1;
-        if p.fail_op == Some(p.ops - 1) {
-            return Err(Error::io("injected I/O error"));
+        if let Err(e) = op(&power) {
+            return Verdict::Fail(e);
         }
-        Ok(())
-    }
-    fn publish(&self) {
-        self.images.lock().unwrap()[self.idx] = Some((self.durable.clone(), self.pending.clone()));
-    }
-}
-
-impl BlockDevice for FaultDev {
-    fn len(&self) -> u64 {
-        self.current.len() as u64
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        self.op()?;
-        b.copy_from_slice(&self.current[o as usize..o as usize + b.len()]);
-        Ok(())
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        self.op()?;
-        {
-            let mut p = self.power.lock().unwrap();
-            p.writes += 1;
-            if p.crash_at == Some(p.writes - 1) {
-                p.dead = true;
-                p.torn = Some((self.idx, o, b.to_vec()));
-                return Err(Error::io("power lost"));
+        match a {
+            Access::Read { .. } | Access::SetLen(_) => Verdict::Pass,
+            Access::Write { offset, data } => {
+                if crash_point(&power) {
+                    let idx = journal.lock().unwrap().idx;
+                    power.lock().unwrap().torn = Some((idx, offset, data.to_vec()));
+                    return Verdict::Fail(Error::io("power lost"));
+                }
+                let mut j = journal.lock().unwrap();
+                j.pending.push((offset, data.to_vec()));
+                j.publish(&images);
+                Verdict::Pass
+            }
+            Access::Flush => {
+                // Power can also go at a flush, before it takes effect.
+                if crash_point(&power) {
+                    return Verdict::Fail(Error::io("power lost"));
+                }
+                let mut j = journal.lock().unwrap();
+                j.durable = mem.bytes();
+                j.pending.clear();
+                j.publish(&images);
+                Verdict::Pass
             }
         }
-        self.current[o as usize..o as usize + b.len()].copy_from_slice(b);
-        self.pending.push((o, b.to_vec()));
-        self.publish();
-        Ok(())
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        self.op()?;
-        {
-            // Power can also go at a flush, before it takes effect.
-            let mut p = self.power.lock().unwrap();
-            p.writes += 1;
-            if p.crash_at == Some(p.writes - 1) {
-                p.dead = true;
-                return Err(Error::io("power lost"));
-            }
-        }
-        self.durable = self.current.clone();
-        self.pending.clear();
-        self.publish();
-        Ok(())
     }
 }
 
@@ -131,17 +147,21 @@ impl Rig {
     fn dev(&self, data: Vec<u8>) -> FaultDev {
         let mut imgs = self.images.lock().unwrap();
         imgs.push(None);
-        let d = FaultDev {
+        let journal = Journal {
             idx: imgs.len() - 1,
             durable: data.clone(),
-            current: data,
             pending: Vec::new(),
-            power: self.power.clone(),
-            images: self.images.clone(),
         };
         drop(imgs);
-        d.publish();
-        d
+        journal.publish(&self.images);
+        let mem = SharedMem::new(data);
+        let hook = fault_hook(
+            mem.clone(),
+            Mutex::new(journal),
+            self.power.clone(),
+            self.images.clone(),
+        );
+        Hooked::new(mem, hook)
     }
     /// What each device holds after the power cut.
     fn after_crash(&self, mode: AfterCrash) -> Vec<Vec<u8>> {

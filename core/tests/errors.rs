@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{NoGrow, Shared};
+use common::no_grow;
 use cowsnap_core::store::persistent::{Geometry, SNAP_MAGIC};
+use cowsnap_core::testkit::device::{Access, Hooked, SharedMem, Verdict};
 use cowsnap_core::{
     ChunkSize, Error, ErrorCode, MemDevice, OverflowMode, SnapshotId, SnapshotOptions,
     SnapshotState, StoreKind, Volume,
@@ -253,7 +254,7 @@ fn corrupt_headers_are_refused_with_reasons() {
     zeroed[..4].fill(0);
     let mut vol = Volume::new(MemDevice::new(1 << 20));
     vol.set_commit_bytes(0); // per-write commits: the bytes after each write are checked
-    let dev = Shared::new(zeroed.clone());
+    let dev = SharedMem::new(zeroed.clone());
     let err = vol.activate_snapshot(dev.clone(), opts(8192)).unwrap_err();
     assert!(
         matches!(&err, Error::Corrupt(m) if m.contains("magic is 0")),
@@ -475,7 +476,7 @@ fn autoextend_on_a_device_that_cannot_grow_follows_the_overflow_rules() {
             ..opts(4096)
         };
         let s = vol
-            .create_snapshot(NoGrow(MemDevice::new(8 * 4096), lies), o)
+            .create_snapshot(no_grow(MemDevice::new(8 * 4096), lies), o)
             .unwrap();
         vol.write_at(0, &[1; 5 * 4096]).unwrap(); // 5 chunks fit in 6 data chunks: past 70 %, no growth
         assert_eq!(vol.snapshot_status(s).unwrap().state, SnapshotState::Active);
@@ -572,25 +573,19 @@ fn transient_store_status_and_no_metadata() {
     );
 }
 
-/// Counts writes that touch the header (the first 16 bytes of the COW).
-struct HeaderWrites(MemDevice, std::sync::Arc<std::sync::atomic::AtomicU32>);
-
-impl cowsnap_core::BlockDevice for HeaderWrites {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        self.0.read_at(o, b)
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        if o < 16 {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+/// A memory device counting the writes that touch the header (the first 16 bytes of the COW).
+fn header_writes(
+    mem: MemDevice,
+    n: std::sync::Arc<std::sync::atomic::AtomicU32>,
+) -> Hooked<MemDevice> {
+    Hooked::new(mem, move |a| {
+        if let Access::Write { offset, .. } = a {
+            if offset < 16 {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
-        self.0.write_at(o, b)
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        Ok(())
-    }
+        Verdict::Pass
+    })
 }
 
 #[test]
@@ -600,7 +595,7 @@ fn invalidation_is_written_exactly_once() {
     let mut vol = Volume::new(MemDevice::new(1 << 20));
     let s = vol
         .create_snapshot(
-            HeaderWrites(MemDevice::new(4 * 4096), writes.clone()),
+            header_writes(MemDevice::new(4 * 4096), writes.clone()),
             opts(4096),
         )
         .unwrap();

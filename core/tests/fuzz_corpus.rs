@@ -4,8 +4,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use cowsnap_core::fuzzing::activate_and_read;
 use cowsnap_core::store::persistent::{Header, SNAP_MAGIC};
+use cowsnap_core::testkit::fuzzing::activate_and_read;
 
 /// Counts this thread's live heap bytes and their peak, so a test can bound what one call allocates.
 struct Counting;
@@ -78,4 +78,27 @@ fn hostile_headers_neither_panic_nor_allocate_beyond_their_size() {
     }
     activate_and_read(&[]);
     activate_and_read(&[0x53]);
+}
+
+/// The checker (`cowsnap_core::check`) on every corpus entry: it finds damage exactly when
+/// activation (the fuzz target's, on a 256 KiB origin) refuses the bytes.
+#[test]
+fn the_checker_agrees_with_activation_on_the_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/activate");
+    let origin = 256 * 1024;
+    let mut n = 0;
+    for f in std::fs::read_dir(dir).unwrap() {
+        let img = std::fs::read(f.unwrap().path()).unwrap();
+        let cow = cowsnap_core::MemDevice::from_vec(img.clone());
+        let chunk = cowsnap_core::check::check(&cow, None).unwrap().chunk;
+        let r =
+            cowsnap_core::check::check(&cow, chunk.map(|c| c.chunks_in(origin as u64))).unwrap();
+        let mut vol = cowsnap_core::Volume::new(cowsnap_core::MemDevice::new(origin));
+        let ok = vol
+            .activate_snapshot(cow, cowsnap_core::SnapshotOptions::default())
+            .is_ok();
+        assert_eq!(r.activates(), ok, "{:?}", r.problems);
+        n += 1;
+    }
+    assert!(n > 10, "{n} corpus entries");
 }

@@ -2,44 +2,42 @@
 //! bytes that end on the devices are exactly those of committing every write on its own (the
 //! kernel's), only with far fewer flushes; reads see waiting writes at once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use cowsnap_core::{BlockDevice, ChunkSize, MemDevice, SnapshotOptions, Volume};
+use cowsnap_core::testkit::device::{Access, Hooked, SharedMem, Verdict};
+use cowsnap_core::{ChunkSize, MemDevice, SnapshotOptions, Volume};
 use proptest::prelude::*;
 
 /// A memory device shared with the test, counting flushes.
 #[derive(Clone)]
-struct Counted(Arc<Mutex<(Vec<u8>, usize)>>);
+struct Counted {
+    mem: SharedMem,
+    flushes: Arc<AtomicUsize>,
+}
 
 impl Counted {
     fn new(len: usize) -> Self {
-        Counted(Arc::new(Mutex::new((vec![0; len], 0))))
+        Counted {
+            mem: SharedMem::zeroed(len),
+            flushes: Arc::new(AtomicUsize::new(0)),
+        }
     }
     fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().0.clone()
+        self.mem.bytes()
     }
     fn flushes(&self) -> usize {
-        self.0.lock().unwrap().1
+        self.flushes.load(Ordering::SeqCst)
     }
-}
-
-impl BlockDevice for Counted {
-    fn len(&self) -> u64 {
-        self.0.lock().unwrap().0.len() as u64
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> cowsnap_core::Result<()> {
-        let d = self.0.lock().unwrap();
-        b.copy_from_slice(&d.0[o as usize..o as usize + b.len()]);
-        Ok(())
-    }
-    fn write_at(&mut self, o: u64, b: &[u8]) -> cowsnap_core::Result<()> {
-        let mut d = self.0.lock().unwrap();
-        d.0[o as usize..o as usize + b.len()].copy_from_slice(b);
-        Ok(())
-    }
-    fn flush(&mut self) -> cowsnap_core::Result<()> {
-        self.0.lock().unwrap().1 += 1;
-        Ok(())
+    /// The device to give the volume (sharing bytes and count with `self`).
+    fn device(&self) -> Hooked<SharedMem> {
+        let n = self.flushes.clone();
+        Hooked::new(self.mem.clone(), move |a| {
+            if a == Access::Flush {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+            Verdict::Pass
+        })
     }
 }
 
@@ -78,7 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// Runs `ops` with the given commit bound; returns every device's final bytes and the reads seen.
 fn run(ops: &[Op], commit_bytes: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let origin = Counted::new(ORIGIN);
-    let mut vol = Volume::new(origin.clone());
+    let mut vol = Volume::new(origin.device());
     vol.set_commit_bytes(commit_bytes);
     let mut devs = vec![origin];
     let mut ids = Vec::new();
@@ -95,7 +93,7 @@ fn run(ops: &[Op], commit_bytes: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
             Op::Flush => vol.flush().unwrap(),
             Op::Snapshot(size) if ids.len() < 3 => {
                 let cow = Counted::new(COW_SIZES[size]);
-                ids.push(Some(vol.create_snapshot(cow.clone(), opts(4096)).unwrap()));
+                ids.push(Some(vol.create_snapshot(cow.device(), opts(4096)).unwrap()));
                 devs.push(cow);
             }
             Op::Snapshot(_) => {}
@@ -143,8 +141,8 @@ proptest! {
 fn many_first_writes_share_one_commit() {
     let origin = Counted::new(ORIGIN);
     let cow = Counted::new(COW);
-    let mut vol = Volume::new(origin.clone());
-    let s = vol.create_snapshot(cow.clone(), opts(4096)).unwrap();
+    let mut vol = Volume::new(origin.device());
+    let s = vol.create_snapshot(cow.device(), opts(4096)).unwrap();
     let base = cow.flushes();
     // 200 first writes to scattered chunks (within one metadata area), no flush asked for.
     for i in 0..200u64 {
@@ -179,8 +177,8 @@ fn a_dropped_volume_writes_what_was_waiting() {
     let origin = Counted::new(ORIGIN);
     let cow = Counted::new(COW);
     {
-        let mut vol = Volume::new(origin.clone());
-        vol.create_snapshot(cow.clone(), opts(4096)).unwrap();
+        let mut vol = Volume::new(origin.device());
+        vol.create_snapshot(cow.device(), opts(4096)).unwrap();
         vol.write_at(4096, b"kept").unwrap();
         assert!(vol.held_bytes() > 0);
     }
@@ -203,9 +201,9 @@ fn overflow_at_an_area_edge_leaves_the_bytes_of_per_write_commits() {
         let run = |commit_bytes: usize| {
             let origin = Counted::new(ORIGIN);
             let cow = Counted::new(258 * 4096);
-            let mut vol = Volume::new(origin.clone());
+            let mut vol = Volume::new(origin.device());
             vol.set_commit_bytes(commit_bytes);
-            let s = vol.create_snapshot(cow.clone(), opts(4096)).unwrap();
+            let s = vol.create_snapshot(cow.device(), opts(4096)).unwrap();
             let mut c = 0;
             while c < 300 {
                 vol.write_at(c * 4096, &vec![c as u8; (write_chunks * 4096) as usize])

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{first_diff, gunzip, shared_dir};
-use cowsnap_core::replay::{replay, Script};
+use cowsnap_core::testkit::replay::{replay, Script};
 use cowsnap_core::{Error, MemDevice, SnapshotOptions, Volume};
 
 /// Kernel image folders: the shared ones, and cowsnap's own (`tests/vectors/kernel`, made with the
@@ -102,10 +102,10 @@ fn kernel_images_activate_and_read_back_exactly() {
             let img_path = dir.join(format!("{}.img.gz", decl.name));
             let mut vol = Volume::new(MemDevice::from_vec(gunzip(&dir.join("origin.img.gz"))));
             let merged = script.ops.iter().any(
-                |op| matches!(op, cowsnap_core::replay::Op::Merge { name } if *name == decl.name),
+                |op| matches!(op, cowsnap_core::testkit::replay::Op::Merge { name } if *name == decl.name),
             );
             let deleted = script.ops.iter().any(
-                |op| matches!(op, cowsnap_core::replay::Op::Delete { name } if *name == decl.name),
+                |op| matches!(op, cowsnap_core::testkit::replay::Op::Delete { name } if *name == decl.name),
             );
             let id = vol
                 .activate_snapshot(
@@ -140,4 +140,30 @@ fn kernel_images_activate_and_read_back_exactly() {
             }
         }
     }
+}
+
+/// The checker (`cowsnap_core::check`) finds nothing at all, not even a warning, in any persistent
+/// COW the kernel wrote, with the origin bound of its origin.
+#[test]
+fn the_checker_finds_kernel_images_clean() {
+    let mut n = 0;
+    for dir in kernel_dirs() {
+        let origin_len = gunzip(&dir.join("origin.img.gz")).len() as u64;
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let p = f.unwrap().path();
+            if !p.to_string_lossy().ends_with(".cow.gz") {
+                continue;
+            }
+            let cow = MemDevice::from_vec(gunzip(&p));
+            let r = cowsnap_core::check::check(&cow, None).unwrap();
+            if r.header.is_some_and(|h| h.magic == 0) {
+                continue; // a transient store's COW: no header at all
+            }
+            let bound = r.chunk.map(|c| c.chunks_in(origin_len));
+            let r = cowsnap_core::check::check(&cow, bound).unwrap();
+            assert!(r.is_clean(), "{}: {:?}", p.display(), r.problems);
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} kernel COWs checked");
 }

@@ -104,8 +104,8 @@ int main(int argc, char **argv) {
   char img[1024], cow[1024], bak[1024];
   uint8_t *buf = malloc(PAGE * 256);
   pthread_t w[WRITERS];
-  cowsnap_snapshot_options opts;
-  struct cowsnap_snapshot_status st;
+  cowsnap_snapshot_create_options opts;
+  cowsnap_snapshot_info st;
   uint32_t snap, p;
   uintptr_t i;
   int r, bad_pages = 0;
@@ -131,14 +131,14 @@ int main(int argc, char **argv) {
   }
 
   /* 1-3: lock, snapshot, unlock. */
-  cowsnap_snapshot_options_init(&opts);
+  cowsnap_snapshot_create_options_init(&opts, sizeof opts); /* sized: it can gain fields */
   opts.cow_size = (uint64_t)PAGES * PAGE / 2; /* room for half the pages to change */
   opts.cow_path = cow;
   opts.autoextend_threshold = 70; /* grow the COW rather than lose the snapshot */
   opts.autoextend_percent = 50;
   pthread_mutex_lock(&db_lock);
   t0 = now();
-  r = cowsnap_snapshot_create(db, &opts, &snap);
+  r = cowsnap_snapshot_create_with(db, &opts, &snap);
   locked_for = now() - t0;
   pthread_mutex_unlock(&db_lock);
   tx_at_snapshot = tx_count();
@@ -162,7 +162,8 @@ int main(int argc, char **argv) {
   fclose(f);
   copy_secs = now() - t0;
   tx_after_copy = tx_count();
-  if ((r = cowsnap_snapshot_status(db, snap, &st)) != COWSNAP_OK) return die("status", r);
+  st.struct_size = sizeof st;
+  if ((r = cowsnap_snapshot_get_info(db, snap, &st)) != COWSNAP_OK) return die("status", r);
 
   /* 5: verify the backup file, then drop the snapshot. */
   f = fopen(bak, "rb");

@@ -114,18 +114,9 @@ function message(html, cls = '') {
 
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
 
-function attrOf(rec, st) {
-  if (st.attr) return st.attr;
-  // Same table as the core's SnapshotStatus::lvs_attr (used only if the package does not give it).
-  return { active: 'swi-a-s---', overflow: 'swi-a-s---', invalid: 'swi-I-s---', merging: 'Swi-a-s---' }[st.state] || '??????????';
-}
-
-function dmStatusOf(st) {
-  if (st.dmStatus) return st.dmStatus;
-  if (st.state === 'invalid') return 'Invalid';
-  if (st.state === 'overflow') return 'Overflow';
-  return `${st.sectorsAllocated}/${st.totalSectors} ${st.metadataSectors}`;
-}
+// lvs attributes, dmsetup status and Data% are the engine's (the core's rules), never restated here.
+const attrOf = (rec, st) => st.attr;
+const dmStatusOf = (st) => st.dmStatus;
 
 // ---------------------------------------------------------------- facts read back from the engine
 
@@ -169,8 +160,7 @@ function renderLvs() {
   tb.replaceChildren();
   if (!S.vol) return;
   const all = new Map(S.snaps.map((r) => [r, facts(r)]));
-  const merging = [...all.values()].some((f) => f.st.state === 'merging');
-  const oattr = S.snaps.length ? (merging ? 'Owi-a-s---' : 'owi-a-s---') : '-wi-a-----';
+  const oattr = S.vol.lvsAttr;
   tb.append(
     el('tr', { 'data-testid': 'lvs-row-origin' },
       el('td', { text: 'origin' }), el('td', { class: 'mono', 'data-testid': 'attr', text: oattr }),

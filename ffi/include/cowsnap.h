@@ -28,9 +28,12 @@
 #define COWSNAP_VERSION_MINOR 1
 #define COWSNAP_VERSION_PATCH 0
 #define COWSNAP_VERSION_STRING "0.1.0"
-/* Short names. struct cowsnap_snapshot_status has none: cowsnap_snapshot_status() is the function. */
+/* Short names. struct cowsnap_snapshot_status (deprecated) has none: cowsnap_snapshot_status() is the
+ * function; use cowsnap_snapshot_info and cowsnap_snapshot_get_info(). */
 typedef struct cowsnap_volume cowsnap_volume;
 typedef struct cowsnap_snapshot_options cowsnap_snapshot_options;
+typedef struct cowsnap_snapshot_create_options cowsnap_snapshot_create_options;
+typedef struct cowsnap_snapshot_info cowsnap_snapshot_info;
 
 
 /**
@@ -58,9 +61,10 @@ typedef int32_t cowsnap_overflow_mode;
 /**
  * Result of every fallible cowsnap function: `COWSNAP_OK` (0) or a negative error kind.
  *
- * The numbers are the stable error codes shared by every cowsnap front end (C, Python, JavaScript):
- * they never change once released. `cowsnap_error_name()` gives the name without the `COWSNAP_ERR_`
- * prefix (e.g. "OUT_OF_RANGE"), `cowsnap_last_error()` the message of the last failure.
+ * The numbers are the stable error codes shared by every cowsnap front end (C, Python,
+ * JavaScript): they never change once released. `cowsnap_error_name()` gives the name without
+ * the `COWSNAP_ERR_` prefix (e.g. "OUT_OF_RANGE"), `cowsnap_last_error()` the message of the
+ * last failure.
  */
 enum cowsnap_result
 #ifdef __cplusplus
@@ -80,7 +84,7 @@ enum cowsnap_result
    */
   COWSNAP_ERR_BAD_CHUNK_SIZE = -2,
   /**
-   * An argument that makes no sense (zero size, unknown enum value, bad autoextend policy...).
+   * An argument that makes no sense (zero size, unknown enum value, bad autoextend policy, an option combination dm has no store type for, a handle used after it was freed...).
    */
   COWSNAP_ERR_INVALID_ARGUMENT = -3,
   /**
@@ -88,7 +92,7 @@ enum cowsnap_result
    */
   COWSNAP_ERR_SNAPSHOT_INVALID = -4,
   /**
-   * The snapshot (overflow mode REPORT) is full: snapshot writes are refused, reads still work.
+   * The snapshot (overflow mode report, dm's PO) is full: snapshot writes are refused, reads still work.
    */
   COWSNAP_ERR_SNAPSHOT_OVERFLOW = -5,
   /**
@@ -196,8 +200,12 @@ typedef int32_t cowsnap_store_kind;
 struct cowsnap_volume;
 
 /**
- * How to create a snapshot. Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero
- * means 4 KiB chunks, persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+ * How to create a snapshot: the first layout, frozen (it cannot gain fields without breaking
+ * compiled programs). Deprecated: use `struct cowsnap_snapshot_create_options` and
+ * `cowsnap_snapshot_create_with`, which can. Still fully supported.
+ *
+ * Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero means 4 KiB chunks,
+ * persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
  */
 struct cowsnap_snapshot_options {
   /**
@@ -237,7 +245,58 @@ struct cowsnap_snapshot_options {
 };
 
 /**
- * A snapshot's status: the numbers `dmsetup status` and `lvs` print.
+ * How to create a snapshot, in a struct that can gain fields: set `struct_size` to
+ * `sizeof(struct cowsnap_snapshot_create_options)` as your program sees it (or call
+ * `cowsnap_snapshot_create_options_init`), zero the rest for the defaults (4 KiB chunks, persistent
+ * store, INVALIDATE, no autoextend, memory COW), and set `cow_size`. A program compiled against this
+ * header keeps working with later libraries, whose struct may be longer (the fields it does not know
+ * take their defaults); a field set by a program built against a later header is refused by an
+ * older library (`INVALID_ARGUMENT`) rather than ignored.
+ */
+struct cowsnap_snapshot_create_options {
+  /**
+   * `sizeof(struct cowsnap_snapshot_create_options)` in the caller's program.
+   */
+  size_t struct_size;
+  /**
+   * Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
+   */
+  uint32_t chunk_size;
+  /**
+   * A `cowsnap_store_kind` value.
+   */
+  int32_t store;
+  /**
+   * A `cowsnap_overflow_mode` value.
+   */
+  int32_t overflow;
+  /**
+   * Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
+   * (1..100; 100 disables). 0 means no autoextend policy.
+   */
+  uint32_t autoextend_threshold;
+  /**
+   * Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
+   */
+  uint32_t autoextend_percent;
+  /**
+   * Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
+   * one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
+   */
+  uint64_t cow_size;
+  /**
+   * NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
+   * regular file), created with all `cow_size` bytes reserved, as `cowsnap_snapshot_options.cow_path`
+   * documents. Borrowed for the call.
+   */
+  const char *cow_path;
+};
+
+/**
+ * A snapshot's status: the numbers `dmsetup status` and `lvs` print. The first layout, frozen.
+ * Deprecated: use `struct cowsnap_snapshot_info` and `cowsnap_snapshot_get_info`, which can gain
+ * fields (this struct has no short name: in C, `cowsnap_snapshot_status` names the function).
+ * Still fully supported.
  */
 struct cowsnap_snapshot_status {
   /**
@@ -289,7 +348,76 @@ struct cowsnap_snapshot_status {
    */
   double data_percent;
   /**
-   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
+   */
+  char dm_status[64];
+  /**
+   * NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
+   */
+  char lvs_attr[16];
+};
+
+/**
+ * A snapshot's status (the numbers `dmsetup status` and `lvs` print), in a struct that can gain
+ * fields: set `struct_size` to `sizeof(struct cowsnap_snapshot_info)` before calling
+ * `cowsnap_snapshot_get_info`. The library fills the fields that fit in `struct_size`, zeroes any
+ * it does not know, and sets `struct_size` to the bytes it filled.
+ */
+struct cowsnap_snapshot_info {
+  /**
+   * In: `sizeof(struct cowsnap_snapshot_info)` in the caller's program. Out: the bytes filled.
+   */
+  size_t struct_size;
+  /**
+   * A `cowsnap_snapshot_state` value.
+   */
+  int32_t state;
+  /**
+   * A `cowsnap_store_kind` value.
+   */
+  int32_t store;
+  /**
+   * A `cowsnap_overflow_mode` value.
+   */
+  int32_t overflow;
+  /**
+   * True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
+   */
+  bool merging;
+  /**
+   * Chunk size in bytes.
+   */
+  uint64_t chunk_size;
+  /**
+   * COW sectors (512 bytes) handed out, header and metadata included.
+   */
+  uint64_t sectors_allocated;
+  /**
+   * COW device size in sectors.
+   */
+  uint64_t total_sectors;
+  /**
+   * Header plus metadata sectors so far (0 for a transient store).
+   */
+  uint64_t metadata_sectors;
+  /**
+   * Number of exceptions (chunks copied into the COW).
+   */
+  uint64_t exceptions;
+  /**
+   * Chunks merged back so far.
+   */
+  uint64_t merge_merged;
+  /**
+   * Chunks to merge in all.
+   */
+  uint64_t merge_total;
+  /**
+   * LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
+   */
+  double data_percent;
+  /**
+   * NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
    */
   char dm_status[64];
   /**
@@ -360,6 +488,61 @@ const char *cowsnap_version(void);
 const char *cowsnap_error_name(int32_t code);
 
 /**
+ * One sentence saying what a result code means (the documentation of its `COWSNAP_ERR_*`
+ * constant), or "unknown result code" for a number that is not a cowsnap code.
+ *
+ * Ownership: a static string; never free it. Thread-safety: safe from any thread.
+ */
+const char *cowsnap_error_description(int32_t code);
+
+/**
+ * Every result code, `COWSNAP_OK` first, in the order of their numbers (0, -1, -2...): lets a
+ * binding build its table of errors from the library instead of restating it (with
+ * `cowsnap_error_name` and `cowsnap_error_description`).
+ *
+ * Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
+ * enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
+ * count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+ */
+cowsnap_result cowsnap_error_codes(int32_t *codes,
+                                   size_t len,
+                                   size_t *out_count);
+
+/**
+ * Opens the volume directory `dir` made by the `cowsnap` CLI (`cowsnap create DIR`), as the CLI
+ * opens it: the origin image and every snapshot of its manifest (`cowsnap.json`) activated with
+ * the manifest's store (`P` invalidates on overflow, `PO` reports it), chunk size and autoextend
+ * policy; a merge that was interrupted is finished first. Stores the handle in `*out_vol`.
+ *
+ * The handle holds the volume's exclusive lock until `cowsnap_volume_free`: `cowsnap` commands on
+ * the directory wait meanwhile (they say so), and a second `cowsnap_volume_open_dir` fails. If a
+ * `cowsnap` command or mount holds the lock, this returns `IO` at once ("in use", "mounted"), without
+ * waiting. Snapshots listed in the manifest cannot be deleted or merged through the handle
+ * (`INVALID_ARGUMENT`: use `cowsnap remove` / `cowsnap merge`); snapshots created through it are not
+ * added to the manifest (they live as long as the handle, or as your own COW files).
+ *
+ * Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (not a volume directory: no manifest), `IO` (lock
+ * held, unreadable files), `SNAPSHOT_INVALID` (a snapshot of the manifest cannot be activated: see
+ * `cowsnap lvs DIR`; drop it with `cowsnap remove --force`), `CORRUPT_METADATA`.
+ * Ownership: `dir` is borrowed for the call; the handle is the caller's, released with
+ * `cowsnap_volume_free`. Thread-safety: the handle is like any other (see `cowsnap_volume`).
+ */
+cowsnap_result cowsnap_volume_open_dir(const char *dir,
+                                       struct cowsnap_volume **out_vol);
+
+/**
+ * Stores in `*out_id` the id of the snapshot named `name` in the manifest of a volume opened with
+ * `cowsnap_volume_open_dir` (the names `cowsnap lvs` shows).
+ *
+ * Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT` (no such name in the manifest), `INVALID_ARGUMENT`
+ * (`vol` was not opened from a directory, or `name` is not UTF-8). Thread-safety: safe to call
+ * concurrently with anything but free.
+ */
+cowsnap_result cowsnap_volume_dir_snapshot_id(struct cowsnap_volume *vol,
+                                              const char *name,
+                                              uint32_t *out_id);
+
+/**
  * Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
  * autoextend, memory COW, `cow_size` 0 (to be set by the caller).
  *
@@ -382,10 +565,38 @@ cowsnap_result cowsnap_snapshot_options_init(struct cowsnap_snapshot_options *op
  * progress).
  * Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
  * consistent with its own data just stops its writers around this call).
+ *
+ * Deprecated (kept, with its struct, for programs already compiled): `cowsnap_snapshot_create_with`
+ * does the same with options that can gain fields.
  */
 cowsnap_result cowsnap_snapshot_create(struct cowsnap_volume *vol,
                                        const struct cowsnap_snapshot_options *opts,
                                        uint32_t *out_id);
+
+/**
+ * Fills the `struct_size` bytes of `*opts` with the defaults (4 KiB chunks, persistent store,
+ * overflow INVALIDATE, no autoextend, memory COW, `cow_size` 0 to be set by the caller) and sets
+ * `opts->struct_size`. Pass `sizeof *opts`: the library writes no byte past it.
+ *
+ * Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (`struct_size` smaller than the first version of the
+ * struct, or beyond 4096). Thread-safety: safe from any thread.
+ */
+cowsnap_result cowsnap_snapshot_create_options_init(struct cowsnap_snapshot_create_options *opts,
+                                                    size_t struct_size);
+
+/**
+ * Takes a snapshot of the origin (like `lvcreate -s`), as `cowsnap_snapshot_create` does (same
+ * behaviour, same errors), with options that can gain fields: see
+ * `struct cowsnap_snapshot_create_options`. Stores the new snapshot's id in `*out_id`.
+ *
+ * `opts` (and its `cow_path`) are borrowed for the call. Errors: those of `cowsnap_snapshot_create`,
+ * and `INVALID_ARGUMENT` for a `struct_size` smaller than the first version of the struct (or beyond
+ * 4096), or a field this library does not know set to non-zero.
+ * Thread-safety: as `cowsnap_snapshot_create`.
+ */
+cowsnap_result cowsnap_snapshot_create_with(struct cowsnap_volume *vol,
+                                            const struct cowsnap_snapshot_create_options *opts,
+                                            uint32_t *out_id);
 
 /**
  * Reads `len` bytes of snapshot `id` at byte `offset` into `buf` (the origin as it was when the
@@ -420,10 +631,27 @@ cowsnap_result cowsnap_snapshot_write(struct cowsnap_volume *vol,
  * `out_status` is borrowed for the call. Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT` (an invalid
  * snapshot still has a status: state INVALID, data_percent < 0).
  * Thread-safety: runs in parallel with reads.
+ *
+ * Deprecated (kept, with its struct, for programs already compiled): `cowsnap_snapshot_get_info`
+ * gives the same numbers in a struct that can gain fields.
  */
 cowsnap_result cowsnap_snapshot_status(struct cowsnap_volume *vol,
                                        uint32_t id,
                                        struct cowsnap_snapshot_status *out_status);
+
+/**
+ * Fills `*out_info` with snapshot `id`'s status (state, COW usage, Data%, merge progress...), the
+ * numbers `cowsnap_snapshot_status` gives; set `out_info->struct_size` first (see
+ * `struct cowsnap_snapshot_info`). Nothing is written when the call fails.
+ *
+ * `out_info` is borrowed for the call. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (`struct_size`
+ * smaller than the first version of the struct, or beyond 4096), `UNKNOWN_SNAPSHOT` (an invalid
+ * snapshot still has a status: state INVALID, data_percent < 0).
+ * Thread-safety: runs in parallel with reads.
+ */
+cowsnap_result cowsnap_snapshot_get_info(struct cowsnap_volume *vol,
+                                         uint32_t id,
+                                         struct cowsnap_snapshot_info *out_info);
 
 /**
  * Removes snapshot `id` (like `lvremove`): its COW memory is released; a COW file is closed and left
@@ -585,6 +813,17 @@ void cowsnap_volume_free(struct cowsnap_volume *vol);
  */
 cowsnap_result cowsnap_volume_size(struct cowsnap_volume *vol,
                                    uint64_t *out_size);
+
+/**
+ * Copies the origin's 10-character `lvs` attribute string and a NUL into `buf` (at least 11 bytes):
+ * `-wi-a-----` without snapshots, `owi-a-s---` with some, `Owi-a-s---` while one is merging.
+ *
+ * Errors: `NULL_POINTER`, `BUFFER_TOO_SMALL` (len < 11; nothing copied). `buf` is borrowed for the
+ * call. Thread-safety: safe to call concurrently (takes the read lock).
+ */
+cowsnap_result cowsnap_volume_lvs_attr(struct cowsnap_volume *vol,
+                                       char *buf,
+                                       size_t len);
 
 /**
  * Lists the ids of the volume's snapshots, oldest first: stores their number in `*out_count` and, when

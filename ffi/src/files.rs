@@ -202,12 +202,12 @@ pub(crate) fn create(path: &Path, len: u64, space: Space, what: &str) -> FfiResu
     }
 }
 
-/// Sizes no file can have: `off_t` is signed.
+/// Sizes no file can have (the core's limit: `off_t` is signed), with the file's role in the message.
 fn check_len(len: u64, what: &str) -> FfiResult<()> {
-    if len > i64::MAX as u64 {
+    if len > cowsnap_core::limits::MAX_DEVICE_LEN {
         return Err(Failure::invalid(format!(
             "{what} size {len} bytes is larger than any file can be ({} bytes)",
-            i64::MAX
+            cowsnap_core::limits::MAX_DEVICE_LEN
         )));
     }
     Ok(())

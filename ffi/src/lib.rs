@@ -2,8 +2,8 @@
 //!
 //! Translation only: every function checks its pointers, takes the volume's lock, calls
 //! `cowsnap_core` and turns the outcome into a `cowsnap_result` code plus a thread-local message.
-//! Every exported function wraps its body in [`ffi_guard!`] (a test checks it), so a panic can never
-//! unwind into C.
+//! Every exported function wraps its body in `ffi_guard!` (in `guard.rs`; a test checks it), so a panic
+//! can never unwind into C.
 #![allow(non_camel_case_types)]
 #![deny(unsafe_op_in_unsafe_fn)]
 // Every export's doc states its pointer contract (valid or NULL, borrowed for the call) in C terms.
@@ -18,78 +18,22 @@ use cowsnap_core::{Error, ErrorCode};
 #[macro_use]
 mod guard;
 mod files;
+mod open_dir;
+mod sized;
 mod snapshot;
 mod volume;
 
+pub use open_dir::*;
 pub use snapshot::*;
 pub use volume::*;
 
-/// Result of every fallible cowsnap function: `COWSNAP_OK` (0) or a negative error kind.
-///
-/// The numbers are the stable error codes shared by every cowsnap front end (C, Python, JavaScript):
-/// they never change once released. `cowsnap_error_name()` gives the name without the `COWSNAP_ERR_`
-/// prefix (e.g. "OUT_OF_RANGE"), `cowsnap_last_error()` the message of the last failure.
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum cowsnap_result {
-    /// Success.
-    COWSNAP_OK = 0,
-    /// I/O outside the volume (or snapshot) bounds; nothing was read or written.
-    COWSNAP_ERR_OUT_OF_RANGE = -1,
-    /// Chunk size not a power of two between 4 KiB and 512 KiB.
-    COWSNAP_ERR_BAD_CHUNK_SIZE = -2,
-    /// An argument that makes no sense (zero size, unknown enum value, bad autoextend policy...).
-    COWSNAP_ERR_INVALID_ARGUMENT = -3,
-    /// The snapshot was invalidated (COW overflow on an origin write, or an I/O error): delete it.
-    COWSNAP_ERR_SNAPSHOT_INVALID = -4,
-    /// The snapshot (overflow mode REPORT) is full: snapshot writes are refused, reads still work.
-    COWSNAP_ERR_SNAPSHOT_OVERFLOW = -5,
-    /// The COW device is too small (or memory could not be allocated).
-    COWSNAP_ERR_NO_SPACE = -6,
-    /// No snapshot with this id (never created, deleted or merged).
-    COWSNAP_ERR_UNKNOWN_SNAPSHOT = -7,
-    /// A COW device whose metadata is not a dm-snapshot persistent store cowsnap can trust.
-    COWSNAP_ERR_CORRUPT_METADATA = -8,
-    /// The operating system reported an I/O error (including failing to open a file).
-    COWSNAP_ERR_IO = -9,
-    /// The snapshot is being merged (or a merge was stopped by its progress callback).
-    COWSNAP_ERR_MERGING = -10,
-    /// Not supported for this snapshot or device.
-    COWSNAP_ERR_UNSUPPORTED = -11,
-    /// A required pointer argument was NULL.
-    COWSNAP_ERR_NULL_POINTER = -12,
-    /// An internal error (a Rust panic, caught at the boundary). The volume may be unusable.
-    COWSNAP_ERR_PANIC = -13,
-    /// The caller's buffer is too small; the size needed was stored in the out-parameter.
-    COWSNAP_ERR_BUFFER_TOO_SMALL = -14,
-}
+mod result;
+pub use result::cowsnap_result;
 
 impl cowsnap_result {
-    /// The C constant for a core error code (exhaustive: a new core code fails to compile here).
-    pub fn from_code(code: ErrorCode) -> Self {
-        use cowsnap_result::*;
-        match code {
-            ErrorCode::Ok => COWSNAP_OK,
-            ErrorCode::OutOfRange => COWSNAP_ERR_OUT_OF_RANGE,
-            ErrorCode::BadChunkSize => COWSNAP_ERR_BAD_CHUNK_SIZE,
-            ErrorCode::InvalidArgument => COWSNAP_ERR_INVALID_ARGUMENT,
-            ErrorCode::SnapshotInvalid => COWSNAP_ERR_SNAPSHOT_INVALID,
-            ErrorCode::SnapshotOverflow => COWSNAP_ERR_SNAPSHOT_OVERFLOW,
-            ErrorCode::NoSpace => COWSNAP_ERR_NO_SPACE,
-            ErrorCode::UnknownSnapshot => COWSNAP_ERR_UNKNOWN_SNAPSHOT,
-            ErrorCode::CorruptMetadata => COWSNAP_ERR_CORRUPT_METADATA,
-            ErrorCode::Io => COWSNAP_ERR_IO,
-            ErrorCode::Merging => COWSNAP_ERR_MERGING,
-            ErrorCode::Unsupported => COWSNAP_ERR_UNSUPPORTED,
-            ErrorCode::NullPointer => COWSNAP_ERR_NULL_POINTER,
-            ErrorCode::Panic => COWSNAP_ERR_PANIC,
-            ErrorCode::BufferTooSmall => COWSNAP_ERR_BUFFER_TOO_SMALL,
-        }
-    }
-
     /// The core code with this number, if any.
     pub fn code_of(value: i32) -> Option<ErrorCode> {
-        ErrorCode::ALL.iter().copied().find(|c| *c as i32 == value)
+        ErrorCode::from_i32(value)
     }
 }
 
@@ -184,32 +128,64 @@ const VERSION_C: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 pub extern "C" fn cowsnap_error_name(code: i32) -> *const c_char {
     ffi_guard_value!("cowsnap_error_name", std::ptr::null(), {
         let name: &'static [u8] = match cowsnap_result::code_of(code) {
-            Some(c) => code_cname(c),
+            Some(c) => c.name_nul().as_bytes(),
             None => b"UNKNOWN\0",
         };
         name.as_ptr().cast::<c_char>()
     })
 }
 
-/// NUL-terminated stable names (the same as `ErrorCode::name`, checked by a test).
-fn code_cname(code: ErrorCode) -> &'static [u8] {
-    match code {
-        ErrorCode::Ok => b"OK\0",
-        ErrorCode::OutOfRange => b"OUT_OF_RANGE\0",
-        ErrorCode::BadChunkSize => b"BAD_CHUNK_SIZE\0",
-        ErrorCode::InvalidArgument => b"INVALID_ARGUMENT\0",
-        ErrorCode::SnapshotInvalid => b"SNAPSHOT_INVALID\0",
-        ErrorCode::SnapshotOverflow => b"SNAPSHOT_OVERFLOW\0",
-        ErrorCode::NoSpace => b"NO_SPACE\0",
-        ErrorCode::UnknownSnapshot => b"UNKNOWN_SNAPSHOT\0",
-        ErrorCode::CorruptMetadata => b"CORRUPT_METADATA\0",
-        ErrorCode::Io => b"IO\0",
-        ErrorCode::Merging => b"MERGING\0",
-        ErrorCode::Unsupported => b"UNSUPPORTED\0",
-        ErrorCode::NullPointer => b"NULL_POINTER\0",
-        ErrorCode::Panic => b"PANIC\0",
-        ErrorCode::BufferTooSmall => b"BUFFER_TOO_SMALL\0",
-    }
+/// One sentence saying what a result code means (the documentation of its `COWSNAP_ERR_*`
+/// constant), or "unknown result code" for a number that is not a cowsnap code.
+///
+/// Ownership: a static string; never free it. Thread-safety: safe from any thread.
+#[no_mangle]
+pub extern "C" fn cowsnap_error_description(code: i32) -> *const c_char {
+    ffi_guard_value!("cowsnap_error_description", std::ptr::null(), {
+        let text: &'static [u8] = match cowsnap_result::code_of(code) {
+            Some(c) => c.description_nul().as_bytes(),
+            None => b"unknown result code\0",
+        };
+        text.as_ptr().cast::<c_char>()
+    })
+}
+
+/// Every result code, `COWSNAP_OK` first, in the order of their numbers (0, -1, -2...): lets a
+/// binding build its table of errors from the library instead of restating it (with
+/// `cowsnap_error_name` and `cowsnap_error_description`).
+///
+/// Stores the number of codes in `*out_count`; copies them into `codes` when `len` is large
+/// enough, else returns `BUFFER_TOO_SMALL` and copies nothing (`codes = NULL, len = 0` asks for the
+/// count). Errors: `NULL_POINTER` (out_count), `BUFFER_TOO_SMALL`. Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_error_codes(
+    codes: *mut i32,
+    len: usize,
+    out_count: *mut usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_error_codes", {
+        // SAFETY: out-parameter contract.
+        let out_count = unsafe { volume::out(out_count, "out_count") }?;
+        let all = &ErrorCode::ALL;
+        *out_count = all.len();
+        if codes.is_null() && len == 0 {
+            return Ok(());
+        }
+        if len < all.len() {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("{} codes do not fit in {len}", all.len()),
+            ));
+        }
+        if codes.is_null() {
+            return Err(Failure::null("codes"));
+        }
+        for (i, c) in all.iter().enumerate() {
+            // SAFETY: `codes` has room for `len` >= all.len() entries by contract.
+            unsafe { *codes.add(i) = *c as i32 };
+        }
+        Ok(())
+    })
 }
 
 /// Runs one entry point's body: catches panics, records the message of a failure.

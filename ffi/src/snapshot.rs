@@ -3,11 +3,12 @@
 use std::ffi::{c_char, c_void};
 
 use cowsnap_core::{
-    Autoextend, ChunkSize, Error, ErrorCode, MergeProgress, OverflowMode, SnapshotId,
-    SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
+    limits, Autoextend, ChunkSize, Error, ErrorCode, MergeEvent, MergeProgress, MergeStepper,
+    OverflowMode, SnapshotId, SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
 };
 
 use crate::files::{self, Space};
+use crate::sized::{offset_of, SizedStruct, MAX_STRUCT_SIZE};
 use crate::volume::{cowsnap_volume, in_buf, mem_device, out, out_buf, path_arg, volume};
 use crate::{cowsnap_result, Failure, FfiResult};
 
@@ -46,8 +47,12 @@ pub enum cowsnap_snapshot_state {
     COWSNAP_STATE_MERGING = 3,
 }
 
-/// How to create a snapshot. Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero
-/// means 4 KiB chunks, persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
+/// How to create a snapshot: the first layout, frozen (it cannot gain fields without breaking
+/// compiled programs). Deprecated: use `struct cowsnap_snapshot_create_options` and
+/// `cowsnap_snapshot_create_with`, which can. Still fully supported.
+///
+/// Initialise with `cowsnap_snapshot_options_init` (or zero it: all-zero means 4 KiB chunks,
+/// persistent store, INVALIDATE, no autoextend, memory COW; `cow_size` must be set).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_options {
@@ -73,7 +78,10 @@ pub struct cowsnap_snapshot_options {
     pub autoextend_percent: u32,
 }
 
-/// A snapshot's status: the numbers `dmsetup status` and `lvs` print.
+/// A snapshot's status: the numbers `dmsetup status` and `lvs` print. The first layout, frozen.
+/// Deprecated: use `struct cowsnap_snapshot_info` and `cowsnap_snapshot_get_info`, which can gain
+/// fields (this struct has no short name: in C, `cowsnap_snapshot_status` names the function).
+/// Still fully supported.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct cowsnap_snapshot_status {
@@ -101,7 +109,7 @@ pub struct cowsnap_snapshot_status {
     pub merge_total: u64,
     /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
     pub data_percent: f64,
-    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
     pub dm_status: [c_char; 64],
     /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
     pub lvs_attr: [c_char; 16],
@@ -154,32 +162,20 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
     })
 }
 
-/// Smallest COW `lvcreate -s` accepts (LVM's `SNAPSHOT_MIN_CHUNKS`): the header, the first metadata
-/// area and one data chunk. The core formats two chunks, but such a COW has no room for any data:
-/// the first write to the origin would invalidate it.
-const MIN_PERSISTENT_CHUNKS: u64 = 3;
-
-/// Refuses a COW too small for its store before anything is allocated or created.
+/// The core's COW size rule ([`SnapshotOptions::check_cow_len`]), with the numbers in the message.
 pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
-    let chunk = opts.chunk_size.bytes();
-    let (chunks, what) = match opts.store {
-        StoreKind::Persistent => (
-            MIN_PERSISTENT_CHUNKS,
-            "a persistent COW needs 3 chunks (header, metadata area, one data chunk)",
-        ),
-        StoreKind::Transient => (1, "a transient COW needs 1 chunk"),
-    };
-    if cow_size < chunks * chunk {
-        return Err(Failure::new(
-            ErrorCode::NoSpace,
+    opts.check_cow_len(cow_size).map_err(|e| match e {
+        Error::NoSpace => Failure::new(
+            e.code(),
             format!(
-                "COW device too small: {what}, {} bytes with {chunk}-byte chunks; cow_size is \
-                 {cow_size}",
-                chunks * chunk
+                "COW device too small: {}, {} bytes with {}-byte chunks; cow_size is {cow_size}",
+                opts.min_cow_reason(),
+                opts.min_cow_len(),
+                opts.chunk_size.bytes()
             ),
-        ));
-    }
-    Ok(())
+        ),
+        e => e.into(),
+    })
 }
 
 /// Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
@@ -220,6 +216,9 @@ pub unsafe extern "C" fn cowsnap_snapshot_options_init(
 /// progress).
 /// Thread-safety: safe from any thread; takes the write lock (so an application that needs a snapshot
 /// consistent with its own data just stops its writers around this call).
+///
+/// Deprecated (kept, with its struct, for programs already compiled): `cowsnap_snapshot_create_with`
+/// does the same with options that can gain fields.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_snapshot_create(
     vol: *mut cowsnap_volume,
@@ -227,16 +226,144 @@ pub unsafe extern "C" fn cowsnap_snapshot_create(
     out_id: *mut u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_create", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
         // SAFETY: `opts` is NULL or points to an initialised struct.
         let o = unsafe { opts.as_ref() }.ok_or_else(|| Failure::null("opts"))?;
+        // SAFETY: argument contracts above.
+        unsafe { create(vol, o, out_id) }
+    })
+}
+
+/// How to create a snapshot, in a struct that can gain fields: set `struct_size` to
+/// `sizeof(struct cowsnap_snapshot_create_options)` as your program sees it (or call
+/// `cowsnap_snapshot_create_options_init`), zero the rest for the defaults (4 KiB chunks, persistent
+/// store, INVALIDATE, no autoextend, memory COW), and set `cow_size`. A program compiled against this
+/// header keeps working with later libraries, whose struct may be longer (the fields it does not know
+/// take their defaults); a field set by a program built against a later header is refused by an
+/// older library (`INVALID_ARGUMENT`) rather than ignored.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cowsnap_snapshot_create_options {
+    /// `sizeof(struct cowsnap_snapshot_create_options)` in the caller's program.
+    pub struct_size: usize,
+    /// Chunk size in bytes: a power of two from 4096 to 524288; 0 means 4096.
+    pub chunk_size: u32,
+    /// A `cowsnap_store_kind` value.
+    pub store: i32,
+    /// A `cowsnap_overflow_mode` value.
+    pub overflow: i32,
+    /// Autoextend (LVM's `snapshot_autoextend_threshold`): grow the COW when Data% would pass this
+    /// (1..100; 100 disables). 0 means no autoextend policy.
+    pub autoextend_threshold: u32,
+    /// Autoextend (LVM's `snapshot_autoextend_percent`): grow by this percentage of the COW size (>= 1).
+    pub autoextend_percent: u32,
+    /// Size of the COW device in bytes (> 0). A persistent store needs at least 3 chunks (header,
+    /// one metadata area, one data chunk), as `lvcreate` requires; a transient store 1 chunk.
+    pub cow_size: u64,
+    /// NULL: the COW lives in memory. Otherwise the path of a new file (or of an existing empty
+    /// regular file), created with all `cow_size` bytes reserved, as `cowsnap_snapshot_options.cow_path`
+    /// documents. Borrowed for the call.
+    pub cow_path: *const c_char,
+}
+
+/// Size of the first version of `cowsnap_snapshot_create_options`: the least `struct_size` accepted.
+const CREATE_OPTIONS_MIN: usize = std::mem::size_of::<cowsnap_snapshot_create_options>();
+
+/// The caller's sized options, in the first layout (fields it does not have take their defaults).
+///
+/// # Safety
+/// `p` is NULL or points to a `cowsnap_snapshot_create_options` of `struct_size` readable bytes.
+unsafe fn read_create_options(
+    p: *const cowsnap_snapshot_create_options,
+) -> FfiResult<cowsnap_snapshot_options> {
+    type T = cowsnap_snapshot_create_options;
+    // SAFETY: the pointer contract above.
+    let s = unsafe { SizedStruct::new(p, CREATE_OPTIONS_MIN, "opts") }?;
+    // SAFETY: the fields at their offsets in T, read only when inside the caller's struct_size.
+    unsafe {
+        s.check_unknown_zero(std::mem::size_of::<T>(), "opts")?;
+        Ok(cowsnap_snapshot_options {
+            chunk_size: s.get(offset_of!(T, chunk_size), 0),
+            store: s.get(offset_of!(T, store), 0),
+            overflow: s.get(offset_of!(T, overflow), 0),
+            cow_size: s.get(offset_of!(T, cow_size), 0),
+            cow_path: s.get(offset_of!(T, cow_path), std::ptr::null()),
+            autoextend_threshold: s.get(offset_of!(T, autoextend_threshold), 0),
+            autoextend_percent: s.get(offset_of!(T, autoextend_percent), 0),
+        })
+    }
+}
+
+/// Fills the `struct_size` bytes of `*opts` with the defaults (4 KiB chunks, persistent store,
+/// overflow INVALIDATE, no autoextend, memory COW, `cow_size` 0 to be set by the caller) and sets
+/// `opts->struct_size`. Pass `sizeof *opts`: the library writes no byte past it.
+///
+/// Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (`struct_size` smaller than the first version of the
+/// struct, or beyond 4096). Thread-safety: safe from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_create_options_init(
+    opts: *mut cowsnap_snapshot_create_options,
+    struct_size: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_create_options_init", {
+        type T = cowsnap_snapshot_create_options;
+        if opts.is_null() {
+            return Err(Failure::null("opts"));
+        }
+        if !(CREATE_OPTIONS_MIN..=MAX_STRUCT_SIZE).contains(&struct_size) {
+            return Err(Failure::invalid(format!(
+                "struct_size is {struct_size}: pass sizeof(struct cowsnap_snapshot_create_options) \
+                 (this library's is {CREATE_OPTIONS_MIN})"
+            )));
+        }
+        // SAFETY: `opts` holds `struct_size` writable bytes by contract; all-zero is the defaults
+        // but for the chunk size, written as a field when the caller's struct has it.
+        unsafe {
+            std::ptr::write_bytes(opts as *mut u8, 0, struct_size);
+            std::ptr::write_unaligned(opts as *mut usize, struct_size);
+            let s = SizedStruct::new(opts as *const T, CREATE_OPTIONS_MIN, "opts")?;
+            s.set(offset_of!(T, chunk_size), 4096u32);
+        }
+        Ok(())
+    })
+}
+
+/// Takes a snapshot of the origin (like `lvcreate -s`), as `cowsnap_snapshot_create` does (same
+/// behaviour, same errors), with options that can gain fields: see
+/// `struct cowsnap_snapshot_create_options`. Stores the new snapshot's id in `*out_id`.
+///
+/// `opts` (and its `cow_path`) are borrowed for the call. Errors: those of `cowsnap_snapshot_create`,
+/// and `INVALID_ARGUMENT` for a `struct_size` smaller than the first version of the struct (or beyond
+/// 4096), or a field this library does not know set to non-zero.
+/// Thread-safety: as `cowsnap_snapshot_create`.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_create_with(
+    vol: *mut cowsnap_volume,
+    opts: *const cowsnap_snapshot_create_options,
+    out_id: *mut u32,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_create_with", {
+        // SAFETY: argument contracts above.
+        let o = unsafe { read_create_options(opts) }?;
+        // SAFETY: argument contracts above.
+        unsafe { create(vol, &o, out_id) }
+    })
+}
+
+/// `cowsnap_snapshot_create` and `cowsnap_snapshot_create_with`, on options in the first layout.
+///
+/// # Safety
+/// `vol` and `out_id` as `cowsnap_snapshot_create` documents; `o.cow_path` NULL or a C string.
+unsafe fn create(
+    vol: *mut cowsnap_volume,
+    o: &cowsnap_snapshot_options,
+    out_id: *mut u32,
+) -> FfiResult<()> {
+    {
+        // SAFETY: argument contracts of the callers.
+        let v = unsafe { volume(vol) }?;
         // SAFETY: out-parameter contract.
         let out_id = unsafe { out(out_id, "out_id") }?;
-        let sopts = options(o)?;
-        if o.cow_size == 0 {
-            return Err(Failure::invalid("cow_size is 0"));
-        }
+        let sopts = options(o)?.validate()?;
         check_cow_size(o.cow_size, &sopts)?;
         let id = if o.cow_path.is_null() {
             let cow = mem_device(o.cow_size)?;
@@ -258,7 +385,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_create(
         };
         *out_id = id.0;
         Ok(())
-    })
+    }
 }
 
 /// Reads `len` bytes of snapshot `id` at byte `offset` into `buf` (the origin as it was when the
@@ -363,6 +490,9 @@ fn status_to_c(st: &SnapshotStatus) -> cowsnap_snapshot_status {
 /// `out_status` is borrowed for the call. Errors: `NULL_POINTER`, `UNKNOWN_SNAPSHOT` (an invalid
 /// snapshot still has a status: state INVALID, data_percent < 0).
 /// Thread-safety: runs in parallel with reads.
+///
+/// Deprecated (kept, with its struct, for programs already compiled): `cowsnap_snapshot_get_info`
+/// gives the same numbers in a struct that can gain fields.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_snapshot_status(
     vol: *mut cowsnap_volume,
@@ -376,6 +506,91 @@ pub unsafe extern "C" fn cowsnap_snapshot_status(
         let out_status = unsafe { out(out_status, "out_status") }?;
         let st = v.read()?.snapshot_status(SnapshotId(id))?;
         *out_status = status_to_c(&st);
+        Ok(())
+    })
+}
+
+/// A snapshot's status (the numbers `dmsetup status` and `lvs` print), in a struct that can gain
+/// fields: set `struct_size` to `sizeof(struct cowsnap_snapshot_info)` before calling
+/// `cowsnap_snapshot_get_info`. The library fills the fields that fit in `struct_size`, zeroes any
+/// it does not know, and sets `struct_size` to the bytes it filled.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct cowsnap_snapshot_info {
+    /// In: `sizeof(struct cowsnap_snapshot_info)` in the caller's program. Out: the bytes filled.
+    pub struct_size: usize,
+    /// A `cowsnap_snapshot_state` value.
+    pub state: i32,
+    /// A `cowsnap_store_kind` value.
+    pub store: i32,
+    /// A `cowsnap_overflow_mode` value.
+    pub overflow: i32,
+    /// True while the snapshot is being merged (then `merge_merged`/`merge_total` are meaningful).
+    pub merging: bool,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// COW sectors (512 bytes) handed out, header and metadata included.
+    pub sectors_allocated: u64,
+    /// COW device size in sectors.
+    pub total_sectors: u64,
+    /// Header plus metadata sectors so far (0 for a transient store).
+    pub metadata_sectors: u64,
+    /// Number of exceptions (chunks copied into the COW).
+    pub exceptions: u64,
+    /// Chunks merged back so far.
+    pub merge_merged: u64,
+    /// Chunks to merge in all.
+    pub merge_total: u64,
+    /// LVM's Data% (0..100); negative when the snapshot is invalid (LVM prints no value).
+    pub data_percent: f64,
+    /// NUL-terminated `dmsetup status` text: "Invalid", "Overflow" or `<allocated>/<total> <metadata>`.
+    pub dm_status: [c_char; 64],
+    /// NUL-terminated 10-character `lvs` attribute string, e.g. "swi-a-s---".
+    pub lvs_attr: [c_char; 16],
+}
+
+/// Size of the first version of `cowsnap_snapshot_info`: the least `struct_size` accepted.
+const INFO_MIN: usize = std::mem::size_of::<cowsnap_snapshot_info>();
+
+/// Fills `*out_info` with snapshot `id`'s status (state, COW usage, Data%, merge progress...), the
+/// numbers `cowsnap_snapshot_status` gives; set `out_info->struct_size` first (see
+/// `struct cowsnap_snapshot_info`). Nothing is written when the call fails.
+///
+/// `out_info` is borrowed for the call. Errors: `NULL_POINTER`, `INVALID_ARGUMENT` (`struct_size`
+/// smaller than the first version of the struct, or beyond 4096), `UNKNOWN_SNAPSHOT` (an invalid
+/// snapshot still has a status: state INVALID, data_percent < 0).
+/// Thread-safety: runs in parallel with reads.
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_snapshot_get_info(
+    vol: *mut cowsnap_volume,
+    id: u32,
+    out_info: *mut cowsnap_snapshot_info,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_snapshot_get_info", {
+        type T = cowsnap_snapshot_info;
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        // SAFETY: `out_info` is NULL or holds `struct_size` writable bytes, by contract.
+        let s = unsafe { SizedStruct::new(out_info as *const T, INFO_MIN, "out_info") }?;
+        let st = status_to_c(&v.read()?.snapshot_status(SnapshotId(id))?);
+        // SAFETY: each field at its offset in T, written only when inside the caller's struct_size.
+        unsafe {
+            s.set(offset_of!(T, state), st.state);
+            s.set(offset_of!(T, store), st.store);
+            s.set(offset_of!(T, overflow), st.overflow);
+            s.set(offset_of!(T, merging), st.merging);
+            s.set(offset_of!(T, chunk_size), st.chunk_size);
+            s.set(offset_of!(T, sectors_allocated), st.sectors_allocated);
+            s.set(offset_of!(T, total_sectors), st.total_sectors);
+            s.set(offset_of!(T, metadata_sectors), st.metadata_sectors);
+            s.set(offset_of!(T, exceptions), st.exceptions);
+            s.set(offset_of!(T, merge_merged), st.merge_merged);
+            s.set(offset_of!(T, merge_total), st.merge_total);
+            s.set(offset_of!(T, data_percent), st.data_percent);
+            s.set(offset_of!(T, dm_status), st.dm_status);
+            s.set(offset_of!(T, lvs_attr), st.lvs_attr);
+            s.finish_out(std::mem::size_of::<T>());
+        }
         Ok(())
     })
 }
@@ -394,6 +609,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
     ffi_guard!("cowsnap_snapshot_delete", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
+        v.check_unlisted(id, "cowsnap_snapshot_delete")?;
         let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
         Ok(())
@@ -443,15 +659,19 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
     ffi_guard!("cowsnap_snapshot_merge", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        let id = SnapshotId(id);
-        let mut p = v.write()?.merge_begin(id)?;
-        report(progress, user_data, p)?;
-        while !p.done {
-            p = v.write()?.merge_step(id)?;
-            report(progress, user_data, p)?;
+        v.check_unlisted(id, "cowsnap_snapshot_merge")?;
+        // The core's merge loop, one step per write lock; the callback runs with no lock held.
+        let mut merge = MergeStepper::new(SnapshotId(id));
+        loop {
+            let event = merge.step(&mut *v.write()?)?;
+            match event {
+                MergeEvent::Progress(p) => report(progress, user_data, p)?,
+                MergeEvent::Finished(cow) => {
+                    drop(cow);
+                    return Ok(());
+                }
+            }
         }
-        drop(v.write()?.merge_finish(id)?);
-        Ok(())
     })
 }
 
@@ -522,12 +742,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     ffi_guard!("cowsnap_snapshot_extend", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        if new_cow_size > i64::MAX as u64 {
-            return Err(Failure::invalid(format!(
-                "new COW size {new_cow_size} bytes is out of range: a COW holds at most {} bytes",
-                i64::MAX
-            )));
-        }
+        limits::check_cow_growth(new_cow_size)?;
         v.write()?
             .extend_snapshot(SnapshotId(id), new_cow_size)
             .map_err(|e| match e {

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLockReadGuard};
 use cowsnap_core::committer::Committer;
 use cowsnap_core::shared::Exclusive;
 use cowsnap_core::{
-    BlockDevice, Error, ErrorCode, MemDevice, SharedVolume, SnapshotOptions, Volume,
+    limits, BlockDevice, Error, ErrorCode, MemDevice, SharedVolume, SnapshotOptions, Volume,
 };
 
 use crate::files::{self, Space};
@@ -30,10 +30,20 @@ pub struct cowsnap_volume {
     size: u64,
     /// Commits waiting origin writes in the background (see `committer`).
     committer: Option<Committer>,
+    /// A managed directory's lock and manifest (`cowsnap_volume_open_dir`). Last: dropped after
+    /// the volume, so the lock outlives every write.
+    managed: Option<cowsnap_managed::volume::Lease>,
 }
 
 impl cowsnap_volume {
     fn boxed(vol: Volume) -> *mut cowsnap_volume {
+        Self::boxed_with(vol, None)
+    }
+
+    pub(crate) fn boxed_with(
+        vol: Volume,
+        managed: Option<cowsnap_managed::volume::Lease>,
+    ) -> *mut cowsnap_volume {
         let size = vol.len();
         let inner = Arc::new(SharedVolume::new(vol));
         // Without the thread the volume still commits on flush and on its size bound.
@@ -43,7 +53,23 @@ impl cowsnap_volume {
             inner,
             size,
             committer,
+            managed,
         }))
+    }
+
+    /// The managed directory this volume was opened from, if any.
+    pub(crate) fn managed(&self) -> Option<&cowsnap_managed::volume::Lease> {
+        self.managed.as_ref()
+    }
+
+    /// Refuses `what` on a snapshot listed in the manifest of a managed directory.
+    pub(crate) fn check_unlisted(&self, id: u32, what: &str) -> FfiResult<()> {
+        match &self.managed {
+            Some(m) => m
+                .check_unlisted(cowsnap_core::SnapshotId(id), what)
+                .map_err(|e| Failure::new(e.code.core(), e.msg)),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -63,18 +89,10 @@ impl cowsnap_volume {
         &self.inner
     }
 
-    /// Checks `offset..offset+len` against the volume before any buffer is touched.
+    /// Checks `offset..offset+len` against the volume before any buffer is touched (the core's
+    /// one range rule).
     pub(crate) fn check_range(&self, offset: u64, len: usize) -> FfiResult<()> {
-        let end = offset.checked_add(len as u64);
-        if len > isize::MAX as usize || end.map_or(true, |e| e > self.size) {
-            return Err(Error::OutOfRange {
-                offset,
-                len: len as u64,
-                size: self.size,
-            }
-            .into());
-        }
-        Ok(())
+        Ok(limits::check_range(offset, len as u64, self.size)?)
     }
 }
 
@@ -165,32 +183,11 @@ pub(crate) fn with_path(e: Error, what: &str, path: &std::path::Path) -> Failure
     Failure::new(f.code, format!("{what} {}: {}", path.display(), f.message))
 }
 
-/// A zero-filled memory device, failing with `COWSNAP_ERR_NO_SPACE` rather than aborting when the
-/// memory cannot be had.
+/// A zero-filled memory device ([`MemDevice::try_new`]), with the size in the message when the
+/// memory cannot be had (`COWSNAP_ERR_NO_SPACE`).
 pub(crate) fn mem_device(len: u64) -> FfiResult<MemDevice> {
-    let no_memory = || {
-        Failure::new(
-            ErrorCode::NoSpace,
-            format!("cannot allocate {len} bytes of memory"),
-        )
-    };
-    let n = usize::try_from(len).map_err(|_| no_memory())?;
-    if n == 0 {
-        return Ok(MemDevice::new(0));
-    }
-    // A zeroed allocation (calloc) instead of allocate-then-fill: the kernel hands out zero pages
-    // lazily, so creating a large memory COW costs no time up front (it is often done while an
-    // application holds its database lock), and failure is an error, not an abort.
-    let layout = std::alloc::Layout::array::<u8>(n).map_err(|_| no_memory())?;
-    // SAFETY: `layout` has a non-zero size (n > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    if ptr.is_null() {
-        return Err(no_memory());
-    }
-    // SAFETY: `ptr` comes from the global allocator with exactly this layout (n bytes, align 1), and
-    // all n bytes are initialised (zero); the Vec takes ownership and frees it with the same layout.
-    let bytes = unsafe { Vec::from_raw_parts(ptr, n, n) };
-    Ok(MemDevice::from_vec(bytes))
+    MemDevice::try_new(len)
+        .map_err(|e| Failure::new(e.code(), format!("cannot allocate {len} bytes of memory")))
 }
 
 /// Creates a volume whose origin is `size` bytes of zero-filled memory.
@@ -208,9 +205,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_mem(
         // SAFETY: out-parameter contract.
         let out_vol = unsafe { out(out_vol, "out_vol") }?;
         *out_vol = std::ptr::null_mut();
-        if size == 0 {
-            return Err(Failure::invalid("volume size is 0"));
-        }
+        limits::check_origin_len(size)?;
         *out_vol = cowsnap_volume::boxed(Volume::new(mem_device(size)?));
         Ok(())
     })
@@ -239,9 +234,7 @@ pub unsafe extern "C" fn cowsnap_volume_create_file(
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(path, "path") }?;
-        if size == 0 {
-            return Err(Failure::invalid("volume size is 0"));
-        }
+        limits::check_origin_len(size)?;
         let created = files::create(&path, size, Space::Sparse, "origin")?;
         *out_vol = cowsnap_volume::boxed(Volume::new(created.device));
         Ok(())
@@ -348,6 +341,35 @@ pub unsafe extern "C" fn cowsnap_volume_size(
         let v = unsafe { volume(vol) }?;
         // SAFETY: out-parameter contract.
         *unsafe { out(out_size, "out_size") }? = v.size();
+        Ok(())
+    })
+}
+
+/// Copies the origin's 10-character `lvs` attribute string and a NUL into `buf` (at least 11 bytes):
+/// `-wi-a-----` without snapshots, `owi-a-s---` with some, `Owi-a-s---` while one is merging.
+///
+/// Errors: `NULL_POINTER`, `BUFFER_TOO_SMALL` (len < 11; nothing copied). `buf` is borrowed for the
+/// call. Thread-safety: safe to call concurrently (takes the read lock).
+#[no_mangle]
+pub unsafe extern "C" fn cowsnap_volume_lvs_attr(
+    vol: *mut cowsnap_volume,
+    buf: *mut c_char,
+    len: usize,
+) -> cowsnap_result {
+    ffi_guard!("cowsnap_volume_lvs_attr", {
+        // SAFETY: argument contracts above.
+        let v = unsafe { volume(vol) }?;
+        let attr = v.read()?.origin_lvs_attr();
+        if len <= attr.len() {
+            return Err(Failure::new(
+                ErrorCode::BufferTooSmall,
+                format!("the attribute string needs {} bytes", attr.len() + 1),
+            ));
+        }
+        // SAFETY: `buf` has room for `len` > attr.len() bytes by contract.
+        let out = unsafe { out_buf(buf.cast::<u8>(), attr.len() + 1) }?;
+        out[..attr.len()].copy_from_slice(attr.as_bytes());
+        out[attr.len()] = 0;
         Ok(())
     })
 }

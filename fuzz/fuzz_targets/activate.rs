@@ -2,5 +2,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    cowsnap_core::fuzzing::activate_and_read(data);
+    cowsnap_core::testkit::fuzzing::activate_and_read(data);
 });

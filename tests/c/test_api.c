@@ -298,7 +298,7 @@ static void test_error_paths(void) {
   o.overflow = -1;
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "unknown overflow mode -1");
   o = mem_opts(0);
-  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "cow_size is 0");
+  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "COW size is 0");
   o = mem_opts(4096);
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_NO_SPACE, "too small");
   o = mem_opts(64 * 1024);
@@ -513,6 +513,104 @@ static void test_changed_ranges(void) {
   cowsnap_volume_free(v);
 }
 
+/* The sized structs: cowsnap_snapshot_create_options and cowsnap_snapshot_info, as this header has
+ * them, as an older header had them (smaller: refused below the first version), and as a newer
+ * header will (larger: unknown fields must be zero in, are zeroed out). */
+struct future_options {
+  cowsnap_snapshot_create_options o;
+  uint64_t unknown_field;
+};
+struct future_info {
+  cowsnap_snapshot_info i;
+  uint8_t unknown_fields[40];
+};
+
+static void test_sized_structs(void) {
+  cowsnap_volume *v = NULL;
+  cowsnap_snapshot_create_options o;
+  cowsnap_snapshot_info info;
+  struct cowsnap_snapshot_status st;
+  struct future_options fo;
+  struct future_info fi;
+  uint32_t id, id2;
+  uint8_t buf[4096];
+
+  OK(cowsnap_volume_create_mem(MiB, &v));
+  memset(&o, 0x5A, sizeof o);
+  OK(cowsnap_snapshot_create_options_init(&o, sizeof o));
+  EXPECT(o.struct_size == sizeof o && o.chunk_size == 4096 && o.cow_size == 0);
+  EXPECT(o.store == COWSNAP_STORE_PERSISTENT && o.overflow == COWSNAP_OVERFLOW_INVALIDATE);
+  EXPECT(o.cow_path == NULL && o.autoextend_threshold == 0 && o.autoextend_percent == 0);
+  o.cow_size = 256 * 1024;
+  o.chunk_size = 8192;
+  OK(cowsnap_snapshot_create_with(v, &o, &id));
+  memset(&info, 0x5A, sizeof info);
+  info.struct_size = sizeof info;
+  OK(cowsnap_snapshot_get_info(v, id, &info));
+  EXPECT(info.struct_size == sizeof info && info.state == COWSNAP_STATE_ACTIVE);
+  EXPECT(info.chunk_size == 8192 && info.total_sectors == 512 && info.metadata_sectors == 32);
+  EXPECT(!info.merging && info.exceptions == 0 && info.data_percent == 0.0);
+  EXPECT(strcmp(info.dm_status, "32/512 32") == 0 && strcmp(info.lvs_attr, "swi-a-s---") == 0);
+  /* The same numbers as the first status struct. */
+  fill(buf, sizeof buf, 3);
+  OK(cowsnap_volume_write(v, 0, buf, sizeof buf));
+  OK(cowsnap_snapshot_get_info(v, id, &info));
+  OK(cowsnap_snapshot_status(v, id, &st));
+  EXPECT(info.exceptions == 1 && st.exceptions == 1);
+  EXPECT(info.sectors_allocated == st.sectors_allocated && info.data_percent == st.data_percent);
+  EXPECT(strcmp(info.dm_status, st.dm_status) == 0 && strcmp(info.lvs_attr, st.lvs_attr) == 0);
+
+  /* A zeroed struct with only struct_size set is the defaults. */
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.cow_size = 64 * 1024;
+  OK(cowsnap_snapshot_create_with(v, &o, &id2));
+  OK(cowsnap_snapshot_get_info(v, id2, &info));
+  EXPECT(info.chunk_size == 4096 && info.store == COWSNAP_STORE_PERSISTENT);
+  OK(cowsnap_snapshot_delete(v, id2));
+
+  /* A newer caller: its unknown field zero is accepted, set is refused. */
+  memset(&fo, 0, sizeof fo);
+  OK(cowsnap_snapshot_create_options_init(&fo.o, sizeof fo));
+  EXPECT(fo.o.struct_size == sizeof fo && fo.unknown_field == 0 && fo.o.chunk_size == 4096);
+  fo.o.cow_size = 64 * 1024;
+  OK(cowsnap_snapshot_create_with(v, &fo.o, &id2));
+  OK(cowsnap_snapshot_delete(v, id2));
+  fo.unknown_field = 1;
+  ERR(cowsnap_snapshot_create_with(v, &fo.o, &id2), COWSNAP_ERR_INVALID_ARGUMENT,
+      "does not know");
+  /* ...and gets its unknown status fields zeroed, with struct_size saying what was filled. */
+  memset(&fi, 0x5A, sizeof fi);
+  fi.i.struct_size = sizeof fi;
+  OK(cowsnap_snapshot_get_info(v, id, &fi.i));
+  EXPECT(fi.i.struct_size == sizeof(cowsnap_snapshot_info) && fi.i.exceptions == 1);
+  {
+    size_t k;
+    int zero = 1;
+    for (k = 0; k < sizeof fi.unknown_fields; k++) zero &= fi.unknown_fields[k] == 0;
+    EXPECT(zero);
+  }
+
+  /* Sizes below the first version, or garbage, are refused; nothing is written. */
+  o.struct_size = 8;
+  ERR(cowsnap_snapshot_create_with(v, &o, &id2), COWSNAP_ERR_INVALID_ARGUMENT, "struct_size is 8");
+  o.struct_size = (size_t)-1;
+  ERR(cowsnap_snapshot_create_with(v, &o, &id2), COWSNAP_ERR_INVALID_ARGUMENT, "struct_size");
+  ERR(cowsnap_snapshot_create_options_init(&o, 4), COWSNAP_ERR_INVALID_ARGUMENT, "struct_size is 4");
+  ERR(cowsnap_snapshot_create_options_init(NULL, sizeof o), COWSNAP_ERR_NULL_POINTER, "opts is NULL");
+  ERR(cowsnap_snapshot_create_with(v, NULL, &id2), COWSNAP_ERR_NULL_POINTER, "opts is NULL");
+  memset(&info, 0x5A, sizeof info);
+  info.struct_size = 16;
+  ERR(cowsnap_snapshot_get_info(v, id, &info), COWSNAP_ERR_INVALID_ARGUMENT, "struct_size is 16");
+  EXPECT(info.struct_size == 16 && info.state == 0x5A5A5A5A);
+  ERR(cowsnap_snapshot_get_info(v, id, NULL), COWSNAP_ERR_NULL_POINTER, "out_info is NULL");
+  info.struct_size = sizeof info;
+  ERR(cowsnap_snapshot_get_info(v, 999, &info), COWSNAP_ERR_UNKNOWN_SNAPSHOT, "no snapshot");
+  ERR(cowsnap_snapshot_get_info(NULL, id, &info), COWSNAP_ERR_NULL_POINTER, "vol is NULL");
+
+  cowsnap_volume_free(v);
+}
+
 int main(int argc, char **argv) {
   snprintf(dir, sizeof dir, "%s", argc > 1 ? argv[1] : ".");
   test_version_and_names();
@@ -521,5 +619,6 @@ int main(int argc, char **argv) {
   test_error_paths();
   test_file_backup();
   test_changed_ranges();
+  test_sized_structs();
   return finish("test_api");
 }

@@ -35,17 +35,23 @@ int main() {
   cowsnap_volume *raw = nullptr;
   expect(cowsnap_volume_create_mem(1 << 20, &raw) == COWSNAP_OK, "create");
   Volume vol(raw);
-  cowsnap_snapshot_options opts;
-  cowsnap_snapshot_options_init(&opts);
+  cowsnap_snapshot_create_options opts;
+  expect(cowsnap_snapshot_create_options_init(&opts, sizeof opts) == COWSNAP_OK, "options");
   opts.cow_size = 256 * 1024;
   opts.store = COWSNAP_STORE_TRANSIENT;
   uint32_t id = 0;
-  expect(cowsnap_snapshot_create(vol.get(), &opts, &id) == COWSNAP_OK, "snapshot");
+  expect(cowsnap_snapshot_create_with(vol.get(), &opts, &id) == COWSNAP_OK, "snapshot");
   std::vector<uint8_t> data(4096, 0x5a), back(4096);
   expect(cowsnap_volume_write(vol.get(), 0, data.data(), data.size()) == COWSNAP_OK, "write");
   expect(cowsnap_snapshot_read(vol.get(), id, 0, back.data(), back.size()) == COWSNAP_OK, "read");
   expect(back[0] == 0, "snapshot keeps the old data");
-  struct cowsnap_snapshot_status st;  // "struct": the function of the same name hides the type
+  cowsnap_snapshot_info info{};
+  info.struct_size = sizeof info;
+  expect(cowsnap_snapshot_get_info(vol.get(), id, &info) == COWSNAP_OK, "info");
+  expect(info.state == COWSNAP_STATE_ACTIVE && info.exceptions == 1, "info values");
+  expect(info.struct_size == sizeof info, "info size");
+  // The first status struct still works; "struct": the function of the same name hides the type.
+  struct cowsnap_snapshot_status st;
   expect(cowsnap_snapshot_status(vol.get(), id, &st) == COWSNAP_OK, "status");
   expect(st.state == COWSNAP_STATE_ACTIVE && st.exceptions == 1, "status values");
   cowsnap_result r = cowsnap_snapshot_delete(vol.get(), id + 10);

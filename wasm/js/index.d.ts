@@ -2,6 +2,7 @@
 // wasm/build.sh appends loader-esm.d.ts (-> index.d.mts, for `import`, Node.js and browser) or
 // loader-cjs.d.ts (-> index.d.cts, for `require`) to this file: the classes are the same in both.
 
+// BEGIN GENERATED ErrorCode (from cowsnap_core::ErrorCode by ffi/tests/generated.rs; do not edit)
 /** Stable error codes, shared with the C API and Python (`error.code`). */
 export type ErrorCode =
   | 'OUT_OF_RANGE'
@@ -18,6 +19,7 @@ export type ErrorCode =
   | 'NULL_POINTER'
   | 'PANIC'
   | 'BUFFER_TOO_SMALL';
+// END GENERATED ErrorCode
 
 /**
  * What every function of the package throws: an `Error` (engine errors), a `TypeError` (an argument
@@ -130,6 +132,8 @@ export class Volume {
   static fromImages(origin: Uint8Array, cows?: readonly Uint8Array[]): Volume;
   /** Origin size in bytes (also the size of every snapshot). */
   readonly size: number;
+  /** The origin's `lvs` attributes: `-wi-a-----`, `owi-a-s---` with snapshots, `Owi-a-s---` while one merges. */
+  readonly lvsAttr: string;
   /** `len` bytes of the origin at `offset`, in a new array. */
   read(offset: number, len: number): Uint8Array;
   /** Fills `buf` from the origin at `offset`. */

@@ -13,8 +13,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use cowsnap_core::{
-    Autoextend, BlockDevice, ChunkSize, Error, ErrorCode, MemDevice, MergeProgress, OverflowMode,
-    SnapshotId, SnapshotOptions, SnapshotState, StoreKind, Volume as CoreVolume,
+    limits, Autoextend, BlockDevice, ChunkSize, Error, ErrorCode, MemDevice, MergeEvent,
+    MergeProgress, MergeStepper, OverflowMode, SnapshotId, SnapshotOptions, SnapshotState,
+    StoreKind, Volume as CoreVolume,
 };
 use js_sys::{Array, Function, Object, Reflect, Uint8Array};
 use serde::Serialize;
@@ -118,11 +119,11 @@ fn arg_bytes(v: &JsValue, what: &str) -> Result<Uint8Array, JsValue> {
         .ok_or_else(|| type_err(&format!("{what} must be a Uint8Array, got {}", kind_of(v))))
 }
 
+/// Zeroed wasm memory, or a `NO_SPACE` error instead of a trap ([`MemDevice::try_new`]).
 fn zeroed(n: usize) -> Result<Vec<u8>, JsValue> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| oom(n as u64))?;
-    v.resize(n, 0);
-    Ok(v)
+    MemDevice::try_new(n as u64)
+        .map(MemDevice::into_vec)
+        .map_err(|_| oom(n as u64))
 }
 
 /// Copies a `Uint8Array` into wasm memory.
@@ -232,11 +233,11 @@ fn arg_autoextend(v: &JsValue) -> Result<Option<Autoextend>, JsValue> {
             kind_of(v)
         )));
     };
-    let policy = Autoextend {
+    // The numbers are checked by the core (Autoextend::validate), as for every front end.
+    Ok(Some(Autoextend {
         threshold_percent: arg_u32(&t, "autoextend threshold")?,
         extend_percent: arg_u32(&p, "autoextend percent")?,
-    };
-    policy.validate().map(Some).map_err(core_err)
+    }))
 }
 
 const SNAPSHOT_KEYS: [&str; 5] = [
@@ -335,29 +336,22 @@ fn check_distinct(images: &[(String, &Uint8Array)]) -> Result<(), JsValue> {
     Ok(())
 }
 
-/// Smallest COW `lvcreate -s` accepts (LVM's `SNAPSHOT_MIN_CHUNKS`): header, first metadata area
-/// and one data chunk; a transient store needs one chunk. The C ABI applies the same rule.
-fn check_cow_size(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue> {
-    let chunk = opts.chunk_size.bytes();
-    let (chunks, what) = match opts.store {
-        StoreKind::Persistent => (
-            3,
-            "a persistent COW needs 3 chunks (header, metadata area, one data chunk)",
-        ),
-        StoreKind::Transient => (1, "a transient COW needs 1 chunk"),
-    };
-    if (cow_size as u64) < chunks * chunk {
-        return Err(with_code(
+/// The core's option and COW size rules, checked before the COW is allocated.
+fn check_snapshot(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue> {
+    opts.validate().map_err(core_err)?;
+    opts.check_cow_len(cow_size as u64).map_err(|e| match e {
+        Error::NoSpace => with_code(
             js_sys::Error::new(&format!(
-                "COW device too small: {what}, {} bytes with {chunk}-byte chunks; cowSize is \
-                 {cow_size}",
-                chunks * chunk
+                "COW device too small: {}, {} bytes with {}-byte chunks; cowSize is {cow_size}",
+                opts.min_cow_reason(),
+                opts.min_cow_len(),
+                opts.chunk_size.bytes()
             ))
             .into(),
-            ErrorCode::NoSpace.name(),
-        ));
-    }
-    Ok(())
+            e.code().name(),
+        ),
+        e => core_err(e),
+    })
 }
 
 fn with<R>(vol: &Shared, f: impl FnOnce(&CoreVolume) -> Result<R, Error>) -> Result<R, JsValue> {
@@ -400,9 +394,7 @@ impl Volume {
     /// A zero-filled origin of `size` bytes (at least 1, as in C and Python).
     pub fn memory(size: JsValue) -> Result<Volume, JsValue> {
         let n = arg_len(&size, "size")?;
-        if n == 0 {
-            return Err(range_err("volume size is 0"));
-        }
+        limits::check_origin_len(n as u64).map_err(|e| range_err(&e.to_string()))?;
         Ok(Volume::wrap(CoreVolume::new(MemDevice::from_vec(zeroed(
             n,
         )?))))
@@ -480,13 +472,20 @@ impl Volume {
     /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
     pub fn snapshot(&self, options: JsValue) -> Result<Snapshot, JsValue> {
         let (cow_size, opts) = arg_snapshot_options(&options)?;
-        check_cow_size(cow_size, &opts)?;
+        check_snapshot(cow_size, &opts)?;
         let cow = MemDevice::from_vec(zeroed(cow_size)?);
         let id = with_mut(&self.inner, |v| v.create_snapshot(cow, opts))?;
         Ok(Snapshot {
             vol: self.inner.clone(),
             id,
         })
+    }
+
+    /// The origin's 10-character `lvs` attribute string: `-wi-a-----`, `owi-a-s---` with snapshots,
+    /// `Owi-a-s---` while one merges (the core's rule, as the CLI's `lvs`).
+    #[wasm_bindgen(getter, js_name = lvsAttr)]
+    pub fn lvs_attr(&self) -> Result<String, JsValue> {
+        with(&self.inner, |v| Ok(v.origin_lvs_attr().into()))
     }
 
     /// The current snapshots, oldest first (new handles to the same snapshots).
@@ -694,14 +693,14 @@ impl Snapshot {
                 None => Ok(()),
             }
         };
-        // The core's merge_snapshot loop, with the borrow released while JS code runs.
-        let mut p = with_mut(&self.vol, |v| v.merge_begin(self.id))?;
-        report(p)?;
-        while !p.done {
-            p = with_mut(&self.vol, |v| v.merge_step(self.id))?;
-            report(p)?;
+        // The core's merge loop, with the borrow released while JS code runs.
+        let mut merge = MergeStepper::new(self.id);
+        loop {
+            match with_mut(&self.vol, |v| merge.step(v))? {
+                MergeEvent::Progress(p) => report(p)?,
+                MergeEvent::Finished(_) => return Ok(()),
+            }
         }
-        with_mut(&self.vol, |v| v.merge_finish(self.id).map(drop))
     }
 
     /// The COW device's bytes: for a persistent store, a dm-snapshot image the kernel can load.

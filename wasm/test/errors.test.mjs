@@ -94,7 +94,9 @@ test('snapshot options: types, unknown keys, values', () => {
   for (const c of [0, 512, 2048, 3000, 6144, 1 << 20]) {
     throwsCode(() => vol.snapshot({ cowSize: 65536, chunkSize: c }), 'BAD_CHUNK_SIZE', Error, /chunk size/);
   }
-  for (const size of [0, 4096, 8191]) {
+  // The core's one rule (as in C and Python): size 0 is an invalid argument, below 3 chunks no space.
+  throwsCode(() => vol.snapshot({ cowSize: 0 }), 'INVALID_ARGUMENT', Error, /COW size is 0/);
+  for (const size of [4096, 8191]) {
     throwsCode(() => vol.snapshot({ cowSize: size }), 'NO_SPACE', Error);
   }
   throwsCode(() => vol.snapshot({ cowSize: 4096, chunkSize: 8192, persistent: false }), 'NO_SPACE', Error);

@@ -240,3 +240,54 @@ def test_message_is_per_thread() -> None:
         th.join()
         assert other and "size" in other[0]
         assert _lib.last_error() == main_msg  # untouched by the other thread's failure
+
+
+def test_classes_are_built_from_the_library_table() -> None:
+    """errors.py restates no code: its classes are the library's cowsnap_error_codes, named after the
+    library's names, documented with the library's descriptions; the old class names all import."""
+    count = ctypes.c_size_t()
+    assert _lib.LIB.cowsnap_error_codes(None, 0, ctypes.byref(count)) == 0
+    codes = (ctypes.c_int32 * count.value)()
+    assert _lib.LIB.cowsnap_error_codes(codes, count.value, ctypes.byref(count)) == 0
+    assert list(codes)[0] == 0
+    for code in list(codes)[1:]:
+        cls = cowsnap.error_class(code)
+        assert cls is not cowsnap.CowsnapError
+        assert cls.name == _lib.LIB.cowsnap_error_name(code).decode()
+        assert cls.__doc__ == _lib.LIB.cowsnap_error_description(code).decode()
+        assert cowsnap.error_by_name(cls.name) is cls
+        assert getattr(cowsnap, cls.__name__) is cls and cls.__name__ in cowsnap.__all__
+    assert {c.__name__ for c in ALL_CLASSES} <= set(cowsnap.__all__)
+    from cowsnap import BufferTooSmall, IoError, VolumeClosed  # noqa: F401  (names kept)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda v: v.snapshot(cow_size=MiB, persistent=False, overflow="report"),
+        lambda v: v.snapshot(cow_size=MiB, autoextend=(0, 5)),
+        lambda v: v.snapshot(cow_size=MiB, autoextend=(101, 5)),
+        lambda v: v.snapshot(cow_size=MiB, autoextend=(50, 0)),
+        lambda v: v.read(-1, 1),
+        lambda v: cowsnap.Volume.memory(0),
+    ],
+    ids=["transient-report", "autoextend-0-5", "autoextend-101", "autoextend-percent-0", "negative", "memory-0"],
+)
+def test_refused_values_are_cowsnap_errors_with_a_code(call) -> None:  # type: ignore[no-untyped-def]
+    """The issue's divergences: a refused value is an InvalidArgument (code -3, name
+    INVALID_ARGUMENT), a CowsnapError, and still a ValueError for older callers."""
+    with cowsnap.Volume.memory(MiB) as vol:
+        with pytest.raises(cowsnap.InvalidArgument) as ei:
+            call(vol)
+        e = ei.value
+        assert isinstance(e, cowsnap.CowsnapError) and isinstance(e, ValueError)
+        assert (e.code, e.name) == (-3, "INVALID_ARGUMENT")
+        assert vol.snapshots == []
+
+
+def test_closed_volume_is_invalid_argument() -> None:
+    vol = cowsnap.Volume.memory(MiB)
+    vol.close()
+    with pytest.raises(cowsnap.VolumeClosed) as ei:
+        vol.read(0, 1)
+    assert isinstance(ei.value, cowsnap.InvalidArgument) and ei.value.code == -3

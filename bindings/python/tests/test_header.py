@@ -64,6 +64,10 @@ def ctype_of(decl: str):
         return ctypes.POINTER(_lib.SnapshotOptions)
     if t == "cowsnap_snapshot_status*":
         return ctypes.POINTER(_lib.SnapshotStatusC)
+    if t == "cowsnap_snapshot_create_options*":
+        return ctypes.POINTER(_lib.SnapshotCreateOptions)
+    if t == "cowsnap_snapshot_info*":
+        return ctypes.POINTER(_lib.SnapshotInfoC)
     if t == "cowsnap_range*":
         return ctypes.POINTER(_lib.RangeC)
     if t.endswith("*"):
@@ -105,6 +109,8 @@ def struct_fields(text: str, name: str) -> List[Tuple[str, str]]:
     [
         ("cowsnap_snapshot_options", _lib.SnapshotOptions),
         ("cowsnap_snapshot_status", _lib.SnapshotStatusC),
+        ("cowsnap_snapshot_create_options", _lib.SnapshotCreateOptions),
+        ("cowsnap_snapshot_info", _lib.SnapshotInfoC),
         ("cowsnap_range", _lib.RangeC),
     ],
 )

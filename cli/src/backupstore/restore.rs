@@ -148,7 +148,7 @@ fn to_volume(
     bar: &Progress,
 ) -> CliResult {
     let existed = dir.exists();
-    crate::managed::create(dir, m.size, m.chunk_size, true)?;
+    cowsnap_managed::volume::create_volume(dir, m.size, m.chunk_size)?;
     let r = (|| {
         let origin = dir.join("origin.img");
         let f = OpenOptions::new()

@@ -29,10 +29,10 @@ use super::location::{store_err, Location};
 use super::locks::{Lock, STALE};
 use super::objects::{self, Hash};
 use super::{read_manifest, runtime};
-use crate::managed::{Io, Opened};
 use crate::progress::Progress;
 use crate::size::human;
 use crate::{CliError, CliResult};
+use cowsnap_managed::{Io, Opened};
 
 /// Default bytes per block object: the snapshot's chunk size, but at least this (per-object
 /// request costs dominate below it; above it one changed chunk re-uploads more).

@@ -2,17 +2,18 @@
 //!
 //! The store decides where the next copied chunk goes and how records become durable; the snapshot
 //! keeps the in-memory table and does the data copies. Two stores exist, as in dm-snapshot:
-//! [`persistent`] (the on-disk format, `P`/`PO`) and [`transient`] (`N`, memory only).
+//! [`persistent`] (the on-disk format, `P`/`PO`) and `transient` (`N`, memory only).
 
 pub mod persistent;
-pub mod transient;
+pub(crate) mod transient;
 
 use alloc::vec::Vec;
 
 use crate::chunk::ChunkSize;
 use crate::device::BlockDevice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exception::Exception;
+use crate::snapshot::OverflowMode;
 
 /// Which store a snapshot uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -22,6 +23,17 @@ pub enum StoreKind {
     /// dm's `P` (and `PO` with [`crate::OverflowMode::Report`]): the kernel's on-disk format.
     #[default]
     Persistent,
+}
+
+/// Parses dm's store letters, as `dmsetup table` and LVM write them: `P` (persistent), `PO`
+/// (persistent, overflow reported) or `N` (transient), case-insensitive.
+pub fn parse_store(letters: &str) -> Result<(StoreKind, OverflowMode)> {
+    match letters.to_ascii_uppercase().as_str() {
+        "P" => Ok((StoreKind::Persistent, OverflowMode::Invalidate)),
+        "PO" => Ok((StoreKind::Persistent, OverflowMode::Report)),
+        "N" => Ok((StoreKind::Transient, OverflowMode::Invalidate)),
+        _ => Err(Error::InvalidArgument("store must be P, PO or N")),
+    }
 }
 
 /// COW space accounting, in sectors, as `dmsetup status` reports it.
@@ -37,21 +49,21 @@ pub struct Usage {
 
 /// A commit that did not complete.
 #[derive(Debug)]
-pub struct CommitFailure {
+pub(crate) struct CommitFailure {
     /// What the device said.
-    pub error: crate::Error,
+    pub(crate) error: crate::Error,
     /// True when the store forgot the records and is as before the call: what reached the disk of
     /// them names chunks that hold the right data and are never handed out again in this session.
     /// False when the store is unusable and the snapshot must be invalidated.
-    pub undone: bool,
+    pub(crate) undone: bool,
     /// True when no record reached the device, so the records' chunks can be handed out again.
-    pub reusable: bool,
+    pub(crate) reusable: bool,
 }
 
 /// A commit taken by the store whose device I/O is still to be done (see `ExceptionStore::stage`).
 #[derive(Debug)]
 #[cfg_attr(not(feature = "std"), allow(dead_code))]
-pub struct StagedCommit {
+pub(crate) struct StagedCommit {
     /// Offsets of metadata areas to zero (one chunk each) before the data flush: the area after
     /// every one this commit fills, so that a scan always finds an end marker.
     pub(crate) zero: Vec<u64>,
@@ -72,8 +84,10 @@ pub(crate) struct Undo {
     pub(crate) old_area: Option<Vec<Exception>>,
 }
 
-/// What a snapshot needs from its exception store.
-pub trait ExceptionStore: Send + Sync {
+/// What a snapshot needs from its exception store. Internal: the two stores are dm's, and the
+/// snapshot code relies on their exact behaviour (records, flushes, undo), so no other store can be
+/// plugged in.
+pub(crate) trait ExceptionStore: Send + Sync {
     /// Transient or persistent.
     fn kind(&self) -> StoreKind;
     /// The store's chunk size.

@@ -33,9 +33,13 @@ const AREA_IO: u64 = 64 * 1024;
 /// The header fields of chunk 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// [`SNAP_MAGIC`] for a store; 0 for a device never formatted (or wiped).
     pub magic: u32,
+    /// 1 while the snapshot is valid; 0 once invalidated (overflow or I/O error), for good.
     pub valid: u32,
+    /// [`DISK_VERSION`].
     pub version: u32,
+    /// Chunk size in 512-byte sectors.
     pub chunk_sectors: u32,
 }
 
@@ -105,6 +109,7 @@ impl Header {
 /// Where things are in a persistent COW of a given chunk size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// The store's chunk size, which fixes everything else.
     pub chunk: ChunkSize,
 }
 
@@ -128,7 +133,9 @@ impl Geometry {
 /// What reading an existing COW device found (for inspection tools).
 #[derive(Debug, Clone)]
 pub struct Scan {
+    /// The header as read.
     pub header: Header,
+    /// The chunk size the header gives.
     pub chunk: ChunkSize,
     /// Records in on-disk order (empty when the store is invalid; filled by [`inspect`] only:
     /// activation keeps just the table).
@@ -145,7 +152,7 @@ pub struct Scan {
 
 /// A persistent exception store, open on a COW device.
 #[derive(Debug)]
-pub struct PersistentStore {
+pub(crate) struct PersistentStore {
     geo: Geometry,
     valid: bool,
     next_free: u64,
@@ -228,11 +235,6 @@ impl PersistentStore {
     /// Whether the header says valid.
     pub fn is_valid(&self) -> bool {
         self.valid
-    }
-
-    /// The store's geometry.
-    pub fn geometry(&self) -> Geometry {
-        self.geo
     }
 
     fn skip_metadata(&mut self) {

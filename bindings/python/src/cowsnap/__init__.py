@@ -18,25 +18,9 @@ Errors are :class:`CowsnapError` subclasses, one per C result code.
 
 from ._lib import library_path, library_version
 from ._volume import MergeProgress, Snapshot, SnapshotStatus, Volume
-from .errors import (
-    BadChunkSize,
-    BufferTooSmall,
-    CorruptMetadata,
-    CowsnapError,
-    InvalidArgument,
-    IoError,
-    Merging,
-    NoSpace,
-    NullPointer,
-    OutOfRange,
-    Panic,
-    SnapshotInvalid,
-    SnapshotOverflow,
-    UnknownSnapshot,
-    Unsupported,
-    VolumeClosed,
-    error_class,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F401,F403  (CowsnapError, VolumeClosed, one class per code: built from the library)
+from .errors import CowsnapError, VolumeClosed, error_by_name, error_class  # noqa: F401
 
 def _package_version() -> str:
     # One version source: the Cargo workspace's, which the build writes into the package metadata
@@ -58,21 +42,6 @@ __all__ = [
     "MergeProgress",
     "library_path",
     "library_version",
-    "CowsnapError",
-    "OutOfRange",
-    "BadChunkSize",
-    "InvalidArgument",
-    "SnapshotInvalid",
-    "SnapshotOverflow",
-    "NoSpace",
-    "UnknownSnapshot",
-    "CorruptMetadata",
-    "IoError",
-    "Merging",
-    "Unsupported",
-    "NullPointer",
-    "Panic",
-    "BufferTooSmall",
-    "VolumeClosed",
-    "error_class",
+    "error_by_name",
+    *_errors.__all__,
 ]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
-from .errors import CowsnapError, error_class
 
 # The C ABI version these bindings are written for: the library must report the same major.minor.
 ABI_VERSION = (0, 1)
@@ -32,7 +31,7 @@ OVERFLOW_REPORT = 1
 
 
 class SnapshotOptions(ctypes.Structure):
-    """``cowsnap_snapshot_options``."""
+    """``cowsnap_snapshot_options`` (the first, frozen layout; the bindings use SnapshotCreateOptions)."""
 
     _fields_ = [
         ("chunk_size", ctypes.c_uint32),
@@ -45,6 +44,25 @@ class SnapshotOptions(ctypes.Structure):
     ]
 
 
+class SnapshotCreateOptions(ctypes.Structure):
+    """``cowsnap_snapshot_create_options`` (sized: ``struct_size`` is set by ``__init__``)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("chunk_size", ctypes.c_uint32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("autoextend_threshold", ctypes.c_uint32),
+        ("autoextend_percent", ctypes.c_uint32),
+        ("cow_size", ctypes.c_uint64),
+        ("cow_path", ctypes.c_char_p),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
+
+
 class RangeC(ctypes.Structure):
     """``cowsnap_range``."""
 
@@ -52,7 +70,7 @@ class RangeC(ctypes.Structure):
 
 
 class SnapshotStatusC(ctypes.Structure):
-    """``cowsnap_snapshot_status``."""
+    """``struct cowsnap_snapshot_status`` (the first, frozen layout; the bindings use SnapshotInfoC)."""
 
     _fields_ = [
         ("state", ctypes.c_int32),
@@ -72,6 +90,32 @@ class SnapshotStatusC(ctypes.Structure):
     ]
 
 
+class SnapshotInfoC(ctypes.Structure):
+    """``cowsnap_snapshot_info`` (sized: ``struct_size`` is set by ``__init__``)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("state", ctypes.c_int32),
+        ("store", ctypes.c_int32),
+        ("overflow", ctypes.c_int32),
+        ("merging", ctypes.c_bool),
+        ("chunk_size", ctypes.c_uint64),
+        ("sectors_allocated", ctypes.c_uint64),
+        ("total_sectors", ctypes.c_uint64),
+        ("metadata_sectors", ctypes.c_uint64),
+        ("exceptions", ctypes.c_uint64),
+        ("merge_merged", ctypes.c_uint64),
+        ("merge_total", ctypes.c_uint64),
+        ("data_percent", ctypes.c_double),
+        ("dm_status", ctypes.c_char * 64),
+        ("lvs_attr", ctypes.c_char * 16),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
+
+
 # cowsnap_merge_progress_cb: int32_t (*)(void *user_data, uint64_t merged, uint64_t total, bool done);
 # non-zero stops the merge (cowsnap_snapshot_merge then returns COWSNAP_ERR_MERGING).
 PROGRESS_CB = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_bool)
@@ -82,6 +126,8 @@ _SIGNATURES = {
     # name: (restype, argtypes)
     "cowsnap_version": (ctypes.c_char_p, []),
     "cowsnap_error_name": (ctypes.c_char_p, [ctypes.c_int32]),
+    "cowsnap_error_description": (ctypes.c_char_p, [ctypes.c_int32]),
+    "cowsnap_error_codes": (c_result, [ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
     "cowsnap_last_error": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
     "cowsnap_volume_create_mem": (c_result, [ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
     "cowsnap_volume_create_file": (c_result, [ctypes.c_char_p, ctypes.c_uint64, ctypes.POINTER(c_volume_p)]),
@@ -89,8 +135,11 @@ _SIGNATURES = {
         c_result,
         [ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.POINTER(c_volume_p)],
     ),
+    "cowsnap_volume_open_dir": (c_result, [ctypes.c_char_p, ctypes.POINTER(c_volume_p)]),
+    "cowsnap_volume_dir_snapshot_id": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint32)]),
     "cowsnap_volume_free": (None, [c_volume_p]),
     "cowsnap_volume_size": (c_result, [c_volume_p, ctypes.POINTER(ctypes.c_uint64)]),
+    "cowsnap_volume_lvs_attr": (c_result, [c_volume_p, ctypes.c_char_p, ctypes.c_size_t]),
     "cowsnap_volume_snapshot_ids": (
         c_result,
         [c_volume_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
@@ -103,6 +152,12 @@ _SIGNATURES = {
         c_result,
         [c_volume_p, ctypes.POINTER(SnapshotOptions), ctypes.POINTER(ctypes.c_uint32)],
     ),
+    "cowsnap_snapshot_create_options_init": (c_result, [ctypes.POINTER(SnapshotCreateOptions), ctypes.c_size_t]),
+    "cowsnap_snapshot_create_with": (
+        c_result,
+        [c_volume_p, ctypes.POINTER(SnapshotCreateOptions), ctypes.POINTER(ctypes.c_uint32)],
+    ),
+    "cowsnap_snapshot_get_info": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotInfoC)]),
     "cowsnap_snapshot_read": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_snapshot_write": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.c_uint64, c_buf, ctypes.c_size_t]),
     "cowsnap_snapshot_status": (c_result, [c_volume_p, ctypes.c_uint32, ctypes.POINTER(SnapshotStatusC)]),
@@ -179,18 +234,6 @@ if _got != ABI_VERSION:
         f"cowsnap: {_PATH} is version {_VERSION!r}; these bindings need {ABI_VERSION[0]}.{ABI_VERSION[1]}.x"
     )
 
-# The exception table must match the library's codes: same numbers, same names.
-for _code in range(-1, -64, -1):
-    _name = (LIB.cowsnap_error_name(_code) or b"").decode("ascii", "replace")
-    if _name == "UNKNOWN" or error_class(_code) is CowsnapError:
-        continue  # a code newer than these bindings: raised as plain CowsnapError
-    if error_class(_code).name != _name:
-        raise ImportError(
-            f"cowsnap: {_PATH} reports error code {_code} as {_name!r}; these bindings know it as "
-            f"{error_class(_code).name!r} (library and bindings out of step)"
-        )
-
-
 def library_path() -> str:
     """The path of the libcowsnap loaded."""
     return _PATH
@@ -211,6 +254,8 @@ def last_error() -> str:
 def check(result: int) -> None:
     """Raises the exception for a non-zero ``cowsnap_result`` (with the library's message)."""
     if result != 0:
+        from .errors import CowsnapError, error_class  # built from this module's LIB
+
         cls = error_class(result)
         msg = last_error() or f"cowsnap error {result}"
         raise cls(msg, code=result) if cls is CowsnapError else cls(msg)

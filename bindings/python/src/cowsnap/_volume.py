@@ -1,6 +1,7 @@
 """The Pythonic layer: :class:`Volume`, :class:`Snapshot` and :class:`SnapshotStatus`."""
 
 import ctypes
+import json
 import operator
 import os
 import threading
@@ -9,7 +10,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _lib
 from ._lib import check
-from .errors import BufferTooSmall, CowsnapError, VolumeClosed
+from .errors import BufferTooSmall, CowsnapError, VolumeClosed, error_by_name
+
+# Python's shape for a value the library would refuse, raised before a C call when the value cannot
+# even be passed (negative, beyond 64 bits, a C sentinel): a CowsnapError with its code, also a
+# ValueError. The rules themselves (sizes, options, autoextend) are the library's.
+_InvalidArgument = error_by_name("INVALID_ARGUMENT")
+_BadChunkSize = error_by_name("BAD_CHUNK_SIZE")
 
 __all__ = ["Volume", "Snapshot", "SnapshotStatus", "MergeProgress", "BytesLike", "PathLike"]
 
@@ -28,9 +35,9 @@ def _index(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     v: int = operator.index(value)
     if v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
+        raise _InvalidArgument(f"{what} must be >= 0, got {v}")
     if v >= 1 << 64:
-        raise ValueError(f"{what} does not fit in 64 bits: {v}")
+        raise _InvalidArgument(f"{what} does not fit in 64 bits: {v}")
     return v
 
 
@@ -39,9 +46,9 @@ def _path(value: Any, what: str) -> bytes:
         raise TypeError(f"{what} must be a path (str, bytes or os.PathLike), not {type(value).__name__}")
     p = os.fsencode(value)
     if not p:
-        raise ValueError(f"{what} must not be empty")
+        raise _InvalidArgument(f"{what} must not be empty")
     if b"\0" in p:
-        raise ValueError(f"{what} must not contain NUL bytes")
+        raise _InvalidArgument(f"{what} must not contain NUL bytes")
     return p
 
 
@@ -88,10 +95,10 @@ def _autoextend(policy: Any) -> Tuple[int, int]:
     if not isinstance(policy, tuple) or len(policy) != 2:
         raise TypeError("autoextend must be a (threshold_percent, extend_percent) tuple or None")
     th, pct = _index(policy[0], "autoextend threshold"), _index(policy[1], "autoextend percent")
-    if not 1 <= th <= 100:
-        raise ValueError(f"autoextend threshold must be 1..100 percent, got {th}")
-    if not 1 <= pct <= 0xFFFFFFFF:
-        raise ValueError(f"autoextend percent must be >= 1, got {pct}")
+    # The C ABI reads threshold 0 as "no autoextend" and takes 32-bit numbers: refuse what it
+    # cannot be told; the library checks the rest (the core's Autoextend::validate).
+    if th == 0 or th > 0xFFFFFFFF or pct > 0xFFFFFFFF:
+        raise _InvalidArgument(f"autoextend threshold must be 1..100 percent and percent at least 1, got {policy}")
     return th, pct
 
 
@@ -137,7 +144,7 @@ class SnapshotStatus:
         return self.state != "invalid"
 
 
-def _status_from_c(st: _lib.SnapshotStatusC) -> SnapshotStatus:
+def _status_from_c(st: _lib.SnapshotInfoC) -> SnapshotStatus:
     state = _lib.STATES.get(st.state, f"unknown({st.state})")
     return SnapshotStatus(
         state=state,
@@ -299,6 +306,41 @@ class Volume:
             vol._snapshots.append(Snapshot(vol, cid, os.fsdecode(cows[i]) if i < len(cows) else None))
         return vol
 
+    @classmethod
+    def open_dir(cls, path: PathLike) -> "Volume":
+        """Opens a volume directory made by the ``cowsnap`` CLI (``cowsnap create DIR``) the way the
+        CLI opens it: every snapshot of its manifest activated with its store (``P``/``PO``), chunk
+        size and autoextend policy, an interrupted merge finished. :attr:`snapshots` are the
+        manifest's, oldest first, each with its :attr:`Snapshot.name`.
+
+        The volume's lock is held until :meth:`close`: ``cowsnap`` commands on the directory wait
+        meanwhile, and if a ``cowsnap`` command or mount holds it this raises :class:`IoError` at
+        once ("in use" / "mounted"). A directory that is not a volume is :class:`InvalidArgument`; a
+        snapshot that cannot be activated :class:`SnapshotInvalid` (see ``cowsnap lvs``). Snapshots
+        of the manifest cannot be deleted or merged here (:class:`InvalidArgument`: use
+        ``cowsnap remove`` / ``cowsnap merge``)."""
+        p = _path(path, "path")
+        out = ctypes.c_void_p()
+        check(_lib.LIB.cowsnap_volume_open_dir(p, ctypes.byref(out)))
+        h = _Handle(out)
+        vol = cls(h, 0, f"directory {os.fsdecode(p)!r}")
+        try:
+            vol._size = vol._query_size()
+            # The manifest is read under the lock this handle holds: it cannot change meanwhile.
+            with open(os.path.join(os.fsdecode(p), "cowsnap.json"), "rb") as f:
+                entries = json.load(f).get("snapshots", [])
+            for e in entries:
+                sid = ctypes.c_uint32()
+                with _Using(vol._h) as ptr:
+                    check(_lib.LIB.cowsnap_volume_dir_snapshot_id(ptr, e["name"].encode(), ctypes.byref(sid)))
+                snap = Snapshot(vol, sid.value, os.path.join(os.fsdecode(p), e["cow"]))
+                snap._name = e["name"]
+                vol._snapshots.append(snap)
+        except BaseException:
+            vol.close()
+            raise
+        return vol
+
     def _query_size(self) -> int:
         n = ctypes.c_uint64()
         with _Using(self._h) as ptr:
@@ -332,6 +374,15 @@ class Volume:
     def snapshots(self) -> List["Snapshot"]:
         """The live snapshots, oldest first."""
         return [s for s in self._snapshots if s._alive]
+
+    @property
+    def lvs_attr(self) -> str:
+        """The origin's ``lvs`` attribute string: ``"-wi-a-----"`` without snapshots, ``"owi-a-s---"``
+        with some, ``"Owi-a-s---"`` while one is merging (the library's rule)."""
+        buf = ctypes.create_string_buffer(16)
+        with _Using(self._h) as ptr:
+            check(_lib.LIB.cowsnap_volume_lvs_attr(ptr, buf, len(buf)))
+        return buf.value.decode("ascii")
 
     # I/O
 
@@ -400,13 +451,12 @@ class Volume:
         if not isinstance(overflow, str):
             raise TypeError(f"overflow must be a str, not {type(overflow).__name__}")
         if overflow not in _OVERFLOW_MODES:
-            raise ValueError(f"overflow must be 'invalidate' or 'report', not {overflow!r}")
-        if overflow == "report" and not persistent:
-            raise ValueError("overflow='report' (store PO) needs a persistent snapshot")
+            raise _InvalidArgument(f"overflow must be 'invalidate' or 'report', not {overflow!r}")
+        # (C reads chunk size 0 as "the default" and takes 32 bits; the library checks the rest.)
         if chunk_size == 0 or chunk_size > 0xFFFFFFFF:
-            raise ValueError(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
-        opts = _lib.SnapshotOptions()
-        check(_lib.LIB.cowsnap_snapshot_options_init(ctypes.byref(opts)))
+            raise _BadChunkSize(f"chunk_size must be a power of two from 4096 to 524288 bytes, got {chunk_size}")
+        opts = _lib.SnapshotCreateOptions()
+        check(_lib.LIB.cowsnap_snapshot_create_options_init(ctypes.byref(opts), ctypes.sizeof(opts)))
         opts.chunk_size = chunk_size
         opts.cow_size = cow_size
         opts.store = _lib.STORE_PERSISTENT if persistent else _lib.STORE_TRANSIENT
@@ -421,7 +471,7 @@ class Volume:
             opts.autoextend_percent = pct
         sid = ctypes.c_uint32()
         with _Using(self._h) as ptr:
-            check(_lib.LIB.cowsnap_snapshot_create(ptr, ctypes.byref(opts), ctypes.byref(sid)))
+            check(_lib.LIB.cowsnap_snapshot_create_with(ptr, ctypes.byref(opts), ctypes.byref(sid)))
         snap = Snapshot(self, sid.value, os.fsdecode(p) if p is not None else None)
         self._snapshots.append(snap)
         return snap
@@ -462,12 +512,18 @@ class Snapshot:
         self._vol = volume
         self._id = sid
         self._path = path
+        self._name: Optional[str] = None
         self._alive = True
 
     @property
     def id(self) -> int:
         """The library's id of this snapshot (never reused by its volume)."""
         return self._id
+
+    @property
+    def name(self) -> Optional[str]:
+        """The snapshot's name in a volume directory's manifest (:meth:`Volume.open_dir`), else None."""
+        return self._name
 
     @property
     def volume(self) -> Volume:
@@ -509,9 +565,9 @@ class Snapshot:
 
     def status(self) -> SnapshotStatus:
         """The snapshot's status (``dmsetup status`` / ``lvs``)."""
-        st = _lib.SnapshotStatusC()
+        st = _lib.SnapshotInfoC()
         with _Using(self._vol._h) as ptr:
-            check(_lib.LIB.cowsnap_snapshot_status(ptr, self._id, ctypes.byref(st)))
+            check(_lib.LIB.cowsnap_snapshot_get_info(ptr, self._id, ctypes.byref(st)))
         return _status_from_c(st)
 
     def changed_ranges(self, older: Optional["Snapshot"] = None) -> List[Tuple[int, int]]:

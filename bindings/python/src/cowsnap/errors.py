@@ -1,30 +1,19 @@
 """Exceptions: one class per ``cowsnap_result`` code of the C ABI, all deriving from :class:`CowsnapError`.
 
-The numbers and names are the stable codes shared by every front end (``COWSNAP_<NAME>`` in
-``cowsnap.h``, ``error.code`` in JavaScript); the message is the library's own (``cowsnap_last_error``).
+The classes are built at import from the library's own table (``cowsnap_error_codes``,
+``cowsnap_error_name``, ``cowsnap_error_description``), which is the core's one declaration of the
+stable codes: nothing here restates a number or a name. Only the Python shape is chosen here: the
+class name is the CamelCase of the stable name (``BUFFER_TOO_SMALL`` -> ``BufferTooSmall``; ``IO``
+-> ``IoError``, as Python's ``IOError`` is ``OSError``), and the errors about a caller's argument are
+also ``ValueError``\\ s, as Python's conventions (and earlier versions of this package) have them.
 """
 
-from typing import Dict, Optional, Type
+import ctypes
+from typing import Dict, List, Optional, Tuple, Type
 
-__all__ = [
-    "CowsnapError",
-    "OutOfRange",
-    "BadChunkSize",
-    "InvalidArgument",
-    "SnapshotInvalid",
-    "SnapshotOverflow",
-    "NoSpace",
-    "UnknownSnapshot",
-    "CorruptMetadata",
-    "IoError",
-    "Merging",
-    "Unsupported",
-    "NullPointer",
-    "Panic",
-    "BufferTooSmall",
-    "VolumeClosed",
-    "error_class",
-]
+from ._lib import LIB
+
+__all__ = ["CowsnapError", "VolumeClosed", "error_class"]
 
 
 class CowsnapError(Exception):
@@ -52,91 +41,51 @@ class CowsnapError(Exception):
         return f"{type(self).__name__}({self.message!r}, code={self.code})"
 
 
-class OutOfRange(CowsnapError):
-    """I/O outside the volume (or snapshot) bounds; nothing was read or written."""
-
-    code, name = -1, "OUT_OF_RANGE"
-
-
-class BadChunkSize(CowsnapError):
-    """The chunk size is not a power of two between 4 KiB and 512 KiB."""
-
-    code, name = -2, "BAD_CHUNK_SIZE"
+# Python-shaped class names that are not the plain CamelCase of the stable name.
+_PY_NAMES = {"IO": "IoError"}
+# Codes about a caller's argument: also ValueErrors (Python's convention for a bad value).
+_VALUE_ERRORS = {"INVALID_ARGUMENT", "BAD_CHUNK_SIZE"}
 
 
-class InvalidArgument(CowsnapError):
-    """An argument the library refused (a zero-size COW, a bad autoextend policy...)."""
-
-    code, name = -3, "INVALID_ARGUMENT"
-
-
-class SnapshotInvalid(CowsnapError):
-    """The snapshot was invalidated (its COW overflowed or failed); its data is gone: delete it."""
-
-    code, name = -4, "SNAPSHOT_INVALID"
+def _library_codes() -> List[int]:
+    count = ctypes.c_size_t(0)
+    if LIB.cowsnap_error_codes(None, 0, ctypes.byref(count)) != 0:
+        raise ImportError("cowsnap: cowsnap_error_codes failed")
+    codes = (ctypes.c_int32 * count.value)()
+    if LIB.cowsnap_error_codes(codes, count.value, ctypes.byref(count)) != 0:
+        raise ImportError("cowsnap: cowsnap_error_codes failed")
+    return list(codes)
 
 
-class SnapshotOverflow(CowsnapError):
-    """The snapshot (``overflow="report"``) is full: writes are refused, reads still work."""
-
-    code, name = -5, "SNAPSHOT_OVERFLOW"
+def _class_name(name: str) -> str:
+    return _PY_NAMES.get(name) or "".join(w.capitalize() for w in name.split("_"))
 
 
-class NoSpace(CowsnapError):
-    """The COW device is too small for what was asked."""
+_BY_CODE: Dict[int, Type[CowsnapError]] = {}
+_BY_NAME: Dict[str, Type[CowsnapError]] = {}
 
-    code, name = -6, "NO_SPACE"
-
-
-class UnknownSnapshot(CowsnapError):
-    """No such snapshot (never created, deleted or merged)."""
-
-    code, name = -7, "UNKNOWN_SNAPSHOT"
-
-
-class CorruptMetadata(CowsnapError):
-    """The COW device does not hold dm-snapshot metadata that can be trusted."""
-
-    code, name = -8, "CORRUPT_METADATA"
-
-
-class IoError(CowsnapError):
-    """A device (file) reported an I/O error. (Not Python's ``IOError``/``OSError``.)"""
-
-    code, name = -9, "IO"
-
-
-class Merging(CowsnapError):
-    """The operation is not allowed while a snapshot is being merged."""
-
-    code, name = -10, "MERGING"
+for _code in _library_codes():
+    if _code == 0:
+        continue
+    _name = LIB.cowsnap_error_name(_code).decode("ascii")
+    _bases: Tuple[type, ...] = (CowsnapError, ValueError) if _name in _VALUE_ERRORS else (CowsnapError,)
+    _cls = type(
+        _class_name(_name),
+        _bases,
+        {
+            "code": _code,
+            "name": _name,
+            "__doc__": LIB.cowsnap_error_description(_code).decode("utf-8", "replace"),
+            "__module__": __name__,
+        },
+    )
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+    _BY_CODE[_code] = _cls
+    _BY_NAME[_name] = _cls
 
 
-class Unsupported(CowsnapError):
-    """The operation is not supported for this snapshot or device."""
-
-    code, name = -11, "UNSUPPORTED"
-
-
-class NullPointer(CowsnapError):
-    """A NULL pointer reached the C ABI (a bug in these bindings if it ever happens)."""
-
-    code, name = -12, "NULL_POINTER"
-
-
-class Panic(CowsnapError):
-    """The library caught an internal panic (a bug in libcowsnap); the call had no effect."""
-
-    code, name = -13, "PANIC"
-
-
-class BufferTooSmall(CowsnapError):
-    """A caller's buffer was too small for the result."""
-
-    code, name = -14, "BUFFER_TOO_SMALL"
-
-
-class VolumeClosed(InvalidArgument, ValueError):
+class VolumeClosed(_BY_NAME["INVALID_ARGUMENT"], ValueError):  # type: ignore[misc]
     """A call on a closed :class:`~cowsnap.Volume` (or a snapshot of one).
 
     Code ``INVALID_ARGUMENT``, as JavaScript reports a handle used after ``free()``; also a
@@ -146,27 +95,17 @@ class VolumeClosed(InvalidArgument, ValueError):
         super().__init__(message)
 
 
-_BY_CODE: Dict[int, Type[CowsnapError]] = {
-    cls.code: cls
-    for cls in (
-        OutOfRange,
-        BadChunkSize,
-        InvalidArgument,
-        SnapshotInvalid,
-        SnapshotOverflow,
-        NoSpace,
-        UnknownSnapshot,
-        CorruptMetadata,
-        IoError,
-        Merging,
-        Unsupported,
-        NullPointer,
-        Panic,
-        BufferTooSmall,
-    )
-}
-
-
 def error_class(code: int) -> Type[CowsnapError]:
     """The exception class for a ``cowsnap_result`` code (``CowsnapError`` for unknown codes)."""
     return _BY_CODE.get(code, CowsnapError)
+
+
+def error_by_name(name: str) -> Type[CowsnapError]:
+    """The exception class for a stable code name such as ``"NO_SPACE"``."""
+    return _BY_NAME[name]
+
+
+def __getattr__(attr: str) -> Type[CowsnapError]:
+    # Lets type checkers know that unknown attributes are exception classes (the real ones are in
+    # globals(), set above from the library's table).
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -26,7 +26,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{Manifest, LOCK, MANIFEST};
-use crate::{CliError, CliResult};
+use crate::{Error, Result};
 
 /// Suffix of the temporary file a regular-file output is written to before it is renamed in place.
 pub const TMP_SUFFIX: &str = ".cowsnap-tmp";
@@ -134,7 +134,7 @@ impl Guard {
     }
 
     /// Every file of the volume in `dir`; with `mountpoint`, also anything on its FUSE mount.
-    pub fn volume(dir: &Path, m: &Manifest, mountpoint: Option<&Path>) -> CliResult<Self> {
+    pub fn volume(dir: &Path, m: &Manifest, mountpoint: Option<&Path>) -> Result<Self> {
         let mut g = Guard::new();
         let dir_meta = fs::metadata(dir).map_err(|e| io_msg(dir, e))?;
         let vol = format!("a file of the volume {}", dir.display());
@@ -153,8 +153,8 @@ impl Guard {
             MANIFEST,
             tmp.as_str(),
             LOCK,
-            crate::mount::SOCKET,
-            crate::mount::LOG,
+            crate::client::SOCKET,
+            crate::client::LOG,
         ] {
             g.volume_file(dir, &dir_meta, name, &vol);
         }
@@ -188,9 +188,9 @@ impl Guard {
     }
 
     /// Refuses `shown` (resolved to `path`, with `meta` when it exists) if it is anything guarded.
-    fn check(&self, shown: &Path, path: &Path, meta: Option<&Metadata>) -> CliResult {
+    fn check(&self, shown: &Path, path: &Path, meta: Option<&Metadata>) -> Result {
         let refuse = |what: &str| {
-            Err(CliError::refused(format!(
+            Err(Error::refused(format!(
                 "refusing to write {}: it is {what}",
                 shown.display()
             )))
@@ -205,7 +205,7 @@ impl Guard {
         // The directory entry the output creates or replaces.
         let (parent, name) = split(path)?;
         let pmeta = fs::metadata(&parent).map_err(|e| {
-            CliError::msg(format!(
+            Error::msg(format!(
                 "cannot write {}: directory {}: {e}",
                 shown.display(),
                 parent.display()
@@ -213,7 +213,7 @@ impl Guard {
         })?;
         let dev = meta.map_or(pmeta.dev(), |m| m.dev());
         if let Some((_, what)) = self.filesystems.iter().find(|(d, _)| *d == dev) {
-            return Err(CliError::refused(format!(
+            return Err(Error::refused(format!(
                 "refusing to write {}: it is on {what}",
                 shown.display()
             )));
@@ -230,9 +230,9 @@ impl Guard {
 }
 
 /// A path's directory and file name (`.` for a bare name).
-fn split(path: &Path) -> CliResult<(PathBuf, OsString)> {
+fn split(path: &Path) -> Result<(PathBuf, OsString)> {
     let name = path.file_name().ok_or_else(|| {
-        CliError::refused(format!(
+        Error::refused(format!(
             "{}: not a file name (it ends in .. or /)",
             path.display()
         ))
@@ -244,8 +244,8 @@ fn split(path: &Path) -> CliResult<(PathBuf, OsString)> {
     Ok((parent, name.to_os_string()))
 }
 
-fn io_msg(p: &Path, e: std::io::Error) -> CliError {
-    CliError::io(format!("{}: {e}", p.display()))
+fn io_msg(p: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("{}: {e}", p.display()))
 }
 
 /// True when `a` and `b` are the same existing file (or the same block device, or a loop device
@@ -291,7 +291,7 @@ pub struct Target {
 
 impl Target {
     /// Decides what `path` is and refuses what must not be written; `len` is the size of the data.
-    pub fn classify(path: &Path, len: u64, guard: &Guard) -> CliResult<Target> {
+    pub fn classify(path: &Path, len: u64, guard: &Guard) -> Result<Target> {
         let shown = path.to_path_buf();
         let lmeta = match fs::symlink_metadata(path) {
             Ok(m) => Some(m),
@@ -308,7 +308,7 @@ impl Target {
                 Ok(meta) => (path.to_path_buf(), Some(meta)),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     let to = fs::read_link(path).unwrap_or_default();
-                    return Err(CliError::refused(format!(
+                    return Err(Error::refused(format!(
                         "refusing to write {}: it is a dangling symlink (to {}); name the file \
                          itself",
                         path.display(),
@@ -330,12 +330,12 @@ impl Target {
                 } else if t.is_char_device() || t.is_fifo() {
                     Kind::Stream
                 } else if t.is_dir() {
-                    return Err(CliError::refused(format!(
+                    return Err(Error::refused(format!(
                         "cannot write {}: it is a directory; name a file",
                         shown.display()
                     )));
                 } else {
-                    return Err(CliError::refused(format!(
+                    return Err(Error::refused(format!(
                         "cannot write {}: it is a socket",
                         shown.display()
                     )));
@@ -353,7 +353,7 @@ impl Target {
             Kind::Replace => {
                 let (parent, _) = split(&path)?;
                 if !fs::metadata(&parent).is_ok_and(|m| m.is_dir()) {
-                    return Err(CliError::msg(format!(
+                    return Err(Error::msg(format!(
                         "cannot write {}: no directory {}",
                         shown.display(),
                         parent.display()
@@ -361,7 +361,7 @@ impl Target {
                 }
                 let tmp = tmp_path(&path);
                 if fs::symlink_metadata(&tmp).is_ok() {
-                    return Err(CliError::refused(format!(
+                    return Err(Error::refused(format!(
                         "cannot write {}: {} exists (left by an interrupted cowsnap?); remove it \
                          first",
                         shown.display(),
@@ -377,7 +377,7 @@ impl Target {
                     .custom_flags(libc::O_EXCL)
                     .open(&path)
                     .map_err(|e| match e.raw_os_error() {
-                        Some(libc::EBUSY) => CliError::refused(format!(
+                        Some(libc::EBUSY) => Error::refused(format!(
                             "refusing to write {}: the device is in use (mounted?)",
                             shown.display()
                         )),
@@ -386,7 +386,7 @@ impl Target {
                 same_file(&f, meta.as_ref(), &shown)?;
                 let size = f.seek(SeekFrom::End(0)).map_err(|e| io_msg(&shown, e))?;
                 if size < len {
-                    return Err(CliError::refused(format!(
+                    return Err(Error::refused(format!(
                         "refusing to write {}: the device holds {size} bytes, the data is {len}",
                         shown.display()
                     )));
@@ -410,9 +410,9 @@ impl Target {
 
     /// For a `Replace`: the temporary file, created and sized `len` (sparse), to be written as a
     /// device and committed by the caller.
-    pub fn into_temp(self, len: u64) -> CliResult<TempFile> {
+    pub fn into_temp(self, len: u64) -> Result<TempFile> {
         if self.kind != Kind::Replace {
-            return Err(CliError::refused(format!(
+            return Err(Error::refused(format!(
                 "cannot write {}: only a regular file (or a new one) can be written here, not a \
                  device",
                 self.shown.display()
@@ -425,27 +425,27 @@ impl Target {
 
     /// Starts writing: creates the temporary file of a `Replace` (sized `len`, sparse), opens a
     /// stream.
-    pub fn open(self, len: u64) -> CliResult<Writer> {
-        let inner =
-            match self.kind {
-                Kind::Replace => {
-                    let t = TempFile::create(&self.path)?;
-                    t.file.set_len(len).map_err(|e| io_msg(&t.tmp, e))?;
-                    Inner::Temp(t)
-                }
-                Kind::Block => Inner::Block(self.device.ok_or_else(|| {
-                    CliError::msg("internal error: block device output not opened")
-                })?),
-                Kind::Stream => {
-                    // No O_TRUNC, no O_CREAT: a node is written through, never made.
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&self.path)
-                        .map_err(|e| io_msg(&self.shown, e))?;
-                    same_file(&f, self.meta.as_ref(), &self.shown)?;
-                    Inner::Stream(f)
-                }
-            };
+    pub fn open(self, len: u64) -> Result<Writer> {
+        let inner = match self.kind {
+            Kind::Replace => {
+                let t = TempFile::create(&self.path)?;
+                t.file.set_len(len).map_err(|e| io_msg(&t.tmp, e))?;
+                Inner::Temp(t)
+            }
+            Kind::Block => Inner::Block(
+                self.device
+                    .ok_or_else(|| Error::msg("internal error: block device output not opened"))?,
+            ),
+            Kind::Stream => {
+                // No O_TRUNC, no O_CREAT: a node is written through, never made.
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .map_err(|e| io_msg(&self.shown, e))?;
+                same_file(&f, self.meta.as_ref(), &self.shown)?;
+                Inner::Stream(f)
+            }
+        };
         Ok(Writer {
             shown: self.shown,
             inner,
@@ -455,11 +455,11 @@ impl Target {
 }
 
 /// Refuses a node that is no longer the one classified (replaced between the check and the open).
-fn same_file(f: &File, meta: Option<&Metadata>, shown: &Path) -> CliResult {
+fn same_file(f: &File, meta: Option<&Metadata>, shown: &Path) -> Result {
     let now = f.metadata().map_err(|e| io_msg(shown, e))?;
     match meta {
         Some(m) if m.dev() == now.dev() && m.ino() == now.ino() => Ok(()),
-        _ => Err(CliError::refused(format!(
+        _ => Err(Error::refused(format!(
             "refusing to write {}: it changed while being opened",
             shown.display()
         ))),
@@ -476,7 +476,7 @@ pub struct TempFile {
 
 impl TempFile {
     /// Creates `DEST.cowsnap-tmp` (never opens an existing file, nor follows a symlink there).
-    pub fn create(dest: &Path) -> CliResult<Self> {
+    pub fn create(dest: &Path) -> Result<Self> {
         let tmp = tmp_path(dest);
         let file = OpenOptions::new()
             .read(true)
@@ -484,7 +484,7 @@ impl TempFile {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => CliError::refused(format!(
+                ErrorKind::AlreadyExists => Error::refused(format!(
                     "cannot write {}: {} exists (left by an interrupted cowsnap?); remove it first",
                     dest.display(),
                     tmp.display()
@@ -500,12 +500,12 @@ impl TempFile {
     }
 
     /// Makes the data durable (before it replaces anything).
-    pub fn sync(&self) -> CliResult {
+    pub fn sync(&self) -> Result {
         self.file.sync_all().map_err(|e| io_msg(&self.tmp, e))
     }
 
     /// Renames the file over its destination and makes the rename durable.
-    pub fn commit(mut self) -> CliResult {
+    pub fn commit(mut self) -> Result {
         fs::rename(&self.tmp, &self.dest).map_err(|e| io_msg(&self.dest, e))?;
         self.committed = true;
         let (parent, _) = split(&self.dest)?;
@@ -539,7 +539,7 @@ pub struct Writer {
 
 impl Writer {
     /// Writes `b` at `at` (a stream only takes the next bytes in order).
-    pub fn write_at(&mut self, at: u64, b: &[u8]) -> CliResult {
+    pub fn write_at(&mut self, at: u64, b: &[u8]) -> Result {
         let shown = &self.shown;
         let r = match &mut self.inner {
             Inner::Temp(t) => {
@@ -551,7 +551,7 @@ impl Writer {
             Inner::Block(f) => f.write_all_at(b, at),
             Inner::Stream(f) => {
                 if at != self.pos {
-                    return Err(CliError::msg(format!(
+                    return Err(Error::msg(format!(
                         "internal error: {} is a stream, written out of order",
                         shown.display()
                     )));
@@ -564,7 +564,7 @@ impl Writer {
     }
 
     /// Makes everything written durable; a `Replace` is put in place by [`Pending::commit`].
-    pub fn finish(self) -> CliResult<Pending> {
+    pub fn finish(self) -> Result<Pending> {
         let shown = self.shown;
         match self.inner {
             Inner::Temp(t) => {
@@ -592,7 +592,7 @@ impl Writer {
 pub struct Pending(Option<TempFile>);
 
 impl Pending {
-    pub fn commit(self) -> CliResult {
+    pub fn commit(self) -> Result {
         match self.0 {
             Some(t) => t.commit(),
             None => Ok(()),
@@ -611,8 +611,8 @@ pub fn write_image(
     out: &Path,
     len: u64,
     guard: &Guard,
-    fill: impl FnOnce(&mut dyn FnMut(u64, &[u8]) -> CliResult) -> CliResult,
-) -> CliResult {
+    fill: impl FnOnce(&mut dyn FnMut(u64, &[u8]) -> Result) -> Result,
+) -> Result {
     let mut w = Target::classify(out, len, guard)?.open(len)?;
     fill(&mut |at, b| w.write_at(at, b))?;
     w.finish()?.commit()
@@ -620,7 +620,7 @@ pub fn write_image(
 
 /// The directory entry (`dev`, `ino` of the directory, name) a `Replace` target ends up at: two
 /// outputs of one command must not share it.
-pub fn entry_of(t: &Target) -> CliResult<(u64, u64, OsString)> {
+pub fn entry_of(t: &Target) -> Result<(u64, u64, OsString)> {
     let (parent, name) = split(&t.path)?;
     let m = fs::metadata(&parent).map_err(|e| io_msg(&parent, e))?;
     Ok((m.dev(), m.ino(), name))

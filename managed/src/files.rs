@@ -10,7 +10,7 @@ use std::path::Path;
 use cowsnap_core::FileDevice;
 
 use crate::size::human;
-use crate::{CliError, CliResult};
+use crate::{Error, Result};
 
 /// The largest file size the host can address (`off_t` is signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
@@ -41,8 +41,8 @@ pub fn check_plain_name(name: &str) -> Result<(), String> {
 
 /// Opens `dir/name` (read-only unless `writable`) without following a symbolic link, and refuses
 /// anything but a regular file. `what` names the file in messages ("origin", "snapshot s1's COW").
-pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> CliResult<VolFile> {
-    check_plain_name(name).map_err(|e| CliError::msg(format!("{what}: {e}")))?;
+pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> Result<VolFile> {
+    check_plain_name(name).map_err(|e| Error::msg(format!("{what}: {e}")))?;
     let p = dir.join(name);
     let f = OpenOptions::new()
         .read(true)
@@ -53,20 +53,20 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> CliRes
     let f = match f {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(CliError::msg(format!(
+            return Err(Error::msg(format!(
                 "{what} {} is a symbolic link: a volume's files must be regular files in the \
                  volume directory (a link could name another file of the volume or a foreign one)",
                 p.display()
             )))
         }
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-            return Err(CliError::msg(format!(
+            return Err(Error::msg(format!(
                 "{what} {} is a directory, not an image file",
                 p.display()
             )))
         }
         Err(e) => {
-            return Err(CliError::io(format!(
+            return Err(Error::io(format!(
                 "cannot open {what} {}: {e}",
                 p.display()
             )))
@@ -74,16 +74,16 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> CliRes
     };
     let m = f
         .metadata()
-        .map_err(|e| CliError::io(format!("{what} {}: {e}", p.display())))?;
+        .map_err(|e| Error::io(format!("{what} {}: {e}", p.display())))?;
     let t = m.file_type();
     if t.is_dir() {
-        return Err(CliError::msg(format!(
+        return Err(Error::msg(format!(
             "{what} {} is a directory, not an image file",
             p.display()
         )));
     }
     if !t.is_file() {
-        return Err(CliError::msg(format!(
+        return Err(Error::msg(format!(
             "{what} {} is not a regular file (a device node, FIFO or socket): refusing it",
             p.display()
         )));
@@ -117,21 +117,21 @@ pub fn identity_of(dir: &Path, name: &str) -> Option<(FileId, u64)> {
 /// Creates `dir/name` as a new COW device with all of its `len` bytes reserved (the core's
 /// `FileDevice::create_new`: `O_EXCL`, `posix_fallocate`, removed again on failure), refusing any
 /// existing path, a dangling symbolic link included.
-pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> CliResult<FileDevice> {
-    check_plain_name(name).map_err(|e| CliError::msg(format!("{what}: {e}")))?;
+pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> Result<FileDevice> {
+    check_plain_name(name).map_err(|e| Error::msg(format!("{what}: {e}")))?;
     if len > MAX_FILE_SIZE {
         return Err(too_large(len));
     }
     let p = dir.join(name);
     if fs::symlink_metadata(&p).is_ok() {
-        return Err(CliError::msg(format!(
+        return Err(Error::msg(format!(
             "{} already exists and is not a snapshot of this volume: move it away or choose \
              another name",
             p.display()
         )));
     }
     FileDevice::create_new(&p, len).map_err(|e| {
-        CliError::io(format!(
+        Error::io(format!(
             "cannot create {what} {} with {} reserved: {e}",
             p.display(),
             human(len)
@@ -140,8 +140,8 @@ pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> CliResul
 }
 
 /// The message for a size the host cannot hold in one file.
-pub fn too_large(len: u64) -> CliError {
-    CliError::msg(format!(
+pub fn too_large(len: u64) -> Error {
+    Error::msg(format!(
         "size {len} bytes is too large: a file can hold at most {MAX_FILE_SIZE} bytes (8 EiB)"
     ))
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::CliError;
+use crate::Error;
 
 /// File name of the manifest inside a volume directory.
 pub const MANIFEST: &str = "cowsnap.json";
@@ -72,12 +72,12 @@ impl Manifest {
     }
 
     /// Reads and checks `DIR/cowsnap.json`.
-    pub fn load(dir: &Path) -> Result<Self, CliError> {
+    pub fn load(dir: &Path) -> Result<Self, Error> {
         let p = Self::path(dir);
         let text = match fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CliError::msg(if !dir.exists() {
+                return Err(Error::msg(if !dir.exists() {
                     format!("no such volume directory: {}", dir.display())
                 } else if !dir.is_dir() {
                     format!("{} is not a volume directory", dir.display())
@@ -87,22 +87,22 @@ impl Manifest {
                         dir.display(),
                         p.display()
                     )
-                }))
+                })
+                .with_code(crate::Code::NotAVolume))
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                return Err(CliError::msg(format!(
-                    "{} is not a volume directory",
-                    dir.display()
-                )))
+                return Err(
+                    Error::msg(format!("{} is not a volume directory", dir.display()))
+                        .with_code(crate::Code::NotAVolume),
+                )
             }
-            Err(e) => return Err(CliError::io(format!("cannot read {}: {e}", p.display()))),
+            Err(e) => return Err(Error::io(format!("cannot read {}: {e}", p.display()))),
         };
-        let corrupt = |e: &dyn std::fmt::Display| {
-            CliError::io(format!("corrupt manifest {}: {e}", p.display()))
-        };
+        let corrupt =
+            |e: &dyn std::fmt::Display| Error::io(format!("corrupt manifest {}: {e}", p.display()));
         let m: Manifest = serde_json::from_str(&text).map_err(|e| corrupt(&e))?;
         if m.format != FORMAT {
-            return Err(CliError::msg(format!(
+            return Err(Error::msg(format!(
                 "manifest {} has format {}, this cowsnap understands {FORMAT}",
                 p.display(),
                 m.format
@@ -117,7 +117,7 @@ impl Manifest {
         }
         if let Some(n) = &m.merging {
             if m.find(n).is_none() {
-                return Err(CliError::msg(format!(
+                return Err(Error::msg(format!(
                     "corrupt manifest {}: merging snapshot {n:?} is not listed",
                     p.display()
                 )));
@@ -128,12 +128,12 @@ impl Manifest {
 
     /// Writes the manifest atomically: a temporary file, fsync, rename, fsync of the directory. On
     /// failure the temporary file is removed and the old manifest stays as it was.
-    pub fn save(&self, dir: &Path) -> Result<(), CliError> {
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
         let p = Self::path(dir);
         let tmp = dir.join(MANIFEST_TMP);
         let text = serde_json::to_string_pretty(self)
-            .map_err(|e| CliError::msg(format!("cannot encode manifest: {e}")))?;
-        let io = |e: std::io::Error| CliError::io(format!("cannot write {}: {e}", p.display()));
+            .map_err(|e| Error::msg(format!("cannot encode manifest: {e}")))?;
+        let io = |e: std::io::Error| Error::io(format!("cannot write {}: {e}", p.display()));
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -226,10 +226,9 @@ fn lock_op(exclusive: bool) -> libc::c_int {
 
 /// Opens (creating it when we can) a lock file of `dir`; `None` on a read-only file system where
 /// it does not exist, for a reader.
-fn open_lock_file(dir: &Path, name: &str, exclusive: bool) -> Result<Option<File>, CliError> {
+fn open_lock_file(dir: &Path, name: &str, exclusive: bool) -> Result<Option<File>, Error> {
     let p = dir.join(name);
-    let err =
-        |e: std::io::Error| CliError::io(format!("cannot open lock file {}: {e}", p.display()));
+    let err = |e: std::io::Error| Error::io(format!("cannot open lock file {}: {e}", p.display()));
     let rw = OpenOptions::new()
         .read(true)
         .write(true)
@@ -262,7 +261,7 @@ fn open_lock_file(dir: &Path, name: &str, exclusive: bool) -> Result<Option<File
 impl Gate {
     /// Passes the writers' gate: exclusive for a writer, shared for a reader. Hold the result until
     /// the main lock (or the mount daemon's socket) is reached.
-    pub fn enter(dir: &Path, exclusive: bool, quiet: bool) -> Result<Self, CliError> {
+    pub fn enter(dir: &Path, exclusive: bool, quiet: bool) -> Result<Self, Error> {
         let mut said = false;
         let file = open_lock_file(dir, WRITER_GATE, exclusive)?;
         if let Some(f) = &file {
@@ -279,7 +278,7 @@ impl Gate {
 impl VolumeLock {
     /// Takes the lock, exclusive for commands that change the volume, shared for readers. Waits
     /// (saying so on stderr unless `quiet`) while another process holds it.
-    pub fn acquire(dir: &Path, exclusive: bool, quiet: bool) -> Result<Self, CliError> {
+    pub fn acquire(dir: &Path, exclusive: bool, quiet: bool) -> Result<Self, Error> {
         let gate = Gate::enter(dir, exclusive, quiet)?;
         let mut said = gate.said;
         let file = open_lock_file(dir, LOCK, exclusive)?;
@@ -295,7 +294,7 @@ impl VolumeLock {
     }
 
     /// Takes the lock without waiting; `None` when another process holds it.
-    pub fn try_acquire(dir: &Path, exclusive: bool) -> Result<Option<Self>, CliError> {
+    pub fn try_acquire(dir: &Path, exclusive: bool) -> Result<Option<Self>, Error> {
         match open_lock_file(dir, LOCK, exclusive)? {
             Some(f) => Ok(flock(&f, lock_op(exclusive) | libc::LOCK_NB)?
                 .then_some(VolumeLock { _file: Some(f) })),
@@ -305,7 +304,7 @@ impl VolumeLock {
 }
 
 /// Returns false when a non-blocking lock would block.
-fn flock(file: &File, op: libc::c_int) -> Result<bool, CliError> {
+fn flock(file: &File, op: libc::c_int) -> Result<bool, Error> {
     loop {
         // SAFETY: flock on a file descriptor we own; no memory is passed.
         let r = unsafe { libc::flock(file.as_raw_fd(), op) };
@@ -316,7 +315,7 @@ fn flock(file: &File, op: libc::c_int) -> Result<bool, CliError> {
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EWOULDBLOCK) if op & libc::LOCK_NB != 0 => return Ok(false),
-            _ => return Err(CliError::io(format!("cannot lock volume: {e}"))),
+            _ => return Err(Error::io(format!("cannot lock volume: {e}"))),
         }
     }
 }

@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{BlockDevice, MemDevice};
 use crate::error::{Error, Result};
-use crate::snapshot::{OverflowMode, SnapshotOptions};
-use crate::store::StoreKind;
+use crate::snapshot::SnapshotOptions;
+use crate::store::parse_store;
 use crate::volume::{SnapshotId, Volume};
 
 /// How the origin starts.
@@ -30,8 +30,11 @@ pub enum OriginInit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ScriptSnapshot {
+    /// The name operations use (never `origin`).
     pub name: String,
+    /// Size of its COW device in bytes.
     pub cow_size: u64,
+    /// Chunk size in sectors.
     pub chunk_sectors: u32,
     /// `P`, `PO` or `N`.
     pub store: String,
@@ -43,33 +46,51 @@ pub struct ScriptSnapshot {
 #[cfg_attr(feature = "serde", serde(tag = "op", rename_all = "lowercase"))]
 pub enum Op {
     /// Create (activate) the named snapshot now.
-    Snapshot { name: String },
+    Snapshot {
+        /// A declared snapshot.
+        name: String,
+    },
     /// Fill `len` bytes at `offset` of `target` (`origin` or a snapshot name) with `fill`.
     Write {
+        /// `origin` or a snapshot's name.
         target: String,
+        /// First byte.
         offset: u64,
+        /// Bytes to write.
         len: u64,
+        /// The byte written.
         fill: u8,
     },
     /// Delete the named snapshot.
-    Delete { name: String },
+    Delete {
+        /// A live snapshot.
+        name: String,
+    },
     /// Merge the named snapshot into the origin.
-    Merge { name: String },
+    Merge {
+        /// A live snapshot.
+        name: String,
+    },
 }
 
 /// A whole script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Script {
+    /// Size of the origin in bytes.
     pub origin_size: u64,
+    /// What the origin holds at the start.
     pub origin_init: OriginInit,
+    /// The snapshots operations may name, in declaration order.
     pub snapshots: Vec<ScriptSnapshot>,
+    /// The operations, in order.
     pub ops: Vec<Op>,
 }
 
 /// What a replay leaves of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayedSnapshot {
+    /// Its declared name.
     pub name: String,
     /// The COW device's bytes (at deletion or merge time for deleted or merged snapshots).
     pub cow: Vec<u8>,
@@ -82,6 +103,7 @@ pub struct ReplayedSnapshot {
 /// The result of a replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {
+    /// The origin's bytes at the end.
     pub origin: Vec<u8>,
     /// In declaration order; snapshots never created are absent.
     pub snapshots: Vec<ReplayedSnapshot>,
@@ -112,34 +134,22 @@ fn fill_sector_index(offset: u64, buf: &mut [u8]) {
 
 /// `size` zero bytes, or an error instead of an allocation failure (which would abort the process).
 fn zeroed(size: u64, what: &'static str) -> Result<Vec<u8>> {
-    let n = usize::try_from(size).map_err(|_| Error::InvalidArgument(what))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::InvalidArgument(what))?;
-    v.resize(n, 0);
-    Ok(v)
+    crate::device::MemDevice::try_new(size)
+        .map(crate::device::MemDevice::into_vec)
+        .map_err(|_| Error::InvalidArgument(what))
 }
 
 impl ScriptSnapshot {
     /// The snapshot options this declaration stands for.
     pub fn options(&self) -> Result<SnapshotOptions> {
         let (store, overflow) = parse_store(&self.store)?;
-        Ok(SnapshotOptions {
+        SnapshotOptions {
             chunk_size: ChunkSize::new(u64::from(self.chunk_sectors) * SECTOR_SIZE)?,
             store,
             overflow,
             autoextend: None,
-        })
-    }
-}
-
-/// Parses a dm store letter: `P`, `PO` or `N` (case-insensitive).
-pub fn parse_store(s: &str) -> Result<(StoreKind, OverflowMode)> {
-    match s.to_ascii_uppercase().as_str() {
-        "P" => Ok((StoreKind::Persistent, OverflowMode::Invalidate)),
-        "PO" => Ok((StoreKind::Persistent, OverflowMode::Report)),
-        "N" => Ok((StoreKind::Transient, OverflowMode::Invalidate)),
-        _ => Err(Error::InvalidArgument("store must be P, PO or N")),
+        }
+        .validate()
     }
 }
 
@@ -169,13 +179,16 @@ pub enum RunSnapshot {
     Live(SnapshotId),
     /// Deleted or merged: its COW device as it was then, and its status then.
     Gone {
+        /// The COW device.
         cow: Box<dyn BlockDevice>,
+        /// Its `dmsetup status` then.
         status: String,
     },
 }
 
 /// What [`replay_on`] leaves: the volume itself, so the caller reads what it needs.
 pub struct Run {
+    /// The volume after the last operation.
     pub volume: Volume,
     /// Declared snapshots that were created, in declaration order.
     pub snapshots: Vec<(String, RunSnapshot)>,
