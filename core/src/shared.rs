@@ -327,27 +327,47 @@ impl SharedVolume {
             let g = self.read()?;
             targets.iter().map(|&t| (t, g.flush_handle(t))).collect()
         };
-        let one = |(t, h): &(Target, Option<Arc<dyn FlushHandle>>)| match h {
-            Some(h) => h.flush(),
-            None => self.write_lock()?.flush_target(*t),
-        };
-        match handles.as_slice() {
-            [] => Ok(()),
-            [only] => one(only),
-            [first, rest @ ..] => std::thread::scope(|s| {
-                let others: Vec<_> = rest.iter().map(|h| s.spawn(move || one(h))).collect();
-                let mut result = one(first);
-                for o in others {
-                    let r = o
-                        .join()
-                        .unwrap_or_else(|_| Err(Error::io("a flush thread panicked")));
-                    if result.is_ok() {
-                        result = r;
+        // One thread per device beyond the first (plain threads, not a scope: a scope registers
+        // the calling thread with std, which a C caller's thread never gives back).
+        let mut others = Vec::new();
+        let mut here = Vec::new();
+        for (i, (t, h)) in handles.into_iter().enumerate() {
+            match h {
+                Some(h) if i > 0 => {
+                    let mine = h.clone();
+                    match std::thread::Builder::new()
+                        .name("cowsnap-flush".into())
+                        .spawn(move || mine.flush())
+                    {
+                        Ok(j) => others.push(j),
+                        Err(_) => here.push((t, Some(h))),
                     }
                 }
-                result
-            }),
+                h => here.push((t, h)),
+            }
         }
+        let mut result = Ok(());
+        for (t, h) in here {
+            let r = match h {
+                Some(h) => h.flush(),
+                None => self
+                    .write_lock()
+                    .map_err(Error::from)
+                    .and_then(|mut g| g.flush_target(t)),
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        for j in others {
+            let r = j
+                .join()
+                .unwrap_or_else(|_| Err(Error::io("a flush thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     }
 }
 
