@@ -906,20 +906,19 @@ fn serve_inner(
         // commit. FUSE clients that never fsync still get them onto the devices within 200 ms, as
         // the C ABI does, so a killed mount process loses no more than that.
         let weak = Arc::downgrade(&st);
-        std::thread::Builder::new()
-            .name("cowsnap-commit".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let Some(st) = weak.upgrade() else { return };
-                if st.read().vol.held_bytes() > 0 {
-                    if let Err(e) = st.write().vol.commit() {
-                        eprintln!(
-                            "cowsnap mount: background commit: {e} (retried; fsync reports it)"
-                        );
-                    }
+        cowsnap_core::committer::Committer::start(cowsnap_core::COMMIT_INTERVAL, move || {
+            let Some(st) = weak.upgrade() else {
+                return false;
+            };
+            if st.read().vol.held_bytes() > 0 {
+                if let Err(e) = st.write().vol.commit() {
+                    eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
                 }
-            })
-            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
+            }
+            true
+        })
+        .map_err(|e| CliError::msg(format!("thread: {e}")))?
+        .detach();
     }
     {
         let mnt = mnt.to_path_buf();

@@ -41,6 +41,16 @@ pub trait BlockDevice: Send + Sync {
     fn io_alignment(&self) -> u64 {
         1
     }
+    /// A handle that flushes this device without borrowing it (`std` builds), so that a volume
+    /// shared by several threads can flush outside its locks while other threads write. Flushing
+    /// through it must make durable every write completed before the call, as [`flush`] does.
+    /// `None` (the default): the volume flushes through [`flush`], under its lock.
+    ///
+    /// [`flush`]: BlockDevice::flush
+    #[cfg(feature = "std")]
+    fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
+        None
+    }
 }
 
 /// Alignment of offsets, lengths and sizes on a device opened with `O_DIRECT`: 4096 bytes, the
@@ -56,6 +66,13 @@ pub(crate) fn check_aligned(align: u64, offset: u64, len: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Flushes a device from any thread (see [`BlockDevice::flush_handle`]).
+#[cfg(feature = "std")]
+pub trait FlushHandle: Send + Sync {
+    /// Makes every write completed on the device before this call durable.
+    fn flush(&self) -> Result<()>;
 }
 
 /// The identity of the storage behind a device: for files and device nodes, `st_dev` and `st_ino`
@@ -89,6 +106,10 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
     fn io_alignment(&self) -> u64 {
         (**self).io_alignment()
+    }
+    #[cfg(feature = "std")]
+    fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
+        (**self).flush_handle()
     }
 }
 
@@ -217,6 +238,7 @@ mod file {
     use std::fs::{File, OpenOptions};
     use std::os::unix::fs::{FileExt, MetadataExt};
     use std::path::Path;
+    use std::sync::Arc;
 
     /// A device backed by a file (an image file or a block device node), using positional I/O.
     ///
@@ -240,7 +262,8 @@ mod file {
     /// `EINVAL`, reported as [`Error::Unsupported`].
     #[derive(Debug)]
     pub struct FileDevice {
-        file: File,
+        /// Shared with flush handles (`fdatasync` needs no exclusive access).
+        file: Arc<File>,
         len: u64,
         direct: bool,
     }
@@ -305,7 +328,7 @@ mod file {
                 .open(path)?;
             file.set_len(len)?;
             Ok(FileDevice {
-                file,
+                file: Arc::new(file),
                 len,
                 direct: false,
             })
@@ -345,7 +368,11 @@ mod file {
                 }
             });
             match made {
-                Ok(file) => Ok(FileDevice { file, len, direct }),
+                Ok(file) => Ok(FileDevice {
+                    file: Arc::new(file),
+                    len,
+                    direct,
+                }),
                 Err(e) => {
                     let _ = std::fs::remove_file(path);
                     Err(e)
@@ -368,7 +395,11 @@ mod file {
         fn wrap(file: File, direct: bool) -> Result<Self> {
             let len = file.metadata()?.len();
             check_direct_len(direct, len)?;
-            Ok(FileDevice { file, len, direct })
+            Ok(FileDevice {
+                file: Arc::new(file),
+                len,
+                direct,
+            })
         }
 
         /// True when the file was opened with `O_DIRECT`.
@@ -516,6 +547,19 @@ mod file {
             } else {
                 1
             }
+        }
+        fn flush_handle(&self) -> Option<Arc<dyn FlushHandle>> {
+            Some(Arc::new(SyncFile(self.file.clone())))
+        }
+    }
+
+    /// `fdatasync` of a device's file from any thread.
+    struct SyncFile(Arc<File>);
+
+    impl FlushHandle for SyncFile {
+        fn flush(&self) -> Result<()> {
+            self.0.sync_data()?;
+            Ok(())
         }
     }
 

@@ -16,10 +16,6 @@ pub(crate) struct HeldWrites {
 }
 
 impl HeldWrites {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
@@ -113,6 +109,61 @@ impl HeldWrites {
         result
     }
 }
+/// Held writes by the commit they wait for (its generation), oldest first. A write waits for
+/// the commit that takes the records waiting when it is held: with a commit in flight, that is
+/// the next one. Writes of different generations are not merged, so that a commit releases
+/// exactly what waited for it (a later write over an earlier one must not hold the earlier one's
+/// other bytes back past a flush that covered them); reads lay them over the origin oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Generations {
+    gens: Vec<(u64, HeldWrites)>,
+}
+
+impl Generations {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.gens.is_empty()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.gens.iter().map(|(_, h)| h.bytes()).sum()
+    }
+
+    /// Holds `data` at `offset` until commit `generation` is done (generations never go down).
+    pub(crate) fn hold(&mut self, generation: u64, offset: u64, data: &[u8]) {
+        match self.gens.last_mut() {
+            Some((g, h)) if *g == generation => h.hold(offset, data),
+            _ => {
+                let mut h = HeldWrites::default();
+                h.hold(offset, data);
+                self.gens.push((generation, h));
+            }
+        }
+    }
+
+    pub(crate) fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        for (_, h) in &self.gens {
+            h.overlay(offset, buf);
+        }
+    }
+
+    /// Releases (oldest first) every write waiting for commit `generation` or an earlier one; stops
+    /// at the first error, keeping what was not written.
+    pub(crate) fn release<E>(
+        &mut self,
+        generation: u64,
+        mut write: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some((g, h)) = self.gens.first_mut() {
+            if *g > generation {
+                break;
+            }
+            h.release(&mut write)?;
+            self.gens.remove(0);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,7 +226,35 @@ mod tests {
             [100, 200]
         );
         assert_eq!(h.release(|_, _| Ok::<(), ()>(())), Ok(()));
-        assert!(h.is_empty());
+        assert_eq!(h.iter().count(), 0);
         assert_eq!(h.bytes(), 0);
+    }
+
+    /// Generations release up to the one asked, oldest first; reads see the newest bytes.
+    #[test]
+    fn generations_release_in_order() {
+        let mut g = Generations::default();
+        g.hold(1, 0, &[1; 8]);
+        g.hold(2, 4, &[2; 8]);
+        g.hold(2, 20, &[3; 2]);
+        let mut buf = [0u8; 22];
+        g.overlay(0, &mut buf);
+        assert_eq!(&buf[..12], &[1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]);
+        assert_eq!(g.bytes(), 18);
+        let mut out = alloc::vec::Vec::new();
+        g.release(1, |s, d| {
+            out.push((s, d.to_vec()));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(out, [(0, alloc::vec![1u8; 8])]);
+        assert_eq!(g.bytes(), 10);
+        g.release(2, |s, d| {
+            out.push((s, d.to_vec()));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(g.is_empty());
     }
 }

@@ -24,12 +24,16 @@ extern crate std;
 
 pub mod check;
 pub mod chunk;
+#[cfg(feature = "std")]
+pub mod committer;
 pub mod device;
 pub mod error;
 pub mod exception;
 mod held;
 pub mod limits;
 pub mod merge_stepper;
+#[cfg(feature = "std")]
+pub mod shared;
 pub mod snapshot;
 pub mod status;
 pub mod store;
@@ -38,12 +42,14 @@ pub mod testkit;
 pub mod volume;
 
 pub use chunk::{ChunkSize, SECTOR_SIZE};
-#[cfg(feature = "std")]
-pub use device::FileDevice;
 pub use device::{BlockDevice, DeviceId, MemDevice, DIRECT_IO_ALIGN};
+#[cfg(feature = "std")]
+pub use device::{FileDevice, FlushHandle};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use merge_stepper::{MergeEvent, MergeStepper};
+#[cfg(feature = "std")]
+pub use shared::{SharedVolume, COMMIT_INTERVAL};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};
 pub use status::{origin_lvs_attr, SnapshotState, SnapshotStatus};
 pub use store::{StoreKind, Usage};

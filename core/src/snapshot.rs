@@ -11,7 +11,7 @@ use crate::exception::{Exception, ExceptionTable};
 use crate::status::{SnapshotState, SnapshotStatus};
 use crate::store::persistent::PersistentStore;
 use crate::store::transient::TransientStore;
-use crate::store::{ExceptionStore, StoreKind};
+use crate::store::{ExceptionStore, StagedCommit, StoreKind};
 
 /// What happens when a *snapshot write* finds the COW full (origin writes always invalidate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -184,7 +184,19 @@ pub(crate) struct Snapshot {
     /// Where each origin write's records start in `uncommitted`: a group commit that would
     /// overflow keeps the writes before the one that overflows, as per-write commits would.
     uncommitted_writes: Vec<usize>,
+    /// A group commit taken from `uncommitted` whose device I/O is under way (see
+    /// [`Snapshot::stage`]); dropped if the snapshot is invalidated meanwhile.
+    in_flight: Option<InFlight>,
     scratch: Vec<u8>,
+}
+
+/// Records being committed in steps.
+struct InFlight {
+    records: Vec<Exception>,
+    writes: Vec<usize>,
+    staged: StagedCommit,
+    /// A metadata write was started.
+    written: bool,
 }
 
 /// How a commit ended, when it did not fail.
@@ -271,6 +283,7 @@ impl Snapshot {
             dirty: false,
             uncommitted: Vec::new(),
             uncommitted_writes: Vec::new(),
+            in_flight: None,
             scratch: Vec::new(),
         }
     }
@@ -348,6 +361,7 @@ impl Snapshot {
         self.table.clear();
         self.uncommitted.clear();
         self.uncommitted_writes.clear();
+        self.in_flight = None;
         self.store.invalidate(&mut *self.cow)
     }
 
@@ -455,7 +469,9 @@ impl Snapshot {
                 Ok(None) => {
                     // Overflow. Records copied earlier go out first, as the kernel (which
                     // committed each as it went) would have them on disk under the invalid header.
-                    if crate::volume::GROUP_COMMIT {
+                    // (With a commit of this snapshot in flight the order cannot be kept: the
+                    // snapshot is invalid either way.)
+                    if crate::volume::GROUP_COMMIT && self.in_flight.is_none() {
                         let _ = self.commit_deferred();
                     }
                     return self.invalidate();
@@ -497,8 +513,38 @@ impl Snapshot {
     /// uncommitted and the next call retries; or the snapshot was invalidated and they are gone.
     /// Either way the error is returned.
     pub(crate) fn commit_deferred(&mut self) -> Result<()> {
-        if self.uncommitted.is_empty() {
+        if self.in_flight.is_some() {
+            return Err(Error::io("a commit of this snapshot is already under way"));
+        }
+        if !self.stage()? {
             return Ok(());
+        }
+        let r = self
+            .cow
+            .flush()
+            .and_then(|()| self.write_staged())
+            .and_then(|()| self.cow.flush());
+        match r {
+            Ok(()) => {
+                self.finish_staged();
+                Ok(())
+            }
+            Err(e) => {
+                self.abort_staged();
+                Err(e)
+            }
+        }
+    }
+
+    /// First step of a group commit: takes every uncommitted record for one commit, zeroes the
+    /// metadata areas it will fill, and leaves the rest of its I/O to the caller: flush the COW
+    /// (the records' data), [`Snapshot::write_staged`], flush again, [`Snapshot::finish_staged`]
+    /// (or [`Snapshot::abort_staged`] on a failure). True when such a commit is under way; false
+    /// when there was nothing to commit or it was done here (a store that cannot stage, or the
+    /// records that still fit before an overflow).
+    pub(crate) fn stage(&mut self) -> Result<bool> {
+        if self.uncommitted.is_empty() || self.in_flight.is_some() {
+            return Ok(false);
         }
         let capacity = self.store.commit_capacity(self.cow.len());
         if self.uncommitted.len() as u64 > capacity {
@@ -517,20 +563,88 @@ impl Snapshot {
             if !self.uncommitted.is_empty() {
                 self.commit_deferred()?;
             }
-            return self.invalidate();
+            self.invalidate()?;
+            return Ok(false);
         }
         let records = core::mem::take(&mut self.uncommitted);
         let writes = core::mem::take(&mut self.uncommitted_writes);
-        match self.commit(&records, false) {
-            Ok(_) => Ok(()), // committed, or overflowed (invalidated: nothing depends on it now)
-            Err(e) => {
-                if self.state != SnapshotState::Invalid {
-                    self.uncommitted = records;
-                    self.uncommitted_writes = writes;
+        #[cfg(feature = "std")]
+        let staged = self.store.stage(&records);
+        #[cfg(not(feature = "std"))]
+        let staged: Option<StagedCommit> = None;
+        let Some(staged) = staged else {
+            return match self.commit(&records, false) {
+                // committed, or overflowed (invalidated: nothing depends on it now)
+                Ok(_) => Ok(false),
+                Err(e) => {
+                    self.restore(records, writes);
+                    Err(e)
                 }
-                Err(e)
+            };
+        };
+        let chunk = self.chunk().bytes();
+        for &at in &staged.zero {
+            if let Err(e) = device::write_zeros(&mut *self.cow, at, chunk) {
+                self.in_flight = Some(InFlight {
+                    records,
+                    writes,
+                    staged,
+                    written: false,
+                });
+                self.abort_staged();
+                return Err(e);
             }
         }
+        self.in_flight = Some(InFlight {
+            records,
+            writes,
+            staged,
+            written: false,
+        });
+        Ok(true)
+    }
+
+    /// The metadata writes of the staged commit (its data must be durable already).
+    pub(crate) fn write_staged(&mut self) -> Result<()> {
+        let Some(f) = self.in_flight.as_mut() else {
+            return Ok(()); // invalidated meanwhile
+        };
+        f.written = true;
+        for (at, buf) in &f.staged.writes {
+            device::write(&mut *self.cow, *at, buf)?;
+        }
+        Ok(())
+    }
+
+    /// The staged commit's records are durable (its metadata writes were flushed).
+    pub(crate) fn finish_staged(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// The staged commit failed: its records wait again (before any taken since), or the
+    /// snapshot is invalidated when its store cannot go back.
+    pub(crate) fn abort_staged(&mut self) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        #[cfg(feature = "std")]
+        let undone = self.store.unstage(f.staged, f.written, &mut *self.cow);
+        #[cfg(not(feature = "std"))]
+        let undone = false;
+        if undone {
+            self.restore(f.records, f.writes);
+        } else {
+            let _ = self.invalidate();
+        }
+    }
+
+    /// Puts records taken for a commit back in front of those that came since.
+    fn restore(&mut self, mut records: Vec<Exception>, mut writes: Vec<usize>) {
+        let n = records.len();
+        records.append(&mut self.uncommitted);
+        writes.extend(self.uncommitted_writes.drain(..).map(|i| i + n));
+        self.uncommitted = records;
+        self.uncommitted_writes = writes;
     }
 
     /// Gives back the chunks of `records` (allocated in order, named by nothing on the device)

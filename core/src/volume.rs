@@ -8,7 +8,7 @@ use crate::chunk::{check_range, pieces};
 use crate::device::{self, BlockDevice, MemDevice};
 use crate::error::{Error, Result};
 use crate::exception::Exception;
-use crate::held::HeldWrites;
+use crate::held::Generations;
 use crate::snapshot::{Autoextend, Snapshot, SnapshotOptions};
 use crate::status::{SnapshotState, SnapshotStatus};
 
@@ -91,11 +91,15 @@ pub struct Volume {
     snapshots: BTreeMap<SnapshotId, Snapshot>,
     next_id: u32,
     /// Origin writes waiting for their exceptions to be committed (see [`Volume::commit`]).
-    held: HeldWrites,
+    held: Generations,
     /// Held bytes that force a commit.
     commit_bytes: usize,
     /// Most origin bytes a merge step copies back.
     merge_step_bytes: u64,
+    /// The generation of the next group commit to start (see [`Generations`]).
+    next_gen: u64,
+    /// A group commit is under way in steps (see [`Volume::commit_begin`]).
+    committing: bool,
 }
 
 impl core::fmt::Debug for Volume {
@@ -121,9 +125,11 @@ impl Volume {
             origin_dirty: false,
             snapshots: BTreeMap::new(),
             next_id: 0,
-            held: HeldWrites::default(),
+            held: Generations::default(),
             commit_bytes: DEFAULT_COMMIT_BYTES,
             merge_step_bytes: DEFAULT_MERGE_STEP_BYTES,
+            next_gen: 0,
+            committing: false,
         }
     }
 
@@ -191,26 +197,19 @@ impl Volume {
         if !GROUP_COMMIT {
             return Ok(());
         }
-        let mut first_err = None;
-        for s in self.snapshots.values_mut() {
-            if let Err(e) = s.commit_deferred() {
-                first_err.get_or_insert(e);
+        let mut cycle = self.commit_begin();
+        for t in cycle.targets() {
+            if let Err(e) = self.flush_target(t) {
+                return Err(self.commit_abort(cycle, e));
             }
         }
-        if self.snapshots.values().any(|s| !s.uncommitted.is_empty()) {
-            return Err(first_err.unwrap_or(Error::io("exceptions left uncommitted")));
+        self.commit_write(&mut cycle)?;
+        for t in cycle.targets() {
+            if let Err(e) = self.flush_target(t) {
+                return Err(self.commit_abort(cycle, e));
+            }
         }
-        let Volume {
-            origin,
-            held,
-            origin_dirty,
-            ..
-        } = self;
-        held.release(|start, data| {
-            *origin_dirty = true;
-            device::write(&mut **origin, start, data)
-        })?;
-        first_err.map_or(Ok(()), Err)
+        self.commit_finish(cycle)
     }
 
     fn uncommitted_records(&self) -> usize {
@@ -361,7 +360,8 @@ impl Volume {
             .fold(self.origin.io_alignment(), u64::max)
     }
 
-    fn check_user_io(&self, offset: u64, len: usize) -> Result<()> {
+    /// Refuses a caller's I/O that a direct device could not do (see [`Volume::io_alignment`]).
+    pub(crate) fn check_user_io(&self, offset: u64, len: usize) -> Result<()> {
         device::check_aligned(self.io_alignment(), offset, len)
     }
 
@@ -392,22 +392,32 @@ impl Volume {
         if let Some(id) = self.merging() {
             return self.write_during_merge(id, offset, data);
         }
-        let group = GROUP_COMMIT && self.commit_bytes > 0;
         // Commit before taking more, so that a failed commit refuses this write whole (and, not
         // grouping, so that nothing waiting lands after this write).
-        if GROUP_COMMIT
-            && (self.held.bytes() >= self.commit_bytes
-                || self.uncommitted_records() >= COMMIT_RECORDS
-                || (!group && !self.held.is_empty()))
-        {
+        if GROUP_COMMIT && self.commit_due() {
             self.commit()?;
         }
+        self.write_preserved(offset, data, GROUP_COMMIT && self.commit_bytes > 0)
+    }
+
+    /// True when held writes or waiting records have reached the group commit's bounds.
+    pub(crate) fn commit_due(&self) -> bool {
+        self.held.bytes() >= self.commit_bytes
+            || self.uncommitted_records() >= COMMIT_RECORDS
+            || (self.commit_bytes == 0 && !self.held.is_empty())
+    }
+
+    /// An origin write outside a merge, after any commit due: copies first, then the write goes
+    /// to the origin device, or (`group`) waits for the commit of what it depends on.
+    pub(crate) fn write_preserved(&mut self, offset: u64, data: &[u8], group: bool) -> Result<()> {
         self.preserve_all(offset, data.len() as u64, None, group)?;
-        if !group || (self.held.is_empty() && self.uncommitted_records() == 0) {
+        // A write straight to the origin device must depend on nothing uncommitted and must not
+        // be overwritten later by an older held write.
+        if !group || (self.held.is_empty() && self.uncommitted_records() == 0 && !self.committing) {
             self.origin_dirty = true;
             return device::write(&mut *self.origin, offset, data);
         }
-        self.held.hold(offset, data);
+        self.held.hold(self.next_gen, offset, data);
         Ok(())
     }
 
@@ -691,6 +701,201 @@ impl Volume {
             progress(p);
         }
         self.merge_finish(id)
+    }
+}
+
+/// Where a group commit flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // the origin is flushed as a target by `shared`
+pub(crate) enum Target {
+    Origin,
+    Cow(SnapshotId),
+}
+
+/// A group commit under way in steps (std builds share them between threads, see
+/// [`crate::shared`]): [`Volume::commit_begin`], flush [`Cycle::targets`], [`Volume::commit_write`],
+/// flush them again, [`Volume::commit_finish`]; or [`Volume::commit_abort`] on a failure.
+#[derive(Debug)]
+pub(crate) struct Cycle {
+    pub(crate) generation: u64,
+    cows: Vec<SnapshotId>,
+    /// A snapshot could not take its records: held writes must go on waiting.
+    blocked: bool,
+    error: Option<Error>,
+}
+
+impl Cycle {
+    /// The COWs whose records this commit carries.
+    pub(crate) fn targets(&self) -> Vec<Target> {
+        self.cows.iter().map(|&id| Target::Cow(id)).collect()
+    }
+}
+
+impl Volume {
+    /// Starts a group commit: every snapshot's waiting records are taken for it (and the areas
+    /// they fill zeroed); origin writes held until now wait for it. Until it finishes, writes go
+    /// on (their records wait for the next commit, their data is held behind this one's).
+    pub(crate) fn commit_begin(&mut self) -> Cycle {
+        let generation = self.next_gen;
+        self.next_gen += 1;
+        self.committing = true;
+        let (mut cows, mut blocked, mut error) = (Vec::new(), false, None);
+        for (&id, s) in self.snapshots.iter_mut() {
+            match s.stage() {
+                Ok(true) => cows.push(id),
+                Ok(false) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+            // Records left waiting (their commit failed, the store took them back) block the
+            // release of the writes that depend on them.
+            blocked |= !s.uncommitted.is_empty();
+        }
+        Cycle {
+            generation,
+            cows,
+            blocked,
+            error,
+        }
+    }
+
+    /// The commit's metadata writes (its data flush is done).
+    pub(crate) fn commit_write(&mut self, cycle: &mut Cycle) -> Result<()> {
+        for id in &cycle.cows {
+            if let Some(s) = self.snapshots.get_mut(id) {
+                if let Err(e) = s.write_staged() {
+                    let c = core::mem::replace(
+                        cycle,
+                        Cycle {
+                            generation: cycle.generation,
+                            cows: Vec::new(),
+                            blocked: true,
+                            error: None,
+                        },
+                    );
+                    return Err(self.commit_abort(c, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit failed on the way: its records wait again (or their snapshot is invalidated),
+    /// and so do the writes held for them. Returns `error`.
+    pub(crate) fn commit_abort(&mut self, cycle: Cycle, error: Error) -> Error {
+        for id in &cycle.cows {
+            if let Some(s) = self.snapshots.get_mut(id) {
+                s.abort_staged();
+            }
+        }
+        self.committing = false;
+        error
+    }
+
+    /// The commit's records are durable (its metadata writes were flushed): the origin writes
+    /// that waited for it go to the origin device (not flushed).
+    pub(crate) fn commit_finish(&mut self, cycle: Cycle) -> Result<()> {
+        for id in &cycle.cows {
+            if let Some(s) = self.snapshots.get_mut(id) {
+                s.finish_staged();
+            }
+        }
+        self.committing = false;
+        if !cycle.blocked {
+            let Volume {
+                origin,
+                held,
+                origin_dirty,
+                ..
+            } = self;
+            held.release(cycle.generation, |start, data| {
+                *origin_dirty = true;
+                device::write(&mut **origin, start, data)
+            })?;
+        }
+        match cycle.error {
+            Some(e) => Err(e),
+            None if cycle.blocked => Err(Error::io("exceptions left uncommitted")),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes one device under the volume's lock (devices without a flush handle).
+    pub(crate) fn flush_target(&mut self, t: Target) -> Result<()> {
+        match t {
+            Target::Origin => self.origin.flush(),
+            Target::Cow(id) => match self.snapshots.get_mut(&id) {
+                Some(s) => s.cow.flush(),
+                None => Ok(()), // deleted: nothing depends on it
+            },
+        }
+    }
+
+    #[cfg(feature = "std")]
+    /// The devices written since their last flush (origin data, snapshot writes), marked clean:
+    /// a flush of all of them completes a durable flush. On failure, [`Volume::mark_dirty`].
+    pub(crate) fn take_dirty(&mut self) -> Vec<Target> {
+        let mut out = Vec::new();
+        if core::mem::take(&mut self.origin_dirty) {
+            out.push(Target::Origin);
+        }
+        for (&id, s) in self.snapshots.iter_mut() {
+            if core::mem::take(&mut s.dirty) {
+                out.push(Target::Cow(id));
+            }
+        }
+        out
+    }
+
+    #[cfg(feature = "std")]
+    /// Devices whose flush failed stay to be flushed.
+    pub(crate) fn mark_dirty(&mut self, targets: &[Target]) {
+        for t in targets {
+            match t {
+                Target::Origin => self.origin_dirty = true,
+                Target::Cow(id) => {
+                    if let Some(s) = self.snapshots.get_mut(id) {
+                        s.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A handle to flush `t` outside the volume's lock, if its device has one.
+    #[cfg(feature = "std")]
+    pub(crate) fn flush_handle(
+        &self,
+        t: Target,
+    ) -> Option<std::sync::Arc<dyn device::FlushHandle>> {
+        match t {
+            Target::Origin => self.origin.flush_handle(),
+            Target::Cow(id) => self.snapshots.get(&id)?.cow.flush_handle(),
+        }
+    }
+
+    #[cfg(feature = "std")]
+    /// The generation the next commit will have: a flush asked now is done once a durable
+    /// commit of this generation (or a later one) is.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.next_gen
+    }
+
+    #[cfg(feature = "std")]
+    /// True while a merge runs (origin writes then take another path).
+    pub(crate) fn is_merging(&self) -> bool {
+        self.merging().is_some()
+    }
+
+    /// Records waiting for a commit, over all snapshots.
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted_records()
+    }
+
+    /// The bound of [`Volume::set_commit_bytes`].
+    pub fn commit_bytes(&self) -> usize {
+        self.commit_bytes
     }
 }
 

@@ -202,8 +202,10 @@ typedef int32_t cowsnap_store_kind;
  * release it with `cowsnap_volume_free`.
  *
  * Thread-safety: every function taking a `cowsnap_volume *` (except `cowsnap_volume_free`) may be
- * called from several threads at once. Reads of the origin and of snapshots share a read lock and run
- * in parallel; writes, snapshot creation/deletion, flush and each merge step take the write lock.
+ * called from several threads at once. Reads of the origin and of snapshots run in parallel;
+ * origin writes hold the volume's lock only to copy chunks and hold their data, never across a
+ * device flush; flushes from several threads share group commits (see `SharedVolume` in the
+ * core); snapshot creation/deletion/writes and merge steps run between commits, one at a time.
  */
 struct cowsnap_volume;
 
@@ -831,7 +833,8 @@ cowsnap_result cowsnap_volume_read(struct cowsnap_volume *vol,
  * touched chunk first gets a copy of it (a snapshot whose COW is full is invalidated; the write goes on).
  *
  * `buf` is borrowed for the call (NULL only when `len` is 0). Errors: `NULL_POINTER`, `OUT_OF_RANGE`
- * (nothing written), `IO`. Thread-safety: safe from several threads; writes are serialised (write lock).
+ * (nothing written), `IO`. Thread-safety: safe from several threads; the lock is held only to copy
+ * chunks into snapshots and hold the data in memory, so writes to other chunks and reads go on.
  */
 cowsnap_result cowsnap_volume_write(struct cowsnap_volume *vol,
                                     uint64_t offset,
@@ -847,7 +850,8 @@ cowsnap_result cowsnap_volume_write(struct cowsnap_volume *vol,
  * background thread. So a write costs no `fsync` unless you ask for one here; an error of a
  * background commit is reported by the next flush.
  *
- * Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread (takes the write lock).
+ * Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread; no lock is held while the
+ * devices flush, and threads that flush at the same time share one commit (group commit).
  */
 cowsnap_result cowsnap_volume_flush(struct cowsnap_volume *vol);
 

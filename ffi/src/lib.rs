@@ -15,7 +15,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cowsnap_core::{Error, ErrorCode};
 
-mod committer;
 #[macro_use]
 mod guard;
 mod files;

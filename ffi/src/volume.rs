@@ -4,11 +4,14 @@
 use std::ffi::{c_char, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLockReadGuard};
 
-use cowsnap_core::{limits, BlockDevice, Error, ErrorCode, MemDevice, SnapshotOptions, Volume};
+use cowsnap_core::committer::Committer;
+use cowsnap_core::shared::Exclusive;
+use cowsnap_core::{
+    limits, BlockDevice, Error, ErrorCode, MemDevice, SharedVolume, SnapshotOptions, Volume,
+};
 
-use crate::committer::Committer;
 use crate::files::{self, Space};
 use crate::{cowsnap_result, Failure, FfiResult};
 
@@ -17,10 +20,12 @@ use crate::{cowsnap_result, Failure, FfiResult};
 /// release it with `cowsnap_volume_free`.
 ///
 /// Thread-safety: every function taking a `cowsnap_volume *` (except `cowsnap_volume_free`) may be
-/// called from several threads at once. Reads of the origin and of snapshots share a read lock and run
-/// in parallel; writes, snapshot creation/deletion, flush and each merge step take the write lock.
+/// called from several threads at once. Reads of the origin and of snapshots run in parallel;
+/// origin writes hold the volume's lock only to copy chunks and hold their data, never across a
+/// device flush; flushes from several threads share group commits (see `SharedVolume` in the
+/// core); snapshot creation/deletion/writes and merge steps run between commits, one at a time.
 pub struct cowsnap_volume {
-    inner: Arc<RwLock<Volume>>,
+    inner: Arc<SharedVolume>,
     /// Origin size in bytes (fixed for the life of the volume).
     size: u64,
     /// Commits waiting origin writes in the background (see `committer`).
@@ -40,8 +45,10 @@ impl cowsnap_volume {
         managed: Option<cowsnap_managed::volume::Lease>,
     ) -> *mut cowsnap_volume {
         let size = vol.len();
-        let inner = Arc::new(RwLock::new(vol));
-        let committer = Committer::start(Arc::downgrade(&inner));
+        let inner = Arc::new(SharedVolume::new(vol));
+        // Without the thread the volume still commits on flush and on its size bound.
+        // An error leaves the writes waiting; the caller's next flush reports it.
+        let committer = inner.start_committer(|_| {}).ok();
         Box::into_raw(Box::new(cowsnap_volume {
             inner,
             size,
@@ -73,8 +80,13 @@ impl cowsnap_volume {
         self.inner.read().map_err(|_| poisoned())
     }
 
-    pub(crate) fn write(&self) -> FfiResult<RwLockWriteGuard<'_, Volume>> {
-        self.inner.write().map_err(|_| poisoned())
+    /// Exclusive access between group commits (snapshot management, merge steps).
+    pub(crate) fn write(&self) -> FfiResult<Exclusive<'_>> {
+        self.inner.exclusive().map_err(|_| poisoned())
+    }
+
+    pub(crate) fn shared(&self) -> &SharedVolume {
+        &self.inner
     }
 
     /// Checks `offset..offset+len` against the volume before any buffer is touched (the core's
@@ -386,12 +398,8 @@ pub unsafe extern "C" fn cowsnap_volume_free(vol: *mut cowsnap_volume) {
         if !vol.is_null() {
             // SAFETY: a handle from a cowsnap constructor, freed once (caller's contract).
             let mut vol = unsafe { Box::from_raw(vol) };
-            drop(vol.committer.take()); // stops and joins the thread: the lock is ours alone
-            let mut inner = match vol.inner.write() {
-                Ok(v) => v,
-                Err(poison) => poison.into_inner(),
-            };
-            let _ = inner.flush();
+            drop(vol.committer.take()); // stops and joins the thread: the volume is ours alone
+            let _ = vol.inner.flush();
         }
     })
 }
@@ -488,7 +496,8 @@ pub unsafe extern "C" fn cowsnap_volume_read(
 /// touched chunk first gets a copy of it (a snapshot whose COW is full is invalidated; the write goes on).
 ///
 /// `buf` is borrowed for the call (NULL only when `len` is 0). Errors: `NULL_POINTER`, `OUT_OF_RANGE`
-/// (nothing written), `IO`. Thread-safety: safe from several threads; writes are serialised (write lock).
+/// (nothing written), `IO`. Thread-safety: safe from several threads; the lock is held only to copy
+/// chunks into snapshots and hold the data in memory, so writes to other chunks and reads go on.
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_volume_write(
     vol: *mut cowsnap_volume,
@@ -502,7 +511,7 @@ pub unsafe extern "C" fn cowsnap_volume_write(
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` readable bytes by contract.
         let data = unsafe { in_buf(buf, len) }?;
-        v.write()?.write_at(offset, data)?;
+        v.shared().write_at(offset, data)?;
         Ok(())
     })
 }
@@ -515,13 +524,14 @@ pub unsafe extern "C" fn cowsnap_volume_write(
 /// background thread. So a write costs no `fsync` unless you ask for one here; an error of a
 /// background commit is reported by the next flush.
 ///
-/// Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread (takes the write lock).
+/// Errors: `NULL_POINTER`, `IO`. Thread-safety: safe from any thread; no lock is held while the
+/// devices flush, and threads that flush at the same time share one commit (group commit).
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_volume_flush(vol: *mut cowsnap_volume) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_flush", {
         // SAFETY: argument contracts above.
         let v = unsafe { volume(vol) }?;
-        v.write()?.flush()?;
+        v.shared().flush()?;
         Ok(())
     })
 }

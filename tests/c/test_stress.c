@@ -1,9 +1,14 @@
 /* Threads: 4 writers hammer the origin while 2 readers check that snapshots never change.
  * Reader 0 checks a snapshot taken before the threads start against the known initial pattern;
  * reader 1 takes its own snapshot in the middle of the writes, reads it whole as its reference and
- * re-reads it while the writers go on. Usage: test_stress [writes-per-writer] */
+ * re-reads it while the writers go on.
+ * Then on files: 4 writers on interleaved sectors (so they share chunks) write, read their writes
+ * back, flush now and then (sharing group commits) and read the snapshots; the origin must end as
+ * the model says, and so must everything after closing and reopening the files.
+ * Usage: test_stress [writes-per-writer] */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +198,120 @@ static void *merge_reader(void *arg) {
   return NULL;
 }
 
+/* ---- files: writers with flushes, against a model ---------------------------------------------- */
+
+#define F_SIZE (1024u * 1024u)
+#define F_SECTORS (F_SIZE / 512u)
+static cowsnap_volume *fvol;
+static uint32_t fsnap[2];
+static uint8_t *fmodel; /* each writer changes only its own sectors (sector % WRITERS == t) */
+static int f_writes = 100;
+
+static uint8_t f_initial(uint64_t off) { return (uint8_t)(off * 7 + (off >> 12)); }
+
+static void *file_writer(void *arg) {
+  int t = (int)(uintptr_t)arg;
+  unsigned seed = 99u + (unsigned)t;
+  uint8_t buf[512], back[512], snap[4096];
+  int i, r;
+  size_t k;
+  for (i = 0; i < f_writes; i++) {
+    uint64_t sec = ((uint64_t)rand_r(&seed) % (F_SECTORS / WRITERS)) * WRITERS + (uint64_t)t;
+    uint64_t at;
+    memset(buf, (int)(1 + t * 50 + i % 50), sizeof buf);
+    if ((r = cowsnap_volume_write(fvol, sec * 512, buf, sizeof buf)) != COWSNAP_OK) {
+      fail("file writer", r);
+      return NULL;
+    }
+    memcpy(fmodel + sec * 512, buf, sizeof buf);
+    if ((r = cowsnap_volume_read(fvol, sec * 512, back, sizeof back)) != COWSNAP_OK ||
+        memcmp(back, buf, sizeof buf) != 0) {
+      fail("file writer: a write does not read back", r);
+      return NULL;
+    }
+    if (i % 4 == t % 4 && (r = cowsnap_volume_flush(fvol)) != COWSNAP_OK) {
+      fail("file writer flush", r);
+      return NULL;
+    }
+    at = (uint64_t)rand_r(&seed) % (F_SIZE - sizeof snap);
+    if ((r = cowsnap_snapshot_read(fvol, fsnap[i % 2], at, snap, sizeof snap)) != COWSNAP_OK) {
+      fail("file writer snapshot read", r);
+      return NULL;
+    }
+    for (k = 0; k < sizeof snap; k++)
+      if (snap[k] != f_initial(at + k)) {
+        fail("file writer: a snapshot changed", 0);
+        return NULL;
+      }
+  }
+  return NULL;
+}
+
+/* The origin reads as the model, both snapshots as the initial data. */
+static void check_files(const char *when) {
+  uint8_t *all = malloc(F_SIZE);
+  uint64_t k;
+  int s;
+  OK(cowsnap_volume_read(fvol, 0, all, F_SIZE));
+  if (memcmp(all, fmodel, F_SIZE) != 0) {
+    fprintf(stderr, "files (%s): the origin is not the model\n", when);
+    failures++;
+  }
+  for (s = 0; s < 2; s++) {
+    OK(cowsnap_snapshot_read(fvol, fsnap[s], 0, all, F_SIZE));
+    for (k = 0; k < F_SIZE; k++)
+      if (all[k] != f_initial(k)) {
+        fprintf(stderr, "files (%s): snapshot %d changed at %llu\n", when, s, (unsigned long long)k);
+        failures++;
+        break;
+      }
+  }
+  free(all);
+}
+
+static void file_phase(void) {
+  char dir[] = "/tmp/cowsnap-stress-XXXXXX";
+  char origin[64], cows[2][64];
+  const char *paths[2];
+  pthread_t w[WRITERS];
+  uintptr_t i;
+  uint64_t k;
+  int s;
+  if (!mkdtemp(dir)) {
+    fprintf(stderr, "mkdtemp failed\n");
+    failures++;
+    return;
+  }
+  snprintf(origin, sizeof origin, "%s/origin", dir);
+  fmodel = malloc(F_SIZE);
+  for (k = 0; k < F_SIZE; k++) fmodel[k] = f_initial(k);
+  OK(cowsnap_volume_create_file(origin, F_SIZE, &fvol));
+  OK(cowsnap_volume_write(fvol, 0, fmodel, F_SIZE));
+  for (s = 0; s < 2; s++) {
+    cowsnap_snapshot_options o;
+    OK(cowsnap_snapshot_options_init(&o));
+    snprintf(cows[s], sizeof cows[s], "%s/s%d.cow", dir, s);
+    paths[s] = cows[s];
+    o.cow_path = cows[s];
+    o.cow_size = 2 * F_SIZE;
+    o.chunk_size = s ? 16384 : 4096;
+    OK(cowsnap_snapshot_create(fvol, &o, &fsnap[s]));
+  }
+  for (i = 0; i < WRITERS; i++) EXPECT(pthread_create(&w[i], NULL, file_writer, (void *)i) == 0);
+  for (i = 0; i < WRITERS; i++) pthread_join(w[i], NULL);
+  OK(cowsnap_volume_flush(fvol));
+  check_files("written");
+  cowsnap_volume_free(fvol);
+  OK(cowsnap_volume_open_file(origin, paths, 2, &fvol));
+  check_files("reopened");
+  cowsnap_volume_free(fvol);
+  for (s = 0; s < 2; s++) unlink(cows[s]);
+  unlink(origin);
+  rmdir(dir);
+  free(fmodel);
+  printf("test_stress: files: %d writers x %d writes with flushes, reopened\n", WRITERS, f_writes);
+}
+
 int main(int argc, char **argv) {
   pthread_t w[WRITERS], rd[READERS];
   uint8_t *init = malloc(VOL_SIZE);
@@ -202,6 +321,7 @@ int main(int argc, char **argv) {
   struct cowsnap_snapshot_status st;
 
   if (argc > 1) writes_per_writer = atoi(argv[1]);
+  f_writes = writes_per_writer / 3 < 20 ? 20 : writes_per_writer / 3;
   OK(cowsnap_volume_create_mem(VOL_SIZE, &vol));
   for (k = 0; k < VOL_SIZE; k++) init[k] = initial(k);
   OK(cowsnap_volume_write(vol, 0, init, VOL_SIZE));
@@ -247,6 +367,7 @@ int main(int argc, char **argv) {
          WRITERS, writes_per_writer, reads_done[0], reads_done[1], (unsigned long long)st.exceptions);
   cowsnap_volume_free(vol);
   free(init);
+  file_phase();
   check_failures += failures;
   return finish("test_stress");
 }

@@ -60,6 +60,30 @@ pub(crate) struct CommitFailure {
     pub(crate) reusable: bool,
 }
 
+/// A commit taken by the store whose device I/O is still to be done (see `ExceptionStore::stage`).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) struct StagedCommit {
+    /// Offsets of metadata areas to zero (one chunk each) before the data flush: the area after
+    /// every one this commit fills, so that a scan always finds an end marker.
+    pub(crate) zero: Vec<u64>,
+    /// Metadata writes `(offset, bytes)`, after the data flush.
+    pub(crate) writes: Vec<(u64, Vec<u8>)>,
+    /// The store's state before the staging.
+    pub(crate) undo: Undo,
+}
+
+/// What a persistent store was before a staged commit (to take it back).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "std"), allow(dead_code))]
+pub(crate) struct Undo {
+    pub(crate) area: u64,
+    pub(crate) len: usize,
+    pub(crate) on_disk: usize,
+    /// The current area's records, when the commit filled it (otherwise truncating restores it).
+    pub(crate) old_area: Option<Vec<Exception>>,
+}
+
 /// What a snapshot needs from its exception store. Internal: the two stores are dm's, and the
 /// snapshot code relies on their exact behaviour (records, flushes, undo), so no other store can be
 /// plugged in.
@@ -84,6 +108,29 @@ pub(crate) trait ExceptionStore: Send + Sync {
         cow: &mut dyn BlockDevice,
         records: &[Exception],
     ) -> core::result::Result<(), CommitFailure>;
+    /// A commit of `records` split in steps, so that its device flushes can run outside the
+    /// volume's locks: the store takes the records now (as if committed) and says what to write;
+    /// the caller zeroes [`StagedCommit::zero`], flushes the COW (the records' data), writes
+    /// [`StagedCommit::writes`] in order, flushes again, and then the records are durable. On a
+    /// failure on the way the caller hands the staged commit back to [`ExceptionStore::unstage`].
+    /// `None` (the default, and for an invalid store or no records): use [`ExceptionStore::commit`].
+    /// (`std` builds: the small build commits every write on its own and never stages.)
+    #[cfg(feature = "std")]
+    fn stage(&mut self, _records: &[Exception]) -> Option<StagedCommit> {
+        None
+    }
+    /// Takes back a staged commit that failed. `written` says whether any of its metadata writes
+    /// was started. Returns true when the store is as before the staging (the records can be
+    /// staged again), false when it is unusable and the snapshot must be invalidated.
+    #[cfg(feature = "std")]
+    fn unstage(
+        &mut self,
+        _staged: StagedCommit,
+        _written: bool,
+        _cow: &mut dyn BlockDevice,
+    ) -> bool {
+        false
+    }
     /// Marks the store invalid for good (persistent: writes `valid = 0` to the header and flushes).
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()>;
     /// Space accounting for a COW of `cow_len` bytes.

@@ -10,6 +10,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{CommitFailure, ExceptionStore, StoreKind, Usage};
+#[cfg(feature = "std")]
+use super::{StagedCommit, Undo};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
@@ -257,6 +259,15 @@ impl PersistentStore {
     /// records that used to be there (after a merge). The bytes on disk end up exactly as the
     /// kernel's whole-chunk write leaves them; only less is written.
     fn write_area(&mut self, cow: &mut dyn BlockDevice, from: usize) -> Result<()> {
+        let (at, buf) = self.area_bytes(from);
+        self.area_written = true;
+        device::write(cow, at, &buf)?;
+        self.area_on_disk = self.area.len();
+        Ok(())
+    }
+
+    /// Where and what [`PersistentStore::write_area`] writes.
+    fn area_bytes(&self, from: usize) -> (u64, Vec<u8>) {
         let rec = EXCEPTION_RECORD_BYTES as usize;
         let end = self.area.len().max(self.area_on_disk) * rec;
         let start = (from.min(self.area.len()) * rec) / SECTOR_SIZE as usize * SECTOR_SIZE as usize;
@@ -267,10 +278,7 @@ impl PersistentStore {
             buf[o + 8..o + 16].copy_from_slice(&e.new.to_le_bytes());
         }
         let at = self.area_offset(self.current_area) + start as u64;
-        self.area_written = true;
-        device::write(cow, at, &buf)?;
-        self.area_on_disk = self.area.len();
-        Ok(())
+        (at, buf)
     }
 
     fn commit_inner(&mut self, cow: &mut dyn BlockDevice, records: &[Exception]) -> Result<()> {
@@ -383,6 +391,70 @@ impl ExceptionStore for PersistentStore {
             undone: false,
             reusable: false,
         })
+    }
+    #[cfg(feature = "std")]
+    fn stage(&mut self, records: &[Exception]) -> Option<StagedCommit> {
+        if !self.valid || records.is_empty() {
+            return None;
+        }
+        let epa = self.geo.exceptions_per_area() as usize;
+        let mut undo = Undo {
+            area: self.current_area,
+            len: self.area.len(),
+            on_disk: self.area_on_disk,
+            old_area: None,
+        };
+        let (mut zero, mut writes) = (Vec::new(), Vec::new());
+        let mut dirty_from = None;
+        for &r in records {
+            dirty_from.get_or_insert(self.area.len());
+            self.area.push(r);
+            if self.area.len() == epa {
+                // As `commit_inner`, but the successor area is zeroed before the data flush (it
+                // lies past an end marker until the full area is written after that flush).
+                if undo.old_area.is_none() {
+                    undo.old_area = Some(self.area[..undo.len].to_vec());
+                }
+                zero.push(self.area_offset(self.current_area + 1));
+                writes.push(self.area_bytes(dirty_from.take().unwrap_or(0)));
+                self.current_area += 1;
+                self.area.clear();
+                self.area_on_disk = 0;
+            }
+        }
+        if let Some(from) = dirty_from {
+            writes.push(self.area_bytes(from));
+            self.area_on_disk = self.area.len();
+        }
+        Some(StagedCommit { zero, writes, undo })
+    }
+    #[cfg(feature = "std")]
+    fn unstage(&mut self, staged: StagedCommit, written: bool, cow: &mut dyn BlockDevice) -> bool {
+        let undo = staged.undo;
+        if !written {
+            // Nothing reached the areas in use (zeroed areas lie past an end marker).
+            self.current_area = undo.area;
+            match undo.old_area {
+                Some(old) => self.area = old,
+                None => self.area.truncate(undo.len),
+            }
+            self.area_on_disk = undo.on_disk;
+            return true;
+        }
+        if self.current_area == undo.area {
+            // As in `commit`: the records may be on the device, naming chunks whose data was
+            // flushed, of origin chunks not yet overwritten. Try to take them off it now.
+            let attempted = self.area.len();
+            self.area.truncate(undo.len);
+            self.area_on_disk = self.area_on_disk.max(attempted);
+            if self.write_area(cow, undo.len).is_ok() {
+                let _ = cow.flush();
+            }
+            return true;
+        }
+        // A full area went out (it may or may not be on disk): no state the disk is known to match.
+        self.valid = false;
+        false
     }
     fn invalidate(&mut self, cow: &mut dyn BlockDevice) -> Result<()> {
         self.valid = false;
