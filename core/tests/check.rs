@@ -83,13 +83,18 @@ fn engine_stores_are_clean_through_writes_areas_and_merges() {
         assert!(r.is_clean(), "{:?}", r.problems);
         assert_eq!((r.records, r.areas), (600, 3));
     }
-    // Stopped half way: a merge leaves records of a state the kernel could have written.
+    // Stopped half way: a merge leaves records of a state the kernel could have written. Steps of
+    // 100 chunks, so that the first ones end inside a metadata area and then cross one.
+    vol.set_merge_step_bytes(100 * 4096);
     assert!(!vol.merge_begin(a).unwrap().done);
     assert!(!vol.merge_step(a).unwrap().done);
     let r = check(vol.snapshot_cow(a).unwrap(), Some(1024)).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
     assert!(r.records < 600);
-    while !vol.merge_step(a).unwrap().done {}
+    while !vol.merge_step(a).unwrap().done {
+        let r = check(vol.snapshot_cow(a).unwrap(), Some(1024)).unwrap();
+        assert!(r.is_clean(), "{:?}", r.problems);
+    }
     let cow = vol.merge_finish(a).unwrap();
     let r = check(&cow, Some(1024)).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
