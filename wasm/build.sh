@@ -31,13 +31,13 @@ fi
 
 # 1. The wasm module. Size matters more than the last percent of speed here, but LTO and one codegen
 #    unit help both; the workspace's release profile is shared, so they are set for this build only.
-# The core is optimised for size (opt-level "s"): it keeps the module under its 150 KiB budget, and
-# `node wasm/bench.mjs` checks the wasm/native speed ratio stays above 0.5.
+# The core is built at full speed (opt-level 3): 141 KiB, under the 150 KiB budget now that float
+# formatting is left to JavaScript (wasm/src: ~20 KiB less); "s" saved 8 KiB but cost a fifth of the
+# first-write speed (`node wasm/bench.mjs`: wasm/native 0.34-0.35 with "s", 0.42-0.44 with 3).
 say "cargo build (wasm32-unknown-unknown, release, no_std core)"
 (cd "$ROOT" && cargo build -p cowsnap-wasm --lib --target wasm32-unknown-unknown --release \
   --config 'profile.release.lto=true' --config 'profile.release.codegen-units=1' \
-  --config 'profile.release.panic="abort"' \
-  --config 'profile.release.package.cowsnap-core.opt-level="s"' -q)
+  --config 'profile.release.panic="abort"' -q)
 WASM=$ROOT/target/wasm32-unknown-unknown/release/cowsnap_wasm.wasm
 
 # 2. wasm-opt from npm (binaryen.js: no binary download).

@@ -81,8 +81,14 @@ fn kind_of(v: &JsValue) -> String {
 /// Checks that an offset, length or size is a non-negative safe integer.
 fn check_count(n: f64, what: &str) -> Result<u64, String> {
     if n.is_nan() || n.fract() != 0.0 || !(0.0..=MAX_SAFE_INTEGER).contains(&n) {
+        // JavaScript formats the number: Rust's float formatting would add ~10 KiB to the module.
+        let shown = String::from(
+            js_sys::Number::from(n)
+                .to_string_with_radix(10)
+                .unwrap_or_default(),
+        );
         return Err(format!(
-            "{what} must be a non-negative safe integer, got {n}"
+            "{what} must be a non-negative safe integer, got {shown}"
         ));
     }
     Ok(n as u64)

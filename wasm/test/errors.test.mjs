@@ -39,7 +39,9 @@ test('offsets and lengths: TypeError for non-numbers, RangeError for non-counts'
       assert.match(e.message, /must be a number|need cowSize/, name);
     }
     for (const x of NOT_COUNTS) {
-      throwsCode(() => call(x), 'INVALID_ARGUMENT', RangeError, /non-negative safe integer/);
+      const e = throwsCode(() => call(x), 'INVALID_ARGUMENT', RangeError, /non-negative safe integer/);
+      // The refused value is shown as JavaScript prints it.
+      assert.ok(e.message.endsWith(`got ${String(x)}`), `${name}: ${e.message}`);
     }
   }
   // nothing was written by the refused calls
