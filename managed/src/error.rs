@@ -81,19 +81,26 @@ impl Code {
         }
     }
 
+    /// The codes only a managed volume has (the rest are the core's).
+    pub const OWN: [Code; 6] = [
+        Code::Refused,
+        Code::Degraded,
+        Code::NotAVolume,
+        Code::Exists,
+        Code::Broken,
+        Code::Protocol,
+    ];
+
+    /// Every code: the managed volume's own, then the core's.
+    pub fn all() -> impl Iterator<Item = Code> {
+        Code::OWN
+            .into_iter()
+            .chain(ErrorCode::ALL.into_iter().map(Code::Core))
+    }
+
     /// The code of a stable name; `None` for a name this version does not know.
     pub fn from_name(s: &str) -> Option<Code> {
-        let own = [
-            Code::Refused,
-            Code::Degraded,
-            Code::NotAVolume,
-            Code::Exists,
-            Code::Broken,
-            Code::Protocol,
-        ];
-        own.into_iter()
-            .chain(ErrorCode::ALL.into_iter().map(Code::Core))
-            .find(|c| c.name() == s)
+        Code::all().find(|c| c.name() == s)
     }
 
     /// The nearest code of the core's table (what the C ABI returns): a protocol mismatch with the daemon a host condition (`IO`), a missing volume or taken name a
@@ -213,18 +220,7 @@ mod tests {
 
     #[test]
     fn every_code_name_reads_back() {
-        let own = [
-            Code::Refused,
-            Code::Degraded,
-            Code::NotAVolume,
-            Code::Exists,
-            Code::Broken,
-            Code::Protocol,
-        ];
-        for c in own
-            .into_iter()
-            .chain(ErrorCode::ALL.into_iter().map(Code::Core))
-        {
+        for c in Code::all() {
             assert_eq!(Code::from_name(c.name()), Some(c), "{}", c.name());
         }
         assert_eq!(Code::from_name("NO_SUCH_CODE"), None);
