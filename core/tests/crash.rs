@@ -3,6 +3,9 @@
 //! boundary), or fails one chosen operation. After each fault the volume is reactivated from what was
 //! durable and every snapshot must read exactly what it should, or report invalid — never wrong data.
 
+mod common;
+
+use common::{AfterCrash, OUTCOMES};
 use std::sync::{Arc, Mutex};
 
 use cowsnap_core::testkit::device::{Access, Hooked, SharedMem, Verdict};
@@ -101,23 +104,6 @@ fn fault_hook(
 /// What COW devices hold before use: like an LVM COW volume (only its first 4 KiB wiped), stale
 /// bytes, so metadata areas that were never zeroed are garbage and a missing zeroing shows.
 const STALE: u8 = 0xA5;
-
-#[derive(Clone, Copy, Debug)]
-enum AfterCrash {
-    DropUnflushed,
-    KeepUnflushed,
-    TearLast,
-    /// The device persisted only its latest unflushed write, not the earlier ones: write-back caches
-    /// may reorder, so only a flush orders writes. Catches a missing barrier inside one device.
-    KeepLastOnly,
-}
-
-const OUTCOMES: [AfterCrash; 4] = [
-    AfterCrash::DropUnflushed,
-    AfterCrash::KeepUnflushed,
-    AfterCrash::TearLast,
-    AfterCrash::KeepLastOnly,
-];
 
 struct Rig {
     power: Arc<Mutex<Power>>,

@@ -5,6 +5,9 @@
 //! commit, each device flush a step of its own), so every run is the same and power can be cut at
 //! every write and flush of it. The stress test runs real threads and compares with a model.
 
+mod common;
+
+use common::{AfterCrash, OUTCOMES};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
@@ -103,24 +106,6 @@ impl FlushHandle for Dev {
         self.sync()
     }
 }
-
-/// What a device holds after the power cut.
-#[derive(Clone, Copy, Debug)]
-enum AfterCrash {
-    DropUnflushed,
-    KeepUnflushed,
-    /// The write in flight half on the device (whole sectors).
-    TearLast,
-    /// Only the latest unflushed write (write-back caches reorder; only a flush orders).
-    KeepLastOnly,
-}
-
-const OUTCOMES: [AfterCrash; 4] = [
-    AfterCrash::DropUnflushed,
-    AfterCrash::KeepUnflushed,
-    AfterCrash::TearLast,
-    AfterCrash::KeepLastOnly,
-];
 
 struct Rig {
     power: Arc<Mutex<Power>>,

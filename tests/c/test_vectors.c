@@ -1,4 +1,4 @@
-/* Cross-language check: replaying ../shared/vectors/scripts/basic-4k.json through the C ABI gives the
+/* Cross-language check: replaying tests/shared/vectors/scripts/basic-4k.json (the repository's copy of the shared vectors) through the C ABI gives the
  * same COW bytes as the Linux kernel wrote (kernel/basic-4k/s0.cow, decompressed by the caller).
  * The few operations of that script are spelled out here.
  * Usage: test_vectors <kernel-s0.cow> */

@@ -39,3 +39,25 @@ pub fn no_grow(mem: cowsnap_core::MemDevice, lies: bool) -> Hooked<cowsnap_core:
         _ => Verdict::Pass,
     })
 }
+
+/// What a device holds after a power cut (the crash rigs of `crash.rs` and `shared.rs`).
+#[derive(Clone, Copy, Debug)]
+pub enum AfterCrash {
+    /// Every write since the last flush is lost.
+    DropUnflushed,
+    /// Every write since the last flush made it.
+    KeepUnflushed,
+    /// Those, and the write in flight half on the device (whole sectors).
+    TearLast,
+    /// The device persisted only its latest unflushed write, not the earlier ones: write-back caches
+    /// may reorder, so only a flush orders writes. Catches a missing barrier inside one device.
+    KeepLastOnly,
+}
+
+/// Every [`AfterCrash`], tried at each crash point.
+pub const OUTCOMES: [AfterCrash; 4] = [
+    AfterCrash::DropUnflushed,
+    AfterCrash::KeepUnflushed,
+    AfterCrash::TearLast,
+    AfterCrash::KeepLastOnly,
+];
