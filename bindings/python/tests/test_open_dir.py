@@ -119,3 +119,27 @@ def test_open_dir_fails_while_a_cli_command_holds_the_volume(cli, tmp_path):
 def test_not_a_volume(tmp_path):
     with pytest.raises(InvalidArgument, match="not a cowsnap volume"):
         cowsnap.Volume.open_dir(tmp_path)
+
+
+def test_every_kind_of_path(cli, tmp_path):
+    """open_dir on what a user may pass: a missing path, a file, a device node, a symlink to a volume,
+    a volume whose manifest was zeroed. Refusals leave every file as it was."""
+    plain = tmp_path / "file"
+    plain.write_bytes(b"x")
+    for p in [tmp_path / "missing", plain, Path("/dev/null")]:
+        with pytest.raises(InvalidArgument, match="volume directory"):
+            cowsnap.Volume.open_dir(p)
+    assert plain.read_bytes() == b"x"
+
+    subprocess.run([cli, "-q", "create", str(tmp_path / "v"), "--size", "1M"], check=True)
+    os.symlink(tmp_path / "v", tmp_path / "link")
+    with cowsnap.Volume.open_dir(tmp_path / "link") as v:
+        assert v.size == 1 << 20
+
+    z = tmp_path / "z"
+    subprocess.run([cli, "-q", "create", str(z), "--size", "1M"], check=True)
+    (z / "cowsnap.json").write_bytes(b"\0" * 100)
+    before = {f.name: f.read_bytes() for f in z.iterdir() if f.is_file()}
+    with pytest.raises(cowsnap.IoError, match="corrupt manifest"):
+        cowsnap.Volume.open_dir(z)
+    assert {f.name: f.read_bytes() for f in z.iterdir() if f.is_file()} == before
