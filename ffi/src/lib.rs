@@ -17,7 +17,6 @@ use cowsnap_core::{Error, ErrorCode};
 
 #[macro_use]
 mod guard;
-mod files;
 mod open_dir;
 mod sized;
 mod snapshot;
@@ -62,6 +61,12 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure::new(e.code(), e.to_string())
+    }
+}
+
+impl From<cowsnap_managed::Error> for Failure {
+    fn from(e: cowsnap_managed::Error) -> Self {
+        Failure::new(e.code.core(), e.msg)
     }
 }
 

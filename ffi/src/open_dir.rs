@@ -9,10 +9,6 @@ use cowsnap_core::ErrorCode;
 use crate::volume::{cowsnap_volume, out, path_arg, volume};
 use crate::{cowsnap_result, Failure, FfiResult};
 
-fn managed_failure(e: cowsnap_managed::Error) -> Failure {
-    Failure::new(e.code.core(), e.msg)
-}
-
 /// Opens the volume directory `dir` made by the `cowsnap` CLI (`cowsnap create DIR`), as the CLI
 /// opens it: the origin image and every snapshot of its manifest (`cowsnap.json`) activated with
 /// the manifest's store (`P` invalidates on overflow, `PO` reports it), chunk size and autoextend
@@ -41,7 +37,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_dir(
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let dir = unsafe { path_arg(dir, "dir") }?;
-        let opened = cowsnap_managed::open_dir(&dir).map_err(managed_failure)?;
+        let opened = cowsnap_managed::open_dir(&dir)?;
         let (vol, lease) = opened.into_parts();
         *out_vol = cowsnap_volume::boxed_with(vol, Some(lease));
         Ok(())

@@ -7,10 +7,10 @@ use cowsnap_core::{
     OverflowMode, SnapshotId, SnapshotOptions, SnapshotState, SnapshotStatus, StoreKind,
 };
 
-use crate::files::{self, Space};
 use crate::sized::{offset_of, SizedStruct, MAX_STRUCT_SIZE};
 use crate::volume::{cowsnap_volume, in_buf, mem_device, out_buf, path_arg};
 use crate::{cowsnap_result, Failure, FfiResult};
+use cowsnap_managed::paths::{self, Space};
 
 /// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
 #[repr(i32)]
@@ -330,7 +330,7 @@ unsafe fn create(
         let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
         // A volume whose origin uses O_DIRECT (`COWSNAP_OPEN_DIRECT`) creates its COWs so too.
         let direct = v.read()?.origin().io_alignment() > 1;
-        let created = files::create(&path, o.cow_size, Space::Reserve, "COW", direct)?;
+        let created = paths::create(&path, o.cow_size, Space::Reserve, "COW", direct)?;
         let mut vol = v.write()?;
         match vol.create_snapshot(created.device, sopts) {
             Ok(id) => id,

@@ -8,12 +8,10 @@ use std::sync::{Arc, RwLockReadGuard};
 
 use cowsnap_core::committer::Committer;
 use cowsnap_core::shared::Exclusive;
-use cowsnap_core::{
-    limits, BlockDevice, Error, ErrorCode, MemDevice, SharedVolume, SnapshotOptions, Volume,
-};
+use cowsnap_core::{limits, ErrorCode, MemDevice, SharedVolume, Volume};
 
-use crate::files::{self, Space};
 use crate::{cowsnap_result, Failure, FfiResult};
+use cowsnap_managed::paths;
 
 /// A volume: an origin device (memory or file) and its snapshots. Opaque; create it with
 /// `cowsnap_volume_create_mem`, `cowsnap_volume_create_file` or `cowsnap_volume_open_file` and
@@ -65,9 +63,7 @@ impl cowsnap_volume {
     /// Refuses `what` on a snapshot listed in the manifest of a managed directory.
     pub(crate) fn check_unlisted(&self, id: u32, what: &str) -> FfiResult<()> {
         match &self.managed {
-            Some(m) => m
-                .check_unlisted(cowsnap_core::SnapshotId(id), what)
-                .map_err(|e| Failure::new(e.code.core(), e.msg)),
+            Some(m) => Ok(m.check_unlisted(cowsnap_core::SnapshotId(id), what)?),
             None => Ok(()),
         }
     }
@@ -176,12 +172,6 @@ pub(crate) unsafe fn path_arg(p: *const c_char, what: &str) -> FfiResult<PathBuf
     Ok(PathBuf::from(OsStr::from_bytes(bytes)))
 }
 
-/// Adds the file name to an error from opening or creating a file.
-pub(crate) fn with_path(e: Error, what: &str, path: &std::path::Path) -> Failure {
-    let f = Failure::from(e);
-    Failure::new(f.code, format!("{what} {}: {}", path.display(), f.message))
-}
-
 /// A zero-filled memory device ([`MemDevice::try_new`]), with the size in the message when the
 /// memory cannot be had (`COWSNAP_ERR_NO_SPACE`).
 pub(crate) fn mem_device(len: u64) -> FfiResult<MemDevice> {
@@ -264,18 +254,13 @@ unsafe fn create_file(
     flags: u32,
     out_vol: *mut *mut cowsnap_volume,
 ) -> FfiResult<()> {
-    {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
-        *out_vol = std::ptr::null_mut();
-        // SAFETY: NUL-terminated string by contract.
-        let path = unsafe { path_arg(path, "path") }?;
-        let direct = files::direct_flag(flags)?;
-        limits::check_origin_len(size)?;
-        let created = files::create(&path, size, Space::Sparse, "origin", direct)?;
-        *out_vol = cowsnap_volume::boxed(Volume::new(created.device));
-        Ok(())
-    }
+    let out_vol = out!(out_vol);
+    *out_vol = std::ptr::null_mut();
+    // SAFETY: NUL-terminated string by contract.
+    let path = unsafe { path_arg(path, "path") }?;
+    let vol = paths::create_origin(&path, size, direct_flag(flags)?)?;
+    *out_vol = cowsnap_volume::boxed(vol);
+    Ok(())
 }
 
 /// Opens an existing origin file and activates the persistent COW files `cow_paths[0..n_cows]` on it,
@@ -339,51 +324,39 @@ unsafe fn open_file(
     flags: u32,
     out_vol: *mut *mut cowsnap_volume,
 ) -> FfiResult<()> {
-    {
-        let direct = files::direct_flag(flags);
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
-        *out_vol = std::ptr::null_mut();
-        // SAFETY: NUL-terminated string by contract.
-        let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
-        if n_cows > 0 && cow_paths.is_null() {
-            return Err(Failure::null("cow_paths"));
-        }
-        let mut cow_args = Vec::with_capacity(n_cows.min(1024));
-        for i in 0..n_cows {
-            // SAFETY: `cow_paths` holds `n_cows` pointers by contract.
-            let p = unsafe { *cow_paths.add(i) };
-            let name = format!("cow_paths[{i}]");
-            // SAFETY: each a NUL-terminated string by contract.
-            let path = unsafe { path_arg(p, &name) }?;
-            cow_args.push((name, path));
-        }
-        // Everything is opened and compared before the first activation reads (or could write) a COW.
-        let direct = direct?;
-        let origin = files::open_existing(&origin_path, "origin", direct)?;
-        if origin.device.is_empty() {
-            return Err(Failure::invalid(format!(
-                "origin {} is empty",
-                origin_path.display()
-            )));
-        }
-        let mut cows = Vec::with_capacity(cow_args.len());
-        for (name, path) in &cow_args {
-            cows.push(files::open_existing(path, &format!("COW {name}"), direct)?);
-        }
-        let mut ids = vec![("origin_path".to_string(), origin_path.as_path(), origin.id)];
-        for ((name, path), cow) in cow_args.iter().zip(&cows) {
-            ids.push((name.clone(), path.as_path(), cow.id));
-        }
-        files::check_distinct(&ids)?;
-        let mut vol = Volume::new(origin.device);
-        for ((name, path), cow) in cow_args.iter().zip(cows) {
-            vol.activate_snapshot(cow.device, SnapshotOptions::default())
-                .map_err(|e| with_path(e, &format!("cannot activate {name}"), path))?;
-        }
-        *out_vol = cowsnap_volume::boxed(vol);
-        Ok(())
+    let direct = direct_flag(flags);
+    let out_vol = out!(out_vol);
+    *out_vol = std::ptr::null_mut();
+    // SAFETY: NUL-terminated string by contract.
+    let origin_path = unsafe { path_arg(origin_path, "origin_path") }?;
+    if n_cows > 0 && cow_paths.is_null() {
+        return Err(Failure::null("cow_paths"));
     }
+    let mut cows = Vec::with_capacity(n_cows.min(1024));
+    for i in 0..n_cows {
+        let name = format!("cow_paths[{i}]");
+        // SAFETY: `cow_paths` holds `n_cows` NUL-terminated strings by contract.
+        let path = unsafe { path_arg(*cow_paths.add(i), &name) }?;
+        cows.push((name, path));
+    }
+    let vol = paths::open_volume(&origin_path, &cows, direct?)?;
+    *out_vol = cowsnap_volume::boxed(vol);
+    Ok(())
+}
+
+/// `flags` bit of `cowsnap_volume_create_file_ex` and `cowsnap_volume_open_file_ex`: open every
+/// file of the volume (origin and COW files) with `O_DIRECT`.
+pub const COWSNAP_OPEN_DIRECT: u32 = 1;
+
+/// The flags this library knows; any other bit is refused (a newer caller's flag is not ignored).
+fn direct_flag(flags: u32) -> FfiResult<bool> {
+    if flags & !COWSNAP_OPEN_DIRECT != 0 {
+        return Err(Failure::invalid(format!(
+            "unknown flags {:#x} (known: COWSNAP_OPEN_DIRECT = {COWSNAP_OPEN_DIRECT})",
+            flags & !COWSNAP_OPEN_DIRECT
+        )));
+    }
+    Ok(flags & COWSNAP_OPEN_DIRECT != 0)
 }
 
 /// Releases a volume and everything it owns (its snapshots' COW memory; files are closed, not

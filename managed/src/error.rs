@@ -138,6 +138,20 @@ impl Error {
         }
     }
 
+    /// An error with one of the core's codes (its kind follows from the code).
+    pub fn coded(code: ErrorCode, m: impl Into<String>) -> Self {
+        Error {
+            kind: code_kind(code),
+            code: Code::Core(code),
+            msg: m.into(),
+        }
+    }
+
+    /// A bad argument value (the core's `INVALID_ARGUMENT`), nothing changed.
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Error::coded(ErrorCode::InvalidArgument, m)
+    }
+
     /// A host I/O error or corrupt data.
     pub fn io(m: impl Into<String>) -> Self {
         Error {
@@ -197,9 +211,12 @@ impl std::error::Error for Error {}
 
 /// I/O and corruption are kind `Io`; everything else the core refuses is a refused operation.
 fn core_kind(e: &cowsnap_core::Error) -> ErrorKind {
-    use cowsnap_core::ErrorCode as C;
-    match e.code() {
-        C::Io | C::CorruptMetadata => ErrorKind::Io,
+    code_kind(e.code())
+}
+
+fn code_kind(code: ErrorCode) -> ErrorKind {
+    match code {
+        ErrorCode::Io | ErrorCode::CorruptMetadata => ErrorKind::Io,
         _ => ErrorKind::Refused,
     }
 }

@@ -92,6 +92,16 @@ pub struct FileId {
     pub ino: u64,
 }
 
+impl FileId {
+    /// The identity in `m` (from `stat`, `lstat` or an open file's `fstat`).
+    pub fn of(m: &fs::Metadata) -> Self {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
 /// A volume file opened for use as a device.
 pub struct VolFile {
     pub file: File,
@@ -163,10 +173,7 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> Result
     }
     Ok(VolFile {
         file: f,
-        id: FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        },
+        id: FileId::of(&m),
         len: m.len(),
     })
 }
@@ -176,15 +183,7 @@ pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> Result
 pub fn identity_of(dir: &Path, name: &str) -> Option<(FileId, u64)> {
     check_plain_name(name).ok()?;
     let m = fs::symlink_metadata(dir.join(name)).ok()?;
-    m.is_file().then(|| {
-        (
-            FileId {
-                dev: m.dev(),
-                ino: m.ino(),
-            },
-            m.nlink(),
-        )
-    })
+    m.is_file().then(|| (FileId::of(&m), m.nlink()))
 }
 
 /// Creates `dir/name` as a new COW device with all of its `len` bytes reserved (the core's

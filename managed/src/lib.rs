@@ -7,6 +7,8 @@
 //!
 //! - [`manifest`]: the manifest, its atomic update, the volume lock (writer-preferring `flock`).
 //! - [`files`]: the volume's files, opened so that a manifest can never lead outside the directory.
+//! - [`paths`]: files named by a program's own paths (the C ABI's and Python's file volumes): opened
+//!   or created without ever replacing, truncating or aliasing a file.
 //! - [`volume`]: activation by manifest ([`Opened`]): every snapshot with its policies, a merge
 //!   resumed, broken snapshots reported.
 //! - [`mod@exec`]: the commands on a volume ([`Request`]), run in-process or in the mount daemon.
@@ -20,6 +22,7 @@ pub mod exec;
 pub mod files;
 pub mod manifest;
 pub mod output;
+pub mod paths;
 pub mod progress;
 pub mod protocol;
 pub mod size;

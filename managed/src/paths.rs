@@ -1,5 +1,7 @@
-//! How the C ABI turns paths into devices: which files it opens, which it creates, and what it refuses
-//! before anything is written.
+//! Files named by a program's own paths (not members of a volume directory: see [`crate::files`]):
+//! which the library opens, which it creates, and what it refuses before anything is written. The
+//! rules of the C ABI's `cowsnap_volume_create_file` / `_open_file` / `cowsnap_snapshot_create` with
+//! a `cow_path`, and so of Python's `Volume.create_file` / `open_file`.
 //!
 //! - Opening (an origin, a COW to activate) never creates, truncates or formats anything. The path
 //!   must name an existing regular file (symlinks are followed) that is writable: a directory, a
@@ -9,7 +11,7 @@
 //!   created with `O_EXCL`, which also refuses a dangling symlink) or must be an empty regular file
 //!   that is not a symlink (a `mkstemp` file). A failed creation removes the file it created, or
 //!   shrinks the empty file it was given back to 0 bytes.
-//! - With `COWSNAP_OPEN_DIRECT` every file is used with `O_DIRECT` (no page cache): its size must be
+//! - With direct I/O (C's `COWSNAP_OPEN_DIRECT`) every file is used with `O_DIRECT` (no page cache): its size must be
 //!   a multiple of 4096 bytes (checked before anything is created), a file system without direct
 //!   I/O is `UNSUPPORTED` naming the file (a file this call created is removed again), and the
 //!   volume refuses reads and writes whose offset or length is not a multiple of 4096.
@@ -18,28 +20,15 @@
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cowsnap_core::{BlockDevice, Error, ErrorCode, FileDevice};
+use cowsnap_core::{limits, BlockDevice, ErrorCode, FileDevice, SnapshotOptions, Volume};
 
-use crate::{Failure, FfiResult};
+use crate::files::FileId;
+use crate::{Error, Result};
 
-/// A file's identity: the same pair means the same file, whatever path led to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(m: &Metadata) -> Self {
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
-}
+type CoreError = cowsnap_core::Error;
 
 /// What a path names, for messages.
 fn kind(m: &Metadata) -> &'static str {
@@ -61,37 +50,22 @@ fn kind(m: &Metadata) -> &'static str {
     }
 }
 
-/// `flags` bit of `cowsnap_volume_create_file_ex` and `cowsnap_volume_open_file_ex`: open every
-/// file of the volume (origin and COW files) with `O_DIRECT`.
-pub const COWSNAP_OPEN_DIRECT: u32 = 1;
-
-/// The flags this library knows; any other bit is refused (a newer caller's flag is not ignored).
-pub(crate) fn direct_flag(flags: u32) -> FfiResult<bool> {
-    if flags & !COWSNAP_OPEN_DIRECT != 0 {
-        return Err(Failure::invalid(format!(
-            "unknown flags {:#x} (known: COWSNAP_OPEN_DIRECT = {COWSNAP_OPEN_DIRECT})",
-            flags & !COWSNAP_OPEN_DIRECT
-        )));
-    }
-    Ok(flags & COWSNAP_OPEN_DIRECT != 0)
-}
-
 /// An `open` with `O_DIRECT` refused with `EINVAL`: the file system has no direct I/O.
-fn no_direct_io(path: &Path) -> Failure {
-    Failure::new(
+fn no_direct_io(path: &Path) -> Error {
+    Error::coded(
         ErrorCode::Unsupported,
         format!(
             "the file system of {} does not support direct I/O (O_DIRECT); open it without \
-             COWSNAP_OPEN_DIRECT",
+             direct I/O",
             path.display()
         ),
     )
 }
 
 /// Refuses a size direct I/O cannot cover, before anything is created or opened.
-fn check_direct_len(len: u64, direct: bool, what: &str, path: &Path) -> FfiResult<()> {
+fn check_direct_len(len: u64, direct: bool, what: &str, path: &Path) -> Result<()> {
     if direct && len % cowsnap_core::DIRECT_IO_ALIGN != 0 {
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} {}: with direct I/O (O_DIRECT) the size must be a multiple of {} bytes, not \
              {len}",
             path.display(),
@@ -111,7 +85,7 @@ fn read_write(direct: bool, extra: i32) -> OpenOptions {
 }
 
 /// An open failure, `UNSUPPORTED` when it was `O_DIRECT` the file system refused.
-fn open_failure(e: io::Error, direct: bool, doing: &str, path: &Path) -> Failure {
+fn open_failure(e: io::Error, direct: bool, doing: &str, path: &Path) -> Error {
     if direct && e.raw_os_error() == Some(libc::EINVAL) {
         return no_direct_io(path);
     }
@@ -119,7 +93,7 @@ fn open_failure(e: io::Error, direct: bool, doing: &str, path: &Path) -> Failure
 }
 
 /// The device over an open file.
-fn device(file: File, direct: bool) -> cowsnap_core::Result<FileDevice> {
+fn device(file: File, direct: bool) -> core::result::Result<FileDevice, CoreError> {
     if direct {
         FileDevice::from_direct_file(file)
     } else {
@@ -128,19 +102,19 @@ fn device(file: File, direct: bool) -> cowsnap_core::Result<FileDevice> {
 }
 
 /// An error from the OS about `path`, with a code that says whose fault it is.
-fn os_failure(e: io::Error, doing: &str, path: &Path) -> Failure {
+fn os_failure(e: io::Error, doing: &str, path: &Path) -> Error {
     let code = match e.raw_os_error() {
         Some(libc::EISDIR) | Some(libc::ELOOP) | Some(libc::EEXIST) => ErrorCode::InvalidArgument,
         _ => ErrorCode::Io,
     };
-    Failure::new(code, format!("cannot {doing} {}: {e}", path.display()))
+    Error::coded(code, format!("cannot {doing} {}: {e}", path.display()))
 }
 
 /// Refuses what cannot be written: a file whose mode has no write bit at all.
-fn check_writable(m: &Metadata, what: &str, path: &Path) -> FfiResult<()> {
+fn check_writable(m: &Metadata, what: &str, path: &Path) -> Result<()> {
     let mode = m.permissions().mode();
     if mode & 0o222 == 0 {
-        return Err(Failure::new(
+        return Err(Error::coded(
             ErrorCode::Io,
             format!(
                 "{what} {} is read-only (mode {:04o}); cowsnap writes to the files it is given and \
@@ -154,18 +128,18 @@ fn check_writable(m: &Metadata, what: &str, path: &Path) -> FfiResult<()> {
 }
 
 /// A file the volume will use, opened read-write.
-pub(crate) struct Opened {
-    pub(crate) device: FileDevice,
-    pub(crate) id: FileId,
+pub struct OpenedFile {
+    pub device: FileDevice,
+    pub id: FileId,
 }
 
 /// Opens an existing regular file read-write (with `O_DIRECT` if `direct`), changing nothing in it.
-pub(crate) fn open_existing(path: &Path, what: &str, direct: bool) -> FfiResult<Opened> {
+pub fn open_existing(path: &Path, what: &str, direct: bool) -> Result<OpenedFile> {
     // Look before opening: opening a device node can have effects of its own (a tape rewinds).
     let before =
         std::fs::metadata(path).map_err(|e| os_failure(e, &format!("open {what}"), path))?;
     if !before.is_file() {
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} {} is {}, not a regular file",
             path.display(),
             kind(&before)
@@ -176,9 +150,8 @@ pub(crate) fn open_existing(path: &Path, what: &str, direct: bool) -> FfiResult<
         .open(path)
         .map_err(|e| open_failure(e, direct, &format!("open {what}"), path))?;
     let id = same_file_as_looked_at(&file, &before, what, path)?;
-    let device =
-        device(file, direct).map_err(|e| crate::volume::with_path(e, "cannot open", path))?;
-    Ok(Opened { device, id })
+    let device = device(file, direct).map_err(|e| with_path(e, "cannot open", path))?;
+    Ok(OpenedFile { device, id })
 }
 
 /// Checks that the descriptor is the file that was examined (the path was not swapped in between).
@@ -187,13 +160,13 @@ fn same_file_as_looked_at(
     looked_at: &Metadata,
     what: &str,
     path: &Path,
-) -> FfiResult<FileId> {
+) -> Result<FileId> {
     let now = file
         .metadata()
         .map_err(|e| os_failure(e, &format!("examine {what}"), path))?;
     let id = FileId::of(&now);
     if id != FileId::of(looked_at) || !now.is_file() {
-        return Err(Failure::new(
+        return Err(Error::coded(
             ErrorCode::Io,
             format!(
                 "{what} {} changed while it was being opened",
@@ -205,10 +178,10 @@ fn same_file_as_looked_at(
 }
 
 /// Refuses the same file named twice among `files` (`(argument name, path, identity)`).
-pub(crate) fn check_distinct(files: &[(String, &Path, FileId)]) -> FfiResult<()> {
+pub fn check_distinct(files: &[(String, &Path, FileId)]) -> Result<()> {
     for (i, (name, path, id)) in files.iter().enumerate() {
         if let Some((first, first_path, _)) = files[..i].iter().find(|(_, _, other)| other == id) {
-            return Err(Failure::invalid(format!(
+            return Err(Error::invalid(format!(
                 "{name} ({}) is the same file as {first} ({}): one file cannot be two devices of a \
                  volume",
                 path.display(),
@@ -220,7 +193,7 @@ pub(crate) fn check_distinct(files: &[(String, &Path, FileId)]) -> FfiResult<()>
 }
 
 /// How to take back a creation that the volume then refused.
-pub(crate) enum Undo {
+pub enum Undo {
     /// The file did not exist: remove it (if the path still names it).
     Remove(PathBuf, FileId),
     /// The caller's empty file: shrink it back to 0 bytes.
@@ -229,7 +202,7 @@ pub(crate) enum Undo {
 
 impl Undo {
     /// Best effort: the original failure is what the caller reports.
-    pub(crate) fn run(self) {
+    pub fn run(self) {
         match self {
             Undo::Remove(path, id) => {
                 if std::fs::symlink_metadata(&path).is_ok_and(|m| FileId::of(&m) == id) {
@@ -244,14 +217,14 @@ impl Undo {
 }
 
 /// A file created for a volume, and how to take it back.
-pub(crate) struct Created {
-    pub(crate) device: FileDevice,
-    pub(crate) undo: Undo,
+pub struct Created {
+    pub device: FileDevice,
+    pub undo: Undo,
 }
 
 /// What [`create`] does to the space of the new file.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Space {
+pub enum Space {
     /// Reserve every byte now (a COW: a snapshot must not die of a full disk later).
     Reserve,
     /// A sparse file (an origin: its blocks are allocated as they are written).
@@ -260,13 +233,7 @@ pub(crate) enum Space {
 
 /// Creates `path` as a file of `len` bytes: a new file, or the caller's existing empty regular file.
 /// Anything else at `path` is refused and left as it was. With `direct` the device uses `O_DIRECT`.
-pub(crate) fn create(
-    path: &Path,
-    len: u64,
-    space: Space,
-    what: &str,
-    direct: bool,
-) -> FfiResult<Created> {
+pub fn create(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> Result<Created> {
     check_len(len, what)?;
     check_direct_len(len, direct, what, path)?;
     match std::fs::symlink_metadata(path) {
@@ -277,9 +244,9 @@ pub(crate) fn create(
 }
 
 /// Sizes no file can have (the core's limit: `off_t` is signed), with the file's role in the message.
-fn check_len(len: u64, what: &str) -> FfiResult<()> {
+fn check_len(len: u64, what: &str) -> Result<()> {
     if len > cowsnap_core::limits::MAX_DEVICE_LEN {
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} size {len} bytes is larger than any file can be ({} bytes)",
             cowsnap_core::limits::MAX_DEVICE_LEN
         )));
@@ -287,7 +254,7 @@ fn check_len(len: u64, what: &str) -> FfiResult<()> {
     Ok(())
 }
 
-fn create_new(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> FfiResult<Created> {
+fn create_new(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> Result<Created> {
     let device = match space {
         Space::Reserve => {
             let made = if direct {
@@ -296,8 +263,8 @@ fn create_new(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> 
                 FileDevice::create_new(path, len)
             };
             made.map_err(|e| match e {
-                Error::Unsupported(_) if direct => no_direct_io(path),
-                e => crate::volume::with_path(e, &format!("cannot create {what}"), path),
+                CoreError::Unsupported(_) if direct => no_direct_io(path),
+                e => with_path(e, &format!("cannot create {what}"), path),
             })?
         }
         Space::Sparse => {
@@ -338,7 +305,7 @@ fn create_new(path: &Path, len: u64, space: Space, what: &str, direct: bool) -> 
             };
             device(file, direct).map_err(|e| {
                 let _ = std::fs::remove_file(path);
-                crate::volume::with_path(e, &format!("cannot create {what}"), path)
+                with_path(e, &format!("cannot create {what}"), path)
             })?
         }
     };
@@ -366,14 +333,14 @@ fn grow_empty(
     space: Space,
     what: &str,
     direct: bool,
-) -> FfiResult<Created> {
+) -> Result<Created> {
     if !m.is_file() {
         let advice = if m.file_type().is_symlink() {
             "; give the path of the file itself"
         } else {
             ""
         };
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} {} exists and is {}: a new {what} must be a new file or an empty regular \
              file{advice}",
             path.display(),
@@ -381,7 +348,7 @@ fn grow_empty(
         )));
     }
     if m.len() > 0 {
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} file {} exists and is not empty; refusing to overwrite it",
             path.display()
         )));
@@ -393,7 +360,7 @@ fn grow_empty(
     same_file_as_looked_at(&file, m, what, path)?;
     // Checked on the descriptor: from here on, shrinking back to 0 bytes destroys nothing.
     if file.metadata().map_or(true, |now| now.len() != 0) {
-        return Err(Failure::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} file {} stopped being empty while it was being opened; leaving it alone",
             path.display()
         )));
@@ -409,7 +376,7 @@ fn grow_empty(
         }),
         Space::Sparse => file
             .set_len(len)
-            .map_err(Error::from)
+            .map_err(CoreError::from)
             .and_then(|()| device(file, direct)),
     };
     match grown {
@@ -419,11 +386,48 @@ fn grow_empty(
         }),
         Err(e) => {
             Undo::Shrink(keep).run();
-            Err(crate::volume::with_path(
-                e,
-                &format!("cannot create {what}"),
-                path,
-            ))
+            Err(with_path(e, &format!("cannot create {what}"), path))
         }
     }
+}
+
+/// Adds the file name to an error from opening or creating a file.
+fn with_path(e: CoreError, what: &str, path: &Path) -> Error {
+    Error::core(format_args!("{what} {}", path.display()), e)
+}
+
+/// Creates `path` as a sparse origin of `len` bytes (see [`create`]) and a volume over it.
+pub fn create_origin(path: &Path, len: u64, direct: bool) -> Result<Volume> {
+    limits::check_origin_len(len)?;
+    let created = create(path, len, Space::Sparse, "origin", direct)?;
+    Ok(Volume::new(created.device))
+}
+
+/// Opens the origin at `origin` and activates the persistent COWs `cows` (`(argument name, path)`,
+/// in the order of their snapshot ids) on it, with the default options (overflow invalidates, no
+/// autoextend). Every file is opened and compared before the first COW is read: one file named
+/// twice is refused, naming both arguments, with nothing written.
+pub fn open_volume(origin: &Path, cows: &[(String, PathBuf)], direct: bool) -> Result<Volume> {
+    let first = open_existing(origin, "origin", direct)?;
+    if first.device.is_empty() {
+        return Err(Error::invalid(format!(
+            "origin {} is empty",
+            origin.display()
+        )));
+    }
+    let mut opened = Vec::with_capacity(cows.len());
+    for (name, path) in cows {
+        opened.push(open_existing(path, &format!("COW {name}"), direct)?);
+    }
+    let mut ids = vec![("origin_path".to_string(), origin, first.id)];
+    for ((name, path), cow) in cows.iter().zip(&opened) {
+        ids.push((name.clone(), path.as_path(), cow.id));
+    }
+    check_distinct(&ids)?;
+    let mut vol = Volume::new(first.device);
+    for ((name, path), cow) in cows.iter().zip(opened) {
+        vol.activate_snapshot(cow.device, SnapshotOptions::default())
+            .map_err(|e| with_path(e, &format!("cannot activate {name}"), path))?;
+    }
+    Ok(vol)
 }
