@@ -14,13 +14,15 @@ use crate::store::transient::TransientStore;
 use crate::store::{ExceptionStore, StagedCommit, StoreKind};
 
 /// What happens when a *snapshot write* finds the COW full (origin writes always invalidate).
+/// The numbers are stable: the C ABI's `cowsnap_overflow_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(i32)]
 pub enum OverflowMode {
     /// dm's `P` (what LVM uses): the snapshot is invalidated.
     #[default]
-    Invalidate,
+    Invalidate = 0,
     /// dm's `PO`: the snapshot enters `Overflow`; writes fail, reads still work.
-    Report,
+    Report = 1,
 }
 
 /// LVM's `snapshot_autoextend_threshold` / `snapshot_autoextend_percent` for one snapshot.
@@ -51,8 +53,14 @@ impl Autoextend {
     /// The policy given as the pair of numbers the C and Python front ends take: `(0, 0)` is no
     /// policy, anything else must pass [`Autoextend::validate`].
     pub fn from_percents(threshold_percent: u32, extend_percent: u32) -> Result<Option<Self>> {
-        if (threshold_percent, extend_percent) == (0, 0) {
-            return Ok(None);
+        match (threshold_percent, extend_percent) {
+            (0, 0) => return Ok(None),
+            (0, _) => {
+                return Err(Error::InvalidArgument(
+                    "autoextend percent is set but the threshold is 0 (0 and 0: no autoextend)",
+                ))
+            }
+            _ => {}
         }
         let a = Autoextend {
             threshold_percent,

@@ -5,17 +5,18 @@ use alloc::string::String;
 
 use crate::store::StoreKind;
 
-/// Life cycle of a snapshot.
+/// Life cycle of a snapshot. The numbers are stable: the C ABI's `cowsnap_snapshot_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
 pub enum SnapshotState {
     /// Usable: reads and writes work.
-    Active,
+    Active = 0,
     /// Store `PO` ran out of COW space on a snapshot write: writes fail, reads work (not persistent).
-    Overflow,
+    Overflow = 1,
     /// The COW overflowed on an origin write, or failed: all I/O to the snapshot fails, for good.
-    Invalid,
+    Invalid = 2,
     /// Being merged back into the origin.
-    Merging,
+    Merging = 3,
 }
 
 impl SnapshotState {

@@ -4,9 +4,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use cowsnap_core::ErrorCode;
-
-use crate::volume::{cowsnap_volume, out, path_arg, volume};
+use crate::volume::{cowsnap_volume, path_arg};
 use crate::{cowsnap_result, Failure, FfiResult};
 
 /// Opens the volume directory `dir` made by the `cowsnap` CLI (`cowsnap create DIR`), as the CLI
@@ -32,8 +30,7 @@ pub unsafe extern "C" fn cowsnap_volume_open_dir(
     out_vol: *mut *mut cowsnap_volume,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_open_dir", {
-        // SAFETY: argument contracts above.
-        let out_vol = unsafe { out(out_vol, "out_vol") }?;
+        let out_vol = out!(out_vol);
         *out_vol = std::ptr::null_mut();
         // SAFETY: NUL-terminated string by contract.
         let dir = unsafe { path_arg(dir, "dir") }?;
@@ -57,23 +54,13 @@ pub unsafe extern "C" fn cowsnap_volume_dir_snapshot_id(
     out_id: *mut u32,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_dir_snapshot_id", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
-        // SAFETY: out-parameter contract.
-        let out_id = unsafe { out(out_id, "out_id") }?;
+        let v = vol!(vol);
+        let out_id = out!(out_id);
         let name = name_arg(name)?;
-        let m = v.managed().ok_or_else(|| {
+        let m = v.lease().ok_or_else(|| {
             Failure::invalid("the volume was not opened with cowsnap_volume_open_dir")
         })?;
-        let id = m.id_of(name).ok_or_else(|| {
-            Failure::new(
-                ErrorCode::UnknownSnapshot,
-                format!(
-                    "no snapshot named {name:?} in the manifest of {}",
-                    m.dir.display()
-                ),
-            )
-        })?;
+        let id = m.snapshot_named(name)?;
         *out_id = id.0;
         Ok(())
     })

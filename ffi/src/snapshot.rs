@@ -10,7 +10,6 @@ use cowsnap_core::{
 use crate::sized::{offset_of, SizedStruct, MAX_STRUCT_SIZE};
 use crate::volume::{cowsnap_volume, in_buf, mem_device, out_buf, path_arg};
 use crate::{cowsnap_result, Failure, FfiResult};
-use cowsnap_managed::paths::{self, Space};
 
 /// Exception store of a snapshot (`cowsnap_snapshot_options.store`).
 #[repr(i32)]
@@ -115,10 +114,6 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
         1 => OverflowMode::Report,
         n => return Err(Failure::invalid(format!("unknown overflow mode {n}"))),
     };
-    if o.autoextend_threshold == 0 && o.autoextend_percent != 0 {
-        let msg = "autoextend_percent is set but autoextend_threshold is 0";
-        return Err(Failure::invalid(msg));
-    }
     let autoextend = Autoextend::from_percents(o.autoextend_threshold, o.autoextend_percent)?;
     let opts = SnapshotOptions {
         chunk_size,
@@ -324,23 +319,11 @@ unsafe fn create(
     check_cow_size(o.cow_size, &sopts)?;
     let id = if o.cow_path.is_null() {
         let cow = mem_device(o.cow_size)?;
-        v.write()?.create_snapshot(cow, sopts)?
+        v.exclusive()?.create_snapshot(cow, sopts)?
     } else {
         // SAFETY: NUL-terminated string by contract.
         let path = unsafe { path_arg(o.cow_path, "cow_path") }?;
-        // A volume whose origin uses O_DIRECT (`COWSNAP_OPEN_DIRECT`) creates its COWs so too.
-        let direct = v.read()?.origin().io_alignment() > 1;
-        let created = paths::create(&path, o.cow_size, Space::Reserve, "COW", direct)?;
-        let mut vol = v.write()?;
-        match vol.create_snapshot(created.device, sopts) {
-            Ok(id) => id,
-            Err(e) => {
-                drop(vol);
-                // The volume refused it (a merge in progress...): no snapshot, no file left.
-                created.undo.run();
-                return Err(e.into());
-            }
-        }
+        v.create_snapshot_file(&path, o.cow_size, sopts)?
     };
     *out_id = id.0;
     Ok(())
@@ -388,7 +371,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_write(
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` readable bytes by contract.
         let data = unsafe { in_buf(buf, len) }?;
-        v.write()?.snapshot_write_at(SnapshotId(id), offset, data)?;
+        v.exclusive()?
+            .snapshot_write_at(SnapshotId(id), offset, data)?;
         Ok(())
     })
 }
@@ -404,25 +388,15 @@ fn fill_text(dst: &mut [c_char], s: &str) {
 }
 
 fn status_to_c(st: &SnapshotStatus) -> cowsnap_snapshot_status {
-    let state = match st.state {
-        SnapshotState::Active => cowsnap_snapshot_state::COWSNAP_STATE_ACTIVE,
-        SnapshotState::Overflow => cowsnap_snapshot_state::COWSNAP_STATE_OVERFLOW,
-        SnapshotState::Invalid => cowsnap_snapshot_state::COWSNAP_STATE_INVALID,
-        SnapshotState::Merging => cowsnap_snapshot_state::COWSNAP_STATE_MERGING,
-    };
-    let store = match st.store {
-        StoreKind::Persistent => cowsnap_store_kind::COWSNAP_STORE_PERSISTENT,
-        StoreKind::Transient => cowsnap_store_kind::COWSNAP_STORE_TRANSIENT,
-    };
-    let overflow = if st.overflow_reporting {
-        cowsnap_overflow_mode::COWSNAP_OVERFLOW_REPORT
-    } else {
-        cowsnap_overflow_mode::COWSNAP_OVERFLOW_INVALIDATE
+    let overflow = match st.overflow_reporting {
+        true => OverflowMode::Report,
+        false => OverflowMode::Invalidate,
     };
     let (merged, total) = st.merge_progress.unwrap_or((0, 0));
     let mut out = cowsnap_snapshot_status {
-        state: state as i32,
-        store: store as i32,
+        // The core's numbers are the C enums' (ffi/tests/generated.rs checks it).
+        state: st.state as i32,
+        store: st.store as i32,
         overflow: overflow as i32,
         chunk_size: st.chunk_bytes,
         sectors_allocated: st.sectors_allocated,
@@ -555,8 +529,8 @@ pub unsafe extern "C" fn cowsnap_snapshot_delete(
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_delete", {
         let v = vol!(vol);
-        v.check_unlisted(id, "cowsnap_snapshot_delete")?;
-        let cow = v.write()?.delete_snapshot(SnapshotId(id))?;
+        v.check_unlisted(SnapshotId(id), "cowsnap_snapshot_delete")?;
+        let cow = v.exclusive()?.delete_snapshot(SnapshotId(id))?;
         drop(cow);
         Ok(())
     })
@@ -604,11 +578,11 @@ pub unsafe extern "C" fn cowsnap_snapshot_merge(
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_snapshot_merge", {
         let v = vol!(vol);
-        v.check_unlisted(id, "cowsnap_snapshot_merge")?;
+        v.check_unlisted(SnapshotId(id), "cowsnap_snapshot_merge")?;
         // The core's merge loop, one step per write lock; the callback runs with no lock held.
         let mut merge = MergeStepper::new(SnapshotId(id));
         loop {
-            let event = merge.step(&mut *v.write()?)?;
+            let event = merge.step(&mut *v.exclusive()?)?;
             match event {
                 MergeEvent::Progress(p) => report(progress, user_data, p)?,
                 MergeEvent::Finished(cow) => {
@@ -641,7 +615,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_export_cow(
         let v = vol!(vol);
         let out_needed = out!(out_needed);
         // Exceptions waiting for a group commit go to the COW first, so the image names them.
-        v.write()?.commit()?;
+        v.exclusive()?.commit()?;
         let g = v.read()?;
         let cow = g.snapshot_cow(SnapshotId(id))?;
         let size = usize::try_from(cow.len())
@@ -671,7 +645,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_extend(
     ffi_guard!("cowsnap_snapshot_extend", {
         let v = vol!(vol);
         limits::check_cow_growth(new_cow_size)?;
-        v.write()?
+        v.exclusive()?
             .extend_snapshot(SnapshotId(id), new_cow_size)
             .map_err(|e| match e {
                 // The core's "COW device too small" is about a full COW; here memory ran out.
@@ -700,7 +674,7 @@ pub unsafe extern "C" fn cowsnap_snapshot_set_autoextend(
     ffi_guard!("cowsnap_snapshot_set_autoextend", {
         let v = vol!(vol);
         let policy = Autoextend::from_percents(threshold_percent, extend_percent)?;
-        v.write()?.set_autoextend(SnapshotId(id), policy)?;
+        v.exclusive()?.set_autoextend(SnapshotId(id), policy)?;
         Ok(())
     })
 }

@@ -4,14 +4,13 @@
 use std::ffi::{c_char, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLockReadGuard};
 
-use cowsnap_core::committer::Committer;
-use cowsnap_core::shared::Exclusive;
-use cowsnap_core::{limits, ErrorCode, MemDevice, SharedVolume, Volume};
+use cowsnap_core::{limits, ErrorCode, MemDevice, Volume};
+use cowsnap_managed::handle::Handle;
+use cowsnap_managed::paths;
+use cowsnap_managed::volume::Lease;
 
 use crate::{cowsnap_result, Failure, FfiResult};
-use cowsnap_managed::paths;
 
 /// A volume: an origin device (memory or file) and its snapshots. Opaque; create it with
 /// `cowsnap_volume_create_mem`, `cowsnap_volume_create_file` or `cowsnap_volume_open_file` and
@@ -22,81 +21,23 @@ use cowsnap_managed::paths;
 /// origin writes hold the volume's lock only to copy chunks and hold their data, never across a
 /// device flush; flushes from several threads share group commits (see `SharedVolume` in the
 /// core); snapshot creation/deletion/writes and merge steps run between commits, one at a time.
-pub struct cowsnap_volume {
-    inner: Arc<SharedVolume>,
-    /// Origin size in bytes (fixed for the life of the volume).
-    size: u64,
-    /// Commits waiting origin writes in the background (see `committer`).
-    committer: Option<Committer>,
-    /// A managed directory's lock and manifest (`cowsnap_volume_open_dir`). Last: dropped after
-    /// the volume, so the lock outlives every write.
-    managed: Option<cowsnap_managed::volume::Lease>,
-}
+pub struct cowsnap_volume(Handle);
 
 impl cowsnap_volume {
     fn boxed(vol: Volume) -> *mut cowsnap_volume {
         Self::boxed_with(vol, None)
     }
 
-    pub(crate) fn boxed_with(
-        vol: Volume,
-        managed: Option<cowsnap_managed::volume::Lease>,
-    ) -> *mut cowsnap_volume {
-        let size = vol.len();
-        let inner = Arc::new(SharedVolume::new(vol));
-        // Without the thread the volume still commits on flush and on its size bound.
-        // An error leaves the writes waiting; the caller's next flush reports it.
-        let committer = inner.start_committer(|_| {}).ok();
-        Box::into_raw(Box::new(cowsnap_volume {
-            inner,
-            size,
-            committer,
-            managed,
-        }))
-    }
-
-    /// The managed directory this volume was opened from, if any.
-    pub(crate) fn managed(&self) -> Option<&cowsnap_managed::volume::Lease> {
-        self.managed.as_ref()
-    }
-
-    /// Refuses `what` on a snapshot listed in the manifest of a managed directory.
-    pub(crate) fn check_unlisted(&self, id: u32, what: &str) -> FfiResult<()> {
-        match &self.managed {
-            Some(m) => Ok(m.check_unlisted(cowsnap_core::SnapshotId(id), what)?),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub(crate) fn read(&self) -> FfiResult<RwLockReadGuard<'_, Volume>> {
-        self.inner.read().map_err(|_| poisoned())
-    }
-
-    /// Exclusive access between group commits (snapshot management, merge steps).
-    pub(crate) fn write(&self) -> FfiResult<Exclusive<'_>> {
-        self.inner.exclusive().map_err(|_| poisoned())
-    }
-
-    pub(crate) fn shared(&self) -> &SharedVolume {
-        &self.inner
-    }
-
-    /// Checks `offset..offset+len` against the volume before any buffer is touched (the core's
-    /// one range rule).
-    pub(crate) fn check_range(&self, offset: u64, len: usize) -> FfiResult<()> {
-        Ok(limits::check_range(offset, len as u64, self.size)?)
+    pub(crate) fn boxed_with(vol: Volume, lease: Option<Lease>) -> *mut cowsnap_volume {
+        Box::into_raw(Box::new(cowsnap_volume(Handle::new(vol, lease))))
     }
 }
 
-fn poisoned() -> Failure {
-    Failure::new(
-        ErrorCode::Panic,
-        "the volume is unusable: an earlier call failed with an internal error while changing it",
-    )
+impl std::ops::Deref for cowsnap_volume {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.0
+    }
 }
 
 /// The volume behind a handle.
@@ -370,9 +311,7 @@ pub unsafe extern "C" fn cowsnap_volume_free(vol: *mut cowsnap_volume) {
     ffi_guard_value!("cowsnap_volume_free", (), {
         if !vol.is_null() {
             // SAFETY: a handle from a cowsnap constructor, freed once (caller's contract).
-            let mut vol = unsafe { Box::from_raw(vol) };
-            drop(vol.committer.take()); // stops and joins the thread: the volume is ours alone
-            let _ = vol.inner.flush();
+            unsafe { Box::from_raw(vol) }.0.close();
         }
     })
 }
@@ -479,8 +418,7 @@ pub unsafe extern "C" fn cowsnap_volume_write(
     len: usize,
 ) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_write", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.check_range(offset, len)?;
         // SAFETY: `buf` holds `len` readable bytes by contract.
         let data = unsafe { in_buf(buf, len) }?;
@@ -502,8 +440,7 @@ pub unsafe extern "C" fn cowsnap_volume_write(
 #[no_mangle]
 pub unsafe extern "C" fn cowsnap_volume_flush(vol: *mut cowsnap_volume) -> cowsnap_result {
     ffi_guard!("cowsnap_volume_flush", {
-        // SAFETY: argument contracts above.
-        let v = unsafe { volume(vol) }?;
+        let v = vol!(vol);
         v.shared().flush()?;
         Ok(())
     })

@@ -182,3 +182,36 @@ fn the_origin_attribute_string_needs_eleven_bytes() {
         cowsnap::cowsnap_volume_free(vol);
     }
 }
+
+/// The C ABI returns the core's state, store and overflow numbers as they are (`status_to_c`):
+/// each C enum constant must be the core variant's number.
+#[test]
+fn c_enums_are_the_core_numbers() {
+    use cowsnap::{
+        cowsnap_overflow_mode as O, cowsnap_snapshot_state as S, cowsnap_store_kind as K,
+    };
+    use cowsnap_core::{OverflowMode, SnapshotState, StoreKind};
+    let states = [
+        (SnapshotState::Active, S::COWSNAP_STATE_ACTIVE),
+        (SnapshotState::Overflow, S::COWSNAP_STATE_OVERFLOW),
+        (SnapshotState::Invalid, S::COWSNAP_STATE_INVALID),
+        (SnapshotState::Merging, S::COWSNAP_STATE_MERGING),
+    ];
+    for (core, c) in states {
+        assert_eq!(core as i32, c as i32, "{core:?}");
+    }
+    let stores = [
+        (StoreKind::Persistent, K::COWSNAP_STORE_PERSISTENT),
+        (StoreKind::Transient, K::COWSNAP_STORE_TRANSIENT),
+    ];
+    for (core, c) in stores {
+        assert_eq!(core as i32, c as i32, "{core:?}");
+    }
+    let modes = [
+        (OverflowMode::Invalidate, O::COWSNAP_OVERFLOW_INVALIDATE),
+        (OverflowMode::Report, O::COWSNAP_OVERFLOW_REPORT),
+    ];
+    for (core, c) in modes {
+        assert_eq!(core as i32, c as i32, "{core:?}");
+    }
+}

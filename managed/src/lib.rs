@@ -9,6 +9,8 @@
 //! - [`files`]: the volume's files, opened so that a manifest can never lead outside the directory.
 //! - [`paths`]: files named by a program's own paths (the C ABI's and Python's file volumes): opened
 //!   or created without ever replacing, truncating or aliasing a file.
+//! - [`handle`]: a volume opened by a program (the C ABI's handle): threads, background commits,
+//!   a directory's lock.
 //! - [`volume`]: activation by manifest ([`Opened`]): every snapshot with its policies, a merge
 //!   resumed, broken snapshots reported.
 //! - [`mod@exec`]: the commands on a volume ([`Request`]), run in-process or in the mount daemon.
@@ -20,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod handle;
 pub mod manifest;
 pub mod output;
 pub mod paths;

@@ -570,6 +570,19 @@ impl Lease {
             .and_then(|i| self.ids[i])
     }
 
+    /// The id of the manifest snapshot `name`, or `UNKNOWN_SNAPSHOT` naming the directory.
+    pub fn snapshot_named(&self, name: &str) -> Result<SnapshotId> {
+        self.id_of(name).ok_or_else(|| {
+            Error::coded(
+                cowsnap_core::ErrorCode::UnknownSnapshot,
+                format!(
+                    "no snapshot named {name:?} in the manifest of {}",
+                    self.dir.display()
+                ),
+            )
+        })
+    }
+
     /// Refuses to change which snapshots exist behind the manifest's back: deleting or merging a
     /// snapshot the manifest lists would leave an entry whose COW no longer follows the origin.
     pub fn check_unlisted(&self, id: SnapshotId, what: &str) -> Result {

@@ -309,7 +309,7 @@ static void test_error_paths(void) {
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "threshold");
   o = mem_opts(64 * 1024);
   o.autoextend_percent = 20;
-  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "autoextend_threshold is 0");
+  ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "but the threshold is 0");
   o = mem_opts(64 * 1024);
   o.cow_path = "";
   ERR(cowsnap_snapshot_create(v, &o, &id), COWSNAP_ERR_INVALID_ARGUMENT, "cow_path is an empty string");

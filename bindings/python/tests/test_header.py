@@ -60,10 +60,6 @@ def ctype_of(decl: str):
         return ctypes.POINTER(ctypes.c_char_p)
     if t == "cowsnap_merge_progress_cb":
         return _lib.PROGRESS_CB
-    if t == "cowsnap_snapshot_options*":
-        return ctypes.POINTER(_lib.SnapshotOptions)
-    if t == "cowsnap_snapshot_status*":
-        return ctypes.POINTER(_lib.SnapshotStatusC)
     if t == "cowsnap_snapshot_create_options*":
         return ctypes.POINTER(_lib.SnapshotCreateOptions)
     if t == "cowsnap_snapshot_info*":
@@ -75,11 +71,26 @@ def ctype_of(decl: str):
     return C_TYPES[t]
 
 
+# The header's functions the bindings leave out: each has a replacement they use (an _ex function
+# with flags, or the sized structs' functions), and the frozen structs they take are not mirrored.
+NOT_BOUND = {
+    "cowsnap_volume_create_file": "cowsnap_volume_create_file_ex",
+    "cowsnap_volume_open_file": "cowsnap_volume_open_file_ex",
+    "cowsnap_snapshot_options_init": "cowsnap_snapshot_create_options_init",
+    "cowsnap_snapshot_create": "cowsnap_snapshot_create_with",
+    "cowsnap_snapshot_status": "cowsnap_snapshot_get_info",
+}
+
+
 def test_every_function_declared_with_header_types(header: str) -> None:
     fns = functions(header)
     assert len(fns) >= 20, fns.keys()
-    assert sorted(fns) == sorted(_lib._SIGNATURES), "functions in the header vs. declared in _lib"
+    assert sorted(fns) == sorted(set(_lib._SIGNATURES) | set(NOT_BOUND)), "functions in the header vs. declared in _lib"
+    assert set(NOT_BOUND.values()) <= set(_lib._SIGNATURES), "a left-out function's replacement is declared"
+    assert not set(NOT_BOUND) & set(_lib._SIGNATURES)
     for name, (ret, params) in fns.items():
+        if name in NOT_BOUND:
+            continue
         restype, argtypes = _lib._SIGNATURES[name]
         want_ret = ctype_of(ret + " x")
         assert restype == want_ret, (name, ret, restype)
@@ -107,8 +118,6 @@ def struct_fields(text: str, name: str) -> List[Tuple[str, str]]:
 @pytest.mark.parametrize(
     "cname,cls",
     [
-        ("cowsnap_snapshot_options", _lib.SnapshotOptions),
-        ("cowsnap_snapshot_status", _lib.SnapshotStatusC),
         ("cowsnap_snapshot_create_options", _lib.SnapshotCreateOptions),
         ("cowsnap_snapshot_info", _lib.SnapshotInfoC),
         ("cowsnap_range", _lib.RangeC),

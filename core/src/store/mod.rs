@@ -15,14 +15,15 @@ use crate::error::{Error, Result};
 use crate::exception::Exception;
 use crate::snapshot::OverflowMode;
 
-/// Which store a snapshot uses.
+/// Which store a snapshot uses. The numbers are stable: the C ABI's `cowsnap_store_kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(i32)]
 pub enum StoreKind {
     /// dm's `N`: exceptions only in memory; the snapshot does not survive deactivation.
-    Transient,
+    Transient = 1,
     /// dm's `P` (and `PO` with [`crate::OverflowMode::Report`]): the kernel's on-disk format.
     #[default]
-    Persistent,
+    Persistent = 0,
 }
 
 /// Parses dm's store letters, as `dmsetup table` and LVM write them: `P` (persistent), `PO`
