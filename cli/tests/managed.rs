@@ -490,7 +490,10 @@ fn error_paths() {
     // Corrupt manifest.
     fs::write(s.join("v/cowsnap.json"), b"{not json").unwrap();
     let e = fails(d, &["lvs", "v"]);
-    assert!(e.contains("corrupt manifest"), "{e}");
+    assert!(
+        e.contains("corrupt manifest") && e.contains("[CORRUPT_METADATA]"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The CLI's modules import each other as a tree (no cycle): commands on top, then the helpers
 //! they share, then the managed-volume library (`cowsnap-managed`) and the core. Every
 //! `crate::<module>` path in `src/` (in `use` lines and inline) is an edge; the test fails on a
-//! cycle and names it.
+//! cycle and names it. The managed-volume library (`../managed/src`) is held to the same rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -64,23 +64,26 @@ fn crate_refs(text: &str) -> BTreeSet<String> {
     out
 }
 
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let main = fs::read_to_string(src.join("main.rs")).unwrap();
+/// The module graph of the crate whose sources are `src` (relative to the CLI's directory) and
+/// whose root file is `root` (`main.rs`, `lib.rs`: its `mod` lines name the modules).
+fn graph(src: &str, root: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
+    let main = fs::read_to_string(src.join(root)).unwrap();
     let modules: BTreeSet<String> = main
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("mod "))
+        .map(|l| l.trim().trim_start_matches("pub "))
+        .filter_map(|l| l.strip_prefix("mod "))
         .map(|l| l.trim_end_matches(';').trim().to_string())
         .collect();
-    assert!(modules.len() >= 5, "no `mod` lines found in main.rs");
+    assert!(modules.len() >= 5, "no `mod` lines found in {root}");
     let mut all = Vec::new();
     files(&src, &mut all);
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in all {
         let rel = f.strip_prefix(&src).unwrap();
         let m = module_of(rel);
-        if m == "main" {
-            continue; // the root: it uses every command
+        if rel == Path::new(root) {
+            continue; // the root: it uses every module
         }
         let refs = crate_refs(&fs::read_to_string(&f).unwrap());
         let e = g.entry(m.clone()).or_default();
@@ -136,9 +139,22 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 
 #[test]
 fn the_use_crate_graph_has_no_cycle() {
-    let g = graph();
+    let g = graph("src", "main.rs");
     if let Some(c) = cycle(&g) {
         panic!("import cycle between the CLI's modules: {}", c.join(" -> "));
+    }
+}
+
+/// The same for the managed-volume library, where the CLI's volume modules went.
+#[test]
+fn the_managed_librarys_graph_has_no_cycle() {
+    let g = graph("../managed/src", "lib.rs");
+    assert!(g.contains_key("exec") && g.contains_key("volume"), "{g:?}");
+    if let Some(c) = cycle(&g) {
+        panic!(
+            "import cycle between cowsnap-managed's modules: {}",
+            c.join(" -> ")
+        );
     }
 }
 

@@ -209,6 +209,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A host I/O error about `what`, as a `map_err` argument.
+pub fn io_err(what: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(format!("{}: {e}", what.display()))
+}
+
 /// I/O and corruption are kind `Io`; everything else the core refuses is a refused operation.
 fn core_kind(e: &cowsnap_core::Error) -> ErrorKind {
     code_kind(e.code())

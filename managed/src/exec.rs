@@ -497,9 +497,7 @@ pub fn leftovers(dir: &Path, m: &Manifest) -> Vec<String> {
     v
 }
 
-pub fn io_err(what: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::io(format!("{}: {e}", what.display()))
-}
+pub use crate::error::io_err;
 
 /// The core's range rule, in this crate's error type.
 pub fn check_range(offset: u64, len: u64, size: u64) -> Result {

@@ -98,8 +98,9 @@ impl Manifest {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}: {e}", p.display()))),
         };
-        let corrupt =
-            |e: &dyn std::fmt::Display| Error::io(format!("corrupt manifest {}: {e}", p.display()));
+        let corrupt = |e: &dyn std::fmt::Display| {
+            Error::corrupt(format!("corrupt manifest {}: {e}", p.display()))
+        };
         let m: Manifest = serde_json::from_str(&text).map_err(|e| corrupt(&e))?;
         if m.format != FORMAT {
             return Err(Error::msg(format!(
@@ -117,10 +118,7 @@ impl Manifest {
         }
         if let Some(n) = &m.merging {
             if m.find(n).is_none() {
-                return Err(Error::msg(format!(
-                    "corrupt manifest {}: merging snapshot {n:?} is not listed",
-                    p.display()
-                )));
+                return Err(corrupt(&format!("merging snapshot {n:?} is not listed")));
             }
         }
         Ok(m)

@@ -18,7 +18,7 @@ use cowsnap_core::{
     Autoextend, ChunkSize, FileDevice, SnapshotId, SnapshotOptions, StoreKind, Volume,
 };
 
-use crate::exec::io_err;
+use crate::error::io_err;
 use crate::files::{self, FileId, MAX_FILE_SIZE};
 use crate::manifest::{Manifest, SnapshotEntry, VolumeLock};
 use crate::progress::Progress;

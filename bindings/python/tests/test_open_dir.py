@@ -140,6 +140,6 @@ def test_every_kind_of_path(cli, tmp_path):
     subprocess.run([cli, "-q", "create", str(z), "--size", "1M"], check=True)
     (z / "cowsnap.json").write_bytes(b"\0" * 100)
     before = {f.name: f.read_bytes() for f in z.iterdir() if f.is_file()}
-    with pytest.raises(cowsnap.IoError, match="corrupt manifest"):
+    with pytest.raises(cowsnap.CorruptMetadata, match="corrupt manifest"):
         cowsnap.Volume.open_dir(z)
     assert {f.name: f.read_bytes() for f in z.iterdir() if f.is_file()} == before
