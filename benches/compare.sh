@@ -131,6 +131,8 @@ merge_run() { # ENGINE PATTERN
   settle
   if [ "$1" = c-merge ]; then
     "$BENCH" merge "$WORK/merge.img" "$WORK/merge.cow" | awk '{ print $2, $3 }'
+  elif [ "$1" = floor ]; then
+    "$BENCH" merge-floor "$WORK/merge.img" "$WORK/merge.cow" "$2" "$MERGE_CHUNKS" | awk '{ print $2, $3 }'
   else
     t0=$(now)
     "$CLI" -q merge --origin "$WORK/merge.img" --cow "$WORK/merge.cow"
@@ -193,15 +195,15 @@ for ((r = 0; r < ROUNDS; r++)); do
   measure $r nf-rand4k-1 "raw floor cowsnap qcow2" 2 w nf rand4k 1 "$NF_OPS"
   measure $r nf-rand4k-2 "raw floor cowsnap" 2 w nf rand4k 2 "$NF_OPS"
   measure $r nf-rand4k-4 "raw floor cowsnap" 2 w nf rand4k 4 "$NF_OPS"
-  measure $r dur-rand4k-1 "raw floor cowsnap qcow2" "$DUR_SLICES" w dur rand4k 1 "$DUR_OPS"
+  measure $r dur-rand4k-1 "raw floor floor-dm cowsnap qcow2" "$DUR_SLICES" w dur rand4k 1 "$DUR_OPS"
   measure $r dur-rand4k-2 "raw floor cowsnap" "$DUR_SLICES" w dur rand4k 2 "$DUR_OPS"
-  measure $r dur-rand4k-4 "raw floor cowsnap" "$DUR_SLICES" w dur rand4k 4 "$DUR_OPS"
+  measure $r dur-rand4k-4 "raw floor floor-dm cowsnap" "$DUR_SLICES" w dur rand4k 4 "$DUR_OPS"
   measure $r nf-seq64k-1 "raw floor cowsnap qcow2" 2 w nf seq64k 1 "$SEQ_NF_OPS"
   measure $r dur-seq64k-1 "raw floor cowsnap qcow2" "$DUR_SLICES" w dur seq64k 1 "$SEQ_DUR_OPS"
   measure $r snaps-nf "cowsnap cowsnap4" 2 w nf rand4k 1 "$NF_OPS"
   measure $r snaps-dur "cowsnap cowsnap4" $((DUR_SLICES / 2)) w dur rand4k 1 "$DUR_OPS"
-  measure $r merge-scattered "c-merge cli-merge dd" 1 merge_run scattered
-  measure $r merge-sequential "c-merge cli-merge dd" 1 merge_run sequential
+  measure $r merge-scattered "c-merge cli-merge floor dd" 1 merge_run scattered
+  measure $r merge-sequential "c-merge cli-merge floor dd" 1 merge_run sequential
   measure $r activation "activate pread" 3 act_run
   measure $r lvs "lvs" 1 act_run
   measure $r creation "1g 1t" 15 act_run   # each call is 0.4-20 ms of fallocate and journal latency
@@ -268,6 +270,10 @@ ratio_row "durable, rand 4K, 1 thread: cowsnap / floor" "ge 0.9" dur-rand4k-1 co
 ratio_row "durable, rand 4K, 2 threads: cowsnap / floor" - dur-rand4k-2 cowsnap floor
 ratio_row "durable, rand 4K, 4 threads: cowsnap / floor" "ge 0.8" dur-rand4k-4 cowsnap floor
 ratio_row "durable, rand 4K, 1 thread: cowsnap / qcow2 wt" - dur-rand4k-1 cowsnap qcow2
+ratio_row "durable, rand 4K, 1 thread: floor-dm / floor (bound)" - dur-rand4k-1 floor-dm floor
+ratio_row "durable, rand 4K, 1 thread: cowsnap / floor-dm" - dur-rand4k-1 cowsnap floor-dm
+ratio_row "durable, rand 4K, 4 threads: floor-dm / floor (bound)" - dur-rand4k-4 floor-dm floor
+ratio_row "durable, rand 4K, 4 threads: cowsnap / floor-dm" - dur-rand4k-4 cowsnap floor-dm
 ratio_row "durable, rand 4K: cowsnap 4 threads / 1 thread" - dur-rand4k-4 cowsnap cowsnap dur-rand4k-1
 ratio_row "durable, rand 4K: floor 4 threads / 1 thread" - dur-rand4k-4 floor floor dur-rand4k-1
 ratio_row "no flush, seq 64K: cowsnap / floor" - nf-seq64k-1 cowsnap floor
@@ -278,8 +284,12 @@ ratio_row "4 snapshots / 1, no flush, rand 4K" "ge 0.6" snaps-nf cowsnap4 cowsna
 ratio_row "4 snapshots / 1, durable, rand 4K" "ge 0.6" snaps-dur cowsnap4 cowsnap
 ratio_row "scattered merge, C ABI / dd" "ge 0.3" merge-scattered c-merge dd
 ratio_row "scattered merge, cowsnap merge (CLI) / dd" "ge 0.3" merge-scattered cli-merge dd
+ratio_row "scattered merge: merge floor / dd (bound)" - merge-scattered floor dd
+ratio_row "scattered merge, C ABI / merge floor" - merge-scattered c-merge floor
 ratio_row "sequential merge, C ABI / dd" "ge 0.8" merge-sequential c-merge dd
 ratio_row "sequential merge, cowsnap merge (CLI) / dd" "ge 0.8" merge-sequential cli-merge dd
+ratio_row "sequential merge: merge floor / dd (bound)" - merge-sequential floor dd
+ratio_row "sequential merge, C ABI / merge floor" - merge-sequential c-merge floor
 ratio_row "activation of $ACT_EXC exceptions / pread metadata" "le 5" activation activate pread
 value_row "cowsnap lvs, $LVS_EXC exceptions (seconds, not a ratio)" "le 0.5" lvs lvs
 ratio_row "snapshot creation, sparse 1 TiB / 1 GiB origin" "le 1.2" creation 1t 1g
@@ -289,7 +299,7 @@ echo "Figures (MiB/s; activation, pread, lvs and creation in seconds): min / med
 for key in nf-rand4k-1 nf-rand4k-2 nf-rand4k-4 dur-rand4k-1 dur-rand4k-2 dur-rand4k-4 nf-seq64k-1 dur-seq64k-1 \
   snaps-nf snaps-dur merge-scattered merge-sequential activation lvs creation; do
   line="$key:"
-  for e in raw floor cowsnap cowsnap4 qcow2 c-merge cli-merge dd activate pread lvs 1g 1t; do
+  for e in raw floor floor-dm cowsnap cowsnap4 qcow2 c-merge cli-merge dd activate pread lvs 1g 1t; do
     [ -n "${V[0:$key:$e]:-}" ] || continue
     # shellcheck disable=SC2046
     line+=" $e $(stats $(values "$key" "$e") | sed 's# # / #g');"

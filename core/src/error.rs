@@ -31,6 +31,18 @@ pub enum Error {
     SnapshotOverflow,
     /// The COW device is too small for what was asked (e.g. smaller than header + one metadata area).
     NoSpace,
+    /// A new COW device smaller than its store needs ([`crate::SnapshotOptions::check_cow_len`]);
+    /// code `NO_SPACE`, with the numbers for the message.
+    CowTooSmall {
+        /// The COW size given, in bytes.
+        len: u64,
+        /// The least size the store accepts, in bytes.
+        min: u64,
+        /// Chunk size in bytes.
+        chunk: u64,
+        /// Why the least size is what it is.
+        reason: &'static str,
+    },
     /// No snapshot with this id (never created, deleted or merged).
     UnknownSnapshot(u32),
     /// The COW metadata is not a dm-snapshot persistent store we can trust.
@@ -148,7 +160,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::SnapshotInvalid => ErrorCode::SnapshotInvalid,
             Error::SnapshotOverflow => ErrorCode::SnapshotOverflow,
-            Error::NoSpace => ErrorCode::NoSpace,
+            Error::NoSpace | Error::CowTooSmall { .. } => ErrorCode::NoSpace,
             Error::UnknownSnapshot(_) => ErrorCode::UnknownSnapshot,
             Error::Corrupt(_) => ErrorCode::CorruptMetadata,
             Error::Io(_) => ErrorCode::Io,
@@ -189,6 +201,16 @@ impl fmt::Display for Error {
                 "snapshot overflowed: its COW is full, writes are refused (reads still work)"
             ),
             Error::NoSpace => write!(f, "COW device too small"),
+            Error::CowTooSmall {
+                len,
+                min,
+                chunk,
+                reason,
+            } => write!(
+                f,
+                "COW device too small: {reason}, {min} bytes with {chunk}-byte chunks; the COW \
+                 size is {len}"
+            ),
             Error::UnknownSnapshot(id) => write!(f, "no snapshot with id {id}"),
             Error::Corrupt(why) => write!(f, "invalid or corrupt snapshot: {why}"),
             Error::Io(why) => write!(f, "I/O error: {why}"),

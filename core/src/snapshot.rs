@@ -147,26 +147,21 @@ impl SnapshotOptions {
         }
     }
 
-    /// The message for a COW of `len` bytes that [`SnapshotOptions::check_cow_len`] finds too small
-    /// (`NO_SPACE`), with the numbers, for every front end.
-    pub fn cow_too_small(&self, len: u64) -> alloc::string::String {
-        alloc::format!(
-            "COW device too small: {}, {} bytes with {}-byte chunks; the COW size is {len}",
-            self.min_cow_reason(),
-            self.min_cow_len(),
-            self.chunk_size.bytes()
-        )
-    }
-
     /// The size rule for a new COW device, checked by every front end before it allocates or
     /// creates anything: 0 is `INVALID_ARGUMENT`, less than [`SnapshotOptions::min_cow_len`] is
-    /// `NO_SPACE`, more than [`crate::limits::MAX_DEVICE_LEN`] is `INVALID_ARGUMENT`.
+    /// `NO_SPACE` ([`Error::CowTooSmall`], with the numbers), more than
+    /// [`crate::limits::MAX_DEVICE_LEN`] is `INVALID_ARGUMENT`.
     pub fn check_cow_len(&self, len: u64) -> Result<()> {
         if len == 0 {
             return Err(Error::InvalidArgument("COW size is 0"));
         }
         if len < self.min_cow_len() {
-            return Err(Error::NoSpace);
+            return Err(Error::CowTooSmall {
+                len,
+                min: self.min_cow_len(),
+                chunk: self.chunk_size.bytes(),
+                reason: self.min_cow_reason(),
+            });
         }
         crate::limits::check_cow_growth(len)
     }

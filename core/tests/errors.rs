@@ -90,7 +90,9 @@ fn cow_too_small_is_refused() {
 
 #[test]
 fn cow_too_small_message_has_the_numbers() {
-    let msg = opts(8192).cow_too_small(16384);
+    let e = opts(8192).check_cow_len(16384).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NoSpace);
+    let msg = e.to_string();
     assert!(
         msg.contains("3 chunks") && msg.contains("24576 bytes"),
         "{msg}"
@@ -99,7 +101,6 @@ fn cow_too_small_message_has_the_numbers() {
         msg.contains("8192-byte chunks") && msg.ends_with("is 16384"),
         "{msg}"
     );
-    assert_eq!(opts(8192).check_cow_len(16384), Err(Error::NoSpace));
 }
 
 #[test]

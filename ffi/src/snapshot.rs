@@ -124,14 +124,6 @@ fn options(o: &cowsnap_snapshot_options) -> FfiResult<SnapshotOptions> {
     Ok(opts.validate()?)
 }
 
-/// The core's COW size rule ([`SnapshotOptions::check_cow_len`]), with the numbers in the message.
-pub(crate) fn check_cow_size(cow_size: u64, opts: &SnapshotOptions) -> FfiResult<()> {
-    opts.check_cow_len(cow_size).map_err(|e| match e {
-        Error::NoSpace => Failure::new(e.code(), opts.cow_too_small(cow_size)),
-        e => e.into(),
-    })
-}
-
 /// Fills `*opts` with the defaults: 4 KiB chunks, persistent store, overflow INVALIDATE, no
 /// autoextend, memory COW, `cow_size` 0 (to be set by the caller).
 ///
@@ -316,7 +308,7 @@ unsafe fn create(
     let v = vol!(vol);
     let out_id = out!(out_id);
     let sopts = options(o)?;
-    check_cow_size(o.cow_size, &sopts)?;
+    sopts.check_cow_len(o.cow_size)?;
     let id = if o.cow_path.is_null() {
         let cow = mem_device(o.cow_size)?;
         v.exclusive()?.create_snapshot(cow, sopts)?

@@ -344,14 +344,8 @@ fn check_distinct(images: &[(String, &Uint8Array)]) -> Result<(), JsValue> {
 
 /// The core's option and COW size rules, checked before the COW is allocated.
 fn check_snapshot(cow_size: usize, opts: &SnapshotOptions) -> Result<(), JsValue> {
-    opts.validate().map_err(core_err)?;
-    opts.check_cow_len(cow_size as u64).map_err(|e| match e {
-        Error::NoSpace => with_code(
-            js_sys::Error::new(&opts.cow_too_small(cow_size as u64)),
-            e.code(),
-        ),
-        e => core_err(e),
-    })
+    let opts = opts.validate().map_err(core_err)?;
+    opts.check_cow_len(cow_size as u64).map_err(core_err)
 }
 
 fn with<R>(vol: &Shared, f: impl FnOnce(&CoreVolume) -> Result<R, Error>) -> Result<R, JsValue> {
