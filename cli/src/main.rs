@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 /// stable code).
 pub use cowsnap_managed::{Error as CliError, ErrorKind, Result as CliResult};
 // The library's modules, under the names the commands have always used.
+use cowsnap_managed::files::Access;
 use cowsnap_managed::{manifest, output, size};
 
 /// Parses an LVM-style size (`512M`, `4K`, `1G`, plain bytes).
@@ -401,6 +402,15 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// `--direct`: how this process opens volume and image files (the command line has one setting;
+/// the library takes it as an argument).
+static ACCESS: std::sync::OnceLock<Access> = std::sync::OnceLock::new();
+
+/// The file access `--direct` asked for.
+pub(crate) fn access() -> Access {
+    ACCESS.get().copied().unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools: `cowsnap read ... | head` ends quietly when the reader goes away.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
@@ -409,7 +419,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     progress::install();
-    cowsnap_managed::files::set_direct(cli.direct);
+    let _ = ACCESS.set(Access { direct: cli.direct });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -45,7 +45,7 @@ fn dispatch_with_input(
                 mountpoint: None,
                 mount: None,
             };
-            let mut v = Opened::open_locked(dir, req.writes(), quiet, lock)?;
+            let mut v = Opened::open_locked(dir, req.writes(), quiet, lock, crate::access())?;
             exec(&mut v, &req, &mut io)
         }
     }
@@ -164,7 +164,7 @@ pub fn verify(target: &Path, sums: &Path, quiet: bool) -> CliResult {
 
 /// `cowsnap create DIR --size N`.
 pub fn create(dir: &Path, size: u64, chunk_size: u64, quiet: bool) -> CliResult {
-    cowsnap_managed::volume::create_volume(dir, size, chunk_size)?;
+    cowsnap_managed::volume::create_volume(dir, size, chunk_size, crate::access())?;
     if !quiet {
         println!(
             "created volume {} (origin {}, chunk size {})",

@@ -828,7 +828,7 @@ fn serve_inner(
             ),
         }));
     };
-    let v = Opened::open_locked(dir, true, quiet, lock)?;
+    let v = Opened::open_locked(dir, true, quiet, lock, crate::access())?;
     // The files of the mount would let the origin be written behind a broken snapshot's back.
     v.check_origin_writable("mounting the volume")?;
     // A client that goes away must not kill the mount process.

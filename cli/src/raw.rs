@@ -26,8 +26,9 @@ const STEP: u64 = 1 << 20;
 /// Opens an image file as a device (read-only unless `writable`; `O_DIRECT` with `--direct`),
 /// naming the file in errors.
 pub(crate) fn open(path: &Path, writable: bool) -> CliResult<FileDevice> {
-    let f = cowsnap_managed::files::open_path(path, writable)?;
-    cowsnap_managed::files::device(f).map_err(|e| CliError::core(path.display(), e))
+    let f = cowsnap_managed::files::open_path(path, writable, crate::access())?;
+    cowsnap_managed::files::device(f, crate::access())
+        .map_err(|e| CliError::core(path.display(), e))
 }
 
 /// Reads and checks a COW's header and metadata (once, without keeping the records), refusing

@@ -252,7 +252,8 @@ fn exec_snapshot(
     let path = v.dir.join(&entry.cow);
     // The whole COW is allocated now (as LVM allocates a snapshot's extents): a full host disk can
     // then never invalidate this snapshot. Refuses an existing file of that name.
-    let cow = files::create_reserved(&v.dir, &entry.cow, size, &format!("snapshot {name}'s COW"))?;
+    let what = format!("snapshot {name}'s COW");
+    let cow = files::create_reserved(&v.dir, &entry.cow, size, &what, v.access)?;
     let undo = |v: &mut Opened, id: Option<SnapshotId>, e: Error| {
         if let Some(id) = id {
             let _ = v.vol.delete_snapshot(id);

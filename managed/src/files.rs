@@ -6,7 +6,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cowsnap_core::{Error as CoreError, FileDevice, DIRECT_IO_ALIGN};
 
@@ -16,27 +15,23 @@ use crate::{Error, Result};
 /// The largest file size the host can address (`off_t` is signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
-/// `--direct`: every volume file this process opens or creates is used with `O_DIRECT`. One
-/// setting for the process (the CLI's command line has one; programs opening a volume directory
-/// through the C ABI or Python leave it off), read where files are opened.
-static DIRECT: AtomicBool = AtomicBool::new(false);
-
-/// Sets `--direct` for this process.
-pub fn set_direct(on: bool) {
-    DIRECT.store(on, Ordering::Relaxed);
+/// How a volume's files are opened: through the page cache (the default), or with `O_DIRECT`
+/// (the CLI's `--direct`: for programs that cache for themselves). Given to every function here
+/// that opens or creates a file, and kept by an opened volume for the COWs it creates later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Every file with `O_DIRECT`.
+    pub direct: bool,
 }
 
-/// Whether `--direct` was given.
-pub fn direct() -> bool {
-    DIRECT.load(Ordering::Relaxed)
-}
-
-/// `O_DIRECT` when `--direct` was given.
-fn direct_flag() -> i32 {
-    if direct() {
-        libc::O_DIRECT
-    } else {
-        0
+impl Access {
+    /// The `open(2)` flag.
+    fn flag(self) -> i32 {
+        if self.direct {
+            libc::O_DIRECT
+        } else {
+            0
+        }
     }
 }
 
@@ -48,10 +43,10 @@ pub fn no_direct_io(path: &Path) -> Error {
     ))
 }
 
-/// With `--direct`, a size that is not whole 4096-byte blocks is refused (direct I/O cannot
+/// With direct I/O, a size that is not whole 4096-byte blocks is refused (direct I/O cannot
 /// address the rest).
-pub fn check_direct_size(len: u64, what: &str) -> Result {
-    if direct() && len % DIRECT_IO_ALIGN != 0 {
+pub fn check_direct_size(len: u64, what: &str, access: Access) -> Result {
+    if access.direct && len % DIRECT_IO_ALIGN != 0 {
         return Err(Error::msg(format!(
             "{what}: with --direct (O_DIRECT) sizes must be multiples of {DIRECT_IO_ALIGN} bytes, \
              not {len}"
@@ -60,24 +55,24 @@ pub fn check_direct_size(len: u64, what: &str) -> Result {
     Ok(())
 }
 
-/// The device over a file [`open_member`] or [`open_path`] opened (direct with `--direct`).
-pub fn device(file: File) -> Result<FileDevice, CoreError> {
-    if direct() {
+/// The device over a file [`open_member`] or [`open_path`] opened with `access`.
+pub fn device(file: File, access: Access) -> Result<FileDevice, CoreError> {
+    if access.direct {
         FileDevice::from_direct_file(file)
     } else {
         FileDevice::from_file(file)
     }
 }
 
-/// Opens `path` (read-only unless `writable`; `O_DIRECT` with `--direct`), naming it in errors.
-pub fn open_path(path: &Path, writable: bool) -> Result<File> {
+/// Opens `path` (read-only unless `writable`) with `access`, naming it in errors.
+pub fn open_path(path: &Path, writable: bool, access: Access) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(writable)
-        .custom_flags(direct_flag())
+        .custom_flags(access.flag())
         .open(path)
         .map_err(|e| {
-            if direct() && e.raw_os_error() == Some(libc::EINVAL) {
+            if access.direct && e.raw_os_error() == Some(libc::EINVAL) {
                 no_direct_io(path)
             } else {
                 Error::io(format!("cannot open {}: {e}", path.display()))
@@ -121,18 +116,24 @@ pub fn check_plain_name(name: &str) -> Result<(), String> {
 
 /// Opens `dir/name` (read-only unless `writable`) without following a symbolic link, and refuses
 /// anything but a regular file. `what` names the file in messages ("origin", "snapshot s1's COW").
-pub fn open_member(dir: &Path, name: &str, writable: bool, what: &str) -> Result<VolFile> {
+pub fn open_member(
+    dir: &Path,
+    name: &str,
+    writable: bool,
+    what: &str,
+    access: Access,
+) -> Result<VolFile> {
     check_plain_name(name).map_err(|e| Error::msg(format!("{what}: {e}")))?;
     let p = dir.join(name);
     let f = OpenOptions::new()
         .read(true)
         .write(writable)
         // O_NONBLOCK: opening a FIFO planted under our name must not hang; no effect on files.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | direct_flag())
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | access.flag())
         .open(&p);
     let f = match f {
         Ok(f) => f,
-        Err(e) if direct() && e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e) if access.direct && e.raw_os_error() == Some(libc::EINVAL) => {
             return Err(no_direct_io(&p))
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -189,7 +190,13 @@ pub fn identity_of(dir: &Path, name: &str) -> Option<(FileId, u64)> {
 /// Creates `dir/name` as a new COW device with all of its `len` bytes reserved (the core's
 /// `FileDevice::create_new`: `O_EXCL`, `posix_fallocate`, removed again on failure), refusing any
 /// existing path, a dangling symbolic link included.
-pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> Result<FileDevice> {
+pub fn create_reserved(
+    dir: &Path,
+    name: &str,
+    len: u64,
+    what: &str,
+    access: Access,
+) -> Result<FileDevice> {
     check_plain_name(name).map_err(|e| Error::msg(format!("{what}: {e}")))?;
     if len > MAX_FILE_SIZE {
         return Err(too_large(len));
@@ -202,8 +209,8 @@ pub fn create_reserved(dir: &Path, name: &str, len: u64, what: &str) -> Result<F
             p.display()
         )));
     }
-    check_direct_size(len, what)?;
-    let made = if direct() {
+    check_direct_size(len, what, access)?;
+    let made = if access.direct {
         FileDevice::create_new_direct(&p, len)
     } else {
         FileDevice::create_new(&p, len)

@@ -19,7 +19,7 @@ use cowsnap_core::{
 };
 
 use crate::error::io_err;
-use crate::files::{self, FileId, MAX_FILE_SIZE};
+use crate::files::{self, Access, FileId, MAX_FILE_SIZE};
 use crate::manifest::{Manifest, SnapshotEntry, VolumeLock};
 use crate::progress::Progress;
 use crate::{Code, Error, ErrorKind, Result};
@@ -48,6 +48,8 @@ pub struct Opened {
     /// Why each broken snapshot is broken (manifest order; `None` when active).
     pub broken: Vec<Option<Broken>>,
     writable: bool,
+    /// How the files are opened (and the COWs created later).
+    pub access: Access,
     _lock: VolumeLock,
 }
 
@@ -168,13 +170,14 @@ fn check_header(e: &SnapshotEntry, cow: &FileDevice) -> Result {
 }
 
 impl Opened {
-    /// Activates the volume in `dir` under `lock` (exclusive when `writable`); finishes an
-    /// interrupted merge first.
+    /// Activates the volume in `dir` under `lock` (exclusive when `writable`), its files opened
+    /// with `access`; finishes an interrupted merge first.
     pub fn open_locked(
         dir: &Path,
         writable: bool,
         quiet: bool,
         mut lock: VolumeLock,
+        access: Access,
     ) -> Result<Self> {
         let mut manifest = Manifest::load(dir)?;
         let asked_writable = writable;
@@ -185,7 +188,7 @@ impl Opened {
             manifest = Manifest::load(dir)?;
             writable = true;
         }
-        let origin = files::open_member(dir, &manifest.origin, writable, "origin")?;
+        let origin = files::open_member(dir, &manifest.origin, writable, "origin", access)?;
         let mut record_size = false;
         match manifest.origin_size {
             Some(n) if n != origin.len => {
@@ -201,13 +204,13 @@ impl Opened {
             None => record_size = writable,
         }
         let origin_id = origin.id;
-        let dev = files::device(origin.file)
+        let dev = files::device(origin.file, access)
             .map_err(|e| Error::core(dir.join(&manifest.origin).display(), e))?;
         let mut vol = Volume::new(dev);
         let mut seen: Vec<(FileId, String)> = vec![(origin_id, "the origin".into())];
         let (mut ids, mut broken) = (Vec::new(), Vec::new());
         for e in &manifest.snapshots {
-            match activate(&mut vol, dir, e, writable, &mut seen) {
+            match activate(&mut vol, dir, e, writable, access, &mut seen) {
                 Ok(id) => {
                     ids.push(Some(id));
                     broken.push(None);
@@ -228,6 +231,7 @@ impl Opened {
             ids,
             broken,
             writable,
+            access,
             _lock: lock,
         };
         if record_size {
@@ -409,10 +413,11 @@ fn activate(
     dir: &Path,
     e: &SnapshotEntry,
     writable: bool,
+    access: Access,
     seen: &mut Vec<(FileId, String)>,
 ) -> Result<SnapshotId> {
     let what = format!("snapshot {}'s COW", e.name);
-    let f = files::open_member(dir, &e.cow, writable, &what)?;
+    let f = files::open_member(dir, &e.cow, writable, &what, access)?;
     if let Some((_, other)) = seen.iter().find(|(id, _)| *id == f.id) {
         return Err(Error::msg(format!(
             "{what} {} is the same file as {other} (a hard link or a second name of one file): \
@@ -421,7 +426,7 @@ fn activate(
         )));
     }
     seen.push((f.id, format!("snapshot {}'s COW {}", e.name, e.cow)));
-    let cow = files::device(f.file).map_err(|err| Error::core(&what, err))?;
+    let cow = files::device(f.file, access).map_err(|err| Error::core(&what, err))?;
     check_header(e, &cow)?;
     let opts = entry_options(e)?;
     vol.activate_snapshot(cow, opts)
@@ -431,7 +436,7 @@ fn activate(
 /// Creates a managed volume in `dir` (made if missing, else it must be empty): a sparse origin
 /// image of `size` bytes and a manifest whose snapshots default to `chunk_size`. Anything made is
 /// removed again on failure.
-pub fn create_volume(dir: &Path, size: u64, chunk_size: u64) -> Result {
+pub fn create_volume(dir: &Path, size: u64, chunk_size: u64, access: Access) -> Result {
     ChunkSize::new(chunk_size).map_err(|e| Error::core("--chunk-size", e))?;
     if size == 0 {
         return Err(Error::msg("--size must be greater than 0"));
@@ -467,7 +472,7 @@ pub fn create_volume(dir: &Path, size: u64, chunk_size: u64) -> Result {
             .map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
         true
     };
-    let r = create_in(dir, size, chunk_size);
+    let r = create_in(dir, size, chunk_size, access);
     if r.is_err() {
         // Leave the directory as it was: our files go, and the directory if we made it.
         for f in [
@@ -485,8 +490,8 @@ pub fn create_volume(dir: &Path, size: u64, chunk_size: u64) -> Result {
     r
 }
 
-fn create_in(dir: &Path, size: u64, chunk_size: u64) -> Result {
-    files::check_direct_size(size, "origin")?;
+fn create_in(dir: &Path, size: u64, chunk_size: u64, access: Access) -> Result {
+    files::check_direct_size(size, "origin", access)?;
     let _lock = VolumeLock::acquire(dir, true, true)?;
     let origin = dir.join(ORIGIN_FILE);
     // Sparse, like a thin LV: the origin's space is taken as it is written.
@@ -535,7 +540,7 @@ pub fn open_dir(dir: &Path) -> Result<Opened> {
         })
         .with_code(Code::Core(cowsnap_core::ErrorCode::Busy)));
     };
-    let v = Opened::open_locked(dir, true, true, lock)?;
+    let v = Opened::open_locked(dir, true, true, lock, Access::default())?;
     v.check_origin_writable("opening the volume")
         .map_err(|e| e.with_code(Code::Broken))?;
     Ok(v)
@@ -610,5 +615,40 @@ impl Opened {
                 _lock: self._lock,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two volumes of one process, one opened with direct I/O and one without: each keeps its own
+    /// access (no process-wide switch), for its origin and for the COWs it creates later.
+    #[test]
+    fn each_volume_keeps_its_own_access() {
+        let base = std::env::temp_dir().join(format!("cowsnap-access-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let direct = Access { direct: true };
+        let mut seen = Vec::new();
+        for (name, access) in [("d", direct), ("b", Access::default()), ("d2", direct)] {
+            let dir = base.join(name);
+            create_volume(&dir, 1 << 20, 4096, access).unwrap();
+            let lock = VolumeLock::acquire(&dir, true, true).unwrap();
+            match Opened::open_locked(&dir, true, true, lock, access) {
+                Ok(v) => seen.push((access, v.vol.origin().io_alignment(), v.access)),
+                // A temporary directory without direct I/O (tmpfs before Linux 6.6): nothing to see.
+                Err(e) if e.msg.contains("direct I/O") => {
+                    let _ = fs::remove_dir_all(&base);
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for (access, align, kept) in seen {
+            assert_eq!(kept, access);
+            assert_eq!(align > 1, access.direct, "{access:?}: alignment {align}");
+        }
+        fs::remove_dir_all(&base).unwrap();
     }
 }

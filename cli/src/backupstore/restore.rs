@@ -148,7 +148,7 @@ fn to_volume(
     bar: &Progress,
 ) -> CliResult {
     let existed = dir.exists();
-    cowsnap_managed::volume::create_volume(dir, m.size, m.chunk_size)?;
+    cowsnap_managed::volume::create_volume(dir, m.size, m.chunk_size, crate::access())?;
     let r = (|| {
         let origin = dir.join("origin.img");
         let f = OpenOptions::new()
