@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use cowsnap_core::{Error as CoreError, SnapshotId};
@@ -53,6 +53,12 @@ const TTL: Duration = Duration::from_secs(1);
 /// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
 /// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
 const MAX_WRITE: u32 = 4 << 20;
+/// Held origin writes (waiting for their copies' commit) at which a write wakes the committer.
+/// Its commit flushes the copies' data without the volume's lock, so FUSE writes go on beside it.
+const COMMIT_SOON_BYTES: usize = 4 << 20;
+/// Held bytes at which a write commits itself, under the lock (the committer is behind). Well
+/// above [`COMMIT_SOON_BYTES`], so that a steady writer meets it only if the devices cannot keep up.
+const COMMIT_NOW_BYTES: usize = 32 << 20;
 
 /// Options of `cowsnap mount`.
 pub struct MountOpts {
@@ -77,6 +83,8 @@ struct State {
     mounted_at: SystemTime,
     mountpoint: PathBuf,
     notifier: OnceLock<Notifier>,
+    /// Wakes the committer before its interval (see [`committer`]).
+    commit_due: (Mutex<bool>, Condvar),
 }
 
 impl State {
@@ -85,6 +93,13 @@ impl State {
     }
     fn write(&self) -> RwLockWriteGuard<'_, Opened> {
         self.vol.write().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Asks the committer for a commit now (a write found enough held).
+    fn wake_committer(&self) {
+        if let Ok(mut due) = self.commit_due.0.lock() {
+            *due = true;
+        }
+        self.commit_due.1.notify_one();
     }
     fn open_count(&self, ino: u64) -> u32 {
         self.opens
@@ -353,7 +368,11 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        let wake = v.vol.held_bytes() >= COMMIT_SOON_BYTES;
         drop(v);
+        if wake {
+            self.st.wake_committer();
+        }
         match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
@@ -464,6 +483,54 @@ impl Filesystem for CowFs {
         let files = 1 + v.ids.len() as u64;
         let blocks = v.vol.len().div_ceil(4096) * files;
         reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
+    }
+}
+
+/// Group commit: origin writes that needed copies wait in memory for their exceptions' commit.
+/// This thread commits what waits every [`COMMIT_INTERVAL`](cowsnap_core::COMMIT_INTERVAL), so
+/// FUSE clients that never fsync still get their writes onto the devices within 200 ms (as the C
+/// ABI does: a killed mount process loses no more than that), and at once when a write finds
+/// [`COMMIT_SOON_BYTES`] held. Runs until the state is gone.
+fn committer(weak: &Weak<State>) {
+    loop {
+        let Some(st) = weak.upgrade() else { return };
+        {
+            let Ok(due) = st.commit_due.0.lock() else {
+                return;
+            };
+            let Ok((mut due, _)) =
+                st.commit_due
+                    .1
+                    .wait_timeout_while(due, cowsnap_core::COMMIT_INTERVAL, |d| !*d)
+            else {
+                return;
+            };
+            *due = false;
+        }
+        if st.read().vol.held_bytes() == 0 {
+            continue;
+        }
+        // The copies' data is most of what a commit flushes: flush it first without the lock,
+        // so that FUSE writes (more copies, more held writes) go on meanwhile. The commit then
+        // flushes again under the lock, and finds little left to write. An extra flush of a COW
+        // never breaks the crash rule: what it orders (copy and record durable before the new
+        // origin data is written) is the commit's own business, done in full below.
+        let handles: Vec<_> = {
+            let v = st.read();
+            v.vol
+                .snapshot_ids()
+                .into_iter()
+                .filter_map(|id| v.vol.snapshot_cow(id).ok()?.flush_handle())
+                .collect()
+        };
+        for h in handles {
+            // An error here shows again in the commit's own flush.
+            let _ = h.flush();
+        }
+        let r = st.write().vol.commit();
+        if let Err(e) = r {
+            eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
+        }
     }
 }
 
@@ -845,7 +912,9 @@ fn serve_inner(
         mounted_at: SystemTime::now(),
         mountpoint: mnt.to_path_buf(),
         notifier: OnceLock::new(),
+        commit_due: (Mutex::new(false), Condvar::new()),
     });
+    st.write().vol.set_commit_bytes(COMMIT_NOW_BYTES);
 
     // A socket left by a dead mount process (we hold the lock, so nobody serves it).
     let sock = dir.join(SOCKET);
@@ -902,23 +971,11 @@ fn serve_inner(
             .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     }
     {
-        // Group commit: origin writes that needed copies wait in memory for their exceptions'
-        // commit. FUSE clients that never fsync still get them onto the devices within 200 ms, as
-        // the C ABI does, so a killed mount process loses no more than that.
         let weak = Arc::downgrade(&st);
-        cowsnap_core::committer::Committer::start(cowsnap_core::COMMIT_INTERVAL, move || {
-            let Some(st) = weak.upgrade() else {
-                return false;
-            };
-            if st.read().vol.held_bytes() > 0 {
-                if let Err(e) = st.write().vol.commit() {
-                    eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
-                }
-            }
-            true
-        })
-        .map_err(|e| CliError::msg(format!("thread: {e}")))?
-        .detach();
+        std::thread::Builder::new()
+            .name("cowsnap-commit".into())
+            .spawn(move || committer(&weak))
+            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     }
     {
         let mnt = mnt.to_path_buf();
