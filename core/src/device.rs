@@ -157,6 +157,31 @@ pub(crate) fn write_zeros(dev: &mut dyn BlockDevice, offset: u64, len: u64) -> R
 /// Largest buffer the engine allocates for one copy step.
 pub(crate) const COPY_BUF: u64 = 1 << 20;
 
+/// How many bytes at the start of `bytes` are zero (memory devices' [`BlockDevice::known_zeros`]).
+pub(crate) fn zero_prefix(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for c in bytes.chunks_exact(64) {
+        if c.iter().fold(0, |a, &b| a | b) != 0 {
+            break;
+        }
+        n += 64;
+    }
+    n + bytes[n..]
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - n)
+}
+
+/// [`BlockDevice::known_zeros`] of a device whose bytes are in memory: exactly the zeros there.
+fn known_zeros_in(data: &[u8], offset: u64, len: u64) -> u64 {
+    let len = len.min((data.len() as u64).saturating_sub(offset));
+    if len == 0 {
+        return 0;
+    }
+    let o = offset as usize;
+    zero_prefix(&data[o..o + len as usize]) as u64
+}
+
 /// A device in memory. Used for tests, wasm, and transient COW areas.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemDevice {
@@ -236,6 +261,10 @@ impl BlockDevice for MemDevice {
         self.data.try_reserve(extra).map_err(|_| Error::NoSpace)?;
         self.data.resize(n, 0);
         Ok(())
+    }
+    /// The bytes themselves say: a memory device knows its zeros exactly.
+    fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+        known_zeros_in(&self.data, offset, len)
     }
 }
 

@@ -223,6 +223,10 @@ enum Committed {
     Overflowed,
 }
 
+/// With zeros skipped, data is copied in pieces of at most this, each after a look for zeros (a
+/// hole after data is found within this many bytes).
+const ZERO_PROBE: u64 = 256 * 1024;
+
 /// What went wrong in a copy: reading the source or writing the destination.
 enum CopyError {
     Read(Error),
@@ -409,7 +413,8 @@ impl Snapshot {
                         continue;
                     }
                 }
-                let n = n as usize;
+                // Data here: copied up to the next look for zeros (a hole may follow it).
+                let n = if skip_zeros { n.min(ZERO_PROBE) } else { n } as usize;
                 if scratch.len() < n {
                     scratch.resize(n, 0);
                 }
