@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +86,8 @@ struct State {
     notifier: OnceLock<Notifier>,
     /// Wakes the committer before its interval (see [`committer`]).
     commit_due: (Mutex<bool>, Condvar),
+    /// The origin is opened with `FOPEN_DIRECT_IO` (see `CowFs::init`).
+    direct_io: AtomicBool,
 }
 
 impl State {
@@ -207,6 +210,19 @@ impl Filesystem for CowFs {
         // Commands through the control socket write the dirty pages back first (`sync_mount`).
         if self.st.writeback {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        } else if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok()
+        {
+            // Write-through: the origin is opened for direct I/O (`FOPEN_DIRECT_IO`). The kernel
+            // then hands the caller's pages to us instead of copying them into a page cache of
+            // its own first, which write-through gains nothing from (every write comes here
+            // before it returns; reads are served from the origin file's own page cache). One
+            // memory copy less per byte written or read: on `scripts/test-fuse.sh bench`,
+            // sequential writes ~0.6 → ~0.8 of a plain loop file, first writes after a snapshot
+            // ~0.35 → ~0.5. Only with a kernel that still allows mmap on such files (6.6+), so
+            // that nothing a caller could do before is refused now.
+            self.st.direct_io.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -293,6 +309,8 @@ impl Filesystem for CowFs {
         // which invalidates the cache: keep it across opens.
         let keep = if matches!(n, Node::Snap(_)) {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else if self.st.direct_io.load(Ordering::Relaxed) {
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
         };
@@ -913,6 +931,7 @@ fn serve_inner(
         mountpoint: mnt.to_path_buf(),
         notifier: OnceLock::new(),
         commit_due: (Mutex::new(false), Condvar::new()),
+        direct_io: AtomicBool::new(false),
     });
     st.write().vol.set_commit_bytes(COMMIT_NOW_BYTES);
 
