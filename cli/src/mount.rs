@@ -56,10 +56,10 @@ const TTL: Duration = Duration::from_secs(1);
 const MAX_WRITE: u32 = 4 << 20;
 /// Held origin writes (waiting for their copies' commit) at which a write wakes the committer.
 /// Its commit flushes the copies' data without the volume's lock, so FUSE writes go on beside it.
-const COMMIT_SOON_BYTES: usize = 4 << 20;
+const COMMIT_SOON_BYTES: usize = 16 << 20;
 /// Held bytes at which a write commits itself, under the lock (the committer is behind). Well
 /// above [`COMMIT_SOON_BYTES`], so that a steady writer meets it only if the devices cannot keep up.
-const COMMIT_NOW_BYTES: usize = 32 << 20;
+const COMMIT_NOW_BYTES: usize = 64 << 20;
 
 /// Options of `cowsnap mount`.
 pub struct MountOpts {
