@@ -218,10 +218,9 @@ impl Filesystem for CowFs {
             // then hands the caller's pages to us instead of copying them into a page cache of
             // its own first, which write-through gains nothing from (every write comes here
             // before it returns; reads are served from the origin file's own page cache). One
-            // memory copy less per byte written or read: on `scripts/test-fuse.sh bench`,
-            // sequential writes ~0.6 → ~0.8 of a plain loop file, first writes after a snapshot
-            // ~0.35 → ~0.5. Only with a kernel that still allows mmap on such files (6.6+), so
-            // that nothing a caller could do before is refused now.
+            // memory copy less per byte written or read (measured in cli/FUSE.md, Throughput).
+            // Only with a kernel that still allows mmap on such files (6.6+), so that nothing a
+            // caller could do before is refused now.
             self.st.direct_io.store(true, Ordering::Relaxed);
         }
         Ok(())
@@ -508,7 +507,8 @@ impl Filesystem for CowFs {
 /// This thread commits what waits every [`COMMIT_INTERVAL`](cowsnap_core::COMMIT_INTERVAL), so
 /// FUSE clients that never fsync still get their writes onto the devices within 200 ms (as the C
 /// ABI does: a killed mount process loses no more than that), and at once when a write finds
-/// [`COMMIT_SOON_BYTES`] held. Runs until the state is gone.
+/// [`COMMIT_SOON_BYTES`] held. Runs for the life of the mount process (it holds the state while
+/// it waits: the state lives as long as the process anyway).
 fn committer(weak: &Weak<State>) {
     loop {
         let Some(st) = weak.upgrade() else { return };
