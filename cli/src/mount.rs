@@ -15,7 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use cowsnap_core::{Error as CoreError, SnapshotId};
@@ -53,6 +54,12 @@ const TTL: Duration = Duration::from_secs(1);
 /// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
 /// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
 const MAX_WRITE: u32 = 4 << 20;
+/// Held origin writes (waiting for their copies' commit) at which a write wakes the committer.
+/// Its commit flushes the copies' data without the volume's lock, so FUSE writes go on beside it.
+const COMMIT_SOON_BYTES: usize = 16 << 20;
+/// Held bytes at which a write commits itself, under the lock (the committer is behind). Well
+/// above [`COMMIT_SOON_BYTES`], so that a steady writer meets it only if the devices cannot keep up.
+const COMMIT_NOW_BYTES: usize = 64 << 20;
 
 /// Options of `cowsnap mount`.
 pub struct MountOpts {
@@ -77,6 +84,10 @@ struct State {
     mounted_at: SystemTime,
     mountpoint: PathBuf,
     notifier: OnceLock<Notifier>,
+    /// Wakes the committer before its interval (see [`committer`]).
+    commit_due: (Mutex<bool>, Condvar),
+    /// The origin is opened with `FOPEN_DIRECT_IO` (see `CowFs::init`).
+    direct_io: AtomicBool,
 }
 
 impl State {
@@ -85,6 +96,13 @@ impl State {
     }
     fn write(&self) -> RwLockWriteGuard<'_, Opened> {
         self.vol.write().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Asks the committer for a commit now (a write found enough held).
+    fn wake_committer(&self) {
+        if let Ok(mut due) = self.commit_due.0.lock() {
+            *due = true;
+        }
+        self.commit_due.1.notify_one();
     }
     fn open_count(&self, ino: u64) -> u32 {
         self.opens
@@ -192,6 +210,18 @@ impl Filesystem for CowFs {
         // Commands through the control socket write the dirty pages back first (`sync_mount`).
         if self.st.writeback {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        } else if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok()
+        {
+            // Write-through: the origin is opened for direct I/O (`FOPEN_DIRECT_IO`). The kernel
+            // then hands the caller's pages to us instead of copying them into a page cache of
+            // its own first, which write-through gains nothing from (every write comes here
+            // before it returns; reads are served from the origin file's own page cache). One
+            // memory copy less per byte written or read (measured in cli/FUSE.md, Throughput).
+            // Only with a kernel that still allows mmap on such files (6.6+), so that nothing a
+            // caller could do before is refused now.
+            self.st.direct_io.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -278,6 +308,8 @@ impl Filesystem for CowFs {
         // which invalidates the cache: keep it across opens.
         let keep = if matches!(n, Node::Snap(_)) {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else if self.st.direct_io.load(Ordering::Relaxed) {
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
         };
@@ -353,7 +385,11 @@ impl Filesystem for CowFs {
             Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
             Node::Root => return reply.error(Errno::EISDIR),
         };
+        let wake = v.vol.held_bytes() >= COMMIT_SOON_BYTES;
         drop(v);
+        if wake {
+            self.st.wake_committer();
+        }
         match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
@@ -464,6 +500,55 @@ impl Filesystem for CowFs {
         let files = 1 + v.ids.len() as u64;
         let blocks = v.vol.len().div_ceil(4096) * files;
         reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
+    }
+}
+
+/// Group commit: origin writes that needed copies wait in memory for their exceptions' commit.
+/// This thread commits what waits every [`COMMIT_INTERVAL`](cowsnap_core::COMMIT_INTERVAL), so
+/// FUSE clients that never fsync still get their writes onto the devices within 200 ms (as the C
+/// ABI does: a killed mount process loses no more than that), and at once when a write finds
+/// [`COMMIT_SOON_BYTES`] held. Runs for the life of the mount process (it holds the state while
+/// it waits: the state lives as long as the process anyway).
+fn committer(weak: &Weak<State>) {
+    loop {
+        let Some(st) = weak.upgrade() else { return };
+        {
+            let Ok(due) = st.commit_due.0.lock() else {
+                return;
+            };
+            let Ok((mut due, _)) =
+                st.commit_due
+                    .1
+                    .wait_timeout_while(due, cowsnap_core::COMMIT_INTERVAL, |d| !*d)
+            else {
+                return;
+            };
+            *due = false;
+        }
+        if st.read().vol.held_bytes() == 0 {
+            continue;
+        }
+        // The copies' data is most of what a commit flushes: flush it first without the lock,
+        // so that FUSE writes (more copies, more held writes) go on meanwhile. The commit then
+        // flushes again under the lock, and finds little left to write. An extra flush of a COW
+        // never breaks the crash rule: what it orders (copy and record durable before the new
+        // origin data is written) is the commit's own business, done in full below.
+        let handles: Vec<_> = {
+            let v = st.read();
+            v.vol
+                .snapshot_ids()
+                .into_iter()
+                .filter_map(|id| v.vol.snapshot_cow(id).ok()?.flush_handle())
+                .collect()
+        };
+        for h in handles {
+            // An error here shows again in the commit's own flush.
+            let _ = h.flush();
+        }
+        let r = st.write().vol.commit();
+        if let Err(e) = r {
+            eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
+        }
     }
 }
 
@@ -845,7 +930,10 @@ fn serve_inner(
         mounted_at: SystemTime::now(),
         mountpoint: mnt.to_path_buf(),
         notifier: OnceLock::new(),
+        commit_due: (Mutex::new(false), Condvar::new()),
+        direct_io: AtomicBool::new(false),
     });
+    st.write().vol.set_commit_bytes(COMMIT_NOW_BYTES);
 
     // A socket left by a dead mount process (we hold the lock, so nobody serves it).
     let sock = dir.join(SOCKET);
@@ -902,23 +990,11 @@ fn serve_inner(
             .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     }
     {
-        // Group commit: origin writes that needed copies wait in memory for their exceptions'
-        // commit. FUSE clients that never fsync still get them onto the devices within 200 ms, as
-        // the C ABI does, so a killed mount process loses no more than that.
         let weak = Arc::downgrade(&st);
-        cowsnap_core::committer::Committer::start(cowsnap_core::COMMIT_INTERVAL, move || {
-            let Some(st) = weak.upgrade() else {
-                return false;
-            };
-            if st.read().vol.held_bytes() > 0 {
-                if let Err(e) = st.write().vol.commit() {
-                    eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
-                }
-            }
-            true
-        })
-        .map_err(|e| CliError::msg(format!("thread: {e}")))?
-        .detach();
+        std::thread::Builder::new()
+            .name("cowsnap-commit".into())
+            .spawn(move || committer(&weak))
+            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     }
     {
         let mnt = mnt.to_path_buf();

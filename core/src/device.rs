@@ -51,6 +51,13 @@ pub trait BlockDevice: Send + Sync {
     fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
         None
     }
+    /// How many bytes from `offset` on (at most `len`) read as zeros, as far as the device can
+    /// tell without reading them: a hole of a sparse file, or space reserved and never written.
+    /// 0 (the default) when it cannot tell. It may understate, never overstate: the engine skips
+    /// copying zeros onto zeros on this answer alone (see `Volume::create_snapshot`).
+    fn known_zeros(&self, _offset: u64, _len: u64) -> u64 {
+        0
+    }
 }
 
 /// Alignment of offsets, lengths and sizes on a device opened with `O_DIRECT`: 4096 bytes, the
@@ -111,6 +118,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     fn flush_handle(&self) -> Option<std::sync::Arc<dyn FlushHandle>> {
         (**self).flush_handle()
     }
+    fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+        (**self).known_zeros(offset, len)
+    }
 }
 
 /// Bounds-checked read: the engine never trusts a device to check its own range.
@@ -146,6 +156,31 @@ pub(crate) fn write_zeros(dev: &mut dyn BlockDevice, offset: u64, len: u64) -> R
 
 /// Largest buffer the engine allocates for one copy step.
 pub(crate) const COPY_BUF: u64 = 1 << 20;
+
+/// How many bytes at the start of `bytes` are zero (memory devices' [`BlockDevice::known_zeros`]).
+pub(crate) fn zero_prefix(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for c in bytes.chunks_exact(64) {
+        if c.iter().fold(0, |a, &b| a | b) != 0 {
+            break;
+        }
+        n += 64;
+    }
+    n + bytes[n..]
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - n)
+}
+
+/// [`BlockDevice::known_zeros`] of a device whose bytes are in memory: exactly the zeros there.
+fn known_zeros_in(data: &[u8], offset: u64, len: u64) -> u64 {
+    let len = len.min((data.len() as u64).saturating_sub(offset));
+    if len == 0 {
+        return 0;
+    }
+    let o = offset as usize;
+    zero_prefix(&data[o..o + len as usize]) as u64
+}
 
 /// A device in memory. Used for tests, wasm, and transient COW areas.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,6 +261,10 @@ impl BlockDevice for MemDevice {
         self.data.try_reserve(extra).map_err(|_| Error::NoSpace)?;
         self.data.resize(n, 0);
         Ok(())
+    }
+    /// The bytes themselves say: a memory device knows its zeros exactly.
+    fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+        known_zeros_in(&self.data, offset, len)
     }
 }
 
@@ -550,6 +589,47 @@ mod file {
         }
         fn flush_handle(&self) -> Option<Arc<dyn FlushHandle>> {
             Some(Arc::new(SyncFile(self.file.clone())))
+        }
+        /// Holes by `lseek(SEEK_DATA)`, which counts a range as a hole only when it reads as
+        /// zeros now: never written, or reserved by `fallocate` and never written (dirty pages
+        /// in the page cache count as data). Its answer is the file's content as `fdatasync`
+        /// makes it durable, so a later flush keeps those zeros. File systems without the call
+        /// answer "data" (0 here), as do block devices.
+        fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+            let end = offset.saturating_add(len).min(self.len);
+            if offset >= end {
+                return 0;
+            }
+            match seek_data(&self.file, offset) {
+                Ok(Some(data)) => data.clamp(offset, end) - offset,
+                // No data from `offset` to the end of the file: zeros up to its size (a file
+                // shrunk behind our back fails reads past its end; those are not zeros).
+                Ok(None) => match self.file.metadata() {
+                    Ok(m) if m.len() > offset => m.len().min(end) - offset,
+                    _ => 0,
+                },
+                Err(_) => 0,
+            }
+        }
+    }
+
+    /// `lseek(fd, offset, SEEK_DATA)`: where the next data at or after `offset` starts, `None`
+    /// when there is none before the end of the file (`ENXIO`).
+    #[allow(unsafe_code)]
+    fn seek_data(file: &File, offset: u64) -> std::io::Result<Option<u64>> {
+        use std::os::unix::io::AsRawFd;
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a plain system call on a descriptor this function borrows; no memory. The
+        // descriptor's file position changes, which no one uses (all I/O is positioned).
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
         }
     }
 

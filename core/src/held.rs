@@ -39,6 +39,13 @@ impl HeldWrites {
             self.bytes += data.len();
             return;
         }
+        // A sequential writer appends: grow the range it touches in place (one copy; no zero
+        // fill, and a large buffer grows by remapping rather than copying).
+        if j == i + 1 && self.ranges[i].0 + self.ranges[i].1.len() as u64 == offset {
+            self.ranges[i].1.extend_from_slice(data);
+            self.bytes += data.len();
+            return;
+        }
         let start = self.ranges[i].0.min(offset);
         let stop = {
             let (s, v) = &self.ranges[j - 1];

@@ -191,6 +191,14 @@ pub(crate) struct Snapshot {
     /// [`Snapshot::stage`]); dropped if the snapshot is invalidated meanwhile.
     in_flight: Option<InFlight>,
     scratch: Vec<u8>,
+    /// The COW was formatted by this volume ([`Volume::create_snapshot`]), not activated from
+    /// disk: copies into it skip ranges that read as zeros on both sides
+    /// ([`BlockDevice::known_zeros`]), as a sparse origin's holes copied into reserved COW space.
+    /// A COW activated from disk (the kernel's, or one reused) is always written, whatever its
+    /// device says.
+    ///
+    /// [`Volume::create_snapshot`]: crate::Volume::create_snapshot
+    pub(crate) formatted_here: bool,
 }
 
 /// Records being committed in steps.
@@ -209,6 +217,10 @@ enum Committed {
     /// The COW had no room for the records' metadata: the snapshot is now invalid.
     Overflowed,
 }
+
+/// With zeros skipped, data is copied in pieces of at most this, each after a look for zeros (a
+/// hole after data is found within this many bytes).
+const ZERO_PROBE: u64 = 256 * 1024;
 
 /// What went wrong in a copy: reading the source or writing the destination.
 enum CopyError {
@@ -288,6 +300,7 @@ impl Snapshot {
             uncommitted_writes: Vec::new(),
             in_flight: None,
             scratch: Vec::new(),
+            formatted_here: false,
         }
     }
 
@@ -369,16 +382,34 @@ impl Snapshot {
     }
 
     /// Copies byte ranges between devices in bounded steps: `(src_off, dst_off, len)` triples.
+    ///
+    /// With `skip_zeros`, a range that both devices know to read as zeros
+    /// ([`BlockDevice::known_zeros`]) is left alone: writing it would change nothing, and the
+    /// destination's next flush makes its content (those zeros included) durable as it would
+    /// have made the copy. This turns a sparse origin's holes into records without data I/O.
     fn copy(
         scratch: &mut Vec<u8>,
         src: &dyn BlockDevice,
         dst: &mut dyn BlockDevice,
         runs: impl Iterator<Item = (u64, u64, u64)>,
+        skip_zeros: bool,
     ) -> core::result::Result<(), CopyError> {
         for (s, d, len) in runs {
             let mut done = 0;
             while done < len {
-                let n = (len - done).min(COPY_BUF) as usize;
+                let n = (len - done).min(COPY_BUF);
+                if skip_zeros {
+                    let z = match src.known_zeros(s + done, n) {
+                        0 => 0,
+                        z => dst.known_zeros(d + done, z).min(z),
+                    };
+                    if z > 0 {
+                        done += z;
+                        continue;
+                    }
+                }
+                // Data here: copied up to the next look for zeros (a hole may follow it).
+                let n = if skip_zeros { n.min(ZERO_PROBE) } else { n } as usize;
                 if scratch.len() < n {
                     scratch.resize(n, 0);
                 }
@@ -488,7 +519,14 @@ impl Snapshot {
         }
         let runs = Self::record_runs(cs, origin.len(), &pending);
         // A failing COW device refuses the origin write and leaves the snapshot as it was.
-        match Self::copy(&mut self.scratch, origin, &mut *self.cow, runs.into_iter()) {
+        let zeros = self.formatted_here;
+        match Self::copy(
+            &mut self.scratch,
+            origin,
+            &mut *self.cow,
+            runs.into_iter(),
+            zeros,
+        ) {
             Ok(()) => {}
             Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => {
                 return Err(self.release(&pending, e))
@@ -768,12 +806,18 @@ impl Snapshot {
         // the origin chunk first — then commit.
         let copies: Vec<Exception> = pending.iter().filter(|p| !p.1).map(|p| p.0).collect();
         let runs = Self::record_runs(cs, origin_len, &copies);
-        let mut result =
-            match Self::copy(&mut self.scratch, origin, &mut *self.cow, runs.into_iter()) {
-                Ok(()) => Ok(()),
-                Err(CopyError::Read(e)) => Err(e),
-                Err(CopyError::Write(e)) => Err(e),
-            };
+        let zeros = self.formatted_here;
+        let mut result = match Self::copy(
+            &mut self.scratch,
+            origin,
+            &mut *self.cow,
+            runs.into_iter(),
+            zeros,
+        ) {
+            Ok(()) => Ok(()),
+            Err(CopyError::Read(e)) => Err(e),
+            Err(CopyError::Write(e)) => Err(e),
+        };
         if result.is_ok() {
             for &(e, whole, at, n) in &pending {
                 if whole {
@@ -890,6 +934,7 @@ impl Snapshot {
             &*self.cow,
             origin,
             runs.into_iter().map(|(o, c, l)| (c, o, l)),
+            false,
         ) {
             Ok(()) => {}
             Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
@@ -912,7 +957,7 @@ impl Snapshot {
             let (o, c, len) = runs[i];
             if len >= COPY_BUF {
                 let one = core::iter::once((c, o, len));
-                match Self::copy(&mut self.scratch, &*self.cow, origin, one) {
+                match Self::copy(&mut self.scratch, &*self.cow, origin, one, false) {
                     Ok(()) => {}
                     Err(CopyError::Read(e)) | Err(CopyError::Write(e)) => return Err(e),
                 }

@@ -294,7 +294,8 @@ impl Volume {
         self.check_unused(&*cow)?;
         // The new snapshot copies from the origin device: everything waiting must be on it.
         self.commit()?;
-        let snap = Snapshot::create(cow, opts)?;
+        let mut snap = Snapshot::create(cow, opts)?;
+        snap.formatted_here = true;
         self.add(snap)
     }
 

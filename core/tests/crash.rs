@@ -218,11 +218,16 @@ fn create(vol: &mut Volume, cow: impl BlockDevice + 'static, s: &SnapSpec) -> Sn
 
 /// A volume on the rig's fault devices (origin, then one stale COW per spec), its snapshots taken
 /// and everything flushed: the durable starting point of a faulty run.
-fn rigged_volume(rig: &Rig, origin: &[u8], specs: &[SnapSpec]) -> (Volume, Vec<SnapshotId>) {
+fn rigged_volume(
+    rig: &Rig,
+    origin: &[u8],
+    specs: &[SnapSpec],
+    cow_fill: u8,
+) -> (Volume, Vec<SnapshotId>) {
     let mut vol = Volume::new(rig.dev(origin.to_vec()));
     let ids = specs
         .iter()
-        .map(|s| create(&mut vol, rig.dev(vec![STALE; s.cow as usize]), s))
+        .map(|s| create(&mut vol, rig.dev(vec![cow_fill; s.cow as usize]), s))
         .collect();
     vol.flush().unwrap();
     (vol, ids)
@@ -244,8 +249,19 @@ fn faulty_run(
     ops: &[WOp],
     setup: impl FnOnce(&mut Power),
 ) -> (Rig, usize, usize, Vec<SnapshotId>) {
+    faulty_run_on(origin, specs, ops, STALE, setup)
+}
+
+/// [`faulty_run`] with COWs holding `cow_fill` before use (0: new files, whose zeros are known).
+fn faulty_run_on(
+    origin: &[u8],
+    specs: &[SnapSpec],
+    ops: &[WOp],
+    cow_fill: u8,
+    setup: impl FnOnce(&mut Power),
+) -> (Rig, usize, usize, Vec<SnapshotId>) {
     let rig = Rig::new();
-    let (mut vol, ids) = rigged_volume(&rig, origin, specs);
+    let (mut vol, ids) = rigged_volume(&rig, origin, specs, cow_fill);
     {
         let mut p = rig.power.lock().unwrap();
         p.writes = 0;
@@ -320,15 +336,36 @@ fn workload() -> (Vec<u8>, Vec<SnapSpec>, Vec<WOp>) {
 #[test]
 fn crash_at_every_write_never_serves_wrong_data() {
     let (origin, specs, ops) = workload();
-    let expected = clean_run(&origin, &specs, &ops);
-    let (rig, _, _, _) = faulty_run(&origin, &specs, &ops, |_| {});
+    crash_everywhere(&origin, &specs, &ops, STALE);
+}
+
+/// As above with a sparse origin (zero stretches, as a sparse file's holes) and zeroed COWs (new
+/// files): first copies of zero chunks are skipped (the records point at COW chunks that were
+/// never written), and every crash state must still read exactly.
+#[test]
+fn crash_with_holes_skipped_never_serves_wrong_data() {
+    let (mut origin, specs, ops) = workload();
+    for (i, b) in origin.iter_mut().enumerate() {
+        if i % 98_304 < 65_536 {
+            *b = 0;
+        }
+    }
+    crash_everywhere(&origin, &specs, &ops, 0);
+}
+
+/// Power lost at every write and flush of the workload, with every outcome of the unflushed
+/// writes: after reactivation every snapshot reads a state between its last completed flush and
+/// the failure, or is invalid where that state is.
+fn crash_everywhere(origin: &[u8], specs: &[SnapSpec], ops: &[WOp], cow_fill: u8) {
+    let expected = clean_run(origin, specs, ops);
+    let (rig, _, _, _) = faulty_run_on(origin, specs, ops, cow_fill, |_| {});
     let total = rig.power.lock().unwrap().writes;
     assert!(total >= 40, "workload too small: {total} writes");
     let mut tried = 0;
     for k in 0..total {
         for mode in OUTCOMES {
             let (rig, failed, last_flush, _) =
-                faulty_run(&origin, &specs, &ops, |p| p.crash_at = Some(k));
+                faulty_run_on(origin, specs, ops, cow_fill, |p| p.crash_at = Some(k));
             assert!(failed < ops.len(), "crash point {k} never reached");
             let imgs = rig.after_crash(mode);
             let mut vol = Volume::new(MemDevice::from_vec(imgs[0].clone()));
@@ -383,7 +420,7 @@ fn injected_io_errors_surface_and_never_serve_wrong_data() {
     let mut errors_seen = 0;
     for k in (0..total).step_by(3) {
         let rig = Rig::new();
-        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs);
+        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, STALE);
         {
             let mut p = rig.power.lock().unwrap();
             p.ops = 0;
@@ -684,7 +721,7 @@ fn a_failing_cow_refuses_the_origin_write_and_keeps_the_snapshot() {
     let (mut cow_faults, mut invalidated) = (0, 0);
     for k in 0..total {
         let rig = Rig::new();
-        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs);
+        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, STALE);
         {
             let mut p = rig.power.lock().unwrap();
             p.ops = 0;

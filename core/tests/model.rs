@@ -23,6 +23,8 @@ enum Op {
         report: bool,
         autoextend: Option<(u32, u32)>,
         growable: bool,
+        /// A zero-filled COW, as a new sparse or reserved file (else stale bytes).
+        fresh: bool,
     },
     Delete(usize),
     WriteOrigin {
@@ -52,11 +54,11 @@ enum Op {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0u32..3, 2u64..48, any::<bool>(), any::<bool>(),
-              prop::option::weighted(0.3, (50u32..=100, 10u32..60)), any::<bool>())
-            .prop_map(|(chunk_shift, cow_chunks, transient, report, autoextend, growable)| Op::Create {
+              prop::option::weighted(0.3, (50u32..=100, 10u32..60)), any::<bool>(), any::<bool>())
+            .prop_map(|(chunk_shift, cow_chunks, transient, report, autoextend, growable, fresh)| Op::Create {
                 chunk_shift, cow_chunks, transient: transient && cow_chunks % 3 == 0,
                 // dm has no transient store that reports overflow (P, PO, N): the engine refuses it.
-                report: report && !(transient && cow_chunks % 3 == 0), autoextend, growable }),
+                report: report && !(transient && cow_chunks % 3 == 0), autoextend, growable, fresh }),
         1 => any::<usize>().prop_map(Op::Delete),
         6 => (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(off, len, seed)| Op::WriteOrigin { off, len, seed }),
         3 => (any::<usize>(), any::<u64>(), any::<u64>(), any::<u8>())
@@ -84,6 +86,28 @@ fn pattern(seed: u8, len: u64) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_add((i % 251) as u8).wrapping_mul(7))
         .collect()
+}
+
+/// What an origin write writes: one in five writes zeros (a sparse origin's holes and zeroed
+/// blocks), so that copies of zeros into fresh COWs are skipped (`BlockDevice::known_zeros`) and
+/// later writes over the skipped chunks must still read back right.
+fn write_data(seed: u8, len: u64) -> Vec<u8> {
+    if seed % 5 == 0 {
+        vec![0; len as usize]
+    } else {
+        pattern(seed, len)
+    }
+}
+
+/// The first origin: patterned with zero stretches (holes), 12 KiB of each 20 KiB.
+fn origin_image(size: u64) -> Vec<u8> {
+    let mut o = pattern(0x5a, size);
+    for (i, b) in o.iter_mut().enumerate() {
+        if i % 20_480 < 12_288 {
+            *b = 0;
+        }
+    }
+    o
 }
 
 /// One snapshot of the model: a full copy of what it should read, and its COW accounting.
@@ -216,6 +240,7 @@ impl Harness {
                 report,
                 autoextend,
                 growable,
+                fresh,
             } => {
                 let chunk = 4096u64 << chunk_shift;
                 let cow_len = cow_chunks * chunk;
@@ -237,7 +262,9 @@ impl Harness {
                     }),
                 };
                 // Stale bytes, as on a reused LVM volume: the engine must zero what it relies on.
-                let mem = MemDevice::from_vec(vec![0xA5; cow_len as usize]);
+                // Or zeros, as a new file: copies of zeros into it are skipped.
+                let fill = if fresh { 0 } else { 0xA5 };
+                let mem = MemDevice::from_vec(vec![fill; cow_len as usize]);
                 let id = if growable {
                     self.vol.create_snapshot(mem, opts).unwrap()
                 } else {
@@ -267,7 +294,7 @@ impl Harness {
             }
             Op::WriteOrigin { off, len, seed } => {
                 let (off, len) = range(size, off, len);
-                let data = pattern(seed, len);
+                let data = write_data(seed, len);
                 let r = self.vol.write_at(off, &data);
                 if off + len > size {
                     prop_assert!(matches!(r, Err(Error::OutOfRange { .. })), "{:?}", r);
@@ -442,7 +469,7 @@ proptest! {
         // Mostly small origins (any length, not only whole chunks); sometimes > 256 chunks so that
         // metadata areas fill and cross.
         let size = if large { 1_100_000 + size_raw % 300_000 } else { 1 + size_raw % 131_072 };
-        let origin: Vec<u8> = pattern(0x5a, size);
+        let origin: Vec<u8> = origin_image(size);
         let mut h = Harness { vol: Volume::new(MemDevice::from_vec(origin.clone())), origin, snaps: Vec::new() };
         for op in &ops {
             h.step(op)?;

@@ -103,6 +103,10 @@ impl<D: BlockDevice> BlockDevice for Hooked<D> {
     fn identity(&self) -> Option<DeviceId> {
         self.inner.identity()
     }
+    /// Not an access (nothing is read or written): the wrapped device answers.
+    fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+        self.inner.known_zeros(offset, len)
+    }
 }
 
 /// A memory device whose bytes the test keeps a handle on (a clone shares them): to look at what
@@ -160,6 +164,16 @@ impl BlockDevice for SharedMem {
         let len = usize::try_from(len).map_err(|_| Error::NoSpace)?;
         self.lock().resize(len, 0);
         Ok(())
+    }
+    /// Exactly the zeros there now, as a sparse file's holes (the most a device may claim).
+    fn known_zeros(&self, offset: u64, len: u64) -> u64 {
+        let data = self.lock();
+        let len = len.min((data.len() as u64).saturating_sub(offset));
+        if len == 0 {
+            return 0;
+        }
+        let o = offset as usize;
+        crate::device::zero_prefix(&data[o..o + len as usize]) as u64
     }
 }
 
