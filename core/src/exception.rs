@@ -407,9 +407,17 @@ pub(crate) struct Builder {
     /// The window being assembled (`EMPTY` before the first record) and where its runs start.
     window: u64,
     start: usize,
+    /// Where the window's last run ends (offset in the window, `NO_RUN` when the window has none
+    /// yet) and the COW chunk after its last one: a record continues that run exactly when it
+    /// comes at both. Kept here so that joining never reads the run back from the arena.
+    run_end: u64,
+    run_new_end: u64,
     last: Option<u64>,
     count: u64,
 }
+
+/// `Builder::run_end` of a window with no run yet: never an offset.
+const NO_RUN: u64 = u64::MAX;
 
 /// Windows placed per batch by [`Builder::finish`].
 const PLACE_BATCH: usize = 16;
@@ -421,9 +429,20 @@ impl Builder {
             runs: Vec::new(),
             window: EMPTY,
             start: 0,
+            run_end: NO_RUN,
+            run_new_end: 0,
             last: None,
             count: 0,
         }
+    }
+
+    /// A builder for at most `records` records: the arena is reserved once (a run holds at least
+    /// one record), so that it is never copied while it grows; [`Builder::finish`] gives back
+    /// what the runs did not use.
+    pub(crate) fn with_capacity(records: usize) -> Self {
+        let mut b = Self::new();
+        b.runs.reserve_exact(records);
+        b
     }
 
     /// Adds `old → new`; false (and nothing added) unless `old` is above every origin chunk added
@@ -433,36 +452,67 @@ impl Builder {
         if new >= MAX_COW_CHUNKS || self.last.is_some_and(|l| old <= l) {
             return false;
         }
-        self.push_next(old, new);
-        self.last = Some(old);
-        true
-    }
-
-    /// [`Builder::push`] for a caller that knows `old` is above every origin chunk added so far
-    /// and `new` below [`MAX_COW_CHUNKS`] (activation checked both).
-    #[inline]
-    pub(crate) fn push_next(&mut self, old: u64, new: u64) {
-        debug_assert!(new < MAX_COW_CHUNKS && self.last.map_or(true, |l| old > l));
         let window = old >> WINDOW_BITS;
         if window != self.window {
             self.close_window();
             self.window = window;
         }
-        let off = old & (WINDOW - 1);
-        match self.runs[self.start..].last_mut() {
-            // Joins the previous run exactly when `insert` would have joined them.
-            Some(p) if p.end() == off && p.new_chunk() + p.len() == new => {
-                *p = Packed::new(p.new_chunk(), p.off(), p.len() + 1)
-            }
-            _ => self.runs.push(Packed::new(new, off, 1)),
-        }
+        self.add(old & (WINDOW - 1), new);
         self.count += 1;
-        if cfg!(debug_assertions) {
-            self.last = Some(old);
+        self.last = Some(old);
+        true
+    }
+
+    /// Adds `off → new` to the current window: joins the window's last run exactly when `insert`
+    /// would have joined them (`off` and `new` both right after it), else starts a run.
+    #[inline(always)]
+    fn add(&mut self, off: u64, new: u64) {
+        if off == self.run_end && new == self.run_new_end {
+            let last = self.runs.len() - 1;
+            // One more chunk: the length (minus one) is the low byte, and stays below 256 as the
+            // run ends inside the window.
+            self.runs[last].0 += 1;
+        } else {
+            self.runs.push(Packed::new(new, off, 1));
         }
+        self.run_end = off + 1;
+        self.run_new_end = new + 1;
+    }
+
+    /// Adds records packed as `old << new_bits | new`, sorted by origin chunk, each `new` below
+    /// [`MAX_COW_CHUNKS`] (activation checked them), the first one's origin chunk not below any
+    /// added so far. False when an origin chunk repeats (one of the keys', or the last one added
+    /// before): the records before the repeat are added, the builder is not to be finished.
+    pub(crate) fn push_packed(&mut self, keys: &[u64], new_bits: u32) -> bool {
+        debug_assert!((1..64).contains(&new_bits));
+        let mask = (1u64 << new_bits) - 1;
+        // No origin chunk is `u64::MAX` once shifted right by `new_bits` (at least 1).
+        let mut prev = self.last.unwrap_or(u64::MAX);
+        for &k in keys {
+            let (old, new) = (k >> new_bits, k & mask);
+            if old == prev {
+                self.last = Some(prev);
+                return false;
+            }
+            debug_assert!(prev == u64::MAX || old > prev);
+            debug_assert!(new < MAX_COW_CHUNKS);
+            prev = old;
+            let window = old >> WINDOW_BITS;
+            if window != self.window {
+                self.close_window();
+                self.window = window;
+            }
+            self.add(old & (WINDOW - 1), new);
+        }
+        self.count += keys.len() as u64;
+        if let Some(&k) = keys.last() {
+            self.last = Some(k >> new_bits);
+        }
+        true
     }
 
     fn close_window(&mut self) {
+        self.run_end = NO_RUN;
         let len = self.runs.len() - self.start;
         if len == 0 {
             return;
@@ -837,6 +887,44 @@ mod tests {
                     prop_assert_eq!(b.insert(e.old + 1, e.new + 1), t.insert(e.old + 1, e.new + 1));
                 }
                 prop_assert_eq!(b, t);
+            }
+        }
+
+        /// Packed keys handed over in pieces (as the bucket sorter hands them) build the table
+        /// `insert` builds, and a repeated origin chunk (inside a piece or across two) is
+        /// refused, as `insert` refuses it.
+        #[test]
+        fn packed_pieces_build_the_inserted_table(
+            recs in proptest::collection::vec((0u64..1500, 0u64..1200, 0u8..10), 0..900),
+            cuts in proptest::collection::vec(0usize..900, 0..12),
+            new_bits in 11u32..40,
+        ) {
+            // Runs (consecutive on both sides, across window borders too) and scattered records.
+            let recs: Vec<Exception> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (old, new, kind))| match kind {
+                    0..=5 => Exception { old: i as u64 + 200, new: i as u64 + 7 },
+                    _ => Exception { old, new },
+                })
+                .collect();
+            let mut t = ExceptionTable::new();
+            let inserted = recs.iter().all(|e| t.insert(e.old, e.new));
+            let mut keys: Vec<u64> = recs.iter().map(|e| e.old << new_bits | e.new).collect();
+            keys.sort_unstable();
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= keys.len()).collect();
+            cuts.extend([0, keys.len()]);
+            cuts.sort_unstable();
+            let mut b = Builder::with_capacity(keys.len());
+            let whole = cuts.windows(2).all(|c| b.push_packed(&keys[c[0]..c[1]], new_bits));
+            prop_assert_eq!(whole, inserted);
+            if whole {
+                let b = b.finish();
+                prop_assert_eq!(&b, &t);
+                prop_assert_eq!(b.run_count(), t.run_count());
+                for c in 0..1600 {
+                    prop_assert_eq!(b.lookup(c), t.lookup(c));
+                }
             }
         }
 

@@ -762,7 +762,6 @@ fn scan(
     let metadata = MetadataChunks::new(geo);
     // Every COW chunk a record may name fits in `new_bits` bits; origin chunks get the rest.
     let new_bits = 64 - (cow_chunks.min(MAX_COW_CHUNKS) - 1).leading_zeros();
-    let new_mask = (1u64 << new_bits) - 1;
     // Fields beyond the origin bound are refused before they are sorted; without a bound
     // (inspect), the sorter widens as origin chunks come.
     let old_hint = if origin_chunks == u64::MAX {
@@ -832,7 +831,7 @@ fn scan(
     out.exceptions = keys.len() as u64;
 
     let old_bits = 64 - max_old.leading_zeros();
-    let mut builder = table.is_some().then(Builder::new);
+    let mut builder = table.is_some().then(|| Builder::with_capacity(keys.len()));
     let mut prev = None;
     // Kept for the check of COW chunks named twice (only needed when they do not increase).
     let mut again = Vec::new();
@@ -840,7 +839,10 @@ fn scan(
         if !increasing {
             again.extend_from_slice(sorted);
         }
-        // A repeat is two equal origin chunks side by side, also across buckets.
+        if let Some(b) = builder.as_mut() {
+            // The builder finds repeats (equal origin chunks side by side, also across buckets).
+            return b.push_packed(sorted, new_bits);
+        }
         let first = sorted[0] >> new_bits;
         if prev == Some(first)
             || sorted
@@ -850,11 +852,6 @@ fn scan(
             return false;
         }
         prev = Some(sorted[sorted.len() - 1] >> new_bits);
-        if let Some(b) = builder.as_mut() {
-            for &k in sorted {
-                b.push_next(k >> new_bits, k & new_mask);
-            }
-        }
         true
     });
     if !unique {
