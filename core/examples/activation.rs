@@ -6,7 +6,8 @@
 //! matching sparse origin. `bench COW ORIGIN ROUNDS` then runs interleaved rounds of (a) `pread` of
 //! every metadata area, exactly the bytes activation reads, and (b) `Volume::activate_snapshot` on
 //! file devices, and prints min/median/max of each and of their ratio per round, in wall time and
-//! in this thread's CPU time (which other processes on a busy machine do not inflate). Warm cache:
+//! in the process's CPU time (all its threads: activation reads the areas ahead in a second one;
+//! other processes on a busy machine do not inflate it). Warm cache:
 //! the first round is a discarded warm-up; the freed table is given back to the system between
 //! rounds (`malloc_trim`), so each activation starts like a fresh process.
 //!
@@ -101,15 +102,15 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-/// CPU time of this thread (user + system), in seconds: unlike wall time, not inflated when other
-/// processes hold the cores.
+/// CPU time of this process, all threads (user + system), in seconds: unlike wall time, not
+/// inflated when other processes hold the cores.
 fn cpu() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 

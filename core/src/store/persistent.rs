@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 use crate::exception::{Builder, Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
 use crate::status::{SnapshotState, SnapshotStatus};
 
+mod areas;
+use areas::Areas;
+
 /// Header magic, "SnAp" on disk.
 pub const SNAP_MAGIC: u32 = 0x7041_6E53;
 /// The only on-disk version that exists.
@@ -631,13 +634,19 @@ impl PersistentStore {
 /// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
 fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
     let mut buf = Vec::new();
-    let n = read_area(cow, at, max, &mut buf)?;
+    let n = read_area(&|at, b| device::read(cow, at, b), at, max, &mut buf)?;
     Ok(parse(&buf[..n * EXCEPTION_RECORD_BYTES as usize]).collect())
 }
 
-/// Reads the records of the area at byte `at` (at most `max`) into `buf`, in pieces of at most
-/// [`AREA_IO`], until the piece that holds the end marker; returns how many records precede it.
-fn read_area(cow: &dyn BlockDevice, at: u64, max: u64, buf: &mut Vec<u8>) -> Result<usize> {
+/// Reads the records of the area at byte `at` (at most `max`) into `buf` with `read`, in pieces of
+/// at most [`AREA_IO`], until the piece that holds the end marker; returns how many records
+/// precede it.
+fn read_area(
+    read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
+    at: u64,
+    max: u64,
+    buf: &mut Vec<u8>,
+) -> Result<usize> {
     let rec = EXCEPTION_RECORD_BYTES as usize;
     let piece = (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize / rec;
     let mut i = 0usize;
@@ -647,7 +656,7 @@ fn read_area(cow: &dyn BlockDevice, at: u64, max: u64, buf: &mut Vec<u8>) -> Res
             buf.resize((i + n) * rec, 0);
         }
         let b = &mut buf[i * rec..(i + n) * rec];
-        device::read(cow, at + (i * rec) as u64, b)?;
+        read(at + (i * rec) as u64, b)?;
         if let Some(end) = b.chunks_exact(rec).position(|r| r[8..16] == [0; 8]) {
             return Ok(i + end);
         }
@@ -788,30 +797,24 @@ fn scan(
     // kernel-written store name strictly increasing chunks (allocation order), which proves there
     // is no repeat at no cost; anything else is checked by sorting.
     let mut increasing = true;
-    let mut buf = Vec::new();
-    loop {
-        let area = out.areas;
-        let loc = geo.area_location(area);
-        if loc >= cow_chunks {
-            return Err(first_error(&keys, past_end(area, loc)));
-        }
-        let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
-            Ok(n) => n,
-            Err(e) => return Err(first_error(&keys, e)),
+    let mut areas = Areas::new(cow, chunk, cow_chunks);
+    // `Some` when the bulk load cannot go on: an error, or a record to check record by record.
+    let stop = 'areas: loop {
+        let (area, bytes) = match areas.next_area() {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => break Some(Err(e)),
+            None => break None,
         };
+        let n = bytes.len() / EXCEPTION_RECORD_BYTES as usize;
         out.areas += 1;
-        let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
         for (i, r) in parse(bytes).enumerate() {
             if let Err(e) = check_record(r, i, area, cow_chunks, origin_chunks, &metadata) {
-                return Err(first_error(&keys, e));
+                break 'areas Some(Err(e));
             }
             if r.old >> (64 - new_bits) != 0 {
                 // An origin chunk too large to pack (only without an origin bound, on a damaged
-                // device): check record by record.
-                drop(keys);
-                let mut own = ExceptionTable::new();
-                let t = table.unwrap_or(&mut own);
-                return scan_each(cow, header, chunk, origin_chunks, t, keep_all);
+                // device).
+                break 'areas Some(Ok(()));
             }
             keys.push(r.old << new_bits | r.new);
             max_old = max_old.max(r.old);
@@ -825,8 +828,21 @@ fn scan(
         }
         if n as u64 != epa {
             out.last_area = parse(bytes).collect();
-            break;
+            break None;
         }
+    };
+    // Stops the reader thread, if any, before anything else reads the device.
+    drop(areas);
+    match stop {
+        Some(Err(e)) => return Err(first_error(&keys, e)),
+        Some(Ok(())) => {
+            // Check record by record.
+            drop(keys);
+            let mut own = ExceptionTable::new();
+            let t = table.unwrap_or(&mut own);
+            return scan_each(cow, header, chunk, origin_chunks, t, keep_all);
+        }
+        None => {}
     }
     out.exceptions = keys.len() as u64;
 
@@ -1150,6 +1166,33 @@ mod tests {
         }
     }
 
+    /// A device that activation reads ahead in another thread (as it reads a file).
+    struct Ahead<D>(std::sync::Arc<D>);
+
+    impl<D: BlockDevice + Send + Sync + 'static> BlockDevice for Ahead<D> {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&mut self, _offset: u64, _buf: &[u8]) -> Result<()> {
+            Err(Error::Unsupported("read only"))
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn read_handle(&self) -> Option<std::sync::Arc<dyn crate::device::ReadHandle>> {
+            Some(std::sync::Arc::new(Ahead(self.0.clone())))
+        }
+    }
+
+    impl<D: BlockDevice + Send + Sync> crate::device::ReadHandle for Ahead<D> {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_at(offset, buf)
+        }
+    }
+
     fn loc(area: u64) -> u64 {
         1 + area * (EPA + 1)
     }
@@ -1251,14 +1294,22 @@ mod tests {
             valid in prop_oneof![9 => Just(true), 1 => Just(false)],
             fault in prop_oneof![4 => Just(None), 1 => (0u64..2_500_000).prop_map(Some)],
             keep_all in any::<bool>(),
+            ahead in any::<bool>(),
         ) {
             let n = olds.len() as u64;
             let cow_chunks = (loc(n / EPA) + 1 + n % EPA + slack).saturating_sub(cut).max(2);
             let recs = records(&olds, old_kind, new_kind, cow_chunks);
             let dev = image(&recs, cow_chunks, valid);
-            let (bulk, each) = match fault {
-                None => both(&dev, origin_chunks, keep_all),
-                Some(f) => both(&Faulty(dev, f + CHUNK), origin_chunks, keep_all),
+            // The bulk scan reads ahead in another thread when the device allows it (the
+            // record-by-record scan never does).
+            let (bulk, each) = match (fault, ahead) {
+                (None, false) => both(&dev, origin_chunks, keep_all),
+                (None, true) => both(&Ahead(std::sync::Arc::new(dev)), origin_chunks, keep_all),
+                (Some(f), false) => both(&Faulty(dev, f + CHUNK), origin_chunks, keep_all),
+                (Some(f), true) => {
+                    let dev = Ahead(std::sync::Arc::new(Faulty(dev, f + CHUNK)));
+                    both(&dev, origin_chunks, keep_all)
+                }
             };
             prop_assert!(same(&bulk, &each), "bulk {:?}\nrecord by record {:?}", bulk, each);
         }
@@ -1366,6 +1417,87 @@ mod tests {
             let dev = image(&recs, 40, true);
             let (bulk, each) = both(&dev, u64::MAX, false);
             assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+        }
+    }
+
+    #[test]
+    fn areas_end_after_the_end_marker_or_an_error() {
+        let chunk = ChunkSize::new(CHUNK).unwrap();
+        for n in [0, 5, EPA, 3 * EPA, 3 * EPA + 7] {
+            let recs: Vec<Exception> = (0..n)
+                .map(|p| Exception {
+                    old: p,
+                    new: loc(p / EPA) + 1 + p % EPA,
+                })
+                .collect();
+            let last = n / EPA;
+            for cut in [false, true] {
+                let cow_chunks = if cut { loc(last) } else { loc(last) + 2 };
+                let mut want: Vec<Result<(u64, usize)>> =
+                    (0..last).map(|a| Ok((a, CHUNK as usize))).collect();
+                want.push(if cut {
+                    Err(past_end(last, loc(last)))
+                } else {
+                    Ok((last, (n % EPA * EXCEPTION_RECORD_BYTES) as usize))
+                });
+                for ahead in [false, true] {
+                    let dev = image(&recs, cow_chunks.max(2), true);
+                    let dev: &dyn BlockDevice = if ahead {
+                        &Ahead(std::sync::Arc::new(dev))
+                    } else {
+                        &dev
+                    };
+                    let mut areas = Areas::new(dev, chunk, cow_chunks);
+                    let mut got = Vec::new();
+                    while let Some(a) = areas.next_area() {
+                        got.push(a.map(|(a, b)| (a, b.len())));
+                    }
+                    assert_eq!(got, want, "{n} records, cut {cut}, ahead {ahead}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_ahead_stops_where_reading_area_by_area_stops() {
+        // Ten full areas, then the device ends where the eleventh would be: activation must
+        // report that area, a failed read or a bad record in any area, named as the
+        // record-by-record check (which reads one area after the other) names it.
+        let n = 10 * EPA;
+        let kernel: Vec<Exception> = (0..n)
+            .map(|p| Exception {
+                old: p * 7919 % 1_000_003,
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        let end = loc(10);
+        let ahead = |d: MemDevice| Ahead(std::sync::Arc::new(d));
+        let (bulk, each) = both(&ahead(image(&kernel, end, true)), 1_000_003, false);
+        assert!(same(&bulk, &each));
+        assert_eq!(
+            bulk.err(),
+            Some(Error::corrupt(alloc::format!(
+                "metadata area 10 (chunk {end}) lies past the end of the COW device"
+            )))
+        );
+        let fits = end + 1 + 3;
+        let (bulk, each) = both(&ahead(image(&kernel, fits, true)), 1_000_003, false);
+        assert!(same(&bulk, &each));
+        assert_eq!(bulk.unwrap().1.len(), n);
+        for area in 0..10 {
+            let dev = Faulty(image(&kernel, fits, true), loc(area) * CHUNK + 100);
+            let (bulk, each) = both(&Ahead(std::sync::Arc::new(dev)), 1_000_003, false);
+            assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+            assert_eq!(bulk.err(), Some(Error::io("injected read error")));
+            let mut bad = kernel.clone();
+            bad[(area * EPA + 5) as usize].new = loc(area);
+            let (bulk, each) = both(&ahead(image(&bad, fits, true)), 1_000_003, false);
+            assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+            let want = alloc::format!(
+                "record 5 of area {area}: COW chunk {} is not a data chunk of this device",
+                loc(area)
+            );
+            assert_eq!(bulk.err(), Some(Error::corrupt(want)));
         }
     }
 
