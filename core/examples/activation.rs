@@ -9,15 +9,51 @@
 //! in the process's CPU time (all its threads: activation reads the areas ahead in a second one;
 //! other processes on a busy machine do not inflate it). Warm cache:
 //! the first round is a discarded warm-up; the freed table is given back to the system between
-//! rounds (`malloc_trim`), so each activation starts like a fresh process.
+//! rounds (`malloc_trim`), so each activation starts like a fresh process. The peak of heap bytes
+//! held during an activation (per exception) is printed too: allocations are counted.
 //!
 //! `cargo run --release -p cowsnap-core --example activation -- gen /var/tmp/c1m.cow 1048576`
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use cowsnap_core::{FileDevice, SnapshotOptions, Volume};
+
+/// Live heap bytes and their peak since the last reset (all threads).
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        grew(l.size() as isize);
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        grew(l.size() as isize);
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        grew(n as isize - l.size() as isize);
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
 
 const CHUNK: u64 = 4096;
 const EPA: u64 = CHUNK / 16;
@@ -116,16 +152,20 @@ fn cpu() -> f64 {
 
 fn bench(cow: &str, origin: &str, rounds: usize) {
     let mut v: [Vec<f64>; 6] = Default::default();
+    let mut peak = 0;
     for round in 0..=rounds {
         let (t, c) = (Instant::now(), cpu());
         let n = pread_metadata(&File::open(cow).unwrap());
         let (f, fc) = (t.elapsed().as_secs_f64(), cpu() - c);
+        PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+        let base = LIVE.load(Ordering::Relaxed);
         let (t, c) = (Instant::now(), cpu());
         let mut vol = Volume::new(FileDevice::open(origin).unwrap());
         let id = vol
             .activate_snapshot(FileDevice::open(cow).unwrap(), SnapshotOptions::default())
             .unwrap();
         let (a, ac) = (t.elapsed().as_secs_f64(), cpu() - c);
+        peak = peak.max(PEAK.load(Ordering::Relaxed) - base);
         assert_eq!(vol.snapshot_status(id).unwrap().exceptions, n);
         drop(vol);
         // Give the freed table back now, not inside the next timed activation.
@@ -152,6 +192,12 @@ fn bench(cow: &str, origin: &str, rounds: usize) {
         let (lo, med, hi) = stats(v);
         println!("{name:<12} min {lo:8.2}{unit}  median {med:8.2}{unit}  max {hi:8.2}{unit}");
     }
+    let n = File::open(cow).map(|f| pread_metadata(&f)).unwrap();
+    println!(
+        "peak heap during activation: {:.1} MiB, {:.2} bytes/exception",
+        peak as f64 / (1 << 20) as f64,
+        peak as f64 / n as f64
+    );
 }
 
 fn main() {

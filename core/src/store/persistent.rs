@@ -634,28 +634,31 @@ impl PersistentStore {
 /// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
 fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
     let mut buf = Vec::new();
-    let n = read_area(&|at, b| device::read(cow, at, b), at, max, &mut buf)?;
+    let n = read_area(&|at, b| device::read(cow, at, b), at, max, &mut buf, 0)?;
     Ok(parse(&buf[..n * EXCEPTION_RECORD_BYTES as usize]).collect())
 }
 
 /// Reads the records of the area at byte `at` (at most `max`) into `buf` with `read`, in pieces of
 /// at most [`AREA_IO`], until the piece that holds the end marker; returns how many records
-/// precede it.
+/// precede it. The records go to `buf[from..]` (`buf` grows as needed; what follows them there is
+/// not theirs).
 fn read_area(
     read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
     at: u64,
     max: u64,
     buf: &mut Vec<u8>,
+    from: usize,
 ) -> Result<usize> {
     let rec = EXCEPTION_RECORD_BYTES as usize;
     let piece = (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize / rec;
     let mut i = 0usize;
     while (i as u64) < max {
         let n = (max as usize - i).min(piece);
-        if buf.len() < (i + n) * rec {
-            buf.resize((i + n) * rec, 0);
+        let (start, end) = (from + i * rec, from + (i + n) * rec);
+        if buf.len() < end {
+            buf.resize(end, 0);
         }
-        let b = &mut buf[i * rec..(i + n) * rec];
+        let b = &mut buf[start..end];
         read(at + (i * rec) as u64, b)?;
         if let Some(end) = b.chunks_exact(rec).position(|r| r[8..16] == [0; 8]) {
             return Ok(i + end);

@@ -68,6 +68,7 @@ impl<'a> Areas<'a> {
             self.cow_chunks,
             area,
             &mut self.buf,
+            0,
         );
         self.next += 1;
         let epa = self.geo.exceptions_per_area();
@@ -76,24 +77,21 @@ impl<'a> Areas<'a> {
     }
 }
 
-/// Reads area `area` into `buf` (from its start): how many records precede the end marker.
+/// Reads area `area` into `buf[from..]`: how many records precede the end marker.
 fn read_one(
     read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
     geo: Geometry,
     cow_chunks: u64,
     area: u64,
     buf: &mut Vec<u8>,
+    from: usize,
 ) -> Result<usize> {
     let loc = geo.area_location(area);
     if loc >= cow_chunks {
         return Err(past_end(area, loc));
     }
-    read_area(
-        read,
-        geo.chunk.offset_of(loc),
-        geo.exceptions_per_area(),
-        buf,
-    )
+    let epa = geo.exceptions_per_area();
+    read_area(read, geo.chunk.offset_of(loc), epa, buf, from)
 }
 
 #[cfg(feature = "std")]
@@ -120,7 +118,10 @@ mod ahead {
     /// other, and what ended the batch early, if anything did.
     struct Batch {
         first: u64,
+        /// The records are `bytes[..used]` (the buffer keeps its length from batch to batch:
+        /// no zeroing of room that reads write over anyway).
         bytes: Vec<u8>,
+        used: usize,
         /// Records of each area.
         records: Vec<usize>,
         error: Option<Error>,
@@ -227,22 +228,22 @@ mod ahead {
         let rec = EXCEPTION_RECORD_BYTES as usize;
         let read = |at: u64, b: &mut [u8]| cow.read_at(at, b);
         let mut area = 0u64;
-        let mut piece = Vec::new();
         loop {
             let mut b = spares.try_recv().unwrap_or(Batch {
                 first: 0,
-                bytes: Vec::with_capacity(per_batch * epa * rec),
+                bytes: Vec::new(),
+                used: 0,
                 records: Vec::with_capacity(per_batch),
                 error: None,
             });
             b.first = area;
-            b.bytes.clear();
+            b.used = 0;
             b.records.clear();
             let mut last = false;
             while b.records.len() < per_batch {
-                match read_one(&read, geo, cow_chunks, area, &mut piece) {
+                match read_one(&read, geo, cow_chunks, area, &mut b.bytes, b.used) {
                     Ok(n) => {
-                        b.bytes.extend_from_slice(&piece[..n * rec]);
+                        b.used += n * rec;
                         b.records.push(n);
                         area += 1;
                         if n != epa {
