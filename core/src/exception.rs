@@ -419,6 +419,30 @@ pub(crate) struct Builder {
 /// `Builder::run_end` of a window with no run yet: never an offset.
 const NO_RUN: u64 = u64::MAX;
 
+/// Room for the runs of a table being loaded, its pages written once ahead of use: the first
+/// write of a page costs a page fault (a few hundred nanoseconds of the kernel zeroing it), which
+/// activation's metadata reader, waiting on the device most of the time, takes instead of the
+/// thread that builds the table.
+#[cfg(feature = "std")]
+#[derive(Default)]
+pub(crate) struct Arena(Vec<Packed>);
+
+#[cfg(feature = "std")]
+impl Arena {
+    /// Makes room for at least `records` runs, every page of it written once; grows by half at
+    /// least, so that growing record by record stays linear.
+    pub(crate) fn prefault(&mut self, records: usize) {
+        let v = &mut self.0;
+        if records > v.capacity() {
+            let want = records.max(v.capacity() + v.capacity() / 2);
+            v.reserve_exact(want - v.len());
+        }
+        if records > v.len() {
+            v.resize(records, Packed(0));
+        }
+    }
+}
+
 /// Windows placed per batch by [`Builder::finish`].
 const PLACE_BATCH: usize = 16;
 
@@ -441,6 +465,17 @@ impl Builder {
     /// what the runs did not use.
     pub(crate) fn with_capacity(records: usize) -> Self {
         let mut b = Self::new();
+        b.runs.reserve_exact(records);
+        b
+    }
+
+    /// [`Builder::with_capacity`] in `arena`'s room, which may have been touched ahead by another
+    /// thread (see [`Arena`]).
+    #[cfg(feature = "std")]
+    pub(crate) fn with_arena(arena: Arena, records: usize) -> Self {
+        let mut b = Self::new();
+        b.runs = arena.0;
+        b.runs.clear();
         b.runs.reserve_exact(records);
         b
     }

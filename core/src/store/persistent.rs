@@ -834,6 +834,9 @@ fn scan(
             break None;
         }
     };
+    // Room for the table's runs that the reader thread, if any, wrote ahead.
+    #[cfg(feature = "std")]
+    let arena = areas.take_arena();
     // Stops the reader thread, if any, before anything else reads the device.
     drop(areas);
     match stop {
@@ -850,7 +853,13 @@ fn scan(
     out.exceptions = keys.len() as u64;
 
     let old_bits = 64 - max_old.leading_zeros();
-    let mut builder = table.is_some().then(|| Builder::with_capacity(keys.len()));
+    #[cfg(not(feature = "std"))]
+    let arena: Option<()> = None;
+    let mut builder = table.is_some().then(|| match arena {
+        #[cfg(feature = "std")]
+        Some(a) => Builder::with_arena(a, keys.len()),
+        _ => Builder::with_capacity(keys.len()),
+    });
     let mut prev = None;
     // Kept for the check of COW chunks named twice (only needed when they do not increase).
     let mut again = Vec::new();
