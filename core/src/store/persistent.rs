@@ -15,7 +15,7 @@ use super::{StagedCommit, Undo};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{Builder, Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
+use crate::exception::{Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
 use crate::status::{SnapshotState, SnapshotStatus};
 
 mod areas;
@@ -781,11 +781,11 @@ fn scan(
     } else {
         64 - origin_chunks.saturating_sub(1).leading_zeros()
     };
-    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits));
+    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits), cow_chunks);
     let mut max_old = 0u64;
     // What the record-by-record check reports when the bulk load meets `error`: a repeated
     // origin chunk before it comes first.
-    let first_error = |keys: &Sorter, error: Error| -> Error {
+    let first_error = |keys: &mut Sorter, error: Error| -> Error {
         if !keys.has_equal_fields() {
             return error;
         }
@@ -834,13 +834,10 @@ fn scan(
             break None;
         }
     };
-    // Room for the table's runs that the reader thread, if any, wrote ahead.
-    #[cfg(feature = "std")]
-    let arena = areas.take_arena();
     // Stops the reader thread, if any, before anything else reads the device.
     drop(areas);
     match stop {
-        Some(Err(e)) => return Err(first_error(&keys, e)),
+        Some(Err(e)) => return Err(first_error(&mut keys, e)),
         Some(Ok(())) => {
             // Check record by record.
             drop(keys);
@@ -853,48 +850,41 @@ fn scan(
     out.exceptions = keys.len() as u64;
 
     let old_bits = 64 - max_old.leading_zeros();
-    #[cfg(not(feature = "std"))]
-    let arena: Option<()> = None;
-    let mut builder = table.is_some().then(|| match arena {
-        #[cfg(feature = "std")]
-        Some(a) => Builder::with_arena(a, keys.len()),
-        _ => Builder::with_capacity(keys.len()),
-    });
     let mut prev = None;
     // Kept for the check of COW chunks named twice (only needed when they do not increase).
     let mut again = Vec::new();
-    let unique = keys.for_each_sorted(&mut |sorted| {
+    let mut each = |sorted: &[u64]| {
         if !increasing {
             again.extend_from_slice(sorted);
         }
-        if let Some(b) = builder.as_mut() {
-            // The builder finds repeats (equal origin chunks side by side, also across buckets).
-            return b.push_packed(sorted, new_bits);
-        }
-        let first = sorted[0] >> new_bits;
-        if prev == Some(first)
-            || sorted
-                .windows(2)
-                .any(|w| w[0] >> new_bits == w[1] >> new_bits)
-        {
-            return false;
-        }
-        prev = Some(sorted[sorted.len() - 1] >> new_bits);
         true
-    });
+    };
+    let unique = match table {
+        // The builder finds repeats (equal origin chunks side by side, also across buckets).
+        Some(table) => keys
+            .build(new_bits, &mut each)
+            .map(|t| *table = t)
+            .is_some(),
+        None => keys.for_each_sorted(&mut |sorted| {
+            let first = sorted[0] >> new_bits;
+            let repeat = prev == Some(first)
+                || sorted
+                    .windows(2)
+                    .any(|w| w[0] >> new_bits == w[1] >> new_bits);
+            prev = Some(sorted[sorted.len() - 1] >> new_bits);
+            !repeat && each(sorted)
+        }),
+    };
     if !unique {
         // An origin chunk repeats. The sort lost the disk order that says which record to name:
         // read again record by record.
-        drop((builder, again));
+        drop(again);
         let mut t = ExceptionTable::new();
         return match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
             Err(e) => Err(e),
             // Only if the device changed between the two reads.
             Ok(_) => Err(Error::corrupt("an origin chunk appears twice")),
         };
-    }
-    if let (Some(table), Some(b)) = (table, builder) {
-        *table = b.finish();
     }
     if !increasing {
         if let Some(new) = chunk_named_twice(&again, new_bits, old_bits) {
@@ -954,7 +944,7 @@ fn named_twice(new: u64) -> Error {
 /// record beyond it is not a first sighting.)
 fn chunk_named_twice(keys: &[u64], new_bits: u32, old_bits: u32) -> Option<u64> {
     let new_mask = (1u64 << new_bits) - 1;
-    let mut by_new = Sorter::new(0, old_bits + new_bits);
+    let mut by_new = Sorter::new(0, old_bits + new_bits, keys.len() as u64);
     for k in keys {
         by_new.push((k & new_mask) << old_bits | k >> new_bits);
     }

@@ -46,13 +46,6 @@ impl<'a> Areas<'a> {
         }
     }
 
-    /// Room for the runs of the table, touched ahead by the reader thread for every record it
-    /// read (`None` without one): available once the area holding the end marker was handed over.
-    #[cfg(feature = "std")]
-    pub(super) fn take_arena(&mut self) -> Option<crate::exception::Arena> {
-        self.ahead.as_mut()?.arena.take()
-    }
-
     /// The next area's number and its records up to the end marker (whole records), or the error
     /// reading it met (an area past the end of the device, a failed read). `None` after the area
     /// holding the end marker or after an error.
@@ -110,7 +103,6 @@ mod ahead {
     use super::*;
     use crate::device::ReadHandle;
     use crate::error::Error;
-    use crate::exception::Arena;
 
     /// Bytes of metadata read per batch handed from the reader to the caller (at least one area).
     /// (The unit tests' stores are small: batches of two areas there, so that hand-overs and ends
@@ -133,8 +125,6 @@ mod ahead {
         /// Records of each area.
         records: Vec<usize>,
         error: Option<Error>,
-        /// With the batch holding the end marker: room for the runs of every record read.
-        arena: Option<Arena>,
     }
 
     pub(super) struct ReadAhead {
@@ -148,7 +138,6 @@ mod ahead {
         offset: usize,
         reader: Option<JoinHandle<()>>,
         failed: bool,
-        pub(super) arena: Option<Arena>,
     }
 
     impl ReadAhead {
@@ -174,7 +163,6 @@ mod ahead {
                 offset: 0,
                 reader: Some(reader),
                 failed: false,
-                arena: None,
             })
         }
 
@@ -195,11 +183,7 @@ mod ahead {
                             )));
                         };
                         (self.index, self.offset) = (0, 0);
-                        let b = self.current.insert(b);
-                        if let Some(a) = b.arena.take() {
-                            self.arena = Some(a);
-                        }
-                        b
+                        self.current.insert(b)
                     }
                 };
                 if self.index < batch.records.len() {
@@ -244,8 +228,6 @@ mod ahead {
         let rec = EXCEPTION_RECORD_BYTES as usize;
         let read = |at: u64, b: &mut [u8]| cow.read_at(at, b);
         let mut area = 0u64;
-        // Records read so far, and the room for their runs, written ahead while the caller sorts.
-        let (mut records, mut arena) = (0usize, Arena::default());
         loop {
             let mut b = spares.try_recv().unwrap_or(Batch {
                 first: 0,
@@ -253,7 +235,6 @@ mod ahead {
                 used: 0,
                 records: Vec::with_capacity(per_batch),
                 error: None,
-                arena: None,
             });
             b.first = area;
             b.used = 0;
@@ -277,19 +258,9 @@ mod ahead {
                     }
                 }
             }
-            records += b.records.iter().sum::<usize>();
-            if last {
-                if b.error.is_none() {
-                    arena.prefault(records);
-                    b.arena = Some(arena);
-                }
-                let _ = to_caller.send(b);
+            if to_caller.send(b).is_err() || last {
                 return;
             }
-            if to_caller.send(b).is_err() {
-                return;
-            }
-            arena.prefault(records);
         }
     }
 }
