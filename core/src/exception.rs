@@ -622,10 +622,17 @@ impl Sorter {
         // Small blocks for small stores (each bucket's last block is part empty), pages for the
         // large ones.
         let block = (records / 2048).clamp(16, 512).next_power_of_two() as usize;
+        // Room for what the device may hold, up to 16 MiB, reserved at once: growing the arena
+        // would copy it (the pages are only touched as keys come).
+        let mut arena = Vec::new();
+        let room = (records as usize)
+            .saturating_add(BUCKETS * block)
+            .min(1 << 21);
+        let _ = arena.try_reserve_exact(room);
         Sorter {
             lo,
             shift: bits.saturating_sub(BUCKET_BITS),
-            arena: Vec::new(),
+            arena,
             block,
             lists: (0..BUCKETS).map(|_| Vec::new()).collect(),
             fill: Vec::new(),
