@@ -811,7 +811,9 @@ impl Sorter {
                         Some(t) if t as usize >= last => break t as usize,
                         Some(_) => continue, // behind the runs, or about to be
                         None => {
+                            // (No run lies beyond the blocks: runs are at most the keys.)
                             let t = owner.len();
+                            debug_assert_eq!(arena.len(), t * block);
                             arena.resize((t + 1) * block, Packed(0));
                             owner.push(FREE);
                             self.fill.push(0);
