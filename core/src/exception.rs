@@ -9,7 +9,8 @@
 //! Lookups are one hash probe plus a binary search of at most 256 runs: no scan.
 //!
 //! Activation loads a table in bulk ([`ExceptionTable::from_sorted`], and a bucket sorter
-//! for records that come in disk order): sorted once, then built window by window.
+//! for records that come in disk order): sorted once, then built window by window, in the
+//! sorter's memory (about 8 bytes per record in all while loading).
 
 use alloc::vec::Vec;
 

@@ -739,7 +739,9 @@ impl Scan {
 /// The records are loaded in bulk: each is checked on its own as it is read and goes, packed in a
 /// `u64` (`old << new_bits | new`), into a [`Sorter`] by origin chunk; the sorted keys then show
 /// repeats (adjacent equal origin chunks) and feed the table builder in order, with no hash probe
-/// or sorted insertion per record. The result and every error message are those of the
+/// or sorted insertion per record, the runs written into the sorter's own memory. The areas are
+/// read ahead by another thread when the device allows it ([`Areas`]), so that reading and
+/// checking overlap. The result and every error message are those of the
 /// record-by-record check ([`scan_each`]): when the bulk load meets a problem after a repeated
 /// origin chunk, or finds one, the store is read again record by record to name the record that
 /// check names (the bulk load does not keep the disk order).
