@@ -178,7 +178,7 @@ mod ahead {
                             if core::mem::replace(&mut self.failed, true) {
                                 return None;
                             }
-                            return Some(Err(Error::corrupt(
+                            return Some(Err(Error::io(
                                 "the thread reading the metadata areas stopped unexpectedly",
                             )));
                         };
