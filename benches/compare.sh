@@ -2,28 +2,40 @@
 # cowsnap against the first-write floor, raw pwrite, qemu qcow2 and dd, measured through the interfaces
 # users call: the C ABI (libcowsnap.a, benches/c/bench.c) and the CLI (`cowsnap merge`, `cowsnap lvs`).
 #
-# Usage: benches/compare.sh [--smoke] [--rounds N]      (BENCH_DIR=DIR to choose the disk; never tmpfs)
+# Usage: benches/compare.sh [--smoke] [--rounds N] [--only CASE,...]
+#   (BENCH_DIR=DIR to choose the disk; never tmpfs)
 #   Every case runs once per round with its engines in an order rotated each round; a round's figures
 #   give that round's ratios (cowsnap/floor, ...); the table shows min/median/max of each ratio over the
 #   rounds. Times include everything the caller waits for (the final flush, qemu-io's start-up); nothing
 #   is subtracted or clamped. The issue-14 target of each ratio is checked against its minimum ("every
 #   round") and its median. Full run: 5 rounds, 2 to 8 minutes
 #   (depending on the load of the machine). --smoke: tiny sizes, 2 rounds, seconds;
-#   its figures mean nothing (it checks that every case runs).
+#   its figures mean nothing (it checks that every case runs). --only: just these cases (the keys of
+#   the figures below, e.g. --only activation,lvs), with only their fixtures; the other rows are left
+#   out of the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
 ROUNDS=5
 SMOKE=0
+ONLY=
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) SMOKE=1; ROUNDS=2 ;;
     --rounds) ROUNDS=$2; shift ;;
-    *) echo "usage: benches/compare.sh [--smoke] [--rounds N]" >&2; exit 2 ;;
+    --only) ONLY=",$2,"; shift ;;
+    *) echo "usage: benches/compare.sh [--smoke] [--rounds N] [--only CASE,...]" >&2; exit 2 ;;
   esac
   shift
 done
+# True when case $1 (or, for fixtures, any of the cases given) is to run.
+want() {
+  local c
+  [ -z "$ONLY" ] && return 0
+  for c in "$@"; do [[ $ONLY == *",$c,"* ]] && return 0; done
+  return 1
+}
 
 if [ $SMOKE = 1 ]; then
   ORIGIN_MIB=16; NF_OPS=256; DUR_OPS=16; DUR_SLICES=2; SEQ_NF_OPS=32; SEQ_DUR_OPS=8; MERGE_CHUNKS=256
@@ -69,29 +81,40 @@ settle() { sync -f "$WORK"; }
 span() { awk -v t0="$1" -v t1="$2" -v b="$3" 'BEGIN { printf "%.6f %d\n", t1 - t0, b }'; }   # T0 T1 BYTES
 
 # ---- fixtures (untimed) --------------------------------------------------------------------------
-"$BENCH" prefill "$WORK/origin.img" "$ORIGIN_MIB"
-"$BENCH" prefill "$WORK/merge.img" "$ORIGIN_MIB"
-"$BENCH" prefill "$WORK/dd-dst.img" "$ORIGIN_MIB"
+WRITES="nf-rand4k-1 nf-rand4k-2 nf-rand4k-4 dur-rand4k-1 dur-rand4k-2 dur-rand4k-4 nf-seq64k-1 dur-seq64k-1 snaps-nf snaps-dur"
+# shellcheck disable=SC2086   # the list of cases is split on purpose
+want $WRITES && "$BENCH" prefill "$WORK/origin.img" "$ORIGIN_MIB"
 DD_MIB=$((MERGE_CHUNKS * 4096 / 1048576))   # the same bytes as a merge copies back
-"$BENCH" prefill "$WORK/dd-src.img" "$DD_MIB"
+if want merge-scattered merge-sequential; then
+  "$BENCH" prefill "$WORK/merge.img" "$ORIGIN_MIB"
+  "$BENCH" prefill "$WORK/dd-dst.img" "$ORIGIN_MIB"
+  "$BENCH" prefill "$WORK/dd-src.img" "$DD_MIB"
+fi
 
 QCOW=$WORK/q.qcow2
-qemu-img create -q -f qcow2 -o cluster_size=4096 "$QCOW" "${ORIGIN_MIB}M"
-qemu-io -f qcow2 -t unsafe -c "write -P 0x5a 0 ${ORIGIN_MIB}M" "$QCOW" >/dev/null
-for spec in "rand4k $NF_OPS" "rand4k $DUR_OPS" "seq64k $SEQ_NF_OPS" "seq64k $SEQ_DUR_OPS"; do
-  read -r pat ops <<<"$spec"
-  "$BENCH" qemu-cmds "$pat" "$ops" "$ORIGIN_MIB" >"$WORK/qemu-$pat-$ops.cmds"
-done
+# shellcheck disable=SC2086
+if want $WRITES; then
+  qemu-img create -q -f qcow2 -o cluster_size=4096 "$QCOW" "${ORIGIN_MIB}M"
+  qemu-io -f qcow2 -t unsafe -c "write -P 0x5a 0 ${ORIGIN_MIB}M" "$QCOW" >/dev/null
+  for spec in "rand4k $NF_OPS" "rand4k $DUR_OPS" "seq64k $SEQ_NF_OPS" "seq64k $SEQ_DUR_OPS"; do
+    read -r pat ops <<<"$spec"
+    "$BENCH" qemu-cmds "$pat" "$ops" "$ORIGIN_MIB" >"$WORK/qemu-$pat-$ops.cmds"
+  done
+fi
 
 truncate -s 1G "$WORK/create-1g.img"
 truncate -s 1T "$WORK/create-1t.img"
-truncate -s $((ACT_ORIGIN_CHUNKS * 4096)) "$WORK/act.img"
-"$BENCH" craft-cow "$WORK/act.cow" "$ACT_EXC" "$ACT_ORIGIN_CHUNKS"
+if want activation; then
+  truncate -s $((ACT_ORIGIN_CHUNKS * 4096)) "$WORK/act.img"
+  "$BENCH" craft-cow "$WORK/act.cow" "$ACT_EXC" "$ACT_ORIGIN_CHUNKS"
+fi
 LVS=$WORK/lvs
-"$CLI" -q create "$LVS" --size $((LVS_ORIGIN_CHUNKS * 4096))
-"$CLI" -q snapshot "$LVS" --name s --size 1M
-"$BENCH" craft-cow "$LVS/s.cow" "$LVS_EXC" "$LVS_ORIGIN_CHUNKS"
-"$CLI" -q lvs "$LVS" >/dev/null   # warm, and a check that the crafted COW activates
+if want lvs; then
+  "$CLI" -q create "$LVS" --size $((LVS_ORIGIN_CHUNKS * 4096))
+  "$CLI" -q snapshot "$LVS" --name s --size 1M
+  "$BENCH" craft-cow "$LVS/s.cow" "$LVS_EXC" "$LVS_ORIGIN_CHUNKS"
+  "$CLI" -q lvs "$LVS" >/dev/null   # warm, and a check that the crafted COW activates
+fi
 
 # ---- one measured run per call; each prints MiB/s (or seconds) ------------------------------------
 declare -A V   # V[round:case:engine]
@@ -159,6 +182,7 @@ act_run() { # ENGINE: seconds
 # slices (or mean seconds when the runner moves no bytes).
 measure() { # ROUND CASE "ENGINE..." SLICES RUNNER ARGS... (runner called as RUNNER ENGINE ARGS...)
   local round=$1 key=$2 slices=$4 runner=$5 i n e s out secs bytes
+  want "$key" || return 0
   local -a engines
   local -A tsum bsum
   read -r -a engines <<<"$3"
@@ -245,10 +269,11 @@ row() { # LABEL TARGET VALUES...
       "$(sed 's/ge /≥ /; s/le /≤ /' <<<"$target")" "$(verdict "$lo" "$med" "$hi" "$target")"
   fi
 }
+# Rows of cases left out by --only are left out of the report.
 # shellcheck disable=SC2046   # word splitting of the per-round values is wanted
-ratio_row() { row "$1" "$2" $(ratios "${@:3}"); }
+ratio_row() { { want "$3" && want "${6:-$3}"; } || return 0; row "$1" "$2" $(ratios "${@:3}"); }
 # shellcheck disable=SC2046
-value_row() { row "$1" "$2" $(values "$3" "$4"); }
+value_row() { want "$3" || return 0; row "$1" "$2" $(values "$3" "$4"); }
 
 echo
 echo "cowsnap benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -304,5 +329,5 @@ for key in nf-rand4k-1 nf-rand4k-2 nf-rand4k-4 dur-rand4k-1 dur-rand4k-2 dur-ran
     # shellcheck disable=SC2046
     line+=" $e $(stats $(values "$key" "$e") | sed 's# # / #g');"
   done
-  echo "  $line"
+  [ "$line" = "$key:" ] || echo "  $line"
 done

@@ -58,6 +58,16 @@ pub trait BlockDevice: Send + Sync {
     fn known_zeros(&self, _offset: u64, _len: u64) -> u64 {
         0
     }
+    /// A handle that reads this device from another thread (`std` builds), so that activation can
+    /// read metadata areas ahead while it checks the ones already read. Reads through it must
+    /// return what [`read_at`] returns. `None` (the default): activation reads through
+    /// [`read_at`], one area after the other.
+    ///
+    /// [`read_at`]: BlockDevice::read_at
+    #[cfg(feature = "std")]
+    fn read_handle(&self) -> Option<std::sync::Arc<dyn ReadHandle>> {
+        None
+    }
 }
 
 /// Alignment of offsets, lengths and sizes on a device opened with `O_DIRECT`: 4096 bytes, the
@@ -73,6 +83,13 @@ pub(crate) fn check_aligned(align: u64, offset: u64, len: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Reads a device from any thread (see [`BlockDevice::read_handle`]).
+#[cfg(feature = "std")]
+pub trait ReadHandle: Send + Sync {
+    /// Reads `buf.len()` bytes at `offset`, as [`BlockDevice::read_at`] does.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
 /// Flushes a device from any thread (see [`BlockDevice::flush_handle`]).
@@ -120,6 +137,10 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     }
     fn known_zeros(&self, offset: u64, len: u64) -> u64 {
         (**self).known_zeros(offset, len)
+    }
+    #[cfg(feature = "std")]
+    fn read_handle(&self) -> Option<std::sync::Arc<dyn ReadHandle>> {
+        (**self).read_handle()
     }
 }
 
@@ -590,6 +611,13 @@ mod file {
         fn flush_handle(&self) -> Option<Arc<dyn FlushHandle>> {
             Some(Arc::new(SyncFile(self.file.clone())))
         }
+        fn read_handle(&self) -> Option<Arc<dyn ReadHandle>> {
+            Some(Arc::new(FileReader(FileDevice {
+                file: self.file.clone(),
+                len: self.len,
+                direct: self.direct,
+            })))
+        }
         /// Holes by `lseek(SEEK_DATA)`, which counts a range as a hole only when it reads as
         /// zeros now: never written, or reserved by `fallocate` and never written (dirty pages
         /// in the page cache count as data). Its answer is the file's content as `fdatasync`
@@ -630,6 +658,16 @@ mod file {
         match e.raw_os_error() {
             Some(libc::ENXIO) => Ok(None),
             _ => Err(e),
+        }
+    }
+
+    /// Reads of a device's file from any thread: a second `FileDevice` on the same open file,
+    /// of which only reads are ever used.
+    struct FileReader(FileDevice);
+
+    impl ReadHandle for FileReader {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_at(offset, buf)
         }
     }
 

@@ -9,7 +9,8 @@
 //! Lookups are one hash probe plus a binary search of at most 256 runs: no scan.
 //!
 //! Activation loads a table in bulk ([`ExceptionTable::from_sorted`], and a bucket sorter
-//! for records that come in disk order): sorted once, then built window by window.
+//! for records that come in disk order): sorted once, then built window by window, in the
+//! sorter's memory (about 8 bytes per record in all while loading).
 
 use alloc::vec::Vec;
 
@@ -403,13 +404,24 @@ impl Eq for ExceptionTable {}
 pub(crate) struct Builder {
     /// Finished windows, in window order.
     done: Vec<Slot>,
+    /// The runs are `runs[..len]`. (Beyond `len`, when the builder writes into a [`Sorter`]'s
+    /// memory: keys the sorter has not handed over yet, or room it gave up.)
     runs: Vec<Packed>,
+    len: usize,
     /// The window being assembled (`EMPTY` before the first record) and where its runs start.
     window: u64,
     start: usize,
+    /// Where the window's last run ends (offset in the window, `NO_RUN` when the window has none
+    /// yet) and the COW chunk after its last one: a record continues that run exactly when it
+    /// comes at both. Kept here so that joining never reads the run back from the arena.
+    run_end: u64,
+    run_new_end: u64,
     last: Option<u64>,
     count: u64,
 }
+
+/// `Builder::run_end` of a window with no run yet: never an offset.
+const NO_RUN: u64 = u64::MAX;
 
 /// Windows placed per batch by [`Builder::finish`].
 const PLACE_BATCH: usize = 16;
@@ -419,11 +431,22 @@ impl Builder {
         Builder {
             done: Vec::new(),
             runs: Vec::new(),
+            len: 0,
             window: EMPTY,
             start: 0,
+            run_end: NO_RUN,
+            run_new_end: 0,
             last: None,
             count: 0,
         }
+    }
+
+    /// A builder that writes its runs into `arena` from its start, over what is there (see
+    /// [`Sorter::build`]).
+    fn in_arena(arena: Vec<Packed>) -> Self {
+        let mut b = Self::new();
+        b.runs = arena;
+        b
     }
 
     /// Adds `old → new`; false (and nothing added) unless `old` is above every origin chunk added
@@ -433,37 +456,72 @@ impl Builder {
         if new >= MAX_COW_CHUNKS || self.last.is_some_and(|l| old <= l) {
             return false;
         }
-        self.push_next(old, new);
-        self.last = Some(old);
-        true
-    }
-
-    /// [`Builder::push`] for a caller that knows `old` is above every origin chunk added so far
-    /// and `new` below [`MAX_COW_CHUNKS`] (activation checked both).
-    #[inline]
-    pub(crate) fn push_next(&mut self, old: u64, new: u64) {
-        debug_assert!(new < MAX_COW_CHUNKS && self.last.map_or(true, |l| old > l));
         let window = old >> WINDOW_BITS;
         if window != self.window {
             self.close_window();
             self.window = window;
         }
-        let off = old & (WINDOW - 1);
-        match self.runs[self.start..].last_mut() {
-            // Joins the previous run exactly when `insert` would have joined them.
-            Some(p) if p.end() == off && p.new_chunk() + p.len() == new => {
-                *p = Packed::new(p.new_chunk(), p.off(), p.len() + 1)
-            }
-            _ => self.runs.push(Packed::new(new, off, 1)),
-        }
+        self.add(old & (WINDOW - 1), new);
         self.count += 1;
-        if cfg!(debug_assertions) {
-            self.last = Some(old);
+        self.last = Some(old);
+        true
+    }
+
+    /// Adds `off → new` to the current window: joins the window's last run exactly when `insert`
+    /// would have joined them (`off` and `new` both right after it), else starts a run.
+    #[inline(always)]
+    fn add(&mut self, off: u64, new: u64) {
+        if off == self.run_end && new == self.run_new_end {
+            // One more chunk: the length (minus one) is the low byte, and stays below 256 as the
+            // run ends inside the window.
+            self.runs[self.len - 1].0 += 1;
+        } else {
+            let run = Packed::new(new, off, 1);
+            match self.runs.get_mut(self.len) {
+                Some(r) => *r = run,
+                None => self.runs.push(run),
+            }
+            self.len += 1;
         }
+        self.run_end = off + 1;
+        self.run_new_end = new + 1;
+    }
+
+    /// Adds records packed as `old << new_bits | new`, sorted by origin chunk, each `new` below
+    /// [`MAX_COW_CHUNKS`] (activation checked them), the first one's origin chunk not below any
+    /// added so far. False when an origin chunk repeats (one of the keys', or the last one added
+    /// before): the records before the repeat are added, the builder is not to be finished.
+    pub(crate) fn push_packed(&mut self, keys: &[u64], new_bits: u32) -> bool {
+        debug_assert!((1..64).contains(&new_bits));
+        let mask = (1u64 << new_bits) - 1;
+        // No origin chunk is `u64::MAX` once shifted right by `new_bits` (at least 1).
+        let mut prev = self.last.unwrap_or(u64::MAX);
+        for &k in keys {
+            let (old, new) = (k >> new_bits, k & mask);
+            if old == prev {
+                self.last = Some(prev);
+                return false;
+            }
+            debug_assert!(prev == u64::MAX || old > prev);
+            debug_assert!(new < MAX_COW_CHUNKS);
+            prev = old;
+            let window = old >> WINDOW_BITS;
+            if window != self.window {
+                self.close_window();
+                self.window = window;
+            }
+            self.add(old & (WINDOW - 1), new);
+        }
+        self.count += keys.len() as u64;
+        if let Some(&k) = keys.last() {
+            self.last = Some(k >> new_bits);
+        }
+        true
     }
 
     fn close_window(&mut self) {
-        let len = self.runs.len() - self.start;
+        self.run_end = NO_RUN;
+        let len = self.len - self.start;
         if len == 0 {
             return;
         }
@@ -473,11 +531,12 @@ impl Builder {
             len: len as u16,
             cap: len as u16,
         });
-        self.start = self.runs.len();
+        self.start = self.len;
     }
 
     pub(crate) fn finish(mut self) -> ExceptionTable {
         self.close_window();
+        self.runs.truncate(self.len);
         self.runs.shrink_to_fit();
         let windows = self.done.len();
         let mut t = ExceptionTable {
@@ -520,8 +579,13 @@ impl Builder {
 /// Sorts `u64` keys by their bits from `lo` up (the *field*), as they come: each key goes straight
 /// into one of 256 buckets by the field's top bits, and [`Sorter::for_each_sorted`] then sorts one
 /// bucket at a time by the remaining bits (in a buffer the size of one bucket, in the cache) and
-/// hands it over. No second array of all keys, one trip through memory, and each bucket's memory
-/// given back while the caller builds from the sorted keys.
+/// hands it over. One trip through memory, no second array of all keys.
+///
+/// The buckets keep their keys in blocks of one arena, which [`Sorter::build`] turns into the run
+/// arena of the table it builds from the sorted keys: the runs are written from the arena's start
+/// as the buckets are sorted, over blocks already sorted (a block of a bucket not sorted yet that
+/// is in the way moves to a free block further on first). Activation thus holds about 8 bytes per
+/// record at most, and writes each page of the table once.
 ///
 /// The field's range need not be known: when a key's field outgrows the buckets, the buckets are
 /// merged by neighbouring pairs (or more) and cover a range twice (or more) as large. Keys with
@@ -533,59 +597,49 @@ pub(crate) struct Sorter {
     lo: u32,
     /// Bucket of a key: `(key >> lo) >> shift`.
     shift: u32,
-    buckets: Vec<Bucket>,
+    /// The keys, in blocks of `block` slots (block `k` is `arena[k * block..][..block]`).
+    arena: Vec<Packed>,
+    block: usize,
+    /// The blocks of each bucket, in arrival order.
+    lists: Vec<Vec<u32>>,
+    /// Keys in each block; for a bucket's open block, see `open`.
+    fill: Vec<u32>,
+    /// The block each bucket writes (`NONE`: none), the slot its next key goes to, and the end of
+    /// the block.
+    open: [u32; BUCKETS],
+    next: [usize; BUCKETS],
+    end: [usize; BUCKETS],
     len: usize,
 }
 
 const BUCKET_BITS: u32 = 8;
-
-/// The keys of one bucket, in arrival order, in blocks allocated once each with room that doubles
-/// from block to block up to [`MAX_BLOCK`] keys: a growing bucket never copies its keys or leaves
-/// freed room behind in the allocator (which would keep memory that the table being built next
-/// cannot use).
-#[derive(Default)]
-struct Bucket {
-    blocks: Vec<Vec<u64>>,
-}
-
-const FIRST_BLOCK: usize = 64;
-const MAX_BLOCK: usize = 1 << 16;
-
-impl Bucket {
-    #[inline]
-    fn push(&mut self, key: u64) {
-        match self.blocks.last_mut() {
-            Some(b) if b.len() < b.capacity() => b.push(key),
-            _ => self.push_in_new_block(key),
-        }
-    }
-
-    fn push_in_new_block(&mut self, key: u64) {
-        let room = self
-            .blocks
-            .last()
-            .map_or(FIRST_BLOCK, |b| (b.capacity() * 2).min(MAX_BLOCK));
-        let mut b = Vec::with_capacity(room);
-        b.push(key);
-        self.blocks.push(b);
-    }
-
-    /// The keys, in arrival order, into `out` (cleared first); the blocks are freed as they go.
-    fn drain_into(&mut self, out: &mut Vec<u64>) {
-        out.clear();
-        for b in self.blocks.drain(..) {
-            out.extend_from_slice(&b);
-        }
-    }
-}
+const BUCKETS: usize = 1 << BUCKET_BITS;
+const NONE: u32 = u32::MAX;
 
 impl Sorter {
-    /// A sorter by bits `lo..`, expecting fields below `2^bits` (a hint: larger ones are taken).
-    pub(crate) fn new(lo: u32, bits: u32) -> Self {
+    /// A sorter by bits `lo..`, expecting fields below `2^bits` and at most about `records` keys
+    /// (hints: larger fields and more keys are taken; `records` sizes the blocks).
+    pub(crate) fn new(lo: u32, bits: u32, records: u64) -> Self {
+        // Small blocks for small stores (each bucket's last block is part empty), pages for the
+        // large ones.
+        let block = (records / 2048).clamp(16, 512).next_power_of_two() as usize;
+        // Room for what the device may hold, up to 16 MiB, reserved at once: growing the arena
+        // would copy it (the pages are only touched as keys come).
+        let mut arena = Vec::new();
+        let room = (records as usize)
+            .saturating_add(BUCKETS * block)
+            .min(1 << 21);
+        let _ = arena.try_reserve_exact(room);
         Sorter {
             lo,
             shift: bits.saturating_sub(BUCKET_BITS),
-            buckets: (0..1 << BUCKET_BITS).map(|_| Bucket::default()).collect(),
+            arena,
+            block,
+            lists: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            fill: Vec::new(),
+            open: [NONE; BUCKETS],
+            next: [0; BUCKETS],
+            end: [0; BUCKETS],
             len: 0,
         }
     }
@@ -602,8 +656,34 @@ impl Sorter {
             self.widen(64 - field.leading_zeros());
             b = field >> self.shift;
         }
-        self.buckets[b as usize].push(key);
+        let b = b as usize;
+        if self.next[b] == self.end[b] {
+            self.open_block(b);
+        }
+        self.arena[self.next[b]] = Packed(key);
+        self.next[b] += 1;
         self.len += 1;
+    }
+
+    /// Gives bucket `b` a new block, at the end of the arena.
+    fn open_block(&mut self, b: usize) {
+        self.close(b);
+        let k = self.fill.len();
+        self.arena.resize((k + 1) * self.block, Packed(0));
+        self.fill.push(0);
+        self.lists[b].push(k as u32);
+        self.open[b] = k as u32;
+        (self.next[b], self.end[b]) = (k * self.block, (k + 1) * self.block);
+    }
+
+    /// Records how many keys bucket `b`'s open block holds; the bucket then has none open.
+    fn close(&mut self, b: usize) {
+        if self.open[b] != NONE {
+            let k = self.open[b] as usize;
+            self.fill[k] = (self.next[b] - k * self.block) as u32;
+        }
+        self.open[b] = NONE;
+        (self.next[b], self.end[b]) = (0, 0);
     }
 
     /// Makes the buckets cover fields of `bits` bits. (Keys with equal fields were in one bucket
@@ -611,14 +691,29 @@ impl Sorter {
     fn widen(&mut self, bits: u32) {
         let shift = bits - BUCKET_BITS;
         let k = shift - self.shift;
-        for j in 1..self.buckets.len() {
+        for j in 0..BUCKETS {
+            self.close(j);
+        }
+        for j in 1..BUCKETS {
             let to = j >> k;
             if to != j {
-                let moved = core::mem::take(&mut self.buckets[j].blocks);
-                self.buckets[to].blocks.extend(moved);
+                let moved = core::mem::take(&mut self.lists[j]);
+                self.lists[to].extend(moved);
             }
         }
         self.shift = shift;
+    }
+
+    /// Bucket `b`'s keys, in arrival order, appended to `out`.
+    fn keys_of(&self, arena: &[Packed], b: usize, out: &mut Vec<u64>) {
+        for &k in &self.lists[b] {
+            let k = k as usize;
+            out.extend(
+                arena[k * self.block..][..self.fill[k] as usize]
+                    .iter()
+                    .map(|p| p.0),
+            );
+        }
     }
 
     /// Sorts one bucket's keys by the bits of the field below the bucket's range that vary.
@@ -629,33 +724,116 @@ impl Sorter {
     }
 
     /// True when two keys so far have the same field (for error paths: sorts a copy).
-    pub(crate) fn has_equal_fields(&self) -> bool {
+    pub(crate) fn has_equal_fields(&mut self) -> bool {
+        for b in 0..BUCKETS {
+            self.close(b);
+        }
         let (mut keys, mut scratch) = (Vec::new(), Vec::new());
-        self.buckets.iter().any(|b| {
+        (0..BUCKETS).any(|b| {
             keys.clear();
-            for block in &b.blocks {
-                keys.extend_from_slice(block);
-            }
+            self.keys_of(&self.arena, b, &mut keys);
             self.sort_bucket(&mut keys, &mut scratch);
             keys.windows(2).any(|w| w[0] >> self.lo == w[1] >> self.lo)
         })
     }
 
     /// Calls `f` with the keys sorted by field (stably), a bucket at a time, in order, until `f`
-    /// returns false (then returns false). Each bucket's memory is freed before `f` sees it.
-    pub(crate) fn for_each_sorted(mut self, f: &mut dyn FnMut(&[u64]) -> bool) -> bool {
-        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
-        for i in 0..self.buckets.len() {
-            if self.buckets[i].blocks.is_empty() {
-                continue;
-            }
-            self.buckets[i].drain_into(&mut keys);
-            self.sort_bucket(&mut keys, &mut scratch);
-            if !f(&keys) {
-                return false;
+    /// returns false (then returns false).
+    pub(crate) fn for_each_sorted(self, f: &mut dyn FnMut(&[u64]) -> bool) -> bool {
+        self.sort(None, f).is_some()
+    }
+
+    /// [`Sorter::for_each_sorted`], then the table of the keys (packed `old << new_bits | new`,
+    /// `new` below [`MAX_COW_CHUNKS`], fields being origin chunks: `lo == new_bits`), built in
+    /// the sorter's memory. `None` when `f` returned false or an origin chunk repeats.
+    pub(crate) fn build(
+        self,
+        new_bits: u32,
+        f: &mut dyn FnMut(&[u64]) -> bool,
+    ) -> Option<ExceptionTable> {
+        debug_assert_eq!(self.lo, new_bits);
+        self.sort(Some(new_bits), f).flatten()
+    }
+
+    fn sort(
+        mut self,
+        build: Option<u32>,
+        f: &mut dyn FnMut(&[u64]) -> bool,
+    ) -> Option<Option<ExceptionTable>> {
+        for b in 0..BUCKETS {
+            self.close(b);
+        }
+        let block = self.block;
+        // Who holds each block: (bucket, place in its list), or `FREE` (sorted, or runs).
+        const FREE: (u16, u32) = (u16::MAX, 0);
+        let mut owner = alloc::vec![FREE; self.fill.len()];
+        for (b, list) in self.lists.iter().enumerate() {
+            for (i, &k) in list.iter().enumerate() {
+                owner[k as usize] = (b as u16, i as u32);
             }
         }
-        true
+        // Blocks whose keys were handed over (some may lie behind the runs by now).
+        let mut free: Vec<u32> = Vec::new();
+        // The memory is the builder's (it writes runs from the start) except while a bucket's
+        // keys are gathered and blocks in the way of its runs moved.
+        let mut arena = core::mem::take(&mut self.arena);
+        let mut builder = build.map(|_| Builder::in_arena(core::mem::take(&mut arena)));
+        let (mut keys, mut scratch) = (Vec::new(), Vec::new());
+        for b in 0..BUCKETS {
+            if self.lists[b].is_empty() {
+                continue;
+            }
+            if let Some(bl) = builder.as_mut() {
+                core::mem::swap(&mut arena, &mut bl.runs);
+            }
+            keys.clear();
+            self.keys_of(&arena, b, &mut keys);
+            for k in core::mem::take(&mut self.lists[b]) {
+                owner[k as usize] = FREE;
+                free.push(k);
+            }
+            self.sort_bucket(&mut keys, &mut scratch);
+            if !f(&keys) {
+                return None;
+            }
+            let (Some(bl), Some(new_bits)) = (builder.as_mut(), build) else {
+                continue;
+            };
+            // This bucket's runs (at most one per key) go to `runs[len..len + keys]`: blocks of
+            // buckets not sorted yet there move to a free block beyond, or to a new one.
+            let (first, last) = (bl.len / block, (bl.len + keys.len()).div_ceil(block));
+            for k in first..last.min(owner.len()) {
+                let (c, i) = owner[k];
+                if (c, i) == FREE {
+                    continue;
+                }
+                let to = loop {
+                    match free.pop() {
+                        Some(t) if t as usize >= last => break t as usize,
+                        Some(_) => continue, // behind the runs, or about to be
+                        None => {
+                            // (No run lies beyond the blocks: runs are at most the keys.)
+                            let t = owner.len();
+                            debug_assert_eq!(arena.len(), t * block);
+                            arena.resize((t + 1) * block, Packed(0));
+                            owner.push(FREE);
+                            self.fill.push(0);
+                            break t;
+                        }
+                    }
+                };
+                let n = self.fill[k] as usize;
+                arena.copy_within(k * block..k * block + n, to * block);
+                self.fill[to] = self.fill[k];
+                self.lists[usize::from(c)][i as usize] = to as u32;
+                (owner[to], owner[k]) = ((c, i), FREE);
+            }
+            core::mem::swap(&mut arena, &mut bl.runs);
+            if !bl.push_packed(&keys, new_bits) {
+                return None;
+            }
+        }
+        Some(builder.map(Builder::finish))
     }
 }
 
@@ -840,6 +1018,44 @@ mod tests {
             }
         }
 
+        /// Packed keys handed over in pieces (as the bucket sorter hands them) build the table
+        /// `insert` builds, and a repeated origin chunk (inside a piece or across two) is
+        /// refused, as `insert` refuses it.
+        #[test]
+        fn packed_pieces_build_the_inserted_table(
+            recs in proptest::collection::vec((0u64..1500, 0u64..1200, 0u8..10), 0..900),
+            cuts in proptest::collection::vec(0usize..900, 0..12),
+            new_bits in 11u32..40,
+        ) {
+            // Runs (consecutive on both sides, across window borders too) and scattered records.
+            let recs: Vec<Exception> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (old, new, kind))| match kind {
+                    0..=5 => Exception { old: i as u64 + 200, new: i as u64 + 7 },
+                    _ => Exception { old, new },
+                })
+                .collect();
+            let mut t = ExceptionTable::new();
+            let inserted = recs.iter().all(|e| t.insert(e.old, e.new));
+            let mut keys: Vec<u64> = recs.iter().map(|e| e.old << new_bits | e.new).collect();
+            keys.sort_unstable();
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= keys.len()).collect();
+            cuts.extend([0, keys.len()]);
+            cuts.sort_unstable();
+            let mut b = Builder::new();
+            let whole = cuts.windows(2).all(|c| b.push_packed(&keys[c[0]..c[1]], new_bits));
+            prop_assert_eq!(whole, inserted);
+            if whole {
+                let b = b.finish();
+                prop_assert_eq!(&b, &t);
+                prop_assert_eq!(b.run_count(), t.run_count());
+                for c in 0..1600 {
+                    prop_assert_eq!(b.lookup(c), t.lookup(c));
+                }
+            }
+        }
+
         #[test]
         fn radix_sort_sorts_by_the_bit_range(
             keys in proptest::collection::vec(any::<u64>(), 0..3000),
@@ -867,11 +1083,12 @@ mod tests {
             lo in 0u32..40,
             hint in 0u32..64,
             spread in 1u32..64,
+            records in 0u64..100_000,
         ) {
             let keys: Vec<u64> = keys.into_iter().map(|k| k >> (64 - spread)).collect();
             let mut want = keys.clone();
             want.sort_by_key(|&k| k >> lo); // stable
-            let mut s = Sorter::new(lo, hint);
+            let mut s = Sorter::new(lo, hint, records);
             for &k in &keys {
                 s.push(k);
             }
@@ -886,6 +1103,73 @@ mod tests {
             });
             prop_assert!(whole);
             prop_assert_eq!(pieces, want);
+        }
+
+        /// A few crowded buckets whose blocks come interleaved: runs overlap blocks of buckets not
+        /// sorted yet at every step, and the room freed by the bucket being sorted often lies in
+        /// the runs' own way.
+        #[test]
+        fn sorter_builds_with_few_crowded_buckets(
+            recs in proptest::collection::vec((0u64..3, 0u64..1024, 0u64..4000), 1..400),
+        ) {
+            let new_bits = 12;
+            let mut t = ExceptionTable::new();
+            let mut s = Sorter::new(new_bits, 8 + 10, 0); // buckets of 2^10 origin chunks
+            for &(bucket, low, new) in &recs {
+                let old = bucket << 10 | low;
+                if t.insert(old, new) {
+                    s.push(old << new_bits | new);
+                }
+            }
+            let built = s.build(new_bits, &mut |_| true);
+            prop_assert_eq!(built.as_ref(), Some(&t));
+        }
+
+        /// The sorter builds, in its own memory, the table `insert` builds from the same records
+        /// in any order (blocks of buckets not sorted yet move out of the runs' way), hands `f` the
+        /// sorted keys on the way, and refuses a repeated origin chunk as `insert` does.
+        #[test]
+        fn sorter_builds_the_inserted_table(
+            recs in proptest::collection::vec((0u64..6000, 0u64..4096, 0u8..10), 0..3000),
+            hint in 0u32..20,
+            records in 0u64..100_000,
+            stop in proptest::option::of(0usize..3000),
+        ) {
+            // Runs (consecutive on both sides, across window borders too) and scattered records.
+            let recs: Vec<Exception> = recs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (old, new, kind))| match kind {
+                    0..=4 => Exception { old: i as u64 + 900, new: i as u64 % 4000 + 7 },
+                    _ => Exception { old, new },
+                })
+                .collect();
+            let new_bits = 12;
+            let mut t = ExceptionTable::new();
+            let inserted = recs.iter().all(|e| t.insert(e.old, e.new));
+            let mut s = Sorter::new(new_bits, hint, records);
+            let keys: Vec<u64> = recs.iter().map(|e| e.old << new_bits | e.new).collect();
+            for &k in &keys {
+                s.push(k);
+            }
+            let mut want = keys.clone();
+            want.sort_by_key(|&k| k >> new_bits); // stable
+            let mut seen = Vec::new();
+            let built = s.build(new_bits, &mut |p| {
+                seen.extend_from_slice(p);
+                stop.map_or(true, |n| seen.len() <= n)
+            });
+            let stopped = stop.is_some_and(|n| n < keys.len());
+            prop_assert_eq!(built.is_some(), inserted && !stopped);
+            prop_assert!(want.starts_with(&seen));
+            if let Some(b) = built {
+                prop_assert_eq!(seen.len(), keys.len());
+                prop_assert_eq!(&b, &t);
+                prop_assert_eq!(b.run_count(), t.run_count());
+                for c in 0..6100 {
+                    prop_assert_eq!(b.lookup(c), t.lookup(c));
+                }
+            }
         }
     }
 }

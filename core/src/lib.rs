@@ -44,7 +44,7 @@ pub mod volume;
 pub use chunk::{ChunkSize, SECTOR_SIZE};
 pub use device::{BlockDevice, DeviceId, MemDevice, DIRECT_IO_ALIGN};
 #[cfg(feature = "std")]
-pub use device::{FileDevice, FlushHandle};
+pub use device::{FileDevice, FlushHandle, ReadHandle};
 pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use merge_stepper::{MergeEvent, MergeStepper};

@@ -15,8 +15,11 @@ use super::{StagedCommit, Undo};
 use crate::chunk::{ChunkSize, SECTOR_SIZE};
 use crate::device::{self, BlockDevice};
 use crate::error::{Error, Result};
-use crate::exception::{Builder, Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
+use crate::exception::{Exception, ExceptionTable, Sorter, MAX_COW_CHUNKS};
 use crate::status::{SnapshotState, SnapshotStatus};
+
+mod areas;
+use areas::Areas;
 
 /// Header magic, "SnAp" on disk.
 pub const SNAP_MAGIC: u32 = 0x7041_6E53;
@@ -631,23 +634,32 @@ impl PersistentStore {
 /// Reads up to `max` records of the area at byte `at`, stopping at the end marker.
 fn read_records(cow: &dyn BlockDevice, at: u64, max: u64) -> Result<Vec<Exception>> {
     let mut buf = Vec::new();
-    let n = read_area(cow, at, max, &mut buf)?;
+    let n = read_area(&|at, b| device::read(cow, at, b), at, max, &mut buf, 0)?;
     Ok(parse(&buf[..n * EXCEPTION_RECORD_BYTES as usize]).collect())
 }
 
-/// Reads the records of the area at byte `at` (at most `max`) into `buf`, in pieces of at most
-/// [`AREA_IO`], until the piece that holds the end marker; returns how many records precede it.
-fn read_area(cow: &dyn BlockDevice, at: u64, max: u64, buf: &mut Vec<u8>) -> Result<usize> {
+/// Reads the records of the area at byte `at` (at most `max`) into `buf` with `read`, in pieces of
+/// at most [`AREA_IO`], until the piece that holds the end marker; returns how many records
+/// precede it. The records go to `buf[from..]` (`buf` grows as needed; what follows them there is
+/// not theirs).
+fn read_area(
+    read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
+    at: u64,
+    max: u64,
+    buf: &mut Vec<u8>,
+    from: usize,
+) -> Result<usize> {
     let rec = EXCEPTION_RECORD_BYTES as usize;
     let piece = (max * EXCEPTION_RECORD_BYTES).min(AREA_IO) as usize / rec;
     let mut i = 0usize;
     while (i as u64) < max {
         let n = (max as usize - i).min(piece);
-        if buf.len() < (i + n) * rec {
-            buf.resize((i + n) * rec, 0);
+        let (start, end) = (from + i * rec, from + (i + n) * rec);
+        if buf.len() < end {
+            buf.resize(end, 0);
         }
-        let b = &mut buf[i * rec..(i + n) * rec];
-        device::read(cow, at + (i * rec) as u64, b)?;
+        let b = &mut buf[start..end];
+        read(at + (i * rec) as u64, b)?;
         if let Some(end) = b.chunks_exact(rec).position(|r| r[8..16] == [0; 8]) {
             return Ok(i + end);
         }
@@ -727,7 +739,9 @@ impl Scan {
 /// The records are loaded in bulk: each is checked on its own as it is read and goes, packed in a
 /// `u64` (`old << new_bits | new`), into a [`Sorter`] by origin chunk; the sorted keys then show
 /// repeats (adjacent equal origin chunks) and feed the table builder in order, with no hash probe
-/// or sorted insertion per record. The result and every error message are those of the
+/// or sorted insertion per record, the runs written into the sorter's own memory. The areas are
+/// read ahead by another thread when the device allows it ([`Areas`]), so that reading and
+/// checking overlap. The result and every error message are those of the
 /// record-by-record check ([`scan_each`]): when the bulk load meets a problem after a repeated
 /// origin chunk, or finds one, the store is read again record by record to name the record that
 /// check names (the bulk load does not keep the disk order).
@@ -762,7 +776,6 @@ fn scan(
     let metadata = MetadataChunks::new(geo);
     // Every COW chunk a record may name fits in `new_bits` bits; origin chunks get the rest.
     let new_bits = 64 - (cow_chunks.min(MAX_COW_CHUNKS) - 1).leading_zeros();
-    let new_mask = (1u64 << new_bits) - 1;
     // Fields beyond the origin bound are refused before they are sorted; without a bound
     // (inspect), the sorter widens as origin chunks come.
     let old_hint = if origin_chunks == u64::MAX {
@@ -770,11 +783,11 @@ fn scan(
     } else {
         64 - origin_chunks.saturating_sub(1).leading_zeros()
     };
-    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits));
+    let mut keys = Sorter::new(new_bits, old_hint.min(64 - new_bits), cow_chunks);
     let mut max_old = 0u64;
     // What the record-by-record check reports when the bulk load meets `error`: a repeated
     // origin chunk before it comes first.
-    let first_error = |keys: &Sorter, error: Error| -> Error {
+    let first_error = |keys: &mut Sorter, error: Error| -> Error {
         if !keys.has_equal_fields() {
             return error;
         }
@@ -789,30 +802,24 @@ fn scan(
     // kernel-written store name strictly increasing chunks (allocation order), which proves there
     // is no repeat at no cost; anything else is checked by sorting.
     let mut increasing = true;
-    let mut buf = Vec::new();
-    loop {
-        let area = out.areas;
-        let loc = geo.area_location(area);
-        if loc >= cow_chunks {
-            return Err(first_error(&keys, past_end(area, loc)));
-        }
-        let n = match read_area(cow, chunk.offset_of(loc), epa, &mut buf) {
-            Ok(n) => n,
-            Err(e) => return Err(first_error(&keys, e)),
+    let mut areas = Areas::new(cow, chunk, cow_chunks);
+    // `Some` when the bulk load cannot go on: an error, or a record to check record by record.
+    let stop = 'areas: loop {
+        let (area, bytes) = match areas.next_area() {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => break Some(Err(e)),
+            None => break None,
         };
+        let n = bytes.len() / EXCEPTION_RECORD_BYTES as usize;
         out.areas += 1;
-        let bytes = &buf[..n * EXCEPTION_RECORD_BYTES as usize];
         for (i, r) in parse(bytes).enumerate() {
             if let Err(e) = check_record(r, i, area, cow_chunks, origin_chunks, &metadata) {
-                return Err(first_error(&keys, e));
+                break 'areas Some(Err(e));
             }
             if r.old >> (64 - new_bits) != 0 {
                 // An origin chunk too large to pack (only without an origin bound, on a damaged
-                // device): check record by record.
-                drop(keys);
-                let mut own = ExceptionTable::new();
-                let t = table.unwrap_or(&mut own);
-                return scan_each(cow, header, chunk, origin_chunks, t, keep_all);
+                // device).
+                break 'areas Some(Ok(()));
             }
             keys.push(r.old << new_bits | r.new);
             max_old = max_old.max(r.old);
@@ -826,50 +833,60 @@ fn scan(
         }
         if n as u64 != epa {
             out.last_area = parse(bytes).collect();
-            break;
+            break None;
         }
+    };
+    // Stops the reader thread, if any, before anything else reads the device.
+    drop(areas);
+    match stop {
+        Some(Err(e)) => return Err(first_error(&mut keys, e)),
+        Some(Ok(())) => {
+            // Check record by record.
+            drop(keys);
+            let mut own = ExceptionTable::new();
+            let t = table.unwrap_or(&mut own);
+            return scan_each(cow, header, chunk, origin_chunks, t, keep_all);
+        }
+        None => {}
     }
     out.exceptions = keys.len() as u64;
 
     let old_bits = 64 - max_old.leading_zeros();
-    let mut builder = table.is_some().then(Builder::new);
     let mut prev = None;
     // Kept for the check of COW chunks named twice (only needed when they do not increase).
     let mut again = Vec::new();
-    let unique = keys.for_each_sorted(&mut |sorted| {
+    let mut each = |sorted: &[u64]| {
         if !increasing {
             again.extend_from_slice(sorted);
         }
-        // A repeat is two equal origin chunks side by side, also across buckets.
-        let first = sorted[0] >> new_bits;
-        if prev == Some(first)
-            || sorted
-                .windows(2)
-                .any(|w| w[0] >> new_bits == w[1] >> new_bits)
-        {
-            return false;
-        }
-        prev = Some(sorted[sorted.len() - 1] >> new_bits);
-        if let Some(b) = builder.as_mut() {
-            for &k in sorted {
-                b.push_next(k >> new_bits, k & new_mask);
-            }
-        }
         true
-    });
+    };
+    let unique = match table {
+        // The builder finds repeats (equal origin chunks side by side, also across buckets).
+        Some(table) => keys
+            .build(new_bits, &mut each)
+            .map(|t| *table = t)
+            .is_some(),
+        None => keys.for_each_sorted(&mut |sorted| {
+            let first = sorted[0] >> new_bits;
+            let repeat = prev == Some(first)
+                || sorted
+                    .windows(2)
+                    .any(|w| w[0] >> new_bits == w[1] >> new_bits);
+            prev = Some(sorted[sorted.len() - 1] >> new_bits);
+            !repeat && each(sorted)
+        }),
+    };
     if !unique {
         // An origin chunk repeats. The sort lost the disk order that says which record to name:
         // read again record by record.
-        drop((builder, again));
+        drop(again);
         let mut t = ExceptionTable::new();
         return match scan_each(cow, header, chunk, origin_chunks, &mut t, false) {
             Err(e) => Err(e),
             // Only if the device changed between the two reads.
             Ok(_) => Err(Error::corrupt("an origin chunk appears twice")),
         };
-    }
-    if let (Some(table), Some(b)) = (table, builder) {
-        *table = b.finish();
     }
     if !increasing {
         if let Some(new) = chunk_named_twice(&again, new_bits, old_bits) {
@@ -929,7 +946,7 @@ fn named_twice(new: u64) -> Error {
 /// record beyond it is not a first sighting.)
 fn chunk_named_twice(keys: &[u64], new_bits: u32, old_bits: u32) -> Option<u64> {
     let new_mask = (1u64 << new_bits) - 1;
-    let mut by_new = Sorter::new(0, old_bits + new_bits);
+    let mut by_new = Sorter::new(0, old_bits + new_bits, keys.len() as u64);
     for k in keys {
         by_new.push((k & new_mask) << old_bits | k >> new_bits);
     }
@@ -1153,6 +1170,33 @@ mod tests {
         }
     }
 
+    /// A device that activation reads ahead in another thread (as it reads a file).
+    struct Ahead<D>(std::sync::Arc<D>);
+
+    impl<D: BlockDevice + Send + Sync + 'static> BlockDevice for Ahead<D> {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&mut self, _offset: u64, _buf: &[u8]) -> Result<()> {
+            Err(Error::Unsupported("read only"))
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn read_handle(&self) -> Option<std::sync::Arc<dyn crate::device::ReadHandle>> {
+            Some(std::sync::Arc::new(Ahead(self.0.clone())))
+        }
+    }
+
+    impl<D: BlockDevice + Send + Sync> crate::device::ReadHandle for Ahead<D> {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.0.read_at(offset, buf)
+        }
+    }
+
     fn loc(area: u64) -> u64 {
         1 + area * (EPA + 1)
     }
@@ -1254,14 +1298,22 @@ mod tests {
             valid in prop_oneof![9 => Just(true), 1 => Just(false)],
             fault in prop_oneof![4 => Just(None), 1 => (0u64..2_500_000).prop_map(Some)],
             keep_all in any::<bool>(),
+            ahead in any::<bool>(),
         ) {
             let n = olds.len() as u64;
             let cow_chunks = (loc(n / EPA) + 1 + n % EPA + slack).saturating_sub(cut).max(2);
             let recs = records(&olds, old_kind, new_kind, cow_chunks);
             let dev = image(&recs, cow_chunks, valid);
-            let (bulk, each) = match fault {
-                None => both(&dev, origin_chunks, keep_all),
-                Some(f) => both(&Faulty(dev, f + CHUNK), origin_chunks, keep_all),
+            // The bulk scan reads ahead in another thread when the device allows it (the
+            // record-by-record scan never does).
+            let (bulk, each) = match (fault, ahead) {
+                (None, false) => both(&dev, origin_chunks, keep_all),
+                (None, true) => both(&Ahead(std::sync::Arc::new(dev)), origin_chunks, keep_all),
+                (Some(f), false) => both(&Faulty(dev, f + CHUNK), origin_chunks, keep_all),
+                (Some(f), true) => {
+                    let dev = Ahead(std::sync::Arc::new(Faulty(dev, f + CHUNK)));
+                    both(&dev, origin_chunks, keep_all)
+                }
             };
             prop_assert!(same(&bulk, &each), "bulk {:?}\nrecord by record {:?}", bulk, each);
         }
@@ -1369,6 +1421,87 @@ mod tests {
             let dev = image(&recs, 40, true);
             let (bulk, each) = both(&dev, u64::MAX, false);
             assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+        }
+    }
+
+    #[test]
+    fn areas_end_after_the_end_marker_or_an_error() {
+        let chunk = ChunkSize::new(CHUNK).unwrap();
+        for n in [0, 5, EPA, 3 * EPA, 3 * EPA + 7] {
+            let recs: Vec<Exception> = (0..n)
+                .map(|p| Exception {
+                    old: p,
+                    new: loc(p / EPA) + 1 + p % EPA,
+                })
+                .collect();
+            let last = n / EPA;
+            for cut in [false, true] {
+                let cow_chunks = if cut { loc(last) } else { loc(last) + 2 };
+                let mut want: Vec<Result<(u64, usize)>> =
+                    (0..last).map(|a| Ok((a, CHUNK as usize))).collect();
+                want.push(if cut {
+                    Err(past_end(last, loc(last)))
+                } else {
+                    Ok((last, (n % EPA * EXCEPTION_RECORD_BYTES) as usize))
+                });
+                for ahead in [false, true] {
+                    let dev = image(&recs, cow_chunks.max(2), true);
+                    let dev: &dyn BlockDevice = if ahead {
+                        &Ahead(std::sync::Arc::new(dev))
+                    } else {
+                        &dev
+                    };
+                    let mut areas = Areas::new(dev, chunk, cow_chunks);
+                    let mut got = Vec::new();
+                    while let Some(a) = areas.next_area() {
+                        got.push(a.map(|(a, b)| (a, b.len())));
+                    }
+                    assert_eq!(got, want, "{n} records, cut {cut}, ahead {ahead}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_ahead_stops_where_reading_area_by_area_stops() {
+        // Ten full areas, then the device ends where the eleventh would be: activation must
+        // report that area, a failed read or a bad record in any area, named as the
+        // record-by-record check (which reads one area after the other) names it.
+        let n = 10 * EPA;
+        let kernel: Vec<Exception> = (0..n)
+            .map(|p| Exception {
+                old: p * 7919 % 1_000_003,
+                new: loc(p / EPA) + 1 + p % EPA,
+            })
+            .collect();
+        let end = loc(10);
+        let ahead = |d: MemDevice| Ahead(std::sync::Arc::new(d));
+        let (bulk, each) = both(&ahead(image(&kernel, end, true)), 1_000_003, false);
+        assert!(same(&bulk, &each));
+        assert_eq!(
+            bulk.err(),
+            Some(Error::corrupt(alloc::format!(
+                "metadata area 10 (chunk {end}) lies past the end of the COW device"
+            )))
+        );
+        let fits = end + 1 + 3;
+        let (bulk, each) = both(&ahead(image(&kernel, fits, true)), 1_000_003, false);
+        assert!(same(&bulk, &each));
+        assert_eq!(bulk.unwrap().1.len(), n);
+        for area in 0..10 {
+            let dev = Faulty(image(&kernel, fits, true), loc(area) * CHUNK + 100);
+            let (bulk, each) = both(&Ahead(std::sync::Arc::new(dev)), 1_000_003, false);
+            assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+            assert_eq!(bulk.err(), Some(Error::io("injected read error")));
+            let mut bad = kernel.clone();
+            bad[(area * EPA + 5) as usize].new = loc(area);
+            let (bulk, each) = both(&ahead(image(&bad, fits, true)), 1_000_003, false);
+            assert!(same(&bulk, &each), "{bulk:?} {each:?}");
+            let want = alloc::format!(
+                "record 5 of area {area}: COW chunk {} is not a data chunk of this device",
+                loc(area)
+            );
+            assert_eq!(bulk.err(), Some(Error::corrupt(want)));
         }
     }
 
