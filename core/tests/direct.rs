@@ -5,6 +5,8 @@
 //! The files live under `/var/tmp` (a disk file system on most machines; `/tmp` may be a tmpfs,
 //! where `O_DIRECT` means something else or nothing), or `COWSNAP_DIRECT_DIR`.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -292,23 +294,6 @@ fn tmpfs_does_direct_io_or_says_it_cannot() {
     }
 }
 
-/// A persistent COW image (4 KiB chunks) of `n` records of distinct origin chunks in the kernel's
-/// layout, `chunks` chunks long.
-fn cow_image(n: u64, chunks: u64) -> Vec<u8> {
-    const EPA: u64 = 256;
-    let loc = |area: u64| 1 + area * (EPA + 1);
-    let mut b = vec![0u8; (chunks * 4096) as usize];
-    for (i, v) in [0x7041_6E53u32, 1, 1, 8].into_iter().enumerate() {
-        b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    for p in 0..n {
-        let at = ((loc(p / EPA) * 4096) + p % EPA * 16) as usize;
-        b[at..at + 8].copy_from_slice(&(p * 7919 % 1_000_003).to_le_bytes());
-        b[at + 8..at + 16].copy_from_slice(&(loc(p / EPA) + 1 + p % EPA).to_le_bytes());
-    }
-    b
-}
-
 /// Activation reads the metadata of a large COW ahead in another thread, through its own handle
 /// on the file: with `O_DIRECT` too it reads what a memory copy holds.
 #[test]
@@ -316,7 +301,7 @@ fn metadata_read_ahead_with_direct_io_reads_what_memory_holds() {
     use cowsnap_core::store::persistent::inspect;
     let d = scratch("ahead");
     let n = 100 * 256 + 17;
-    let image = cow_image(n, 1 + 101 * 257 + 5);
+    let image = common::cow_image(n, 1 + 101 * 257 + 5);
     let p = d.join("c.cow");
     std::fs::write(&p, &image).unwrap();
     let file = match FileDevice::open_direct(&p) {

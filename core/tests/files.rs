@@ -1,5 +1,7 @@
 //! File devices at their edges: reservation, identity, refusing existing paths.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -119,25 +121,6 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A persistent COW image (4 KiB chunks) holding `n` records of distinct origin chunks in the
-/// kernel's layout, `chunks` chunks long.
-fn cow_image(n: u64, chunks: u64) -> Vec<u8> {
-    const EPA: u64 = 256;
-    let loc = |area: u64| 1 + area * (EPA + 1);
-    let mut b = vec![0u8; (chunks * 4096) as usize];
-    for (i, v) in [0x7041_6E53u32, 1, 1, 8].into_iter().enumerate() {
-        b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    for p in 0..n {
-        let at = ((loc(p / EPA) * 4096) + p % EPA * 16) as usize;
-        if at + 16 <= b.len() {
-            b[at..at + 8].copy_from_slice(&(p * 7919 % 1_000_003).to_le_bytes());
-            b[at + 8..at + 16].copy_from_slice(&(loc(p / EPA) + 1 + p % EPA).to_le_bytes());
-        }
-    }
-    b
-}
-
 #[test]
 fn metadata_read_ahead_from_a_file_gives_what_reading_memory_gives() {
     // Large enough for activation to read a file's areas ahead in another thread (a memory
@@ -146,13 +129,13 @@ fn metadata_read_ahead_from_a_file_gives_what_reading_memory_gives() {
     use cowsnap_core::MemDevice;
     let d = scratch("ahead");
     let n = 100 * 256 + 17;
-    let intact = cow_image(n, 1 + 101 * 257 + 5);
+    let intact = common::cow_image(n, 1 + 101 * 257 + 5);
     let mut bad = intact.clone();
     // Record 9 of area 80 names its own metadata chunk.
     let at = ((1 + 80 * 257) * 4096 + 9 * 16 + 8) as usize;
     bad[at..at + 8].copy_from_slice(&(1u64 + 80 * 257).to_le_bytes());
     // One hundred full areas, and the device ends where the next one would be.
-    let cut = cow_image(100 * 256, 1 + 100 * 257);
+    let cut = common::cow_image(100 * 256, 1 + 100 * 257);
     for (name, image) in [("intact", &intact), ("bad", &bad), ("cut", &cut)] {
         let p = d.join(format!("{name}.cow"));
         std::fs::write(&p, image).unwrap();

@@ -61,3 +61,23 @@ pub const OUTCOMES: [AfterCrash; 4] = [
     AfterCrash::TearLast,
     AfterCrash::KeepLastOnly,
 ];
+
+/// A persistent COW image (4 KiB chunks) holding `n` records of distinct origin chunks in the
+/// kernel's layout, `chunks` chunks long (records that would fall past the end are left out: a cut
+/// image).
+pub fn cow_image(n: u64, chunks: u64) -> Vec<u8> {
+    const EPA: u64 = 256;
+    let loc = |area: u64| 1 + area * (EPA + 1);
+    let mut b = vec![0u8; (chunks * 4096) as usize];
+    for (i, v) in [0x7041_6E53u32, 1, 1, 8].into_iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    for p in 0..n {
+        let at = ((loc(p / EPA) * 4096) + p % EPA * 16) as usize;
+        if at + 16 <= b.len() {
+            b[at..at + 8].copy_from_slice(&(p * 7919 % 1_000_003).to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&(loc(p / EPA) + 1 + p % EPA).to_le_bytes());
+        }
+    }
+    b
+}
