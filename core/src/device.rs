@@ -326,6 +326,9 @@ mod file {
         file: Arc<File>,
         len: u64,
         direct: bool,
+        /// The file system's `lseek(SEEK_DATA)` can be trusted for [`BlockDevice::known_zeros`]
+        /// (see [`holes_trusted`]).
+        holes: bool,
     }
 
     const NO_DIRECT: &str =
@@ -388,6 +391,7 @@ mod file {
                 .open(path)?;
             file.set_len(len)?;
             Ok(FileDevice {
+                holes: holes_trusted(&file),
                 file: Arc::new(file),
                 len,
                 direct: false,
@@ -429,6 +433,7 @@ mod file {
             });
             match made {
                 Ok(file) => Ok(FileDevice {
+                    holes: holes_trusted(&file),
                     file: Arc::new(file),
                     len,
                     direct,
@@ -456,6 +461,7 @@ mod file {
             let len = file.metadata()?.len();
             check_direct_len(direct, len)?;
             Ok(FileDevice {
+                holes: holes_trusted(&file),
                 file: Arc::new(file),
                 len,
                 direct,
@@ -616,6 +622,7 @@ mod file {
                 file: self.file.clone(),
                 len: self.len,
                 direct: self.direct,
+                holes: self.holes,
             })))
         }
         /// Holes by `lseek(SEEK_DATA)`, which counts a range as a hole only when it reads as
@@ -625,7 +632,7 @@ mod file {
         /// answer "data" (0 here), as do block devices.
         fn known_zeros(&self, offset: u64, len: u64) -> u64 {
             let end = offset.saturating_add(len).min(self.len);
-            if offset >= end {
+            if !self.holes || offset >= end {
                 return 0;
             }
             match seek_data(&self.file, offset) {
@@ -638,6 +645,52 @@ mod file {
                 },
                 Err(_) => 0,
             }
+        }
+    }
+
+    /// Whether `file`'s file system answers `lseek(SEEK_DATA)` from the file's content as a read
+    /// sees it, dirty page-cache data included: ext4, XFS, btrfs, tmpfs and f2fs (read in their
+    /// code). Elsewhere a hole may be reported over data not yet written back (FUSE with a
+    /// write-back cache asks its server without writing back first; some OpenZFS releases did
+    /// so too), and a copy skipped on such an answer would lose data: there
+    /// [`BlockDevice::known_zeros`] says nothing.
+    #[allow(unsafe_code)]
+    fn holes_trusted(file: &File) -> bool {
+        use std::os::unix::io::AsRawFd;
+        const TRUSTED: [u32; 5] = [
+            0xEF53,      // ext2/3/4
+            0x5846_5342, // XFS
+            0x9123_683E, // btrfs
+            0x0102_1994, // tmpfs
+            0xF2F5_2010, // f2fs
+        ];
+        // SAFETY: `statfs` is plain data (all-zero is a valid value), which `fstatfs` fills from
+        // a descriptor this function borrows.
+        let (r, st) = unsafe {
+            let mut st: libc::statfs = core::mem::zeroed();
+            (libc::fstatfs(file.as_raw_fd(), &mut st), st)
+        };
+        if r != 0 {
+            return false;
+        }
+        // `f_type` is a signed word of the platform's size: compare its low 32 bits.
+        TRUSTED.contains(&(st.f_type as u64 as u32))
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn holes_are_trusted_on_the_listed_file_systems_only() {
+        // procfs is not on the list: a device there would never claim zeros.
+        let proc_file = File::open("/proc/self/status").unwrap();
+        assert!(!holes_trusted(&proc_file));
+        // tmpfs is (where /dev/shm is one).
+        if let Ok(f) = File::create("/dev/shm/cowsnap-holes-trusted-test") {
+            let on_tmpfs = std::process::Command::new("stat")
+                .args(["-f", "-c", "%T", "/dev/shm"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"tmpfs"));
+            assert_eq!(holes_trusted(&f), on_tmpfs);
+            let _ = std::fs::remove_file("/dev/shm/cowsnap-holes-trusted-test");
         }
     }
 

@@ -15,7 +15,8 @@
 //! ```
 #![no_std]
 #![deny(unsafe_code)]
-// audited exceptions: `posix_fallocate` in `device::file::reserve`, `alloc_zeroed` in `MemDevice::try_new`
+// audited exceptions: `posix_fallocate` in `device::file::reserve`, `lseek` and `fstatfs` in
+// `device::file` (`known_zeros`), `alloc_zeroed` in `MemDevice::try_new`
 #![warn(missing_docs)]
 
 extern crate alloc;

@@ -233,6 +233,15 @@ fn rigged_volume(
     (vol, ids)
 }
 
+/// `origin` with every other 32 KiB zeroed: holes whose copies into a zeroed COW are skipped.
+fn with_holes(origin: &[u8]) -> Vec<u8> {
+    let mut o = origin.to_vec();
+    for piece in o.chunks_mut(32 * 1024).step_by(2) {
+        piece.fill(0);
+    }
+    o
+}
+
 fn apply(vol: &mut Volume, ids: &[SnapshotId], op: &WOp) -> cowsnap_core::Result<()> {
     match *op {
         WOp::Origin(off, len, seed) => vol.write_at(off, &pattern(seed, len as usize)),
@@ -241,18 +250,9 @@ fn apply(vol: &mut Volume, ids: &[SnapshotId], op: &WOp) -> cowsnap_core::Result
     }
 }
 
-/// Runs the workload on fault devices with `setup` deciding the fault; returns the rig, the index of
-/// the first op that failed (or ops.len()) and the ops completed before the last successful flush.
-fn faulty_run(
-    origin: &[u8],
-    specs: &[SnapSpec],
-    ops: &[WOp],
-    setup: impl FnOnce(&mut Power),
-) -> (Rig, usize, usize, Vec<SnapshotId>) {
-    faulty_run_on(origin, specs, ops, STALE, setup)
-}
-
-/// [`faulty_run`] with COWs holding `cow_fill` before use (0: new files, whose zeros are known).
+/// Runs the workload on fault devices with `setup` deciding the fault, the COWs holding `cow_fill`
+/// before use (0: new files, whose zeros are known); returns the rig, the index of the first op
+/// that failed (or ops.len()) and the ops completed before the last successful flush.
 fn faulty_run_on(
     origin: &[u8],
     specs: &[SnapSpec],
@@ -409,38 +409,42 @@ fn crash_everywhere(origin: &[u8], specs: &[SnapSpec], ops: &[WOp], cow_fill: u8
 
 #[test]
 fn injected_io_errors_surface_and_never_serve_wrong_data() {
-    let (origin, specs, ops) = workload();
+    let (plain, specs, ops) = workload();
     let ops: Vec<WOp> = ops
         .into_iter()
         .filter(|o| !matches!(o, WOp::Snap(..)))
         .collect();
-    // With origin writes only, each snapshot must always read its creation-time contents.
-    let (rig, _, _, _) = faulty_run(&origin, &specs, &ops, |_| {});
-    let total = rig.power.lock().unwrap().ops;
+    // With origin writes only, each snapshot must always read its creation-time contents. Twice:
+    // on stale COWs, and on zeroed COWs over an origin with holes, where copies of zeros are
+    // skipped (a chunk slot handed back after a failure and handed out again for a hole).
     let mut errors_seen = 0;
-    for k in (0..total).step_by(3) {
-        let rig = Rig::new();
-        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, STALE);
-        {
-            let mut p = rig.power.lock().unwrap();
-            p.ops = 0;
-            p.fail_op = Some(k);
-        }
-        for op in &ops {
-            if apply(&mut vol, &ids, op).is_err() {
-                errors_seen += 1;
+    for (origin, fill) in [(plain.clone(), STALE), (with_holes(&plain), 0)] {
+        let (rig, _, _, _) = faulty_run_on(&origin, &specs, &ops, fill, |_| {});
+        let total = rig.power.lock().unwrap().ops;
+        for k in (0..total).step_by(3) {
+            let rig = Rig::new();
+            let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, fill);
+            {
+                let mut p = rig.power.lock().unwrap();
+                p.ops = 0;
+                p.fail_op = Some(k);
             }
-        }
-        for &id in &ids {
-            let mut b = vec![0u8; origin.len()];
-            match vol.snapshot_read_at(id, 0, &mut b) {
-                Ok(()) => assert!(
-                    b == origin,
-                    "I/O error at op {k}: snapshot {id:?} reads wrong data"
-                ),
-                Err(Error::SnapshotInvalid) => {}
-                Err(Error::Io(_)) => {} // the injected error hit this read itself
-                Err(e) => panic!("I/O error at op {k}: {e}"),
+            for op in &ops {
+                if apply(&mut vol, &ids, op).is_err() {
+                    errors_seen += 1;
+                }
+            }
+            for &id in &ids {
+                let mut b = vec![0u8; origin.len()];
+                match vol.snapshot_read_at(id, 0, &mut b) {
+                    Ok(()) => assert!(
+                        b == origin,
+                        "I/O error at op {k}: snapshot {id:?} reads wrong data"
+                    ),
+                    Err(Error::SnapshotInvalid) => {}
+                    Err(Error::Io(_)) => {} // the injected error hit this read itself
+                    Err(e) => panic!("I/O error at op {k}: {e}"),
+                }
             }
         }
     }
@@ -705,7 +709,7 @@ fn merge_crash(case: MergeCase, step_bytes: u64, min_steps: usize) {
 /// what is on disk reactivates to the same answers.
 #[test]
 fn a_failing_cow_refuses_the_origin_write_and_keeps_the_snapshot() {
-    let (origin, _, ops) = workload();
+    let (plain, _, ops) = workload();
     let ops: Vec<WOp> = ops
         .into_iter()
         .filter(|o| !matches!(o, WOp::Snap(..)))
@@ -716,72 +720,78 @@ fn a_failing_cow_refuses_the_origin_write_and_keeps_the_snapshot() {
         store: StoreKind::Persistent,
         overflow: OverflowMode::Invalidate,
     }];
-    let (rig, _, _, _) = faulty_run(&origin, &specs, &ops, |_| {});
-    let total = rig.power.lock().unwrap().ops;
-    let (mut cow_faults, mut invalidated) = (0, 0);
-    for k in 0..total {
-        let rig = Rig::new();
-        let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, STALE);
-        {
-            let mut p = rig.power.lock().unwrap();
-            p.ops = 0;
-            p.fail_op = Some(k);
-        }
-        let mut model = origin.clone();
-        let mut failed = false;
-        for op in &ops {
-            let before = vol.snapshot_status(ids[0]).unwrap().state;
-            let r = apply(&mut vol, &ids, op);
-            let state = vol.snapshot_status(ids[0]).unwrap().state;
-            if state == SnapshotState::Invalid && before != state && r.is_ok() {
-                panic!("fault at op {k}: snapshot invalidated by {op:?}, which reported success");
+    let (mut cow_faults, mut invalidated, mut total) = (0, 0, 0);
+    // Stale COW bytes, then a zeroed COW over an origin with holes (copies of zeros skipped).
+    for (origin, fill) in [(plain.clone(), STALE), (with_holes(&plain), 0)] {
+        let (rig, _, _, _) = faulty_run_on(&origin, &specs, &ops, fill, |_| {});
+        let ops_here = rig.power.lock().unwrap().ops;
+        total += ops_here;
+        for k in 0..ops_here {
+            let rig = Rig::new();
+            let (mut vol, ids) = rigged_volume(&rig, &origin, &specs, fill);
+            {
+                let mut p = rig.power.lock().unwrap();
+                p.ops = 0;
+                p.fail_op = Some(k);
             }
-            match (r, op) {
-                (Ok(()), WOp::Origin(off, len, seed)) => {
-                    let (o, n) = (*off as usize, *len as usize);
-                    model[o..o + n].copy_from_slice(&pattern(*seed, n));
+            let mut model = origin.clone();
+            let mut failed = false;
+            for op in &ops {
+                let before = vol.snapshot_status(ids[0]).unwrap().state;
+                let r = apply(&mut vol, &ids, op);
+                let state = vol.snapshot_status(ids[0]).unwrap().state;
+                if state == SnapshotState::Invalid && before != state && r.is_ok() {
+                    panic!(
+                        "fault at op {k}: snapshot invalidated by {op:?}, which reported success"
+                    );
                 }
-                (Ok(()), _) => {}
-                (Err(_), _) => failed = true,
+                match (r, op) {
+                    (Ok(()), WOp::Origin(off, len, seed)) => {
+                        let (o, n) = (*off as usize, *len as usize);
+                        model[o..o + n].copy_from_slice(&pattern(*seed, n));
+                    }
+                    (Ok(()), _) => {}
+                    (Err(_), _) => failed = true,
+                }
             }
-        }
-        vol.flush().or_else(|_| vol.flush()).unwrap();
-        let mut b = vec![0u8; origin.len()];
-        vol.read_at(0, &mut b).unwrap();
-        assert!(
-            b == model,
-            "fault at op {k}: a refused write changed the origin"
-        );
-        let live = vol.snapshot_read_at(ids[0], 0, &mut b);
-        match &live {
-            Ok(()) => assert!(b == origin, "fault at op {k}: snapshot reads wrong data"),
-            Err(Error::SnapshotInvalid) => invalidated += 1,
-            Err(e) => panic!("fault at op {k}: {e}"),
-        }
-        if failed && k > 0 {
-            cow_faults += 1;
-        }
-        // Everything is flushed: reactivate from the devices' bytes.
-        let imgs = rig.after_crash(AfterCrash::DropUnflushed);
-        let mut again = Volume::new(MemDevice::from_vec(imgs[0].clone()));
-        let s = again
-            .activate_snapshot(
-                MemDevice::from_vec(imgs[1].clone()),
-                SnapshotOptions::default(),
-            )
-            .unwrap_or_else(|e| panic!("fault at op {k}: reactivation refused: {e}"));
-        again.read_at(0, &mut b).unwrap();
-        assert!(b == model, "fault at op {k}: origin after reactivation");
-        match again.snapshot_read_at(s, 0, &mut b) {
-            Ok(()) => {
-                assert!(live.is_ok(), "fault at op {k}: invalid snapshot came back");
-                assert!(
-                    b == origin,
-                    "fault at op {k}: reactivated snapshot reads wrong data"
-                );
+            vol.flush().or_else(|_| vol.flush()).unwrap();
+            let mut b = vec![0u8; origin.len()];
+            vol.read_at(0, &mut b).unwrap();
+            assert!(
+                b == model,
+                "fault at op {k}: a refused write changed the origin"
+            );
+            let live = vol.snapshot_read_at(ids[0], 0, &mut b);
+            match &live {
+                Ok(()) => assert!(b == origin, "fault at op {k}: snapshot reads wrong data"),
+                Err(Error::SnapshotInvalid) => invalidated += 1,
+                Err(e) => panic!("fault at op {k}: {e}"),
             }
-            Err(Error::SnapshotInvalid) => assert!(live.is_err()),
-            Err(e) => panic!("fault at op {k}: {e}"),
+            if failed && k > 0 {
+                cow_faults += 1;
+            }
+            // Everything is flushed: reactivate from the devices' bytes.
+            let imgs = rig.after_crash(AfterCrash::DropUnflushed);
+            let mut again = Volume::new(MemDevice::from_vec(imgs[0].clone()));
+            let s = again
+                .activate_snapshot(
+                    MemDevice::from_vec(imgs[1].clone()),
+                    SnapshotOptions::default(),
+                )
+                .unwrap_or_else(|e| panic!("fault at op {k}: reactivation refused: {e}"));
+            again.read_at(0, &mut b).unwrap();
+            assert!(b == model, "fault at op {k}: origin after reactivation");
+            match again.snapshot_read_at(s, 0, &mut b) {
+                Ok(()) => {
+                    assert!(live.is_ok(), "fault at op {k}: invalid snapshot came back");
+                    assert!(
+                        b == origin,
+                        "fault at op {k}: reactivated snapshot reads wrong data"
+                    );
+                }
+                Err(Error::SnapshotInvalid) => assert!(live.is_err()),
+                Err(e) => panic!("fault at op {k}: {e}"),
+            }
         }
     }
     println!("{total} fault points, {cow_faults} surfaced as errors, {invalidated} invalidated");

@@ -247,3 +247,39 @@ fn only_cows_formatted_here_trust_known_zeros() {
     vol.read_at(0, &mut b).unwrap();
     assert!(b == new);
 }
+
+/// Origin data still dirty in the page cache (written, never flushed) is data: a snapshot taken
+/// then keeps it, before and after reactivation. (ext4's delayed allocation leaves such pages
+/// without blocks until writeback; its `SEEK_DATA` must still count them.)
+#[test]
+fn unflushed_origin_data_is_copied_not_taken_for_a_hole() {
+    let dir = scratch("dirty");
+    let (op, cp) = (dir.join("origin"), dir.join("cow"));
+    let size = 2 * MIB;
+    let old = pattern(3, 256 * KIB);
+    let new = pattern(4, size);
+    {
+        let mut o = FileDevice::create(&op, size).unwrap();
+        // No flush: the blocks are dirty pages of a sparse file.
+        o.write_at(MIB, &old).unwrap();
+        let mut vol = Volume::new(o);
+        let cow = FileDevice::create_new(&cp, 4 * MIB).unwrap();
+        let id = vol.create_snapshot(cow, opts()).unwrap();
+        vol.write_at(0, &new).unwrap();
+        let mut b = vec![0u8; old.len()];
+        vol.snapshot_read_at(id, MIB, &mut b).unwrap();
+        assert!(b == old, "the snapshot lost unflushed origin data");
+        vol.flush().unwrap();
+    }
+    let mut vol = Volume::new(FileDevice::open(&op).unwrap());
+    let id = vol
+        .activate_snapshot(FileDevice::open(&cp).unwrap(), opts())
+        .unwrap();
+    let mut b = vec![0u8; old.len()];
+    vol.snapshot_read_at(id, MIB, &mut b).unwrap();
+    assert!(b == old, "after reactivation");
+    let mut z = vec![1u8; MIB as usize];
+    vol.snapshot_read_at(id, 0, &mut z).unwrap();
+    assert!(z.iter().all(|&x| x == 0), "the hole reads as zeros");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
