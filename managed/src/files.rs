@@ -13,7 +13,7 @@ use crate::size::human;
 use crate::{Error, Result};
 
 /// The largest file size the host can address (`off_t` is signed).
-pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+pub const MAX_FILE_SIZE: u64 = cowsnap_core::limits::MAX_DEVICE_LEN;
 
 /// How a volume's files are opened: through the page cache (the default), or with `O_DIRECT`
 /// (the CLI's `--direct`: for programs that cache for themselves). Given to every function here
