@@ -68,6 +68,11 @@ pub trait BlockDevice: Send + Sync {
     fn read_handle(&self) -> Option<std::sync::Arc<dyn ReadHandle>> {
         None
     }
+    /// A hint that `[offset, offset + len)`, just written, is about to be flushed: the device may
+    /// start writing it back now, so the flush that follows waits for less (a merge step copies
+    /// megabytes onto the origin, then flushes it). It never changes what a flush makes durable,
+    /// nor when a write is durable; errors are left for that flush to report. Default: nothing.
+    fn write_behind(&self, _offset: u64, _len: u64) {}
 }
 
 /// Alignment of offsets, lengths and sizes on a device opened with `O_DIRECT`: 4096 bytes, the
@@ -141,6 +146,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     #[cfg(feature = "std")]
     fn read_handle(&self) -> Option<std::sync::Arc<dyn ReadHandle>> {
         (**self).read_handle()
+    }
+    fn write_behind(&self, offset: u64, len: u64) {
+        (**self).write_behind(offset, len)
     }
 }
 
@@ -624,6 +632,25 @@ mod file {
                 direct: self.direct,
                 holes: self.holes,
             })))
+        }
+        /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing the range's dirty pages back
+        /// and returns without waiting. Durability still comes from `fdatasync` alone (this
+        /// writes no file-system metadata); an I/O error it meets is kept by the file and
+        /// reported by that `fdatasync`.
+        #[allow(unsafe_code)]
+        fn write_behind(&self, offset: u64, len: u64) {
+            use std::os::unix::io::AsRawFd;
+            let end = offset.saturating_add(len).min(self.len);
+            if self.direct || offset >= end {
+                return; // O_DIRECT writes leave no dirty pages behind
+            }
+            let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(end - offset)) else {
+                return;
+            };
+            // SAFETY: a plain system call on a descriptor this device owns; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+            };
         }
         /// Holes by `lseek(SEEK_DATA)`, which counts a range as a hole only when it reads as
         /// zeros now: never written, or reserved by `fallocate` and never written (dirty pages

@@ -173,3 +173,81 @@ fn metadata_read_ahead_from_a_file_gives_what_reading_memory_gives() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `write_behind` is a hint: it changes no byte, and a range past the end or of no length is
+/// ignored, not an error or a panic.
+#[test]
+fn write_behind_changes_nothing() {
+    let d = scratch("behind");
+    let mut dev = FileDevice::create_new(d.join("f"), 1 << 20).unwrap();
+    let data: Vec<u8> = (0..256 << 10).map(|i| (i % 251) as u8).collect();
+    dev.write_at(4096, &data).unwrap();
+    dev.write_behind(4096, data.len() as u64);
+    dev.write_behind(0, u64::MAX);
+    dev.write_behind(2 << 20, 4096);
+    dev.write_behind(4096, 0);
+    dev.flush().unwrap();
+    let mut back = vec![0u8; data.len()];
+    dev.read_at(4096, &mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+/// A merge hands what it copies onto the origin to write-back as it goes when the copies lie
+/// side by side on the origin (so the step's flush waits for less), and leaves scattered
+/// copies to that flush: the hints cover every merged byte of a sequential merge and none of a
+/// scattered one; the origin ends as the snapshot was either way.
+#[test]
+fn a_merge_hands_sequential_copies_to_write_back() {
+    use cowsnap_core::testkit::device::{Access, Hooked, Verdict};
+    use cowsnap_core::MemDevice;
+    use std::sync::{Arc, Mutex};
+
+    const CHUNK: u64 = 4096;
+    const ORIGIN: usize = 64 << 20;
+    for (name, stride) in [("sequential", 1u64), ("scattered", 16)] {
+        let hints: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let h = hints.clone();
+        let origin = Hooked::new(MemDevice::new(ORIGIN), move |a| {
+            if let Access::WriteBehind { offset, len } = a {
+                h.lock().unwrap().push((offset, len));
+            }
+            Verdict::Pass
+        });
+        let mut vol = Volume::new(origin);
+        vol.write_at(0, &vec![0x11; ORIGIN]).unwrap();
+        let opts = SnapshotOptions {
+            chunk_size: cowsnap_core::ChunkSize::new(CHUNK).unwrap(),
+            ..SnapshotOptions::default()
+        };
+        let id = vol.create_snapshot(MemDevice::new(8 << 20), opts).unwrap();
+        // 768 first writes (3 MiB of copies: several 1 MiB pieces per step).
+        let chunks: Vec<u64> = (0..768).map(|i| i * stride).collect();
+        for &c in &chunks {
+            vol.write_at(c * CHUNK, &[0x22; CHUNK as usize]).unwrap();
+        }
+        vol.flush().unwrap();
+        hints.lock().unwrap().clear();
+        vol.merge_snapshot(id, |_| {}).unwrap();
+        let mut all = vec![0u8; ORIGIN];
+        vol.read_at(0, &mut all).unwrap();
+        assert!(all.iter().all(|&b| b == 0x11), "{name}: merge lost data");
+        let hints = hints.lock().unwrap();
+        let hinted = |c: u64| {
+            hints
+                .iter()
+                .any(|&(o, l)| o <= c * CHUNK && (c + 1) * CHUNK <= o + l)
+        };
+        if stride == 1 {
+            let missing: Vec<u64> = chunks.iter().copied().filter(|&c| !hinted(c)).collect();
+            assert!(
+                missing.is_empty(),
+                "{name}: chunks never hinted: {missing:?}"
+            );
+        } else {
+            assert!(
+                hints.is_empty(),
+                "{name}: scattered copies hinted: {hints:?}"
+            );
+        }
+    }
+}

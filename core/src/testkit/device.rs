@@ -30,6 +30,13 @@ pub enum Access<'a> {
     Flush,
     /// `set_len(len)`.
     SetLen(u64),
+    /// `write_behind(offset, len)`: a hint, which has no result; any verdict but `Pass` drops it.
+    WriteBehind {
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// What a hook decides about an access.
@@ -102,6 +109,11 @@ impl<D: BlockDevice> BlockDevice for Hooked<D> {
     }
     fn identity(&self) -> Option<DeviceId> {
         self.inner.identity()
+    }
+    fn write_behind(&self, offset: u64, len: u64) {
+        if let Ok(true) = self.ask(Access::WriteBehind { offset, len }) {
+            self.inner.write_behind(offset, len);
+        }
     }
     /// Not an access (nothing is read or written): the wrapped device answers.
     fn known_zeros(&self, offset: u64, len: u64) -> u64 {
