@@ -209,6 +209,7 @@ w() { # ENGINE MODE PATTERN THREADS OPS
   case $1 in
     qcow2) qemu_run "$2" "$3" "$5" ;;
     cowsnap4) write_run cowsnap "$2" "$3" "$4" "$5" 4 ;;
+    floor4) write_run floor "$2" "$3" "$4" "$5" 4 ;;
     *) write_run "$1" "$2" "$3" "$4" "$5" 1 ;;
   esac
 }
@@ -224,7 +225,7 @@ for ((r = 0; r < ROUNDS; r++)); do
   measure $r dur-rand4k-4 "raw floor floor-dm cowsnap" "$DUR_SLICES" w dur rand4k 4 "$DUR_OPS"
   measure $r nf-seq64k-1 "raw floor cowsnap qcow2" 2 w nf seq64k 1 "$SEQ_NF_OPS"
   measure $r dur-seq64k-1 "raw floor cowsnap qcow2" "$DUR_SLICES" w dur seq64k 1 "$SEQ_DUR_OPS"
-  measure $r snaps-nf "cowsnap cowsnap4" 2 w nf rand4k 1 "$NF_OPS"
+  measure $r snaps-nf "cowsnap cowsnap4 floor floor4" 2 w nf rand4k 1 "$NF_OPS"
   measure $r snaps-dur "cowsnap cowsnap4" $((DUR_SLICES / 2)) w dur rand4k 1 "$DUR_OPS"
   measure $r merge-scattered "c-merge cli-merge floor dd" 1 merge_run scattered
   measure $r merge-sequential "c-merge cli-merge floor dd" 1 merge_run sequential
@@ -306,6 +307,7 @@ ratio_row "no flush, seq 64K: cowsnap / qcow2 unsafe" - nf-seq64k-1 cowsnap qcow
 ratio_row "durable, seq 64K: cowsnap / floor" - dur-seq64k-1 cowsnap floor
 ratio_row "durable, seq 64K: cowsnap / qcow2 wt" - dur-seq64k-1 cowsnap qcow2
 ratio_row "4 snapshots / 1, no flush, rand 4K" "ge 0.6" snaps-nf cowsnap4 cowsnap
+ratio_row "4 copies / 1, no flush, rand 4K: floor (bound)" - snaps-nf floor4 floor
 ratio_row "4 snapshots / 1, durable, rand 4K" "ge 0.6" snaps-dur cowsnap4 cowsnap
 ratio_row "scattered merge, C ABI / dd" "ge 0.3" merge-scattered c-merge dd
 ratio_row "scattered merge, cowsnap merge (CLI) / dd" "ge 0.3" merge-scattered cli-merge dd
@@ -324,7 +326,7 @@ echo "Figures (MiB/s; activation, pread, lvs and creation in seconds): min / med
 for key in nf-rand4k-1 nf-rand4k-2 nf-rand4k-4 dur-rand4k-1 dur-rand4k-2 dur-rand4k-4 nf-seq64k-1 dur-seq64k-1 \
   snaps-nf snaps-dur merge-scattered merge-sequential activation lvs creation; do
   line="$key:"
-  for e in raw floor floor-dm cowsnap cowsnap4 qcow2 c-merge cli-merge dd activate pread lvs 1g 1t; do
+  for e in raw floor floor-dm cowsnap cowsnap4 floor4 qcow2 c-merge cli-merge dd activate pread lvs 1g 1t; do
     [ -n "${V[0:$key:$e]:-}" ] || continue
     # shellcheck disable=SC2046
     line+=" $e $(stats $(values "$key" "$e") | sed 's# # / #g');"

@@ -10,7 +10,8 @@
  *               dur (every request durable before the next one starts)
  *       PATTERN rand4k (distinct random 4 KiB chunks) | seq64k (sequential 64 KiB requests)
  *       THREADS writers, each in its own equal region of the origin; OPS requests in all
- *       SNAPS   snapshots taken before the writes (cowsnap only; 1 otherwise)
+ *       SNAPS   snapshots taken before the writes (cowsnap); copy files written per request (floor,
+ *               floor-dm: the floor of SNAPS snapshots); 1 for raw
  *     prints "MIBS SECONDS BYTES"
  *   bench qemu-cmds PATTERN OPS ORIGIN_MIB   the same requests as qemu-io commands (1 thread)
  *   bench merge-prep ORIGIN COW PATTERN CHUNKS   CHUNKS first writes after a snapshot (untimed)
@@ -163,7 +164,8 @@ struct run {
     int durable;
     uint64_t len;      /* request size */
     int origin_fd;     /* raw, floor */
-    int copy_fd;       /* floor, floor-dm */
+    int copy_fd[MAX_SNAPS]; /* floor, floor-dm: one copy file per snapshot */
+    int copies;        /* how many (SNAPS) */
     uint64_t copy_region; /* bytes of the copy file per thread */
     uint64_t meta_off; /* floor-dm: first metadata block of the copy file (one per thread) */
     cowsnap_volume *vol;
@@ -195,14 +197,18 @@ static void *write_thread(void *arg) {
         case FLOOR_DM: {
             off_t copy_off = (off_t)((uint64_t)w->t * r->copy_region + i * r->len);
             if (pread(r->origin_fd, old, r->len, off) != (ssize_t)r->len) die("pread");
-            if (pwrite(r->copy_fd, old, r->len, copy_off) != (ssize_t)r->len) die("pwrite copy");
-            if (r->durable && fdatasync(r->copy_fd) != 0) die("fdatasync copy");
+            for (int c = 0; c < r->copies; c++)
+                if (pwrite(r->copy_fd[c], old, r->len, copy_off) != (ssize_t)r->len) die("pwrite copy");
+            for (int c = 0; c < r->copies; c++)
+                if (r->durable && fdatasync(r->copy_fd[c]) != 0) die("fdatasync copy");
             if (r->engine == FLOOR_DM) {
                 /* The record: a 16-byte entry in the thread's metadata block, written as a sector. */
                 memcpy(old, &off, sizeof off);
                 off_t meta = (off_t)(r->meta_off + (uint64_t)w->t * CHUNK + (i % 8) * 512);
-                if (pwrite(r->copy_fd, old, 512, meta) != 512) die("pwrite record");
-                if (r->durable && fdatasync(r->copy_fd) != 0) die("fdatasync record");
+                for (int c = 0; c < r->copies; c++)
+                    if (pwrite(r->copy_fd[c], old, 512, meta) != 512) die("pwrite record");
+                for (int c = 0; c < r->copies; c++)
+                    if (r->durable && fdatasync(r->copy_fd[c]) != 0) die("fdatasync record");
             }
             if (pwrite(r->origin_fd, data, r->len, off) != (ssize_t)r->len) die("pwrite");
             if (r->durable && fdatasync(r->origin_fd) != 0) die("fdatasync");
@@ -236,7 +242,7 @@ static int cmd_write(char **a) {
     if (!random && strcmp(pattern, "seq64k")) { fprintf(stderr, "bench: pattern rand4k|seq64k\n"); return 2; }
     r.len = random ? 4096 : 65536;
     if (threads < 1 || threads > MAX_THREADS || ops % (uint64_t)threads || snaps < 1 || snaps > MAX_SNAPS ||
-        (snaps > 1 && r.engine != COWSNAP)) {
+        (snaps > 1 && r.engine == RAW)) {
         fprintf(stderr, "bench: bad threads/ops/snaps\n");
         return 2;
     }
@@ -247,7 +253,7 @@ static int cmd_write(char **a) {
     /* What a copy needs: the written chunks, one metadata chunk per 256, header, spare areas. */
     uint64_t chunks = bytes / CHUNK;
     uint64_t cow_size = (chunks + chunks / 256 + 8) * CHUNK;
-    char copy_path[4096], cow_paths[MAX_SNAPS][4096];
+    char copy_paths[MAX_SNAPS][4096], cow_paths[MAX_SNAPS][4096];
 
     if (r.engine == COWSNAP) {
         check(cowsnap_volume_open_file(origin, NULL, 0, &r.vol), "cowsnap_volume_open_file");
@@ -269,13 +275,17 @@ static int cmd_write(char **a) {
         if (r.engine == FLOOR || r.engine == FLOOR_DM) {
             /* floor-dm's metadata blocks (one per thread) after the copies, inside the spare chunks. */
             r.meta_off = bytes;
-            snprintf(copy_path, sizeof copy_path, "%s/bench-copy", dir);
-            unlink(copy_path);
-            r.copy_fd = open(copy_path, O_RDWR | O_CREAT | O_EXCL, 0644);
-            if (r.copy_fd < 0) die(copy_path);
-            /* Reserved up front, as cowsnap reserves its COW file at snapshot creation. */
-            if ((errno = posix_fallocate(r.copy_fd, 0, (off_t)cow_size)) != 0) die("posix_fallocate");
-            if (fsync(r.copy_fd) != 0) die("fsync copy");
+            r.copies = snaps;
+            for (int c = 0; c < snaps; c++) {
+                char *copy_path = copy_paths[c];
+                snprintf(copy_path, sizeof copy_paths[c], "%s/bench-copy-%d", dir, c);
+                unlink(copy_path);
+                r.copy_fd[c] = open(copy_path, O_RDWR | O_CREAT | O_EXCL, 0644);
+                if (r.copy_fd[c] < 0) die(copy_path);
+                /* Reserved up front, as cowsnap reserves its COW file at snapshot creation. */
+                if ((errno = posix_fallocate(r.copy_fd[c], 0, (off_t)cow_size)) != 0) die("posix_fallocate");
+                if (fsync(r.copy_fd[c]) != 0) die("fsync copy");
+            }
             r.copy_region = per * r.len;
         }
     }
@@ -294,7 +304,8 @@ static int cmd_write(char **a) {
     if (r.engine == COWSNAP) {
         check(cowsnap_volume_flush(r.vol), "cowsnap_volume_flush");
     } else {
-        if (r.engine != RAW && fdatasync(r.copy_fd) != 0) die("fdatasync copy");
+        for (int c = 0; c < r.copies; c++)
+            if (fdatasync(r.copy_fd[c]) != 0) die("fdatasync copy");
         if (fdatasync(r.origin_fd) != 0) die("fdatasync");
     }
     double secs = now() - t0;
@@ -305,8 +316,10 @@ static int cmd_write(char **a) {
     } else {
         close(r.origin_fd);
         if (r.engine != RAW) {
-            close(r.copy_fd);
-            unlink(copy_path);
+            for (int c = 0; c < r.copies; c++) {
+                close(r.copy_fd[c]);
+                unlink(copy_paths[c]);
+            }
         }
     }
     for (int t = 0; t < threads; t++) free(w[t].off);
