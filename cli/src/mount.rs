@@ -16,10 +16,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use cowsnap_core::{Error as CoreError, SnapshotId};
+use cowsnap_core::committer::Committer;
+use cowsnap_core::shared::Poisoned;
+use cowsnap_core::{Error as CoreError, SharedVolume, SnapshotId};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
@@ -54,11 +56,12 @@ const TTL: Duration = Duration::from_secs(1);
 /// `/proc/sys/fs/fuse/max_pages_limit` pages (256 = 1 MiB by default); asking for more lets a raised
 /// limit be used. 4 MiB: one write-back request then covers many chunks' copies and one commit.
 const MAX_WRITE: u32 = 4 << 20;
-/// Held origin writes (waiting for their copies' commit) at which a write wakes the committer.
-/// Its commit flushes the copies' data without the volume's lock, so FUSE writes go on beside it.
+/// Held origin writes (waiting for their copies' commit) at which a FUSE thread, once it has
+/// replied to its write, commits them. The commit's device flushes hold no lock (see
+/// [`SharedVolume`]), so the other FUSE threads serve requests meanwhile.
 const COMMIT_SOON_BYTES: usize = 16 << 20;
-/// Held bytes at which a write commits itself, under the lock (the committer is behind). Well
-/// above [`COMMIT_SOON_BYTES`], so that a steady writer meets it only if the devices cannot keep up.
+/// Held bytes at which a write waits for a commit before it is taken (the commits cannot keep up
+/// with the writers): the bound on the memory held writes take.
 const COMMIT_NOW_BYTES: usize = 64 << 20;
 
 /// Options of `cowsnap mount`.
@@ -73,7 +76,10 @@ pub struct MountOpts {
 
 /// State shared by the FUSE handlers and the control socket.
 struct State {
-    vol: RwLock<Opened>,
+    /// The volume and its manifest, shared as the C ABI shares a volume: origin writes from many
+    /// FUSE threads at once, group commits whose device flushes hold no lock, commands through
+    /// the control socket between commits.
+    vol: SharedVolume<Opened>,
     /// Open file handles per inode (a snapshot with open handles cannot be removed).
     opens: Mutex<HashMap<u64, u32>>,
     writable_snapshots: bool,
@@ -84,25 +90,15 @@ struct State {
     mounted_at: SystemTime,
     mountpoint: PathBuf,
     notifier: OnceLock<Notifier>,
-    /// Wakes the committer before its interval (see [`committer`]).
-    commit_due: (Mutex<bool>, Condvar),
     /// The origin is opened with `FOPEN_DIRECT_IO` (see `CowFs::init`).
     direct_io: AtomicBool,
 }
 
 impl State {
-    fn read(&self) -> RwLockReadGuard<'_, Opened> {
-        self.vol.read().unwrap_or_else(|e| e.into_inner())
-    }
-    fn write(&self) -> RwLockWriteGuard<'_, Opened> {
-        self.vol.write().unwrap_or_else(|e| e.into_inner())
-    }
-    /// Asks the committer for a commit now (a write found enough held).
-    fn wake_committer(&self) {
-        if let Ok(mut due) = self.commit_due.0.lock() {
-            *due = true;
-        }
-        self.commit_due.1.notify_one();
+    /// Shared access; `None` once a thread panicked while it changed the volume (every request
+    /// then fails with `EIO`: nothing is served from a state that may be half changed).
+    fn read(&self) -> Option<RwLockReadGuard<'_, Opened>> {
+        self.vol.read().ok()
     }
     fn open_count(&self, ino: u64) -> u32 {
         self.opens
@@ -230,7 +226,9 @@ impl Filesystem for CowFs {
         if parent.0 != ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let n = match name.to_str() {
             Some("origin") => Some(Node::Origin),
             Some(s) => v.index(s).ok().and_then(|i| v.ids[i]).map(Node::Snap),
@@ -243,7 +241,9 @@ impl Filesystem for CowFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         match node(&v, ino.0) {
             Some(n) => reply.attr(&TTL, &self.attr(&v, n)),
             None => reply.error(Errno::ENOENT),
@@ -268,7 +268,9 @@ impl Filesystem for CowFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let Some(n) = node(&v, ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -280,7 +282,9 @@ impl Filesystem for CowFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         match node(&v, ino.0) {
             None => reply.error(Errno::ENOENT),
             Some(n) if mask.contains(AccessFlags::W_OK) && n != Node::Root && !self.writable(n) => {
@@ -291,7 +295,9 @@ impl Filesystem for CowFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let Some(n) = node(&v, ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -327,7 +333,9 @@ impl Filesystem for CowFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let Some(n) = node(&v, ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -365,14 +373,18 @@ impl Filesystem for CowFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut v = self.st.write();
-        let Some(n) = node(&v, ino.0) else {
-            return reply.error(Errno::ENOENT);
+        let (n, len) = {
+            let Some(v) = self.st.read() else {
+                return reply.error(Errno::EIO);
+            };
+            let Some(n) = node(&v, ino.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            (n, v.vol.len())
         };
         if !self.writable(n) {
             return reply.error(Errno::EROFS);
         }
-        let len = v.vol.len();
         if offset
             .checked_add(data.len() as u64)
             .is_none_or(|end| end > len)
@@ -381,17 +393,33 @@ impl Filesystem for CowFs {
             return reply.error(Errno::ENOSPC);
         }
         let r = match n {
-            Node::Origin => v.vol.write_at(offset, data),
-            Node::Snap(id) => v.vol.snapshot_write_at(id, offset, data),
+            // Beside other threads' writes; may start (and wait for) a group commit.
+            Node::Origin => self.st.vol.write_at(offset, data),
+            // A snapshot removed meanwhile answers UnknownSnapshot (ENOENT).
+            Node::Snap(id) => self
+                .st
+                .vol
+                .exclusive()
+                .map_err(CoreError::from)
+                .and_then(|mut v| v.vol.snapshot_write_at(id, offset, data)),
             Node::Root => return reply.error(Errno::EISDIR),
         };
-        let wake = v.vol.held_bytes() >= COMMIT_SOON_BYTES;
-        drop(v);
-        if wake {
-            self.st.wake_committer();
-        }
         match r {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                reply.written(data.len() as u32);
+                // After the reply: this thread commits while the others serve the next writes
+                // (nothing happens if a commit is under way; a failure leaves the writes
+                // waiting, and the next fsync reports it).
+                let soon = self
+                    .st
+                    .read()
+                    .is_some_and(|v| v.vol.held_bytes() >= COMMIT_SOON_BYTES);
+                if soon {
+                    if let Err(e) = self.st.vol.commit_waiting() {
+                        eprintln!("cowsnap mount: commit: {e} (retried; fsync reports it)");
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!(
                     "cowsnap mount: write of {} bytes to inode {} at {offset}: {e}",
@@ -446,11 +474,13 @@ impl Filesystem for CowFs {
     ) {
         // The engine's flush: origin and every COW with unflushed writes. (With the write-back
         // cache the kernel has written this file's dirty pages back, and waited, before this.)
-        let r = self.st.write().flush();
+        // Threads that fsync together share one group commit; no lock is held while the
+        // devices flush, so reads and writes of other threads go on.
+        let r = self.st.vol.flush();
         match r {
             Ok(()) => reply.ok(),
             Err(e) => {
-                eprintln!("cowsnap mount: fsync of inode {}: {}", ino.0, e.msg);
+                eprintln!("cowsnap mount: fsync of inode {}: {e}", ino.0);
                 reply.error(Errno::EIO)
             }
         }
@@ -478,7 +508,9 @@ impl Filesystem for CowFs {
         if ino.0 != ROOT {
             return reply.error(Errno::ENOTDIR);
         }
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let mut entries: Vec<(u64, FileType, String)> = vec![
             (ROOT, FileType::Directory, ".".into()),
             (ROOT, FileType::Directory, "..".into()),
@@ -496,59 +528,12 @@ impl Filesystem for CowFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let v = self.st.read();
+        let Some(v) = self.st.read() else {
+            return reply.error(Errno::EIO);
+        };
         let files = 1 + v.ids.len() as u64;
         let blocks = v.vol.len().div_ceil(4096) * files;
         reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
-    }
-}
-
-/// Group commit: origin writes that needed copies wait in memory for their exceptions' commit.
-/// This thread commits what waits every [`COMMIT_INTERVAL`](cowsnap_core::COMMIT_INTERVAL), so
-/// FUSE clients that never fsync still get their writes onto the devices within 200 ms (as the C
-/// ABI does: a killed mount process loses no more than that), and at once when a write finds
-/// [`COMMIT_SOON_BYTES`] held. Runs for the life of the mount process (it holds the state while
-/// it waits: the state lives as long as the process anyway).
-fn committer(weak: &Weak<State>) {
-    loop {
-        let Some(st) = weak.upgrade() else { return };
-        {
-            let Ok(due) = st.commit_due.0.lock() else {
-                return;
-            };
-            let Ok((mut due, _)) =
-                st.commit_due
-                    .1
-                    .wait_timeout_while(due, cowsnap_core::COMMIT_INTERVAL, |d| !*d)
-            else {
-                return;
-            };
-            *due = false;
-        }
-        if st.read().vol.held_bytes() == 0 {
-            continue;
-        }
-        // The copies' data is most of what a commit flushes: flush it first without the lock,
-        // so that FUSE writes (more copies, more held writes) go on meanwhile. The commit then
-        // flushes again under the lock, and finds little left to write. An extra flush of a COW
-        // never breaks the crash rule: what it orders (copy and record durable before the new
-        // origin data is written) is the commit's own business, done in full below.
-        let handles: Vec<_> = {
-            let v = st.read();
-            v.vol
-                .snapshot_ids()
-                .into_iter()
-                .filter_map(|id| v.vol.snapshot_cow(id).ok()?.flush_handle())
-                .collect()
-        };
-        for h in handles {
-            // An error here shows again in the commit's own flush.
-            let _ = h.flush();
-        }
-        let r = st.write().vol.commit();
-        if let Err(e) = r {
-            eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
-        }
     }
 }
 
@@ -656,10 +641,12 @@ fn serve_client(st: &State, stream: UnixStream) {
             mountpoint: Some(&st.mountpoint),
             mount: Some(&hooks),
         };
+        // Between group commits: a command sees the volume and its manifest as one.
+        let poisoned = |p: Poisoned| CliError::core("the mounted volume", p.into());
         if req.writes() {
-            exec(&mut st.write(), &req, &mut io)
+            exec(&mut *st.vol.exclusive().map_err(poisoned)?, &req, &mut io)
         } else {
-            exec_ro(&st.read(), &req, &mut io)
+            exec_ro(&*st.vol.read().map_err(poisoned)?, &req, &mut io)
         }
     });
     hooks.send();
@@ -913,14 +900,15 @@ fn serve_inner(
             ),
         }));
     };
-    let v = Opened::open_locked(dir, true, quiet, lock, crate::access())?;
+    let mut v = Opened::open_locked(dir, true, quiet, lock, crate::access())?;
+    v.vol.set_commit_bytes(COMMIT_NOW_BYTES);
     // The files of the mount would let the origin be written behind a broken snapshot's back.
     v.check_origin_writable("mounting the volume")?;
     // A client that goes away must not kill the mount process.
     // SAFETY: setting the disposition of SIGPIPE to ignore.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let st = Arc::new(State {
-        vol: RwLock::new(v),
+        vol: SharedVolume::new(v),
         opens: Mutex::new(HashMap::new()),
         writable_snapshots: opts.writable_snapshots,
         writeback: opts.writeback_cache,
@@ -930,10 +918,8 @@ fn serve_inner(
         mounted_at: SystemTime::now(),
         mountpoint: mnt.to_path_buf(),
         notifier: OnceLock::new(),
-        commit_due: (Mutex::new(false), Condvar::new()),
         direct_io: AtomicBool::new(false),
     });
-    st.write().vol.set_commit_bytes(COMMIT_NOW_BYTES);
 
     // A socket left by a dead mount process (we hold the lock, so nobody serves it).
     let sock = dir.join(SOCKET);
@@ -989,13 +975,21 @@ fn serve_inner(
             })
             .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     }
-    {
+    // Commits what waits every COMMIT_INTERVAL, so FUSE clients that never fsync still get their
+    // writes onto the devices within 200 ms (a killed mount process loses no more than that).
+    let committer = Committer::start(cowsnap_core::COMMIT_INTERVAL, {
         let weak = Arc::downgrade(&st);
-        std::thread::Builder::new()
-            .name("cowsnap-commit".into())
-            .spawn(move || committer(&weak))
-            .map_err(|e| CliError::msg(format!("thread: {e}")))?;
-    }
+        move || {
+            let Some(st) = weak.upgrade() else {
+                return false;
+            };
+            if let Err(e) = st.vol.commit_waiting() {
+                eprintln!("cowsnap mount: background commit: {e} (retried; fsync reports it)");
+            }
+            true
+        }
+    })
+    .map_err(|e| CliError::msg(format!("thread: {e}")))?;
     {
         let mnt = mnt.to_path_buf();
         std::thread::Builder::new()
@@ -1032,7 +1026,9 @@ fn serve_inner(
         }
         None => {
             if !quiet {
-                let v = st.read();
+                let Some(v) = st.read() else {
+                    return Err(CliError::core("the mounted volume", Poisoned.into()));
+                };
                 let names: Vec<&str> = v
                     .manifest
                     .snapshots
@@ -1054,7 +1050,12 @@ fn serve_inner(
     let started = Instant::now();
     let run = session.run();
     // Unmounted: make everything durable before the lock goes (with the process).
-    let flushed = st.write().flush();
+    drop(committer); // stopped and joined: the flush below is the last
+    let flushed = st
+        .vol
+        .exclusive()
+        .map_err(|p| CliError::core("the mounted volume", p.into()))
+        .and_then(|mut v| v.flush());
     drop(cleanup);
     if !quiet {
         eprintln!(

@@ -50,7 +50,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use exception::{Exception, ExceptionTable};
 pub use merge_stepper::{MergeEvent, MergeStepper};
 #[cfg(feature = "std")]
-pub use shared::{SharedVolume, COMMIT_INTERVAL};
+pub use shared::{HoldsVolume, SharedVolume, COMMIT_INTERVAL};
 pub use snapshot::{Autoextend, OverflowMode, SnapshotOptions};
 pub use status::{origin_lvs_attr, SnapshotState, SnapshotStatus};
 pub use store::{StoreKind, Usage};

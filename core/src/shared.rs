@@ -63,10 +63,29 @@ struct Turn {
 /// the others do not wait a whole commit more. A thread flushing alone never waits.
 const GATHER: Duration = Duration::from_micros(500);
 
-/// A [`Volume`] for several threads. See the module documentation.
+/// What a [`SharedVolume`] shares: a [`Volume`], or a value that holds one with state of its own
+/// that changes with it (the CLI's mount shares a managed volume: the engine and its manifest
+/// under one lock, so that a command sees both as one).
+pub trait HoldsVolume: Send + Sync {
+    /// The volume.
+    fn volume(&self) -> &Volume;
+    /// The volume, to change.
+    fn volume_mut(&mut self) -> &mut Volume;
+}
+
+impl HoldsVolume for Volume {
+    fn volume(&self) -> &Volume {
+        self
+    }
+    fn volume_mut(&mut self) -> &mut Volume {
+        self
+    }
+}
+
+/// A [`Volume`] (or a [`HoldsVolume`]) for several threads. See the module documentation.
 #[derive(Debug)]
-pub struct SharedVolume {
-    vol: RwLock<Volume>,
+pub struct SharedVolume<T = Volume> {
+    vol: RwLock<T>,
     turn: Mutex<Turn>,
     turn_free: Condvar,
     /// A flush started waiting (for a leader gathering followers).
@@ -74,34 +93,60 @@ pub struct SharedVolume {
 }
 
 /// Exclusive access to the volume, between commits (see [`SharedVolume::exclusive`]).
-pub struct Exclusive<'a> {
-    shared: &'a SharedVolume,
-    guard: Option<RwLockWriteGuard<'a, Volume>>,
+pub struct Exclusive<'a, T: HoldsVolume = Volume> {
+    shared: &'a SharedVolume<T>,
+    guard: Option<RwLockWriteGuard<'a, T>>,
 }
 
-impl Deref for Exclusive<'_> {
-    type Target = Volume;
-    fn deref(&self) -> &Volume {
+impl<T: HoldsVolume> Deref for Exclusive<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         self.guard.as_ref().expect("held until drop")
     }
 }
 
-impl DerefMut for Exclusive<'_> {
-    fn deref_mut(&mut self) -> &mut Volume {
+impl<T: HoldsVolume> DerefMut for Exclusive<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
         self.guard.as_mut().expect("held until drop")
     }
 }
 
-impl Drop for Exclusive<'_> {
+impl<T: HoldsVolume> Drop for Exclusive<'_, T> {
     fn drop(&mut self) {
         drop(self.guard.take());
         self.shared.give_turn();
     }
 }
 
-impl SharedVolume {
+/// The volume of a read guard (what the commit code works on, whatever holds the volume).
+struct VolRead<'a, T>(RwLockReadGuard<'a, T>);
+
+impl<T: HoldsVolume> Deref for VolRead<'_, T> {
+    type Target = Volume;
+    fn deref(&self) -> &Volume {
+        self.0.volume()
+    }
+}
+
+/// The volume of a write guard.
+struct VolWrite<'a, T>(RwLockWriteGuard<'a, T>);
+
+impl<T: HoldsVolume> Deref for VolWrite<'_, T> {
+    type Target = Volume;
+    fn deref(&self) -> &Volume {
+        self.0.volume()
+    }
+}
+
+impl<T: HoldsVolume> DerefMut for VolWrite<'_, T> {
+    fn deref_mut(&mut self) -> &mut Volume {
+        self.0.volume_mut()
+    }
+}
+
+impl<T: HoldsVolume> SharedVolume<T> {
     /// Shares `vol` between threads.
-    pub fn new(vol: Volume) -> Self {
+    pub fn new(vol: T) -> Self {
         SharedVolume {
             vol: RwLock::new(vol),
             turn: Mutex::new(Turn::default()),
@@ -111,18 +156,22 @@ impl SharedVolume {
     }
 
     /// The volume back (held writes keep waiting in it: flush first).
-    pub fn into_inner(self) -> core::result::Result<Volume, Poisoned> {
+    pub fn into_inner(self) -> core::result::Result<T, Poisoned> {
         self.vol.into_inner().map_err(|_| Poisoned)
     }
 
     /// Shared access for reads (origin, snapshots, status). Runs beside writes and commits; a
     /// writer holds the lock only for memory and page-cache work, never across a device flush.
-    pub fn read(&self) -> core::result::Result<RwLockReadGuard<'_, Volume>, Poisoned> {
+    pub fn read(&self) -> core::result::Result<RwLockReadGuard<'_, T>, Poisoned> {
         self.vol.read().map_err(|_| Poisoned)
     }
 
-    fn write_lock(&self) -> core::result::Result<RwLockWriteGuard<'_, Volume>, Poisoned> {
-        self.vol.write().map_err(|_| Poisoned)
+    fn vol_read(&self) -> core::result::Result<VolRead<'_, T>, Poisoned> {
+        self.vol.read().map(VolRead).map_err(|_| Poisoned)
+    }
+
+    fn write_lock(&self) -> core::result::Result<VolWrite<'_, T>, Poisoned> {
+        self.vol.write().map(VolWrite).map_err(|_| Poisoned)
     }
 
     fn turn(&self) -> core::result::Result<MutexGuard<'_, Turn>, Poisoned> {
@@ -149,9 +198,9 @@ impl SharedVolume {
     /// Exclusive access for everything else (snapshot create, activate, delete, write, merge,
     /// status changes...): waits for a commit under way to finish, and keeps others from starting
     /// until dropped. Reads and writes wait while it is held.
-    pub fn exclusive(&self) -> core::result::Result<Exclusive<'_>, Poisoned> {
+    pub fn exclusive(&self) -> core::result::Result<Exclusive<'_, T>, Poisoned> {
         self.take_turn()?;
-        match self.write_lock() {
+        match self.vol.write().map_err(|_| Poisoned) {
             Ok(g) => Ok(Exclusive {
                 shared: self,
                 guard: Some(g),
@@ -165,7 +214,7 @@ impl SharedVolume {
 
     /// Reads the origin (see [`Volume::read_at`]).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.read()?.read_at(offset, buf)
+        self.vol_read()?.read_at(offset, buf)
     }
 
     /// Writes the origin (see [`Volume::write_at`]). Copies into snapshots are made under the
@@ -173,7 +222,7 @@ impl SharedVolume {
     /// is reached, on [`SharedVolume::flush`], or from a [`Committer`]. With a commit bound of 0
     /// (the kernel's way) the write returns once its own commit is done.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        if self.read()?.commit_due() {
+        if self.vol_read()?.commit_due() {
             self.commit_due_now()?;
         }
         let each = {
@@ -192,7 +241,7 @@ impl SharedVolume {
         };
         match each {
             // During a merge writes go their own way (committed at once), between commits.
-            None => self.exclusive()?.write_at(offset, data),
+            None => self.exclusive()?.volume_mut().write_at(offset, data),
             Some(true) => self.commit(),
             Some(false) => Ok(()),
         }
@@ -225,7 +274,7 @@ impl SharedVolume {
     /// committer's tick).
     pub fn commit_waiting(&self) -> Result<()> {
         {
-            let g = self.read()?;
+            let g = self.vol_read()?;
             if g.held_bytes() == 0 && g.uncommitted() == 0 {
                 return Ok(());
             }
@@ -246,7 +295,7 @@ impl SharedVolume {
     pub fn flush(&self) -> Result<()> {
         // Every write done before now waits for this generation's commit at the latest, and a
         // commit of it starts after now, so its origin flush covers writes that went straight on.
-        let target = self.read()?.next_generation();
+        let target = self.vol_read()?.next_generation();
         {
             let mut t = self.turn()?;
             loop {
@@ -297,7 +346,7 @@ impl SharedVolume {
     /// A group commit driven step by step (each device flush on its own), taking the turn until
     /// dropped; for tests that interleave writers with a commit deterministically.
     #[doc(hidden)]
-    pub fn commit_steps(&self, durable: bool) -> Result<CommitSteps<'_>> {
+    pub fn commit_steps(&self, durable: bool) -> Result<CommitSteps<'_, T>> {
         self.take_turn()?;
         CommitSteps::start(self, durable, false)
     }
@@ -309,7 +358,10 @@ impl SharedVolume {
     pub fn start_committer(
         self: &Arc<Self>,
         on_error: impl Fn(&Error) + Send + 'static,
-    ) -> std::io::Result<Committer> {
+    ) -> std::io::Result<Committer>
+    where
+        T: 'static,
+    {
         let weak = Arc::downgrade(self);
         Committer::start(COMMIT_INTERVAL, move || {
             let Some(v) = weak.upgrade() else {
@@ -325,7 +377,7 @@ impl SharedVolume {
     /// Flushes `targets` outside the volume's lock, in parallel when there are several.
     fn flush_targets(&self, targets: &[Target]) -> Result<()> {
         let handles: Vec<(Target, Option<Arc<dyn FlushHandle>>)> = {
-            let g = self.read()?;
+            let g = self.vol_read()?;
             targets.iter().map(|&t| (t, g.flush_handle(t))).collect()
         };
         // One thread per device beyond the first (plain threads, not a scope: a scope registers
@@ -391,8 +443,8 @@ enum Phase {
 /// One group commit of a [`SharedVolume`], holding the turn until dropped. Each step takes the
 /// volume's lock only for memory work and page-cache writes; flushes run without it.
 #[doc(hidden)]
-pub struct CommitSteps<'a> {
-    shared: &'a SharedVolume,
+pub struct CommitSteps<'a, T: HoldsVolume = Volume> {
+    shared: &'a SharedVolume<T>,
     cycle: Option<Cycle>,
     generation: u64,
     durable: bool,
@@ -406,9 +458,9 @@ pub struct CommitSteps<'a> {
     succeeded: bool,
 }
 
-impl<'a> CommitSteps<'a> {
+impl<'a, T: HoldsVolume> CommitSteps<'a, T> {
     /// Begins a commit; the caller holds the turn, which this owns from now on.
-    fn start(shared: &'a SharedVolume, durable: bool, together: bool) -> Result<Self> {
+    fn start(shared: &'a SharedVolume<T>, durable: bool, together: bool) -> Result<Self> {
         let mut steps = CommitSteps {
             shared,
             cycle: None,
@@ -522,7 +574,7 @@ impl<'a> CommitSteps<'a> {
     }
 }
 
-impl Drop for CommitSteps<'_> {
+impl<T: HoldsVolume> Drop for CommitSteps<'_, T> {
     fn drop(&mut self) {
         if self.phase != Phase::Done || self.cycle.is_some() {
             self.fail();

@@ -778,3 +778,68 @@ fn threads_write_flush_and_read_against_a_model() {
         assert!(b == init, "snapshot {id:?} after reactivation");
     }
 }
+
+/// A volume shared together with state of its own (as the CLI's mount shares a managed volume
+/// with its manifest): that state is read beside a commit whose COW flush is stalled, origin
+/// writes go on meanwhile, and exclusive access (waiting for the commit) changes both at once.
+#[test]
+fn a_holder_of_a_volume_is_shared_the_same_way() {
+    struct Managed {
+        vol: Volume,
+        names: Vec<&'static str>,
+    }
+    impl cowsnap_core::HoldsVolume for Managed {
+        fn volume(&self) -> &Volume {
+            &self.vol
+        }
+        fn volume_mut(&mut self) -> &mut Volume {
+            &mut self.vol
+        }
+    }
+    within_a_minute(|| {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let mut cow = Slow::new(1 << 20);
+        cow.gate = Some(gate.clone());
+        let mut vol = Volume::new(MemDevice::new(1 << 20));
+        vol.create_snapshot(BarrierOnHandle(cow), opts(4096))
+            .unwrap();
+        let shared = Arc::new(SharedVolume::new(Managed {
+            vol,
+            names: vec!["s"],
+        }));
+        shared.write_at(0, &[1; 4096]).unwrap();
+        let flusher = {
+            let s = shared.clone();
+            std::thread::spawn(move || s.flush())
+        };
+        while shared.read().unwrap().vol.uncommitted() != 0 {
+            std::thread::yield_now();
+        }
+        // Stalled in the COW flush: the holder reads, the origin takes writes.
+        assert_eq!(shared.read().unwrap().names, ["s"]);
+        shared.write_at(8192, &[2; 4096]).unwrap();
+        let renamer = {
+            let s = shared.clone();
+            std::thread::spawn(move || {
+                let mut m = s.exclusive().unwrap();
+                // The commit under way finished before exclusive access was given: its
+                // write is on the origin device.
+                let mut o = [0u8; 4096];
+                m.vol.origin().read_at(0, &mut o).unwrap();
+                assert_eq!(o, [1; 4096]);
+                m.names.push("t");
+            })
+        };
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        flusher.join().unwrap().unwrap();
+        renamer.join().unwrap();
+        shared.flush().unwrap();
+        let m = shared.read().unwrap();
+        assert_eq!(m.names, ["s", "t"]);
+        assert_eq!(m.vol.held_bytes(), 0);
+        let mut o = [0u8; 4096];
+        m.vol.origin().read_at(8192, &mut o).unwrap();
+        assert_eq!(o, [2; 4096]);
+    });
+}

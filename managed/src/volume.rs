@@ -603,6 +603,16 @@ impl Lease {
     }
 }
 
+/// A mount shares the volume with its manifest (one lock for both, see `cowsnap mount`).
+impl cowsnap_core::HoldsVolume for Opened {
+    fn volume(&self) -> &Volume {
+        &self.vol
+    }
+    fn volume_mut(&mut self) -> &mut Volume {
+        &mut self.vol
+    }
+}
+
 impl Opened {
     /// Splits the volume from its lock and manifest (see [`Lease`]).
     pub fn into_parts(self) -> (Volume, Lease) {
