@@ -68,6 +68,15 @@ pub trait BlockDevice: Send + Sync {
     fn read_handle(&self) -> Option<std::sync::Arc<dyn ReadHandle>> {
         None
     }
+    /// The file whose bytes at the same offsets are this device's, read and written through the
+    /// page cache (`std` builds): a copy between two such devices is made by the kernel
+    /// (`copy_file_range`) without passing through this process. `None` (the default) for every
+    /// other device, a file opened with `O_DIRECT` included. A device that returns a file must
+    /// have nothing else to do on a write (no cache of its own, no bookkeeping).
+    #[cfg(feature = "std")]
+    fn backing_file(&self) -> Option<&std::fs::File> {
+        None
+    }
     /// A hint that `[offset, offset + len)`, just written, is about to be flushed: the device may
     /// start writing it back now, so the flush that follows waits for less (a merge step copies
     /// megabytes onto the origin, then flushes it). It never changes what a flush makes durable,
@@ -150,6 +159,60 @@ impl<D: BlockDevice + ?Sized> BlockDevice for alloc::boxed::Box<D> {
     fn write_behind(&self, offset: u64, len: u64) {
         (**self).write_behind(offset, len)
     }
+    #[cfg(feature = "std")]
+    fn backing_file(&self) -> Option<&std::fs::File> {
+        (**self).backing_file()
+    }
+}
+
+/// Copies up to `len` bytes from `src` at `s` to `dst` at `d` inside the kernel, when both devices
+/// are files ([`BlockDevice::backing_file`]) and the ranges are theirs; returns how many bytes it
+/// copied, from the start (0 when it cannot, or at its first error: the caller copies the rest
+/// itself, and meets the error, if any, with what it means for a read or a write).
+#[cfg(feature = "std")]
+#[allow(unsafe_code)]
+pub(crate) fn kernel_copy(
+    src: &dyn BlockDevice,
+    s: u64,
+    dst: &dyn BlockDevice,
+    d: u64,
+    len: u64,
+) -> u64 {
+    use std::os::unix::io::AsRawFd;
+    let (Some(from), Some(to)) = (src.backing_file(), dst.backing_file()) else {
+        return 0;
+    };
+    let fits = |at: u64, dev: &dyn BlockDevice| at.checked_add(len).is_some_and(|e| e <= dev.len());
+    if !fits(s, src) || !fits(d, dst) {
+        return 0;
+    }
+    let mut done = 0u64;
+    while done < len {
+        let (Ok(mut off_in), Ok(mut off_out)) = (
+            libc::off64_t::try_from(s + done),
+            libc::off64_t::try_from(d + done),
+        ) else {
+            break;
+        };
+        let n = usize::try_from(len - done).unwrap_or(usize::MAX);
+        // SAFETY: two descriptors the devices own, offsets passed by pointer to locals that
+        // live across the call; the kernel reads and writes no other memory of ours.
+        let r = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut off_in,
+                to.as_raw_fd(),
+                &mut off_out,
+                n,
+                0,
+            )
+        };
+        if r <= 0 {
+            break; // 0: the source file ended early; < 0: unsupported here, or an error
+        }
+        done += r as u64;
+    }
+    done
 }
 
 /// Bounds-checked read: the engine never trusts a device to check its own range.
@@ -632,6 +695,9 @@ mod file {
                 direct: self.direct,
                 holes: self.holes,
             })))
+        }
+        fn backing_file(&self) -> Option<&File> {
+            (!self.direct).then_some(&self.file)
         }
         /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing the range's dirty pages back
         /// and returns without waiting. Durability still comes from `fdatasync` alone (this
