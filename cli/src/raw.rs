@@ -189,9 +189,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
             "exceptions (origin chunk -> COW chunk, on-disk order):"
         )
         .map_err(w)?;
-        stream(&cow, s, path, |r| {
-            writeln!(out, "  {} -> {}", r.old, r.new)
-        })?;
+        stream(&cow, s, path, |r| writeln!(out, "  {} -> {}", r.old, r.new))?;
     }
     out.flush().map_err(w)
 }

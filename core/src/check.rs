@@ -477,38 +477,48 @@ fn check_within(
     };
     let mut olds = Repeats::new(origin_chunks.map_or(Some(origin_budget), |_| None));
     let mut news = Repeats::new(None);
-    let mut buf = vec![0u8; (geo.exceptions_per_area() * EXCEPTION_RECORD_BYTES).min(PIECE) as usize];
+    let mut buf =
+        vec![0u8; (geo.exceptions_per_area() * EXCEPTION_RECORD_BYTES).min(PIECE) as usize];
     // The records of the area being read (the last area's, once all are read).
     let mut last_area = (0u64, Vec::new());
-    let end = walk(cow, geo, cow_chunks, &mut buf, true, |area, index, old, new| {
-        if last_area.0 != area {
-            last_area.0 = area;
-            last_area.1.clear();
-        }
-        last_area.1.push(Exception { old, new });
-        r.records += 1;
-        let here = Location::Record { area, index };
-        let (new_ok, old_ok) = limits.classify(old, new);
-        match new_ok {
-            Named::Data => {
-                news.see(new);
-                scan.max_new = scan.max_new.max(new);
+    let end = walk(
+        cow,
+        geo,
+        cow_chunks,
+        &mut buf,
+        true,
+        |area, index, old, new| {
+            if last_area.0 != area {
+                last_area.0 = area;
+                last_area.1.clear();
             }
-            Named::OutOfRange => r.add(here, ProblemKind::CowChunkOutOfRange { new, cow_chunks }),
-            Named::Metadata => r.add(here, ProblemKind::CowChunkIsMetadata { new }),
-        }
-        if old_ok {
-            olds.see(old);
-        } else {
-            r.add(
-                here,
-                ProblemKind::OriginChunkBeyondOrigin {
-                    old,
-                    origin_chunks: limits.origin_chunks,
-                },
-            );
-        }
-    })?;
+            last_area.1.push(Exception { old, new });
+            r.records += 1;
+            let here = Location::Record { area, index };
+            let (new_ok, old_ok) = limits.classify(old, new);
+            match new_ok {
+                Named::Data => {
+                    news.see(new);
+                    scan.max_new = scan.max_new.max(new);
+                }
+                Named::OutOfRange => {
+                    r.add(here, ProblemKind::CowChunkOutOfRange { new, cow_chunks })
+                }
+                Named::Metadata => r.add(here, ProblemKind::CowChunkIsMetadata { new }),
+            }
+            if old_ok {
+                olds.see(old);
+            } else {
+                r.add(
+                    here,
+                    ProblemKind::OriginChunkBeyondOrigin {
+                        old,
+                        origin_chunks: limits.origin_chunks,
+                    },
+                );
+            }
+        },
+    )?;
     match end {
         End::PastEnd { area, chunk } => {
             r.areas = area;
@@ -712,20 +722,27 @@ fn name_repeats(
     let mut by_old = olds.wanted(&mut room);
     let mut by_new = news.wanted(&mut room);
     if !by_old.is_empty() || !by_new.is_empty() {
-        walk(cow, limits.geo, limits.cow_chunks, buf, false, |area, index, old, new| {
-            let here = Location::Record { area, index };
-            let (new_ok, old_ok) = limits.classify(old, new);
-            if old_ok {
-                if let Some(w) = by_old.get_mut(&old) {
-                    w.met(here);
+        walk(
+            cow,
+            limits.geo,
+            limits.cow_chunks,
+            buf,
+            false,
+            |area, index, old, new| {
+                let here = Location::Record { area, index };
+                let (new_ok, old_ok) = limits.classify(old, new);
+                if old_ok {
+                    if let Some(w) = by_old.get_mut(&old) {
+                        w.met(here);
+                    }
                 }
-            }
-            if new_ok == Named::Data {
-                if let Some(w) = by_new.get_mut(&new) {
-                    w.met(here);
+                if new_ok == Named::Data {
+                    if let Some(w) = by_new.get_mut(&new) {
+                        w.met(here);
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
     }
     let mut named = 0u64;
     for (old, w) in by_old {

@@ -182,7 +182,11 @@ mod tests {
                 }
             }
             if let Some(b) = budget {
-                assert!(set.bytes() <= b, "{} bytes over a budget of {b}", set.bytes());
+                assert!(
+                    set.bytes() <= b,
+                    "{} bytes over a budget of {b}",
+                    set.bytes()
+                );
             }
         }
         set
