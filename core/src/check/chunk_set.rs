@@ -42,6 +42,9 @@ pub(super) struct ChunkSet {
     /// (page number + 1, index in `pages`); 0: a free entry. Its length is 0 or a power of two, at
     /// least twice the number of pages.
     dir: Vec<(u64, u32)>,
+    /// Pages boxed one by one: the set holds no more than the pages it made (a `Vec<Page>` would
+    /// hold up to twice as many after growing), and growing moves pointers, not pages.
+    #[allow(clippy::vec_box)]
     pages: Vec<Box<Page>>,
     /// Most bytes the set may hold (directory and pages); `None`: no limit.
     budget: Option<usize>,
