@@ -12,6 +12,11 @@
 //!   which no record is found while another size finds them. The format has no checksums, so these
 //!   are hints, not proofs: `lvcreate` wipes only the first 4 KiB of a COW volume, and a reused
 //!   volume may hold an earlier store's bytes.
+//!
+//! The metadata is read once (a second time only on a device where chunks repeat, to name the
+//! records), in memory fixed by the device's size, not by its number of records; the same pass
+//! gives what activation's scan gives ([`Report::scan`]), so a tool needs no other. A COW checked
+//! without its origin is the one case where a bound had to be chosen: see [`check_with_budget`].
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -381,6 +386,9 @@ fn header_of(cow: &dyn BlockDevice) -> Result<Option<Header>> {
 /// `origin_budget` bytes; records whose origin chunk would need a page beyond it are counted in
 /// [`Report::origin_unchecked`] and reported once as [`ProblemKind::OriginChunksNotChecked`] (a
 /// warning) rather than taking unbounded memory.
+///
+/// Besides the two sets, memory holds a piece buffer (64 KiB at most) and the records of one area
+/// (a chunk's worth: those of the last area are [`Report::scan`]'s, as activation keeps them).
 ///
 /// Only a damaged device, where repeats were found, is read a second time: the first pass keeps,
 /// with their counts, the [`MAX_PROBLEMS`] smallest chunks of each kind met again (what the list
