@@ -337,16 +337,17 @@ impl Report {
     }
 }
 
-/// Least memory budget of the origin chunks' set of a COW checked without its origin (64 MiB):
-/// with pages of 1024 chunks, enough for an origin of 2^28 chunks (1 TiB in 4 KiB chunks) written
-/// all over.
+/// Least memory budget of the origin chunks' set of a COW checked without its origin (64 MiB): about
+/// 400 000 pages of 1024 chunks (168 bytes each with their share of the directory), enough for an
+/// origin of 2^28 chunks (1 TiB in 4 KiB chunks) written all over, or for 400 000 records scattered
+/// over an origin of any size.
 pub const MIN_ORIGIN_SET_BUDGET: usize = 64 << 20;
 
 /// The memory budget [`check`] gives the set of origin chunks of a COW of `cow_chunks` chunks
 /// checked without its origin: [`MIN_ORIGIN_SET_BUDGET`], or one byte per COW chunk when that is
-/// more. A store holds fewer records than chunks, so this is a bound fixed by the device (a
-/// twenty-fourth of what keeping 24 bytes a record took), which covers every origin chunk of any
-/// store whose records name no more than a few pages of 1024 origin chunks each.
+/// more. A store holds fewer records than the device has chunks, so this bound is fixed by the
+/// device, as the bound of the COW chunks' set is (the sorting checker this replaced kept 24 bytes
+/// a record).
 pub fn origin_set_budget(cow_chunks: u64) -> usize {
     usize::try_from(cow_chunks)
         .unwrap_or(usize::MAX)
