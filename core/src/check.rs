@@ -337,10 +337,10 @@ impl Report {
     }
 }
 
-/// Least memory budget of the origin chunks' set of a COW checked without its origin (64 MiB): about
-/// 400 000 pages of 1024 chunks (168 bytes each with their share of the directory), enough for an
-/// origin of 2^28 chunks (1 TiB in 4 KiB chunks) written all over, or for 400 000 records scattered
-/// over an origin of any size.
+/// Least memory budget of the origin chunks' set of a COW checked without its origin (64 MiB): over
+/// 300 000 pages of 1024 chunks (a page takes 128 bytes, its pointer and 32 to 64 bytes of
+/// directory), enough for an origin of 2^28 chunks (1 TiB in 4 KiB chunks) written all over, or for
+/// 300 000 records scattered over an origin of any size.
 pub const MIN_ORIGIN_SET_BUDGET: usize = 64 << 20;
 
 /// The memory budget [`check`] gives the set of origin chunks of a COW of `cow_chunks` chunks
