@@ -382,7 +382,7 @@ fn header_of(cow: &dyn BlockDevice) -> Result<Option<Header>> {
 /// chunks go into two sets of chunk numbers (bitsets in pages, `check::chunk_set`): a chunk
 /// already in its set is a repeat. COW chunks are below the device's chunk count (records naming
 /// one outside it, or a metadata chunk, are reported and left out), so their set takes at most
-/// about 1.3 bits per COW chunk; origin chunks likewise with an origin bound. Without one, an
+/// about 1.6 bits per COW chunk; origin chunks likewise with an origin bound. Without one, an
 /// origin chunk can be anything: their set grows with the range of origin chunks named, up to
 /// `origin_budget` bytes; records whose origin chunk would need a page beyond it are counted in
 /// [`Report::origin_unchecked`] and reported once as [`ProblemKind::OriginChunksNotChecked`] (a

@@ -3,7 +3,7 @@
 //!
 //! A bitset in pages of [`PAGE_BITS`] bits, made when a chunk of their range is first named, found
 //! through a small open-addressing directory (page number → page). COW chunks (all below the
-//! device's chunk count) and the origin chunks of a store on a known origin cost at most about 1.3
+//! device's chunk count) and the origin chunks of a store on a known origin cost at most about 1.6
 //! bits per chunk of the device (pages, their pointers, the directory), whatever their number of
 //! records. The
 //! origin chunks of a bare COW (no origin known) can lie anywhere in 2^64: their set takes an
