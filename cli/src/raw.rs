@@ -84,20 +84,20 @@ fn refuse_damaged(path: &Path, r: &Report, as_json: bool) -> CliResult {
     )))
 }
 
-/// Describes a COW. The checker (`cowsnap_core::check`) first reads the header and every metadata
-/// area and lists every problem with its place; a COW activation would refuse is refused with the
-/// whole list. Otherwise one pass over the metadata gives the counts and the status (what
-/// activating it reports); `--exceptions` then streams the records area by area to the output, so
-/// memory stays bounded by one area whatever the number of records. Warnings (records that look
-/// lost) are printed with the rest.
+/// Describes a COW. The checker (`cowsnap_core::check`) reads the header and every metadata area
+/// once, in memory that does not grow with the number of records, and lists every problem with its
+/// place; a COW activation would refuse is refused with the whole list. Otherwise the same pass
+/// gave the counts and the status (what activating it reports: `Report::scan`), so the metadata is
+/// read once; `--exceptions` then streams the records area by area to the output, so memory stays
+/// bounded by one area whatever the number of records. Warnings (records that look lost) are
+/// printed with the rest.
 pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
     let cow = open(path, false)?;
     let cow_len = cow.len();
     let report = check(&cow, None).map_err(|e| CliError::core(path.display(), e))?;
-    if !report.activates() {
+    let Some(s) = report.scan.as_ref() else {
         return refuse_damaged(path, &report, as_json);
-    }
-    let s = scan(&cow, path)?;
+    };
     let st: SnapshotStatus = s.status(cow_len);
     let geo = Geometry { chunk: s.chunk };
     let h = s.header;
@@ -138,7 +138,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
         let body = text.strip_suffix("\n}").unwrap_or(&text);
         write!(out, "{body},\n  \"exceptions\": [").map_err(w)?;
         let mut first = true;
-        stream(&cow, &s, path, |r| {
+        stream(&cow, s, path, |r| {
             let sep = if first { "" } else { "," };
             first = false;
             write!(
@@ -189,9 +189,7 @@ pub fn inspect(path: &Path, as_json: bool, list: bool) -> CliResult {
             "exceptions (origin chunk -> COW chunk, on-disk order):"
         )
         .map_err(w)?;
-        stream(&cow, &s, path, |r| {
-            writeln!(out, "  {} -> {}", r.old, r.new)
-        })?;
+        stream(&cow, s, path, |r| writeln!(out, "  {} -> {}", r.old, r.new))?;
     }
     out.flush().map_err(w)
 }

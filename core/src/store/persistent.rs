@@ -134,7 +134,7 @@ impl Geometry {
 }
 
 /// What reading an existing COW device found (for inspection tools).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
     /// The header as read.
     pub header: Header,
