@@ -30,6 +30,8 @@ pub mod committer;
 pub mod device;
 pub mod error;
 pub mod exception;
+#[cfg(feature = "std")]
+mod flushers;
 mod held;
 pub mod limits;
 pub mod merge_stepper;

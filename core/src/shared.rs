@@ -28,6 +28,7 @@ use crate::chunk::check_range;
 use crate::committer::Committer;
 use crate::device::FlushHandle;
 use crate::error::{Error, Result};
+use crate::flushers::Flushers;
 use crate::volume::{Cycle, Target, Volume};
 
 /// How long an origin write may wait for its commit when nobody flushes (background committer).
@@ -90,6 +91,8 @@ pub struct SharedVolume<T = Volume> {
     turn_free: Condvar,
     /// A flush started waiting (for a leader gathering followers).
     arrived: Condvar,
+    /// Threads that flush a commit's devices in parallel.
+    flushers: Flushers,
 }
 
 /// Exclusive access to the volume, between commits (see [`SharedVolume::exclusive`]).
@@ -152,6 +155,7 @@ impl<T: HoldsVolume> SharedVolume<T> {
             turn: Mutex::new(Turn::default()),
             turn_free: Condvar::new(),
             arrived: Condvar::new(),
+            flushers: Flushers::new(),
         }
     }
 
@@ -380,42 +384,16 @@ impl<T: HoldsVolume> SharedVolume<T> {
             let g = self.vol_read()?;
             targets.iter().map(|&t| (t, g.flush_handle(t))).collect()
         };
-        // One thread per device beyond the first (plain threads, not a scope: a scope registers
-        // the calling thread with std, which a C caller's thread never gives back).
-        let mut others = Vec::new();
-        let mut here = Vec::new();
-        for (i, (t, h)) in handles.into_iter().enumerate() {
-            match h {
-                Some(h) if i > 0 => {
-                    let mine = h.clone();
-                    match std::thread::Builder::new()
-                        .name("cowsnap-flush".into())
-                        .spawn(move || mine.flush())
-                    {
-                        Ok(j) => others.push(j),
-                        Err(_) => here.push((t, Some(h))),
-                    }
-                }
-                h => here.push((t, h)),
-            }
-        }
-        let mut result = Ok(());
-        for (t, h) in here {
-            let r = match h {
-                Some(h) => h.flush(),
-                None => self
-                    .write_lock()
-                    .map_err(Error::from)
-                    .and_then(|mut g| g.flush_target(t)),
-            };
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        for j in others {
-            let r = j
-                .join()
-                .unwrap_or_else(|_| Err(Error::io("a flush thread panicked")));
+        // Devices with a flush handle flush together (the pool's threads); the others under
+        // the lock, one after the other.
+        let (with, without): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(_, h)| h.is_some());
+        let with: Vec<Arc<dyn FlushHandle>> = with.into_iter().filter_map(|(_, h)| h).collect();
+        let mut result = self.flushers.flush_all(&with);
+        for (t, _) in without {
+            let r = self
+                .write_lock()
+                .map_err(Error::from)
+                .and_then(|mut g| g.flush_target(t));
             if result.is_ok() {
                 result = r;
             }
