@@ -460,15 +460,7 @@ fn check_within(
         );
         return Ok(r);
     }
-    let mut scan = Scan {
-        header: h,
-        chunk,
-        records: Vec::new(),
-        exceptions: 0,
-        areas: 0,
-        last_area: Vec::new(),
-        max_new: 1,
-    };
+    let mut scan = Scan::empty(h, chunk);
     if !r.problems.is_empty() {
         return Ok(r);
     }

@@ -266,19 +266,20 @@ fn copies_between_files_give_what_copies_in_memory_give() {
     std::fs::write(d.join("origin"), &origin).unwrap();
     let mut file_vol = Volume::new(FileDevice::open(d.join("origin")).unwrap());
     let mut mem_vol = Volume::new(MemDevice::from_vec(origin.clone()));
-    let opts = |chunk: u64| SnapshotOptions {
-        chunk_size: cowsnap_core::ChunkSize::new(chunk).unwrap(),
-        ..SnapshotOptions::default()
+    // The same snapshot on both volumes: a COW file and a COW in memory.
+    let snap_pair = |file_vol: &mut Volume, mem_vol: &mut Volume, name: &str, chunk: u64| {
+        let opts = SnapshotOptions {
+            chunk_size: cowsnap_core::ChunkSize::new(chunk).unwrap(),
+            ..SnapshotOptions::default()
+        };
+        let cow = FileDevice::create_new(d.join(name), 12 << 20).unwrap();
+        let f = file_vol.create_snapshot(cow, opts.clone()).unwrap();
+        let m = mem_vol
+            .create_snapshot(MemDevice::new(12 << 20), opts)
+            .unwrap();
+        (f, m)
     };
-    let a_f = file_vol
-        .create_snapshot(
-            FileDevice::create_new(d.join("a.cow"), 12 << 20).unwrap(),
-            opts(4096),
-        )
-        .unwrap();
-    let a_m = mem_vol
-        .create_snapshot(MemDevice::new(12 << 20), opts(4096))
-        .unwrap();
+    let (a_f, a_m) = snap_pair(&mut file_vol, &mut mem_vol, "a.cow", 4096);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |m: u64| {
         rng ^= rng << 13;
@@ -289,16 +290,7 @@ fn copies_between_files_give_what_copies_in_memory_give() {
     let mut ids = vec![(a_f, a_m)];
     for round in 0..300 {
         if round == 150 {
-            let b_f = file_vol
-                .create_snapshot(
-                    FileDevice::create_new(d.join("b.cow"), 12 << 20).unwrap(),
-                    opts(16384),
-                )
-                .unwrap();
-            let b_m = mem_vol
-                .create_snapshot(MemDevice::new(12 << 20), opts(16384))
-                .unwrap();
-            ids.push((b_f, b_m));
+            ids.push(snap_pair(&mut file_vol, &mut mem_vol, "b.cow", 16384));
         }
         let off = next(LEN as u64 - 70_000);
         let len = 1 + next(70_000) as usize;

@@ -717,7 +717,12 @@ impl Scan {
                 "COW device too small for its header and first metadata area",
             ));
         }
-        Ok(Scan {
+        Ok(Self::empty(header, chunk))
+    }
+
+    /// Nothing read yet (the checker starts here too).
+    pub(crate) fn empty(header: Header, chunk: ChunkSize) -> Self {
+        Scan {
             header,
             chunk,
             records: Vec::new(),
@@ -725,7 +730,7 @@ impl Scan {
             areas: 0,
             last_area: Vec::new(),
             max_new: 1,
-        })
+        }
     }
 }
 
