@@ -273,7 +273,7 @@ fn copies_between_files_give_what_copies_in_memory_give() {
             ..SnapshotOptions::default()
         };
         let cow = FileDevice::create_new(d.join(name), 12 << 20).unwrap();
-        let f = file_vol.create_snapshot(cow, opts.clone()).unwrap();
+        let f = file_vol.create_snapshot(cow, opts).unwrap();
         let m = mem_vol
             .create_snapshot(MemDevice::new(12 << 20), opts)
             .unwrap();
