@@ -12,6 +12,13 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+#[cfg(target_arch = "wasm32")]
+mod aligned;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: aligned::LineAligned = aligned::LineAligned;
+
 use cowsnap_core::{
     limits, Autoextend, BlockDevice, ChunkSize, Error, ErrorCode, MemDevice, MergeEvent,
     MergeProgress, MergeStepper, OverflowMode, SnapshotId, SnapshotOptions, SnapshotState,

@@ -108,3 +108,26 @@ test('freed handles throw INVALID_ARGUMENT (as a closed volume in Python); delet
   snap.free(); // a second free stays harmless
   other.free();
 });
+
+test('bytes copied in and out stay right while wasm memory grows (its buffer is replaced)', () => {
+  const vol = Volume.memory(64 * KiB);
+  const snap = vol.snapshot({ cowSize: 64 * KiB });
+  // A view into the middle of a larger buffer: the copy must start at its byteOffset.
+  const backing = new Uint8Array(8 * KiB);
+  for (let i = 0; i < backing.length; i++) backing[i] = (i * 7 + 3) & 0xff;
+  const view = backing.subarray(1000, 1000 + 4 * KiB);
+  const big = [];
+  for (let round = 0; round < 8; round++) {
+    const at = (round % 4) * 4 * KiB + round; // unaligned too
+    vol.write(at, view);
+    assert.deepEqual(vol.read(at, view.length), view, `round ${round}`);
+    // Volumes of growing size: at least one of them grows the memory (the old buffer detaches).
+    big.push(Volume.memory(MiB << round));
+    const out = new Uint8Array(view.length);
+    vol.readInto(at, out);
+    assert.deepEqual(out, view, `round ${round} after growth`);
+    snap.write(at, out);
+    assert.deepEqual(snap.read(at, out.length), view, `snapshot, round ${round}`);
+  }
+  for (const b of big) b.free();
+});
