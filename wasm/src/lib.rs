@@ -127,6 +127,11 @@ fn arg_u64(v: &JsValue, what: &str) -> Result<u64, JsValue> {
     check_count(n, what).map_err(|m| range_err(&m))
 }
 
+/// An offset the glue has checked to be a number (see [`returned`]).
+fn arg_offset(n: f64) -> Result<u64, JsValue> {
+    check_count(n, "offset").map_err(|m| range_err(&m))
+}
+
 /// A size that must also fit in wasm memory (a buffer length).
 fn arg_len(v: &JsValue, what: &str) -> Result<usize, JsValue> {
     let n = arg_u64(v, what)?;
@@ -253,6 +258,17 @@ fn write_from(
         copy_to(data, buf);
         write(buf)
     })
+}
+
+/// The error of `r`, `undefined` for success. A `Result` crosses into JavaScript as a new
+/// two-element array per call (wasm multi-value): a quarter of the time of a small write. So the
+/// hot calls (`write`, `readInto`) have a twin export (`__write`, `__readInto`) that returns this
+/// instead and takes `offset` as a number (no calls back into JavaScript to read it), and
+/// wasm/js/freed-handles.js makes the method call the twin when `offset` is a number, the method
+/// itself otherwise (which throws its `TypeError`), and throw what the twin returns: callers see
+/// the same `void` method that throws the same errors.
+fn returned(r: Result<(), JsValue>) -> JsValue {
+    r.err().unwrap_or(JsValue::UNDEFINED)
 }
 
 fn get(obj: &JsValue, key: &str) -> Result<JsValue, JsValue> {
@@ -503,14 +519,34 @@ impl Volume {
     /// Fills `buf` (a `Uint8Array`) from the origin at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        read_into(&buf, |tmp| with(&self.inner, |v| v.read_at(offset, tmp)))
+        self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
+    }
+
+    /// `readInto` with a number for `offset`, returning its error (see [`returned`]).
+    #[wasm_bindgen(js_name = __readInto, skip_typescript)]
+    pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
+    }
+
+    #[inline(never)]
+    fn read_into_impl(&self, offset: u64, buf: &JsValue) -> Result<(), JsValue> {
+        read_into(buf, |tmp| with(&self.inner, |v| v.read_at(offset, tmp)))
     }
 
     /// Writes `data` to the origin at `offset`, first copying the old chunks to every snapshot.
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        write_from(&data, |d| with_mut(&self.inner, |v| v.write_at(offset, d)))
+        self.write_impl(arg_u64(&offset, "offset")?, &data)
+    }
+
+    /// `write` with a number for `offset`, returning its error (see [`returned`]).
+    #[wasm_bindgen(js_name = __write, skip_typescript)]
+    pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
+    }
+
+    #[inline(never)]
+    fn write_impl(&self, offset: u64, data: &JsValue) -> Result<(), JsValue> {
+        write_from(data, |d| with_mut(&self.inner, |v| v.write_at(offset, d)))
     }
 
     /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
@@ -631,16 +667,36 @@ impl Snapshot {
     /// Fills `buf` (a `Uint8Array`) from the snapshot at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        read_into(&buf, |tmp| {
+        self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
+    }
+
+    /// `readInto` with a number for `offset`, returning its error (see [`returned`]).
+    #[wasm_bindgen(js_name = __readInto, skip_typescript)]
+    pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
+    }
+
+    #[inline(never)]
+    fn read_into_impl(&self, offset: u64, buf: &JsValue) -> Result<(), JsValue> {
+        read_into(buf, |tmp| {
             with(&self.vol, |v| v.snapshot_read_at(self.id, offset, tmp))
         })
     }
 
     /// Writes `data` to the snapshot (never to the origin).
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        write_from(&data, |d| {
+        self.write_impl(arg_u64(&offset, "offset")?, &data)
+    }
+
+    /// `write` with a number for `offset`, returning its error (see [`returned`]).
+    #[wasm_bindgen(js_name = __write, skip_typescript)]
+    pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
+    }
+
+    #[inline(never)]
+    fn write_impl(&self, offset: u64, data: &JsValue) -> Result<(), JsValue> {
+        write_from(data, |d| {
             with_mut(&self.vol, |v| v.snapshot_write_at(self.id, offset, d))
         })
     }

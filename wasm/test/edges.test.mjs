@@ -97,12 +97,17 @@ test('freed handles throw INVALID_ARGUMENT (as a closed volume in Python); delet
   const other = vol.snapshot({ cowSize: 64 * KiB });
   other.delete();
   throwsCode(() => other.read(0, 1), 'UNKNOWN_SNAPSHOT', Error);
+  throwsCode(() => other.readInto(0, new Uint8Array(1)), 'UNKNOWN_SNAPSHOT', Error);
+  throwsCode(() => other.write(0, text('x')), 'UNKNOWN_SNAPSHOT', Error);
   vol.free();
-  for (const f of [() => vol.read(0, 1), () => vol.write(0, text('x')), () => vol.size, () => vol.snapshots(), () => vol.snapshot({ cowSize: 64 * KiB }), () => vol.originImage()]) {
+  // write and readInto with any offset (a number or not: the glue takes two paths)
+  for (const f of [() => vol.read(0, 1), () => vol.write(0, text('x')), () => vol.write('0', text('x')),
+    () => vol.readInto(0, new Uint8Array(1)), () => vol.readInto(null, new Uint8Array(1)), () => vol.size, () => vol.snapshots(), () => vol.snapshot({ cowSize: 64 * KiB }), () => vol.originImage()]) {
     throwsCode(f, 'INVALID_ARGUMENT', Error, /Volume handle was freed/);
   }
   snap.free();
-  for (const f of [() => snap.read(0, 1), () => snap.id, () => snap.status(), () => snap.delete(), () => snap.exportCow(), () => snap.extend(128 * KiB)]) {
+  for (const f of [() => snap.read(0, 1), () => snap.write(0, text('x')), () => snap.write(1n, text('x')),
+    () => snap.readInto(0, new Uint8Array(1)), () => snap.readInto({}, new Uint8Array(1)), () => snap.id, () => snap.status(), () => snap.delete(), () => snap.exportCow(), () => snap.extend(128 * KiB)]) {
     throwsCode(f, 'INVALID_ARGUMENT', Error, /Snapshot handle was freed/);
   }
   snap.free(); // a second free stays harmless
