@@ -136,3 +136,24 @@ test('bytes copied in and out stay right while wasm memory grows (its buffer is 
   }
   for (const b of big) b.free();
 });
+
+test('a Uint8Array whose length getter lies is refused, and nothing else is written', () => {
+  class Short extends Uint8Array {
+    get length() {
+      return 16;
+    }
+  }
+  const vol = Volume.memory(64 * KiB);
+  const neighbour = Volume.memory(64 * KiB);
+  neighbour.write(0, bytes(4096, 7));
+  // The copy into wasm memory goes through a view of the 16 bytes the getter claims: it throws.
+  assert.throws(() => vol.write(0, new Short(4096).fill(9)));
+  assert.deepEqual(neighbour.read(0, 4096), bytes(4096, 7));
+  // And the module goes on working (copies after the refused one included).
+  for (const n of [4096, 16, 4096, 100]) {
+    const other = Volume.memory(64 * KiB);
+    other.write(100, bytes(n, 3));
+    assert.deepEqual(other.read(100, n), bytes(n, 3));
+    other.free();
+  }
+});
