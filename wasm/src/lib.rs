@@ -527,7 +527,7 @@ impl Volume {
         self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
     }
 
-    /// `readInto` with a number for `offset`, returning its error (see [`returned`]).
+    /// `readInto` with a number for `offset`, returning its error (see `returned`).
     #[wasm_bindgen(js_name = __readInto, skip_typescript)]
     pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
         returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
@@ -543,7 +543,7 @@ impl Volume {
         self.write_impl(arg_u64(&offset, "offset")?, &data)
     }
 
-    /// `write` with a number for `offset`, returning its error (see [`returned`]).
+    /// `write` with a number for `offset`, returning its error (see `returned`).
     #[wasm_bindgen(js_name = __write, skip_typescript)]
     pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
         returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
@@ -675,7 +675,7 @@ impl Snapshot {
         self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
     }
 
-    /// `readInto` with a number for `offset`, returning its error (see [`returned`]).
+    /// `readInto` with a number for `offset`, returning its error (see `returned`).
     #[wasm_bindgen(js_name = __readInto, skip_typescript)]
     pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
         returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
@@ -693,7 +693,7 @@ impl Snapshot {
         self.write_impl(arg_u64(&offset, "offset")?, &data)
     }
 
-    /// `write` with a number for `offset`, returning its error (see [`returned`]).
+    /// `write` with a number for `offset`, returning its error (see `returned`).
     #[wasm_bindgen(js_name = __write, skip_typescript)]
     pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
         returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
