@@ -107,10 +107,22 @@ fn show_number(n: f64) -> String {
 }
 
 fn arg_u64(v: &JsValue, what: &str) -> Result<u64, JsValue> {
+    // Every call passes offsets and lengths: a safe integer (a number, never converted) is read
+    // with two calls that return their answer, not with `as_f64`, whose answer goes through wasm
+    // memory (two DataView writes, each checking that the memory's buffer is current).
+    if js_sys::Number::is_safe_integer(v) {
+        let n = v.unchecked_ref::<js_sys::Number>().value_of();
+        return check_count(n, what).map_err(|m| range_err(&m));
+    }
     let n = v
         .as_f64()
         .ok_or_else(|| type_err(&format!("{what} must be a number, got {}", kind_of(v))))?;
     check_count(n, what).map_err(|m| range_err(&m))
+}
+
+/// An offset the glue has checked to be a number (see [`returned`]).
+fn arg_offset(n: f64) -> Result<u64, JsValue> {
+    check_count(n, "offset").map_err(|m| range_err(&m))
 }
 
 /// A size that must also fit in wasm memory (a buffer length).
@@ -119,9 +131,8 @@ fn arg_len(v: &JsValue, what: &str) -> Result<usize, JsValue> {
     usize::try_from(n).map_err(|_| oom(n))
 }
 
-fn arg_bytes(v: &JsValue, what: &str) -> Result<Uint8Array, JsValue> {
+fn arg_bytes<'a>(v: &'a JsValue, what: &str) -> Result<&'a Uint8Array, JsValue> {
     v.dyn_ref::<Uint8Array>()
-        .cloned()
         .ok_or_else(|| type_err(&format!("{what} must be a Uint8Array, got {}", kind_of(v))))
 }
 
@@ -135,8 +146,57 @@ fn zeroed(n: usize) -> Result<Vec<u8>, JsValue> {
 /// Copies a `Uint8Array` into wasm memory.
 fn copy_in(a: &Uint8Array) -> Result<Vec<u8>, JsValue> {
     let mut v = zeroed(a.length() as usize)?;
-    a.copy_to(&mut v);
+    copy_to(a, &mut v);
     Ok(v)
+}
+
+/// `src.copy_to(dst)` (their lengths are equal) through a view of exactly `dst` kept from the last
+/// call: writes copy in through the same scratch buffer call after call, and the new view per call
+/// that `Uint8Array::copy_to` makes (an allocation in JavaScript, then `set` through
+/// `Function.prototype.call`) was about 8% of a first write's time in a profile. The view covers
+/// `dst` and no more: `set` refuses a source longer than it, whatever its `length` getter says.
+fn copy_to(src: &Uint8Array, dst: &mut [u8]) {
+    #[cfg(target_arch = "wasm32")]
+    DST_VIEW.with(|view| match view.try_borrow_mut() {
+        Ok(mut view) => {
+            let key = (
+                core::arch::wasm32::memory_size::<0>(),
+                dst.as_mut_ptr() as usize,
+                dst.len(),
+            );
+            match &*view {
+                Some((k, v)) if *k == key => v.set(src, 0),
+                _ => {
+                    let memory: js_sys::WebAssembly::Memory =
+                        wasm_bindgen::memory().unchecked_into();
+                    // wasm32 addresses and lengths fit a u32.
+                    let v = Uint8Array::new_with_byte_offset_and_length(
+                        &memory.buffer(),
+                        key.1 as u32,
+                        key.2 as u32,
+                    );
+                    v.set(src, 0);
+                    *view = Some((key, v));
+                }
+            }
+        }
+        // A `set` that threw (a source longer than it said) left the view borrowed: from then
+        // on, a view per call.
+        Err(_) => src.copy_to(dst),
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    src.copy_to(dst);
+}
+
+/// Memory size in pages (growing the memory detaches the `ArrayBuffer` under every view),
+/// address and length of the bytes a view covers.
+#[cfg(target_arch = "wasm32")]
+type ViewKey = (usize, usize, usize);
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The view [`copy_to`] copied through last, and what it covers.
+    static DST_VIEW: RefCell<Option<(ViewKey, Uint8Array)>> = const { RefCell::new(None) };
 }
 
 /// Buffers up to this size go through one reused wasm-side buffer instead of a fresh allocation.
@@ -200,9 +260,20 @@ fn write_from(
 ) -> Result<(), JsValue> {
     let data = arg_bytes(data, "data")?;
     with_buffer(data.length() as usize, |buf| {
-        data.copy_to(buf);
+        copy_to(data, buf);
         write(buf)
     })
+}
+
+/// The error of `r`, `undefined` for success. A `Result` crosses into JavaScript as a new
+/// two-element array per call (wasm multi-value), and a JS value as an argument is read with
+/// calls back into JavaScript. So the hot calls (`write`, `readInto`) have a twin export (`__write`, `__readInto`) that returns this
+/// instead and takes `offset` as a number (no calls back into JavaScript to read it), and
+/// wasm/js/freed-handles.js makes the method call the twin when `offset` is a number, the method
+/// itself otherwise (which throws its `TypeError`), and throw what the twin returns: callers see
+/// the same `void` method that throws the same errors.
+fn returned(r: Result<(), JsValue>) -> JsValue {
+    r.err().unwrap_or(JsValue::UNDEFINED)
 }
 
 fn get(obj: &JsValue, key: &str) -> Result<JsValue, JsValue> {
@@ -405,7 +476,7 @@ impl Volume {
             let a: &Array = cows.unchecked_ref();
             a.iter()
                 .enumerate()
-                .map(|(i, c)| arg_bytes(&c, &format!("COW image {i}")))
+                .map(|(i, c)| arg_bytes(&c, &format!("COW image {i}")).cloned())
                 .collect::<Result<_, _>>()?
         } else {
             return Err(type_err(&format!(
@@ -416,14 +487,14 @@ impl Volume {
         if origin.length() == 0 {
             return Err(range_err("origin image is empty"));
         }
-        let mut images = vec![("origin image".to_string(), &origin)];
+        let mut images = vec![("origin image".to_string(), origin)];
         images.extend(
             cows.iter()
                 .enumerate()
                 .map(|(i, c)| (format!("COW image {i}"), c)),
         );
         check_distinct(&images)?;
-        let mut vol = CoreVolume::new(MemDevice::from_vec(copy_in(&origin)?));
+        let mut vol = CoreVolume::new(MemDevice::from_vec(copy_in(origin)?));
         for (i, c) in cows.iter().enumerate() {
             let cow = MemDevice::from_vec(copy_in(c)?);
             vol.activate_snapshot(cow, SnapshotOptions::default())
@@ -453,14 +524,34 @@ impl Volume {
     /// Fills `buf` (a `Uint8Array`) from the origin at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        read_into(&buf, |tmp| with(&self.inner, |v| v.read_at(offset, tmp)))
+        self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
+    }
+
+    /// `readInto` with a number for `offset`, returning its error (see `returned`).
+    #[wasm_bindgen(js_name = __readInto, skip_typescript)]
+    pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
+    }
+
+    #[inline(never)]
+    fn read_into_impl(&self, offset: u64, buf: &JsValue) -> Result<(), JsValue> {
+        read_into(buf, |tmp| with(&self.inner, |v| v.read_at(offset, tmp)))
     }
 
     /// Writes `data` to the origin at `offset`, first copying the old chunks to every snapshot.
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        write_from(&data, |d| with_mut(&self.inner, |v| v.write_at(offset, d)))
+        self.write_impl(arg_u64(&offset, "offset")?, &data)
+    }
+
+    /// `write` with a number for `offset`, returning its error (see `returned`).
+    #[wasm_bindgen(js_name = __write, skip_typescript)]
+    pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
+    }
+
+    #[inline(never)]
+    fn write_impl(&self, offset: u64, data: &JsValue) -> Result<(), JsValue> {
+        write_from(data, |d| with_mut(&self.inner, |v| v.write_at(offset, d)))
     }
 
     /// Takes a snapshot on a new in-memory COW device of `cowSize` bytes (like `lvcreate -s -L`).
@@ -581,16 +672,36 @@ impl Snapshot {
     /// Fills `buf` (a `Uint8Array`) from the snapshot at `offset`.
     #[wasm_bindgen(js_name = readInto)]
     pub fn read_into(&self, offset: JsValue, buf: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        read_into(&buf, |tmp| {
+        self.read_into_impl(arg_u64(&offset, "offset")?, &buf)
+    }
+
+    /// `readInto` with a number for `offset`, returning its error (see `returned`).
+    #[wasm_bindgen(js_name = __readInto, skip_typescript)]
+    pub fn read_into_returning(&self, offset: f64, buf: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.read_into_impl(o, &buf)))
+    }
+
+    #[inline(never)]
+    fn read_into_impl(&self, offset: u64, buf: &JsValue) -> Result<(), JsValue> {
+        read_into(buf, |tmp| {
             with(&self.vol, |v| v.snapshot_read_at(self.id, offset, tmp))
         })
     }
 
     /// Writes `data` to the snapshot (never to the origin).
     pub fn write(&self, offset: JsValue, data: JsValue) -> Result<(), JsValue> {
-        let offset = arg_u64(&offset, "offset")?;
-        write_from(&data, |d| {
+        self.write_impl(arg_u64(&offset, "offset")?, &data)
+    }
+
+    /// `write` with a number for `offset`, returning its error (see `returned`).
+    #[wasm_bindgen(js_name = __write, skip_typescript)]
+    pub fn write_returning(&self, offset: f64, data: JsValue) -> JsValue {
+        returned(arg_offset(offset).and_then(|o| self.write_impl(o, &data)))
+    }
+
+    #[inline(never)]
+    fn write_impl(&self, offset: u64, data: &JsValue) -> Result<(), JsValue> {
+        write_from(data, |d| {
             with_mut(&self.vol, |v| v.snapshot_write_at(self.id, offset, d))
         })
     }

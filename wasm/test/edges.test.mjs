@@ -97,14 +97,63 @@ test('freed handles throw INVALID_ARGUMENT (as a closed volume in Python); delet
   const other = vol.snapshot({ cowSize: 64 * KiB });
   other.delete();
   throwsCode(() => other.read(0, 1), 'UNKNOWN_SNAPSHOT', Error);
+  throwsCode(() => other.readInto(0, new Uint8Array(1)), 'UNKNOWN_SNAPSHOT', Error);
+  throwsCode(() => other.write(0, text('x')), 'UNKNOWN_SNAPSHOT', Error);
   vol.free();
-  for (const f of [() => vol.read(0, 1), () => vol.write(0, text('x')), () => vol.size, () => vol.snapshots(), () => vol.snapshot({ cowSize: 64 * KiB }), () => vol.originImage()]) {
+  // write and readInto with any offset (a number or not: the glue takes two paths)
+  for (const f of [() => vol.read(0, 1), () => vol.write(0, text('x')), () => vol.write('0', text('x')),
+    () => vol.readInto(0, new Uint8Array(1)), () => vol.readInto(null, new Uint8Array(1)), () => vol.size, () => vol.snapshots(), () => vol.snapshot({ cowSize: 64 * KiB }), () => vol.originImage()]) {
     throwsCode(f, 'INVALID_ARGUMENT', Error, /Volume handle was freed/);
   }
   snap.free();
-  for (const f of [() => snap.read(0, 1), () => snap.id, () => snap.status(), () => snap.delete(), () => snap.exportCow(), () => snap.extend(128 * KiB)]) {
+  for (const f of [() => snap.read(0, 1), () => snap.write(0, text('x')), () => snap.write(1n, text('x')),
+    () => snap.readInto(0, new Uint8Array(1)), () => snap.readInto({}, new Uint8Array(1)), () => snap.id, () => snap.status(), () => snap.delete(), () => snap.exportCow(), () => snap.extend(128 * KiB)]) {
     throwsCode(f, 'INVALID_ARGUMENT', Error, /Snapshot handle was freed/);
   }
   snap.free(); // a second free stays harmless
   other.free();
+});
+
+test('bytes copied in and out stay right while wasm memory grows (its buffer is replaced)', () => {
+  const vol = Volume.memory(64 * KiB);
+  const snap = vol.snapshot({ cowSize: 64 * KiB });
+  // A view into the middle of a larger buffer: the copy must start at its byteOffset.
+  const backing = new Uint8Array(8 * KiB);
+  for (let i = 0; i < backing.length; i++) backing[i] = (i * 7 + 3) & 0xff;
+  const view = backing.subarray(1000, 1000 + 4 * KiB);
+  const big = [];
+  for (let round = 0; round < 8; round++) {
+    const at = (round % 4) * 4 * KiB + round; // unaligned too
+    vol.write(at, view);
+    assert.deepEqual(vol.read(at, view.length), view, `round ${round}`);
+    // Volumes of growing size: at least one of them grows the memory (the old buffer detaches).
+    big.push(Volume.memory(MiB << round));
+    const out = new Uint8Array(view.length);
+    vol.readInto(at, out);
+    assert.deepEqual(out, view, `round ${round} after growth`);
+    snap.write(at, out);
+    assert.deepEqual(snap.read(at, out.length), view, `snapshot, round ${round}`);
+  }
+  for (const b of big) b.free();
+});
+
+test('a Uint8Array whose length getter lies is refused, and nothing else is written', () => {
+  class Short extends Uint8Array {
+    get length() {
+      return 16;
+    }
+  }
+  const vol = Volume.memory(64 * KiB);
+  const neighbour = Volume.memory(64 * KiB);
+  neighbour.write(0, bytes(4096, 7));
+  // The copy into wasm memory goes through a view of the 16 bytes the getter claims: it throws.
+  assert.throws(() => vol.write(0, new Short(4096).fill(9)));
+  assert.deepEqual(neighbour.read(0, 4096), bytes(4096, 7));
+  // And the module goes on working (copies after the refused one included).
+  for (const n of [4096, 16, 4096, 100]) {
+    const other = Volume.memory(64 * KiB);
+    other.write(100, bytes(n, 3));
+    assert.deepEqual(other.read(100, n), bytes(n, 3));
+    other.free();
+  }
 });

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { Volume } from 'cowsnap';
 import { KiB, MiB, bytes, throwsCode } from './helpers.mjs';
 
-const NOT_NUMBERS = ['1', null, undefined, {}, [], 1n, true, Symbol('x')];
+// Boxed numbers are objects: refused, never converted.
+const NOT_NUMBERS = ['1', null, undefined, {}, [], 1n, true, Symbol('x'), new Number(1), Object(0)];
 const NOT_COUNTS = [-1, 0.5, -0.5, NaN, Infinity, -Infinity, 2 ** 53, Number.MAX_VALUE];
 const NOT_BYTES = ['abc', [1, 2, 3], new ArrayBuffer(4), new Uint16Array(2), new DataView(new ArrayBuffer(2)), null, undefined, 42, {}];
 
