@@ -44,7 +44,7 @@ fn exec_backup(
 ) -> CliResult {
     let id = v.id(name)?;
     let len = v.vol.len();
-    let guard = crate::output::Guard::volume(&v.dir, &v.manifest, io.mountpoint)?;
+    let guard = crate::output::Guard::volume(&v.dir, &v.manifest, io.mountpoint.zip(io.mount_dev))?;
     let bar = Progress::new(len, &format!("backup {name}"), true, io.quiet);
     let r = crate::verify::write_backup(out, sums, len, &guard, |sink| {
         copy_out(v, Some(id), 0, len, &bar, sink)

@@ -43,6 +43,7 @@ fn dispatch_with_input(
                 input: input.as_mut().map(|f| f as &mut dyn Read),
                 quiet,
                 mountpoint: None,
+                mount_dev: None,
                 mount: None,
             };
             let mut v = Opened::open_locked(dir, req.writes(), quiet, lock, crate::access())?;

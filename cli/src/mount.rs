@@ -12,7 +12,7 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +89,8 @@ struct State {
     gid: u32,
     mounted_at: SystemTime,
     mountpoint: PathBuf,
+    /// The device number of the mount's file system (see `serve_client`).
+    mount_dev: OnceLock<u64>,
     notifier: OnceLock<Notifier>,
     /// The origin is opened with `FOPEN_DIRECT_IO` (see `CowFs::init`).
     direct_io: AtomicBool,
@@ -626,6 +628,15 @@ fn serve_client(st: &State, stream: UnixStream) {
             );
         }
     }
+    // The mount's device number, for output paths on it: read here, with no lock held (a stat
+    // of the mount point is served by the FUSE threads, which may need the volume's lock).
+    let mount_dev = match st.mount_dev.get() {
+        Some(d) => Some(*d),
+        None => fs::metadata(&st.mountpoint).ok().map(|m| {
+            let _ = st.mount_dev.set(m.dev());
+            m.dev()
+        }),
+    };
     let hooks = Hooks {
         st,
         pending: Mutex::new(Vec::new()),
@@ -639,6 +650,7 @@ fn serve_client(st: &State, stream: UnixStream) {
             input: Some(&mut input),
             quiet: env.quiet,
             mountpoint: Some(&st.mountpoint),
+            mount_dev,
             mount: Some(&hooks),
         };
         // Between group commits: a command sees the volume and its manifest as one.
@@ -917,6 +929,7 @@ fn serve_inner(
         gid: unsafe { libc::getgid() },
         mounted_at: SystemTime::now(),
         mountpoint: mnt.to_path_buf(),
+        mount_dev: OnceLock::new(),
         notifier: OnceLock::new(),
         direct_io: AtomicBool::new(false),
     });
@@ -1051,11 +1064,18 @@ fn serve_inner(
     let run = session.run();
     // Unmounted: make everything durable before the lock goes (with the process).
     drop(committer); // stopped and joined: the flush below is the last
-    let flushed = st
-        .vol
-        .exclusive()
-        .map_err(|p| CliError::core("the mounted volume", p.into()))
-        .and_then(|mut v| v.flush());
+    let flushed = match st.vol.exclusive() {
+        Ok(mut v) => v.flush(),
+        Err(p) => {
+            // A FUSE thread panicked while it changed the volume: nothing of its state is
+            // trusted, not even to write out what waits.
+            eprintln!(
+                "cowsnap mount: a thread panicked while changing the volume; origin writes that                  waited for their commit (at most {} MiB) were NOT written; the snapshots and                  the origin are as of the last commit",
+                COMMIT_NOW_BYTES >> 20
+            );
+            Err(CliError::core("the mounted volume", p.into()))
+        }
+    };
     drop(cleanup);
     if !quiet {
         eprintln!(

@@ -369,6 +369,7 @@ mod file {
     use std::fs::{File, OpenOptions};
     use std::os::unix::fs::{FileExt, MetadataExt};
     use std::path::Path;
+    use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::Arc;
 
     /// A device backed by a file (an image file or a block device node), using positional I/O.
@@ -397,9 +398,21 @@ mod file {
         file: Arc<File>,
         len: u64,
         direct: bool,
-        /// The file system's `lseek(SEEK_DATA)` can be trusted for [`BlockDevice::known_zeros`]
-        /// (see [`holes_trusted`]).
+        /// What the file's file system can be trusted with (see [`FsTraits`]).
+        fs: FsTraits,
+        /// The first error a [`BlockDevice::write_behind`] met, for the next flush to report
+        /// (0: none). Shared with flush handles.
+        behind_err: Arc<AtomicI32>,
+    }
+
+    /// What a file's file system does that the engine relies on, read once (`fstatfs`).
+    #[derive(Debug, Clone, Copy)]
+    struct FsTraits {
+        /// `lseek(SEEK_DATA)` can be trusted for [`BlockDevice::known_zeros`] (see
+        /// [`FsTraits::of`]).
         holes: bool,
+        /// `copy_file_range` is a copy through the page cache, as `pread` + `pwrite` would be.
+        splice_copies: bool,
     }
 
     const NO_DIRECT: &str =
@@ -462,7 +475,8 @@ mod file {
                 .open(path)?;
             file.set_len(len)?;
             Ok(FileDevice {
-                holes: holes_trusted(&file),
+                fs: FsTraits::of(&file),
+                behind_err: Arc::default(),
                 file: Arc::new(file),
                 len,
                 direct: false,
@@ -504,7 +518,8 @@ mod file {
             });
             match made {
                 Ok(file) => Ok(FileDevice {
-                    holes: holes_trusted(&file),
+                    fs: FsTraits::of(&file),
+                    behind_err: Arc::default(),
                     file: Arc::new(file),
                     len,
                     direct,
@@ -532,7 +547,8 @@ mod file {
             let len = file.metadata()?.len();
             check_direct_len(direct, len)?;
             Ok(FileDevice {
-                holes: holes_trusted(&file),
+                fs: FsTraits::of(&file),
+                behind_err: Arc::default(),
                 file: Arc::new(file),
                 len,
                 direct,
@@ -653,8 +669,7 @@ mod file {
         fn flush(&mut self) -> Result<()> {
             // Also with O_DIRECT: it bypasses the page cache, not the disk's write cache, and
             // allocating writes need their metadata committed.
-            self.file.sync_data()?;
-            Ok(())
+            sync(&self.file, &self.behind_err)
         }
         /// Growing reserves the added space (so an autoextended COW cannot run out of host space
         /// later); if the space is not there the file keeps its size and the error is returned.
@@ -686,23 +701,31 @@ mod file {
             }
         }
         fn flush_handle(&self) -> Option<Arc<dyn FlushHandle>> {
-            Some(Arc::new(SyncFile(self.file.clone())))
+            Some(Arc::new(SyncFile {
+                file: self.file.clone(),
+                behind_err: self.behind_err.clone(),
+            }))
         }
         fn read_handle(&self) -> Option<Arc<dyn ReadHandle>> {
             Some(Arc::new(FileReader(FileDevice {
                 file: self.file.clone(),
                 len: self.len,
                 direct: self.direct,
-                holes: self.holes,
+                fs: self.fs,
+                behind_err: self.behind_err.clone(),
             })))
         }
+        /// Only where `copy_file_range` copies through the page cache (ext2/3/4, tmpfs): on
+        /// XFS, btrfs, NFS, ZFS or a FUSE server it may share blocks instead, which gives back
+        /// the COW's reserved space (a later origin write can then fail for want of space) and
+        /// makes correctness depend on each file system's cloning.
         fn backing_file(&self) -> Option<&File> {
-            (!self.direct).then_some(&self.file)
+            (!self.direct && self.fs.splice_copies).then_some(&self.file)
         }
         /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing the range's dirty pages back
         /// and returns without waiting. Durability still comes from `fdatasync` alone (this
-        /// writes no file-system metadata); an I/O error it meets is kept by the file and
-        /// reported by that `fdatasync`.
+        /// writes no file-system metadata); an error it meets is kept and returned by this
+        /// device's next flush (besides what `fdatasync` reports itself).
         #[allow(unsafe_code)]
         fn write_behind(&self, offset: u64, len: u64) {
             use std::os::unix::io::AsRawFd;
@@ -714,9 +737,21 @@ mod file {
                 return;
             };
             // SAFETY: a plain system call on a descriptor this device owns; no memory is passed.
-            let _ = unsafe {
+            let r = unsafe {
                 libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
             };
+            if r != 0 {
+                // Not every file system keeps an error met while starting write-back for the
+                // next `fdatasync`: this device does (not supported at all is no error).
+                let e = std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+                if e != libc::EINVAL && e != libc::ENOSYS && e != libc::ESPIPE {
+                    let _ =
+                        self.behind_err
+                            .compare_exchange(0, e, Ordering::SeqCst, Ordering::SeqCst);
+                }
+            }
         }
         /// Holes by `lseek(SEEK_DATA)`, which counts a range as a hole only when it reads as
         /// zeros now: never written, or reserved by `fallocate` and never written (dirty pages
@@ -725,7 +760,7 @@ mod file {
         /// answer "data" (0 here), as do block devices.
         fn known_zeros(&self, offset: u64, len: u64) -> u64 {
             let end = offset.saturating_add(len).min(self.len);
-            if !self.holes || offset >= end {
+            if !self.fs.holes || offset >= end {
                 return 0;
             }
             match seek_data(&self.file, offset) {
@@ -741,33 +776,102 @@ mod file {
         }
     }
 
-    /// Whether `file`'s file system answers `lseek(SEEK_DATA)` from the file's content as a read
-    /// sees it, dirty page-cache data included: ext4, XFS, btrfs, tmpfs and f2fs (read in their
-    /// code). Elsewhere a hole may be reported over data not yet written back (FUSE with a
-    /// write-back cache asks its server without writing back first; some OpenZFS releases did
-    /// so too), and a copy skipped on such an answer would lose data: there
-    /// [`BlockDevice::known_zeros`] says nothing.
-    #[allow(unsafe_code)]
-    fn holes_trusted(file: &File) -> bool {
-        use std::os::unix::io::AsRawFd;
-        const TRUSTED: [u32; 5] = [
-            0xEF53,      // ext2/3/4
-            0x5846_5342, // XFS
-            0x9123_683E, // btrfs
-            0x0102_1994, // tmpfs
-            0xF2F5_2010, // f2fs
-        ];
-        // SAFETY: `statfs` is plain data (all-zero is a valid value), which `fstatfs` fills from
-        // a descriptor this function borrows.
-        let (r, st) = unsafe {
-            let mut st: libc::statfs = core::mem::zeroed();
-            (libc::fstatfs(file.as_raw_fd(), &mut st), st)
-        };
-        if r != 0 {
-            return false;
+    impl FsTraits {
+        /// Read from `fstatfs`; an unknown file system (or a failed call) gets neither.
+        ///
+        /// Holes: a file system whose `lseek(SEEK_DATA)` answers from the file's content as a
+        /// read sees it, dirty page-cache data included: ext4, XFS, btrfs, tmpfs and f2fs (read
+        /// in their code). Elsewhere a hole may be reported over data not yet written back (FUSE
+        /// with a write-back cache asks its server without writing back first; some OpenZFS
+        /// releases did so too), and a copy skipped on such an answer would lose data: there
+        /// [`BlockDevice::known_zeros`] says nothing.
+        ///
+        /// Copies: a file system whose `copy_file_range` is the kernel's page-cache splice (a
+        /// read and a write, done in the kernel): ext2/3/4 and tmpfs. XFS, btrfs, NFS 4.2,
+        /// OpenZFS 2.2+ and FUSE servers may share blocks or implement the copy themselves.
+        #[allow(unsafe_code)]
+        fn of(file: &File) -> Self {
+            use std::os::unix::io::AsRawFd;
+            const EXT: u32 = 0xEF53; // ext2/3/4
+            const XFS: u32 = 0x5846_5342;
+            const BTRFS: u32 = 0x9123_683E;
+            const TMPFS: u32 = 0x0102_1994;
+            const F2FS: u32 = 0xF2F5_2010;
+            // SAFETY: `statfs` is plain data (all-zero is a valid value), which `fstatfs` fills
+            // from a descriptor this function borrows.
+            let (r, st) = unsafe {
+                let mut st: libc::statfs = core::mem::zeroed();
+                (libc::fstatfs(file.as_raw_fd(), &mut st), st)
+            };
+            if r != 0 {
+                return FsTraits {
+                    holes: false,
+                    splice_copies: false,
+                };
+            }
+            // `f_type` is a signed word of the platform's size: compare its low 32 bits.
+            let t = st.f_type as u64 as u32;
+            FsTraits {
+                holes: [EXT, XFS, BTRFS, TMPFS, F2FS].contains(&t),
+                splice_copies: [EXT, TMPFS].contains(&t),
+            }
         }
-        // `f_type` is a signed word of the platform's size: compare its low 32 bits.
-        TRUSTED.contains(&(st.f_type as u64 as u32))
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn a_write_behind_error_is_reported_by_the_next_flush_once() {
+        let dir = std::env::temp_dir().join(std::format!("cowsnap-behind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut dev = FileDevice::create_new(dir.join("f"), 1 << 16).unwrap();
+        let handle = dev.flush_handle().unwrap();
+        dev.behind_err.store(libc::EIO, Ordering::SeqCst);
+        assert!(handle.flush().is_err(), "through the flush handle");
+        dev.flush().unwrap();
+        dev.behind_err.store(libc::ENOSPC, Ordering::SeqCst);
+        assert!(dev.flush().is_err(), "through the device");
+        handle.flush().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Between two files of a file system whose `copy_file_range` is a page-cache copy the
+    /// kernel copies, byte for byte; a memory device, a range past a device's end or an
+    /// `O_DIRECT`-less check on another file system leaves the copy to the caller (0).
+    #[cfg(test)]
+    #[test]
+    fn kernel_copies_only_between_files_that_splice() {
+        let dir = std::env::temp_dir().join(std::format!("cowsnap-kcopy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+        std::fs::write(dir.join("a"), &data).unwrap();
+        let a = FileDevice::open(dir.join("a")).unwrap();
+        let b = FileDevice::create_new(dir.join("b"), 1 << 20).unwrap();
+        let splices = a.fs.splice_copies && b.fs.splice_copies;
+        let n = kernel_copy(&a, 4096, &b, 8192, 300_000);
+        if splices {
+            assert_eq!(n, 300_000);
+            let mut back = vec![0u8; 300_000];
+            b.read_at(8192, &mut back).unwrap();
+            assert!(back == data[4096..304_096], "copied bytes differ");
+        } else {
+            assert_eq!(n, 0, "a file system not on the list must not be asked");
+        }
+        assert_eq!(
+            kernel_copy(&a, (1 << 20) - 10, &b, 0, 11),
+            0,
+            "past the source's end"
+        );
+        assert_eq!(
+            kernel_copy(&a, 0, &b, (1 << 20) - 10, 11),
+            0,
+            "past the target's end"
+        );
+        let mem = MemDevice::new(1 << 20);
+        assert_eq!(kernel_copy(&a, 0, &mem, 0, 4096), 0);
+        assert_eq!(kernel_copy(&mem, 0, &b, 0, 4096), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[cfg(test)]
@@ -775,14 +879,16 @@ mod file {
     fn holes_are_trusted_on_the_listed_file_systems_only() {
         // procfs is not on the list: a device there would never claim zeros.
         let proc_file = File::open("/proc/self/status").unwrap();
-        assert!(!holes_trusted(&proc_file));
+        assert!(!FsTraits::of(&proc_file).holes);
+        assert!(!FsTraits::of(&proc_file).splice_copies);
         // tmpfs is (where /dev/shm is one).
         if let Ok(f) = File::create("/dev/shm/cowsnap-holes-trusted-test") {
             let on_tmpfs = std::process::Command::new("stat")
                 .args(["-f", "-c", "%T", "/dev/shm"])
                 .output()
                 .is_ok_and(|o| o.stdout.starts_with(b"tmpfs"));
-            assert_eq!(holes_trusted(&f), on_tmpfs);
+            assert_eq!(FsTraits::of(&f).holes, on_tmpfs);
+            assert_eq!(FsTraits::of(&f).splice_copies, on_tmpfs);
             let _ = std::fs::remove_file("/dev/shm/cowsnap-holes-trusted-test");
         }
     }
@@ -818,12 +924,24 @@ mod file {
     }
 
     /// `fdatasync` of a device's file from any thread.
-    struct SyncFile(Arc<File>);
+    struct SyncFile {
+        file: Arc<File>,
+        behind_err: Arc<AtomicI32>,
+    }
 
     impl FlushHandle for SyncFile {
         fn flush(&self) -> Result<()> {
-            self.0.sync_data()?;
-            Ok(())
+            sync(&self.file, &self.behind_err)
+        }
+    }
+
+    /// `fdatasync`, then the error a write-behind met since the last flush, if any: the pages
+    /// it could not start writing may have been written since, or not; the caller retries.
+    fn sync(file: &File, behind_err: &AtomicI32) -> Result<()> {
+        file.sync_data()?;
+        match behind_err.swap(0, Ordering::SeqCst) {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e).into()),
         }
     }
 

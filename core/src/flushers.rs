@@ -7,6 +7,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::vec::Vec;
 
 use crate::device::FlushHandle;
@@ -15,17 +16,20 @@ use crate::error::{Error, Result};
 /// A flush to do and where its result goes.
 type Job = (Arc<dyn FlushHandle>, Sender<Result<()>>);
 
-/// The pool. Dropping it ends its threads (their queue closes).
+/// The pool. Dropping it ends its threads (their queue closes) and waits for them.
 pub(crate) struct Flushers {
-    jobs: Sender<Job>,
+    jobs: Option<Sender<Job>>,
     queue: Arc<Mutex<Receiver<Job>>>,
-    /// Threads started so far.
-    started: Mutex<usize>,
+    /// The threads started so far.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The process that started them: a child of `fork` has none of them, and flushes on the
+    /// calling thread instead of waiting for threads that do not exist.
+    pid: u32,
 }
 
 impl core::fmt::Debug for Flushers {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let n = self.started.lock().map_or(0, |n| *n);
+        let n = self.threads.lock().map_or(0, |t| t.len());
         write!(f, "Flushers({n} threads)")
     }
 }
@@ -34,9 +38,10 @@ impl Flushers {
     pub(crate) fn new() -> Self {
         let (jobs, queue) = channel();
         Flushers {
-            jobs,
+            jobs: Some(jobs),
             queue: Arc::new(Mutex::new(queue)),
-            started: Mutex::new(0),
+            threads: Mutex::new(Vec::new()),
+            pid: std::process::id(),
         }
     }
 
@@ -53,7 +58,12 @@ impl Flushers {
         let mut queued = 0;
         let mut here = Vec::new();
         for (i, h) in others.iter().enumerate() {
-            if i < threads && self.jobs.send((h.clone(), reply.clone())).is_ok() {
+            let sent = i < threads
+                && self
+                    .jobs
+                    .as_ref()
+                    .is_some_and(|j| j.send((h.clone(), reply.clone())).is_ok());
+            if sent {
                 queued += 1;
             } else {
                 here.push(h);
@@ -81,20 +91,40 @@ impl Flushers {
 
     /// Starts threads until there are `n` (or as many as could be started); returns how many.
     fn grow_to(&self, n: usize) -> usize {
-        let Ok(mut started) = self.started.lock() else {
+        if std::process::id() != self.pid {
+            return 0;
+        }
+        let Ok(mut threads) = self.threads.lock() else {
             return 0;
         };
-        while *started < n {
+        while threads.len() < n {
             let queue = self.queue.clone();
             let spawned = std::thread::Builder::new()
                 .name("cowsnap-flush".into())
                 .spawn(move || serve(&queue));
-            if spawned.is_err() {
-                break;
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(_) => break,
             }
-            *started += 1;
         }
-        *started
+        threads.len()
+    }
+}
+
+impl Drop for Flushers {
+    fn drop(&mut self) {
+        // The queue closes: each thread ends after the job in hand (none: flush_all waits for
+        // its jobs, and the pool is only dropped with its volume). Joined, so that a C host can
+        // unload the library once the volume is freed.
+        drop(self.jobs.take());
+        if std::process::id() != self.pid {
+            return; // a child of fork has none of these threads
+        }
+        if let Ok(threads) = self.threads.get_mut() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -113,7 +143,10 @@ fn serve(queue: &Mutex<Receiver<Job>>) {
         let Ok((h, reply)) = job else {
             return; // the pool is gone
         };
-        let _ = reply.send(flush_one(&h));
+        // The handle is dropped inside too: a panic there must not end the thread either.
+        let r = catch_unwind(AssertUnwindSafe(move || h.flush()))
+            .unwrap_or_else(|_| Err(Error::io("a device's flush panicked")));
+        let _ = reply.send(r);
     }
 }
 
@@ -157,7 +190,7 @@ mod tests {
             r.expect("the flushes did not run at the same time")
                 .unwrap();
             assert_eq!(n.load(Ordering::SeqCst), 4 * round);
-            assert_eq!(*pool.started.lock().unwrap(), 3);
+            assert_eq!(pool.threads.lock().unwrap().len(), 3);
         }
     }
 
@@ -173,10 +206,16 @@ mod tests {
         ];
         assert!(pool.flush_all(&hs).is_err());
         pool.flush_all(&hs[..1]).unwrap();
+        // Both threads still serve: three flushes meet at a barrier of three.
+        let b = Arc::new(Barrier::new(3));
         let again: Vec<Arc<dyn FlushHandle>> = (0..3)
-            .map(|_| Arc::new(Counting(n.clone(), None, false)) as _)
+            .map(|_| Arc::new(Counting(n.clone(), Some(b.clone()), false)) as _)
             .collect();
-        pool.flush_all(&again).unwrap();
+        let (done, wait) = channel();
+        std::thread::spawn(move || done.send(pool.flush_all(&again)));
+        let r = wait.recv_timeout(std::time::Duration::from_secs(60));
+        r.expect("a pool thread died with the panicking flush")
+            .unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 3 + 1 + 3);
     }
 }

@@ -292,6 +292,12 @@ fn copies_between_files_give_what_copies_in_memory_give() {
         if round == 150 {
             ids.push(snap_pair(&mut file_vol, &mut mem_vol, "b.cow", 16384));
         }
+        if round == 200 {
+            // A 2 MiB run of first writes: the merge's large-run path copies it back.
+            let run = vec![0xA5; 2 << 20];
+            file_vol.write_at(3 << 20, &run).unwrap();
+            mem_vol.write_at(3 << 20, &run).unwrap();
+        }
         let off = next(LEN as u64 - 70_000);
         let len = 1 + next(70_000) as usize;
         let data = vec![(round % 251) as u8 + 1; len];

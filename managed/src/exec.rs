@@ -92,6 +92,10 @@ pub struct Io<'a> {
     pub input: Option<&'a mut dyn Read>,
     pub quiet: bool,
     pub mountpoint: Option<&'a Path>,
+    /// The device number of the mount's file system, read by the mount process before the
+    /// command took the volume's lock: a `stat` of the mount point from inside the command would
+    /// ask the FUSE threads, which may be waiting for that lock.
+    pub mount_dev: Option<u64>,
     pub mount: Option<&'a dyn MountHooks>,
 }
 
@@ -649,7 +653,8 @@ fn exec_read(
     let bar = Progress::new(0, "", true, true);
     match out {
         Some(p) => {
-            let guard = crate::output::Guard::volume(&v.dir, &v.manifest, io.mountpoint)?;
+            let mount = io.mountpoint.zip(io.mount_dev);
+            let guard = crate::output::Guard::volume(&v.dir, &v.manifest, mount)?;
             crate::output::write_image(p, len, &guard, |sink| {
                 copy_out(v, id, offset, len, &bar, sink)
             })

@@ -133,8 +133,9 @@ impl Guard {
         ));
     }
 
-    /// Every file of the volume in `dir`; with `mountpoint`, also anything on its FUSE mount.
-    pub fn volume(dir: &Path, m: &Manifest, mountpoint: Option<&Path>) -> Result<Self> {
+    /// Every file of the volume in `dir`; with `mount` (its mount point and the device number of
+    /// its file system), also anything on its FUSE mount.
+    pub fn volume(dir: &Path, m: &Manifest, mount: Option<(&Path, u64)>) -> Result<Self> {
         let mut g = Guard::new();
         let dir_meta = fs::metadata(dir).map_err(|e| io_msg(dir, e))?;
         let vol = format!("a file of the volume {}", dir.display());
@@ -159,13 +160,9 @@ impl Guard {
             g.volume_file(dir, &dir_meta, name, &vol);
         }
         g.input(dir, &vol);
-        if let Some(mp) = mountpoint {
-            if let Ok(meta) = fs::metadata(mp) {
-                g.filesystems.push((
-                    meta.dev(),
-                    format!("the mount of this volume at {}", mp.display()),
-                ));
-            }
+        if let Some((mp, dev)) = mount {
+            g.filesystems
+                .push((dev, format!("the mount of this volume at {}", mp.display())));
         }
         Ok(g)
     }
