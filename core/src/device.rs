@@ -818,12 +818,19 @@ mod file {
         }
     }
 
+    /// An empty directory of this process for a test's files.
+    #[cfg(test)]
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(std::format!("cowsnap-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[cfg(test)]
     #[test]
     fn a_write_behind_error_is_reported_by_the_next_flush_once() {
-        let dir = std::env::temp_dir().join(std::format!("cowsnap-behind-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("behind");
         let mut dev = FileDevice::create_new(dir.join("f"), 1 << 16).unwrap();
         let handle = dev.flush_handle().unwrap();
         dev.behind_err.store(libc::EIO, Ordering::SeqCst);
@@ -836,14 +843,12 @@ mod file {
     }
 
     /// Between two files of a file system whose `copy_file_range` is a page-cache copy the
-    /// kernel copies, byte for byte; a memory device, a range past a device's end or an
-    /// `O_DIRECT`-less check on another file system leaves the copy to the caller (0).
+    /// kernel copies, byte for byte; a memory device, a range past a device's end or a file
+    /// system not on the list leaves the copy to the caller (0).
     #[cfg(test)]
     #[test]
     fn kernel_copies_only_between_files_that_splice() {
-        let dir = std::env::temp_dir().join(std::format!("cowsnap-kcopy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("kcopy");
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
         std::fs::write(dir.join("a"), &data).unwrap();
         let a = FileDevice::open(dir.join("a")).unwrap();
