@@ -645,6 +645,7 @@ fn serve_client(st: &State, stream: UnixStream) {
     let mut input = request::FrameReader::new(&stream);
     let result = req.and_then(|env| {
         let req = env.request;
+        refuse_own_files(&req, &st.mountpoint, mount_dev)?;
         let mut io = Io {
             out: &mut out,
             input: Some(&mut input),
@@ -672,6 +673,34 @@ fn serve_client(st: &State, stream: UnixStream) {
             &request::error_payload_for(&e, version.min(request::VERSION)),
         ),
     };
+}
+
+/// Refuses a command whose input or output file is on this mount, before any lock is taken. The
+/// mount process would serve that file's reads and writes to itself while the command holds the
+/// volume's lock (`write --from MOUNT/snap` waited for ever), and its files are the volume's own.
+/// A path that does not exist yet is judged by its directory.
+fn refuse_own_files(req: &CliRequest, mnt: &Path, mount_dev: Option<u64>) -> CliResult {
+    let Some(dev) = mount_dev else {
+        return Ok(());
+    };
+    for p in req.paths() {
+        let on = |q: &Path| fs::metadata(q).is_ok_and(|m| m.dev() == dev);
+        let here = if p.exists() {
+            on(p)
+        } else {
+            p.parent().is_some_and(on)
+        };
+        if here {
+            return Err(CliError::refused(format!(
+                "refusing {}: it is on this volume's own mount at {} (its files are the volume; \
+                 the mount process cannot read or write them for a command); use a path \
+                 elsewhere, or unmount first",
+                p.display(),
+                mnt.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// syncfs(2) of the mount: the kernel writes every dirty page of its files back to this process
@@ -1070,7 +1099,9 @@ fn serve_inner(
             // A FUSE thread panicked while it changed the volume: nothing of its state is
             // trusted, not even to write out what waits.
             eprintln!(
-                "cowsnap mount: a thread panicked while changing the volume; origin writes that                  waited for their commit (at most {} MiB) were NOT written; the snapshots and                  the origin are as of the last commit",
+                "cowsnap mount: a thread panicked while changing the volume; origin writes that \
+                 waited for their commit (at most {} MiB) were NOT written; the snapshots and \
+                 the origin are as of the last commit",
                 COMMIT_NOW_BYTES >> 20
             );
             Err(CliError::core("the mounted volume", p.into()))

@@ -35,6 +35,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// The files the command reads or writes besides the volume (inputs and outputs, as given).
+    pub fn paths(&self) -> Vec<&std::path::Path> {
+        use cowsnap_managed::Request as V;
+        let mut v = Vec::new();
+        match self {
+            Request::Volume(V::Write { from: Some(p), .. }) => v.push(p.as_path()),
+            Request::Volume(V::Read { out: Some(p), .. }) => v.push(p.as_path()),
+            Request::Volume(_) => {}
+            Request::Image(ImageRequest::Backup { out, sums, .. }) => {
+                v.push(out.as_path());
+                if let crate::verify::SumsTo::Path(p) = sums {
+                    v.push(p.as_path());
+                }
+            }
+            Request::Image(ImageRequest::Verify { sums, .. }) => v.push(sums.as_path()),
+            Request::Image(ImageRequest::BackupTo { .. }) => {}
+        }
+        v
+    }
+
     /// True when the command changes the volume (exclusive lock; the daemon's write lock).
     pub fn writes(&self) -> bool {
         match self {

@@ -796,6 +796,25 @@ fn mounted_volume_files_are_refused_as_outputs() {
             assert!(e.contains("refusing"), "{w:?}: {e}");
         }
     }
+    // Inputs on the mount too, before the mount process takes the volume's lock: it would
+    // serve their reads to itself (this hung for ever; `timeout` makes a hang a failure).
+    let inputs: [&[&str]; 3] = [
+        &["write", "v", "--offset", "0", "--from", "m/s1"],
+        &["write", "v/s1", "--offset", "0", "--from", "m/origin"],
+        &["verify", "v/s1", "--sums", "m/origin"],
+    ];
+    for args in inputs {
+        let o = Command::new("timeout")
+            .arg("60")
+            .arg(bin().get_program())
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("own mount"), "{args:?}: {err}");
+    }
     // Refused outputs inside the volume directory, through the mount process.
     refused(d, &["backup", "v/s1", "v/origin.img"]);
     assert_eq!(state(&[&s.join("v")]), before);
