@@ -50,7 +50,12 @@ impl Request {
                 }
             }
             Request::Image(ImageRequest::Verify { sums, .. }) => v.push(sums.as_path()),
-            Request::Image(ImageRequest::BackupTo { .. }) => {}
+            Request::Image(ImageRequest::BackupTo { to, .. }) => {
+                // A `file://` store is a directory here too.
+                if let Some(dir) = to.to.strip_prefix("file://") {
+                    v.push(std::path::Path::new(dir));
+                }
+            }
         }
         v
     }

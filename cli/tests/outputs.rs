@@ -798,10 +798,12 @@ fn mounted_volume_files_are_refused_as_outputs() {
     }
     // Inputs on the mount too, before the mount process takes the volume's lock: it would
     // serve their reads to itself (this hung for ever; `timeout` makes a hang a failure).
-    let inputs: [&[&str]; 3] = [
+    let store = format!("file://{}/store", path_str(&s.join("m")));
+    let inputs: [&[&str]; 4] = [
         &["write", "v", "--offset", "0", "--from", "m/s1"],
         &["write", "v/s1", "--offset", "0", "--from", "m/origin"],
         &["verify", "v/s1", "--sums", "m/origin"],
+        &["backup", "v/s1", "--to", &store],
     ];
     for args in inputs {
         let o = Command::new("timeout")

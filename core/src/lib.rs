@@ -15,8 +15,9 @@
 //! ```
 #![no_std]
 #![deny(unsafe_code)]
-// audited exceptions: `posix_fallocate` in `device::file::reserve`, `lseek` and `fstatfs` in
-// `device::file` (`known_zeros`), `alloc_zeroed` in `MemDevice::try_new`
+// audited exceptions: `posix_fallocate` in `device::file::reserve`; `lseek`, `fstatfs` and
+// `sync_file_range` in `device::file` (`known_zeros`, `FsTraits::of`, `write_behind`);
+// `copy_file_range` in `device::kernel_copy`; `alloc_zeroed` in `MemDevice::try_new`
 #![warn(missing_docs)]
 
 extern crate alloc;
